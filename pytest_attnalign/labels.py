@@ -1,0 +1,113 @@
+"""Programmer attention labels (Kou et al., FSE 2024), read from the committed ``labels/*.jsonl``.
+
+``scripts/convert_labels.py`` writes those files from the study's CSVs; this module needs only the
+committed copies. Spans are half-open offsets into ``task.label_text``; :func:`prompt_labels` moves
+them into ``task.prompt``, where attention is measured. Every file line carries the sha256 of the
+text it was labelled on, so a changed benchmark text fails loudly instead of shifting spans.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass, replace
+from functools import lru_cache
+from pathlib import Path
+
+from .errors import AttnalignError
+from .tasks import BENCHMARKS, ROOT, Task
+
+#: Folder of the committed label files (module-level so tests can point it elsewhere).
+LABELS_DIR: Path = ROOT / "labels"
+#: The study's four label types, normalised.
+LABEL_TYPES = ("data_type", "operator", "conditional", "property")
+
+FIX = "regenerate it with python scripts/convert_labels.py"
+_PREFIX = {"humaneval": "HumanEval/", "mbpp": "Mbpp/"}
+_REQUIRED = {"start", "end", "word", "type"}
+_OPTIONAL = {"snapped_from", "source_type"}  # converter provenance, not needed at run time
+_SHA = re.compile(r"^[0-9a-f]{64}$")
+
+
+@dataclass(frozen=True)
+class Label:
+    """One human-marked word: ``text[start:end] == word``."""
+
+    start: int
+    end: int
+    word: str
+    type: str
+
+
+def _bad(path: Path, lineno: int, why: str) -> AttnalignError:
+    return AttnalignError(f"malformed labels file {path} line {lineno}: {why}; {FIX}")
+
+
+def _parse_label(raw: object, path: Path, lineno: int) -> Label:
+    if not isinstance(raw, dict) or not _REQUIRED <= raw.keys() or raw.keys() - _REQUIRED - _OPTIONAL:
+        raise _bad(path, lineno, f"label {raw!r} needs exactly the keys start, end, word, type")
+    start, end, word, kind = raw["start"], raw["end"], raw["word"], raw["type"]
+    if not (type(start) is int and type(end) is int and 0 <= start < end):
+        raise _bad(path, lineno, f"span ({start!r}, {end!r}) is not a non-empty half-open range")
+    if not isinstance(word, str) or len(word) != end - start:
+        raise _bad(path, lineno, f"word {word!r} does not fit span ({start}, {end})")
+    if kind not in LABEL_TYPES:
+        raise _bad(path, lineno, f"type {kind!r} is not one of {', '.join(LABEL_TYPES)}")
+    return Label(start, end, word, kind)
+
+
+@lru_cache(maxsize=None)
+def _read(benchmark: str) -> dict[str, tuple[str, tuple[Label, ...]]]:
+    """task_id -> (sha256 of the labelled text, labels); cached and immutable."""
+    if benchmark not in BENCHMARKS:
+        raise AttnalignError(f"unknown benchmark {benchmark!r}: use humaneval or mbpp")
+    path = LABELS_DIR / f"{benchmark}.jsonl"
+    if not path.exists():
+        raise AttnalignError(f"labels file {path} missing: {FIX}")
+    table: dict[str, tuple[str, tuple[Label, ...]]] = {}
+    with path.open(encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, start=1):
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise _bad(path, lineno, f"not JSON ({exc.msg})") from None
+            if not isinstance(rec, dict) or set(rec) != {"task_id", "text_sha256", "labels"}:
+                raise _bad(path, lineno, "a line needs exactly the keys task_id, text_sha256, labels")
+            tid, sha, labels = rec["task_id"], rec["text_sha256"], rec["labels"]
+            if not isinstance(tid, str) or not tid.startswith(_PREFIX[benchmark]) or tid in table:
+                raise _bad(path, lineno, f"task_id {tid!r} is not a new {_PREFIX[benchmark]}N id")
+            if not isinstance(sha, str) or not _SHA.match(sha) or not isinstance(labels, list):
+                raise _bad(path, lineno, "text_sha256 must be 64 hex digits and labels a list")
+            table[tid] = (sha, tuple(_parse_label(raw, path, lineno) for raw in labels))
+    return table
+
+
+def load_labels(benchmark: str) -> dict[str, list[Label]]:
+    """All labels of one benchmark by task id; a task with ``[]`` was labelled with none.
+
+    The file is parsed once (cached); each call returns fresh lists so callers cannot corrupt it.
+    Spans are not checked against task texts here: :func:`labels_for` does that per task.
+    """
+    return {tid: list(labels) for tid, (_, labels) in _read(benchmark).items()}
+
+
+def labels_for(task: Task) -> list[Label]:
+    """The task's labels relative to ``task.label_text``, after checking the text is unchanged."""
+    table = _read(task.benchmark)
+    if task.task_id not in table:
+        raise AttnalignError(f"no labels for {task.task_id} in {LABELS_DIR / task.benchmark}.jsonl: {FIX}")
+    sha, labels = table[task.task_id]
+    text = task.label_text
+    if hashlib.sha256(text.encode("utf-8")).hexdigest() != sha:
+        raise AttnalignError(f"labels of {task.task_id} were made for a different text (sha256 mismatch): {FIX}")
+    for lab in labels:
+        if text[lab.start : lab.end] != lab.word:
+            raise AttnalignError(f"label {lab.word!r} of {task.task_id} does not cover its word: {FIX}")
+    return list(labels)
+
+
+def prompt_labels(task: Task) -> list[Label]:
+    """The task's labels in ``task.prompt`` coordinates (HumanEval: same text; MBPP: shifted)."""
+    offset = 0 if task.benchmark == "humaneval" else task.description[0]
+    return [replace(lab, start=lab.start + offset, end=lab.end + offset) for lab in labels_for(task)]
