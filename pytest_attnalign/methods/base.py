@@ -1,0 +1,96 @@
+"""What an attribution method is, and the context it works on.
+
+A method maps one generation to scores for units of the task description. Units are character
+spans ``(start, end, score)`` in ``task.prompt`` coordinates (the completion-mode prompt), whatever
+format the model was prompted in, so results of both formats compare against the same labels.
+Methods that share expensive work (the six self-attention views share one forward pass, the four
+gradient views their backward passes) share it through :meth:`AttributionContext.memo`.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from ..errors import AttnalignError
+from ..generation import Generation, Prompt
+from ..tasks import Task
+
+Unit = tuple[int, int, float]
+
+CATEGORIES = ("self_attention", "gradient", "perturbation")
+
+
+class MethodNotApplicable(AttnalignError):
+    """The method cannot run on this model (e.g. gradients of an API model): skip, don't fail."""
+
+
+@dataclass
+class AttributionContext:
+    """One task's generation, shared by every method run on it."""
+
+    lm: Any  # models.LoadedModel
+    task: Task
+    prompt: Prompt
+    generation: Generation
+    settings: dict[str, Any] = field(default_factory=dict)
+    _memo: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    def memo(self, key: str, compute: Callable[[], Any]) -> Any:
+        """Compute once per context; how methods share forward and backward passes."""
+        if key not in self._memo:
+            self._memo[key] = compute()
+        return self._memo[key]
+
+    def description_tokens(self) -> list[tuple[int, int, int]]:
+        """``(start, end, token_index)`` of the prompt tokens inside the scored region.
+
+        Spans come from the tokenizer's offset mapping (never from searching token strings), are
+        clipped to the region and stripped of surrounding whitespace; whitespace-only tokens are
+        not units (no word of the description lies in them). Coordinates: ``task.prompt``.
+        """
+        return self.memo("description_tokens", self._description_tokens)
+
+    def _description_tokens(self) -> list[tuple[int, int, int]]:
+        enc = self.lm.tokenizer(self.prompt.text, add_special_tokens=False, return_offsets_mapping=True)
+        if list(enc["input_ids"]) != list(self.generation.prompt_ids):
+            raise AttnalignError("tokenizer is not stable on the prompt text; cannot map tokens to characters")
+        lo, hi = self.prompt.description
+        text, shift = self.prompt.text, self.prompt.task_offset
+        out = []
+        for i, (a, b) in enumerate(enc["offset_mapping"]):
+            a, b = max(a, lo), min(b, hi)
+            while a < b and text[a].isspace():
+                a += 1
+            while b > a and text[b - 1].isspace():
+                b -= 1
+            if a < b:
+                out.append((a - shift, b - shift, i))
+        return out
+
+    def description_words(self) -> list[tuple[int, int]]:
+        """Whitespace-separated words of the scored region, in ``task.prompt`` coordinates."""
+        a, b = self.task.description
+        return [(a + m.start(), a + m.end()) for m in re.finditer(r"\S+", self.task.prompt[a:b])]
+
+
+class Method:
+    """Base class of attribution methods; third-party ones subclass it (entry-point group
+    ``pytest_attnalign.methods``, each entry point naming a Method subclass or instance)."""
+
+    name: str = ""
+    category: str = ""
+    #: False for methods that need only generations (perturbation): they also run on API models.
+    needs_internals: bool = True
+
+    def settings(self) -> dict[str, Any]:
+        """Everything besides the model and task that determines the scores (cache key, report)."""
+        return {}
+
+    def attribute(self, ctx: AttributionContext) -> list[Unit]:
+        raise NotImplementedError  # abstract
+
+    def check_applicable(self, lm: Any) -> None:
+        if self.needs_internals and getattr(lm.spec, "kind", "hf") != "hf":
+            raise MethodNotApplicable(f"{self.name} needs model internals; {lm.spec.name} is an API model")
