@@ -1,0 +1,149 @@
+"""``attnalign score FILE``: score attributions computed elsewhere, given as JSON Lines.
+
+One task a line::
+
+    {"id": "t1", "text": "...", "units": [["tok", 0.3], ...], "human": [[0, 5], ...]}
+    {"id": "t2", "task_id": "HumanEval/12", "units": [[0, 4, 0.9], ...]}
+
+``units`` are ``[token, score]`` pairs or ``[start, end, score]`` triples (METRICS.md s1). A
+``task_id`` line takes its text (``Task.label_text``) and human spans from the shipped programmer
+labels. Every line is validated before anything is scored, so a bad file never yields numbers.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from tabulate import tabulate
+
+from .alignment import KScore, Span, TaskUnits, score_tasks
+from .errors import AttnalignError
+
+KEYS = {"id", "text", "human", "task_id", "units"}
+
+
+def _shipped_spans(task_id: str) -> tuple[str, str, list[Span]]:
+    """Canonical id, label text and programmer spans of a benchmark task."""
+    from .tasks import get_task
+
+    task = get_task(task_id)
+    try:
+        from .labels import labels_for
+    except ImportError as exc:
+        if exc.name != f"{__package__}.labels":
+            raise
+        raise AttnalignError("programmer labels are not available (pytest_attnalign.labels is missing)") from None
+    return task.task_id, task.label_text, [(lab.start, lab.end) for lab in labels_for(task)]
+
+
+def _list(obj: dict[str, Any], key: str) -> list[Any]:
+    value = obj[key]
+    if not isinstance(value, list):
+        raise AttnalignError(f'"{key}" must be a list, got {type(value).__name__}')
+    return value
+
+
+def parse_line(line: str) -> TaskUnits:
+    """One validated task from one JSON line; raises AttnalignError saying what is wrong."""
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise AttnalignError(f"not valid JSON ({exc.msg} at column {exc.colno})") from None
+    if not isinstance(obj, dict):
+        raise AttnalignError(f"a line must be a JSON object, got {type(obj).__name__}")
+    unknown = sorted(set(obj) - KEYS)
+    if unknown:
+        raise AttnalignError(f"unknown key(s) {', '.join(map(repr, unknown))}: allowed are {', '.join(sorted(KEYS))}")
+    if "units" not in obj:
+        raise AttnalignError('missing key "units"')
+    if "task_id" in obj:
+        if "text" in obj or "human" in obj:
+            raise AttnalignError('give either "task_id" or "text" and "human", not both')
+        if not isinstance(obj["task_id"], str):
+            raise AttnalignError('"task_id" must be a string such as "HumanEval/12"')
+        default_id, text, human = _shipped_spans(obj["task_id"])
+    else:
+        missing = [k for k in ("text", "human") if k not in obj]
+        if missing:
+            raise AttnalignError(f'missing key(s) {", ".join(map(repr, missing))} (or give "task_id")')
+        if not isinstance(obj["text"], str):
+            raise AttnalignError('"text" must be a string')
+        default_id, text, human = "", obj["text"], _list(obj, "human")
+    task_id = obj.get("id", default_id)
+    if not isinstance(task_id, str):
+        raise AttnalignError('"id" must be a string')
+    units = _list(obj, "units")
+    for u in [*units, *human]:
+        if not isinstance(u, (list, tuple)):
+            raise AttnalignError(f"a unit or span must be a list, got {u!r}")
+    return TaskUnits.from_units(text, units, human, task_id=task_id)
+
+
+def read_score_file(path: str | Path) -> list[TaskUnits]:
+    """All tasks of the file, or an AttnalignError ``FILE:LINE: what is wrong`` for the first bad line."""
+    tasks: list[TaskUnits] = []
+    first_line: dict[str, int] = {}
+    try:
+        with open(path, encoding="utf-8") as fh:
+            for no, line in enumerate(fh, 1):
+                if not line.strip():
+                    continue
+                try:
+                    task = parse_line(line)
+                except AttnalignError as exc:
+                    raise AttnalignError(f"{path}:{no}: {exc}") from None
+                if task.task_id and task.task_id in first_line:
+                    raise AttnalignError(
+                        f"{path}:{no}: duplicate id {task.task_id!r} (first on line {first_line[task.task_id]}):"
+                        " each task must be scored once"
+                    )
+                first_line[task.task_id] = no
+                tasks.append(task)
+    except OSError as exc:
+        raise AttnalignError(f"cannot read {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise AttnalignError(f"{path}: not UTF-8 text ({exc.reason})") from None
+    if not tasks:
+        raise AttnalignError(f"{path}: no tasks: the file is empty (expected one JSON object a line)")
+    return tasks
+
+
+def _pct(x: float | None) -> str:
+    return "undefined" if x is None else f"{x:.1%}"
+
+
+def format_table(n_tasks: int, scores: dict[int, KScore]) -> str:
+    """Rows K; P/R/F1 as the study printed them, alpha to two places."""
+    rows = [
+        [
+            k,
+            _pct(s.precision),
+            _pct(s.recall),
+            _pct(s.f1),
+            "undefined" if s.alpha is None else f"{s.alpha:.2f}",
+            s.dropped_units,
+        ]
+        for k, s in scores.items()
+    ]
+    headers = ["K", "P", "R", "F1", "alpha", "dropped units"]
+    table = tabulate(rows, headers=headers, disable_numparse=True, colalign=("right",) * len(headers))
+    return f"{n_tasks} task{'' if n_tasks == 1 else 's'}\n{table}"
+
+
+def format_json(n_tasks: int, scores: dict[int, KScore]) -> str:
+    """One JSON object: fractions, null for undefined."""
+    return json.dumps({"n_tasks": n_tasks, "k": {str(k): s.as_dict() for k, s in scores.items()}})
+
+
+def score_file_command(path: str, ks: Sequence[int], as_json: bool) -> int:
+    """The ``score`` sub-command: validate the whole file, then print the figures for each K."""
+    bad = [k for k in ks if k < 1]
+    if bad:
+        raise AttnalignError(f"--k values must be positive, got {bad[0]}")
+    tasks = read_score_file(path)
+    scores = score_tasks(tasks, ks)
+    print(format_json(len(tasks), scores) if as_json else format_table(len(tasks), scores))
+    return 0
