@@ -14,7 +14,7 @@ Rules (recorded with every :class:`Generation`):
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from .errors import AttnalignError
@@ -52,12 +52,20 @@ class Generation:
     completion: str
     generated_ids: tuple[int, ...]  # tokens kept after the cut (what attribution explains)
     prompt_ids: tuple[int, ...]
+    usage: dict[str, int] | None = field(default=None, compare=False)  # API models' token counts (keeps hashing)
 
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d.pop("prompt_ids")
+        if d["usage"] is None:
+            d.pop("usage")  # local models: records stay as they were
         d["generated_ids"] = list(self.generated_ids)
         return d
+
+
+def chat_user_message(task_prompt: str) -> str:
+    """The user message of chat format, one wording for local chat templates and API models."""
+    return CHAT_INSTRUCTION + "```python\n" + task_prompt + "```"
 
 
 def build_prompt(task: Task, tokenizer: Any, prompt_format: str) -> Prompt:
@@ -68,7 +76,7 @@ def build_prompt(task: Task, tokenizer: Any, prompt_format: str) -> Prompt:
         raise AttnalignError(f"unknown prompt format {prompt_format!r}: use completion or chat")
     if not getattr(tokenizer, "chat_template", None):
         raise AttnalignError("this model has no chat template: use --attn-prompt-format=completion")
-    user = CHAT_INSTRUCTION + "```python\n" + task.prompt + "```"
+    user = chat_user_message(task.prompt)
     text = tokenizer.apply_chat_template([{"role": "user", "content": user}], tokenize=False, add_generation_prompt=True)
     offset = text.find(task.prompt)
     if offset == -1:

@@ -1,0 +1,215 @@
+"""OpenAI-compatible chat models (the study's GPT-4) behind the same surface as a local model.
+
+An API model has no weights, tokenizer or attention, so only generation and the perturbation
+methods (which need nothing but generations) run on it. Rules, recorded like a local model's:
+
+- Prompt: chat format only; the user message is :func:`generation.chat_user_message`, the same
+  wording local chat models get. ``Prompt.text`` is that message (the server applies its template).
+- Greedy: ``temperature=0`` and ``seed=0`` (servers that ignore ``seed`` are still near-greedy).
+- Budget without a tokenizer: ``max_tokens = ceil(len(task.prompt + canonical_solution) / 3) + 20``
+  (:data:`generation.BUDGET_SLACK`). It mirrors the chat-format rule for local models (tokens of
+  prompt + canonical + 20) with ~3 characters per token, fewer than GPT tokenizers average on
+  code, so the budget errs on the generous side rather than cutting a function short.
+- Retries: 429, 408/409, 5xx, timeouts and refused connections are retried by the ``openai``
+  client itself (exponential backoff from 0.5 s to 8 s with jitter, honouring ``Retry-After``);
+  we only set its ``max_retries`` and ``timeout``, so there is no retry loop here.
+
+Configuration (argument, else environment): ``model`` (``ATTNALIGN_OPENAI_MODEL`` for the ``gpt4``
+alias, else ``spec.source``), ``api_key`` (``OPENAI_API_KEY``; optional for a loopback
+``base_url``), ``base_url`` (``OPENAI_BASE_URL``), ``max_retries`` (``ATTNALIGN_OPENAI_MAX_RETRIES``,
+default 6) and ``timeout`` seconds per request (``ATTNALIGN_OPENAI_TIMEOUT``, default 120).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import os
+from dataclasses import dataclass, field, replace
+from typing import Any
+from urllib.parse import urlsplit
+
+from .errors import AttnalignError
+from .generation import BUDGET_SLACK, STOP_RULE, Generation, Prompt, chat_user_message, completion_from_reply
+from .models import ModelSpec
+from .tasks import Task
+
+DEFAULT_BASE_URL = "https://api.openai.com/v1"
+DEFAULT_MAX_RETRIES = 6
+DEFAULT_TIMEOUT = 120.0
+CHARS_PER_TOKEN = 3
+#: Sent when no key is configured and the server is on this machine (local servers ignore keys).
+LOCAL_PLACEHOLDER_KEY = "sk-local-no-key"
+
+
+def api_budget(task_prompt: str, task: Task) -> int:
+    """Token budget without a tokenizer: ceil(chars of prompt + canonical / 3) + BUDGET_SLACK."""
+    return math.ceil(len(task_prompt + task.canonical_solution) / CHARS_PER_TOKEN) + BUDGET_SLACK
+
+
+def _is_loopback(url: str) -> bool:
+    host = urlsplit(url).hostname or ""
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _env_number(name: str, default: float, kind: type) -> Any:
+    raw = os.environ.get(name)
+    if raw is None or not raw.strip():
+        return kind(default)
+    try:
+        value = kind(raw)
+    except ValueError:
+        raise AttnalignError(f"{name}={raw!r} is not a number: set it to a {kind.__name__}") from None
+    if value < 0:
+        raise AttnalignError(f"{name}={raw!r} is negative: set it to 0 or more")
+    return value
+
+
+@dataclass
+class OpenAIModel:
+    """An API chat model with :class:`models.LoadedModel`'s public surface (no weights, no tokenizer)."""
+
+    spec: ModelSpec
+    client: Any  # openai.OpenAI
+    base_url: str
+    max_retries: int
+    timeout: float
+    model: Any = None
+    tokenizer: Any = None
+    device: str = "api"
+    dtype: str = "n/a"
+    revision: str = ""  # the model name the server reports (e.g. gpt-4-0613), after the first call
+    info: dict[str, Any] = field(default_factory=dict)
+    usage_total: dict[str, int] = field(default_factory=lambda: {"prompt_tokens": 0, "completion_tokens": 0, "calls": 0})
+    usage_for_last_call: dict[str, int] | None = None
+
+    def __post_init__(self) -> None:
+        self.revision = self.revision or self.spec.source
+
+    @property
+    def identity(self) -> dict[str, str]:
+        """Same keys as a local model's; ``revision`` becomes the server's model name after one call."""
+        return {"model": self.spec.name, "source": self.spec.source, "revision": self.revision, "dtype": self.dtype}
+
+    def generate(self, task: Task, fmt: str, max_new_tokens: int | None = None) -> tuple[Prompt, Generation]:
+        """One greedy reply for ``task``, its fenced code turned into a continuation of the prompt."""
+        if fmt != "chat":
+            raise AttnalignError(f"API models support only chat format, not {fmt!r}: use --attn-prompt-format=chat")
+        text = chat_user_message(task.prompt)
+        offset = text.find(task.prompt)
+        a, b = task.description
+        prompt = Prompt(text, "chat", offset, (offset + a, offset + b))
+        budget = max_new_tokens or api_budget(task.prompt, task)
+        raw = self.complete_task_prompt(task.prompt, task, budget)
+        completion = completion_from_reply(task, raw)
+        if not completion.strip():
+            completion = ""
+        gen = Generation(task.task_id, "chat", budget, STOP_RULE, raw, completion, (), (), usage=self.usage_for_last_call)
+        return prompt, gen
+
+    def complete_task_prompt(self, task_prompt: str, task: Task, max_new_tokens: int | None = None) -> str:
+        """The raw reply for a (possibly perturbed) task prompt: what perturbation methods regenerate."""
+        budget = max_new_tokens or api_budget(task_prompt, task)
+        return self._chat(chat_user_message(task_prompt), budget)
+
+    def _chat(self, user: str, max_tokens: int) -> str:
+        """One chat completion; usage and the served model name are recorded, API errors made one line."""
+        import openai
+
+        try:
+            resp = self.client.chat.completions.create(
+                model=self.spec.source,
+                messages=[{"role": "user", "content": user}],
+                temperature=0,
+                seed=0,
+                max_tokens=max_tokens,  # not max_completion_tokens: compatible servers know this one
+                n=1,
+            )
+        except openai.OpenAIError as exc:
+            raise self._error(exc) from None
+        if resp.model:
+            self.revision = resp.model
+        if getattr(resp, "system_fingerprint", None):
+            self.info["system_fingerprint"] = resp.system_fingerprint
+        usage = {"prompt_tokens": 0, "completion_tokens": 0}
+        if resp.usage is not None:
+            usage = {"prompt_tokens": int(resp.usage.prompt_tokens or 0), "completion_tokens": int(resp.usage.completion_tokens or 0)}
+        self.usage_for_last_call = usage
+        self.usage_total["prompt_tokens"] += usage["prompt_tokens"]
+        self.usage_total["completion_tokens"] += usage["completion_tokens"]
+        self.usage_total["calls"] += 1
+        if not resp.choices:
+            raise AttnalignError(f"{self.base_url} returned no choices for model {self.spec.source!r}: check the server")
+        return resp.choices[0].message.content or ""
+
+    def _error(self, exc: Exception) -> AttnalignError:
+        """Map an openai exception to an AttnalignError naming the fix."""
+        import openai
+
+        where = f"{self.base_url} (model {self.spec.source!r})"
+        tries = f"after {self.max_retries} retries"
+        detail = (str(getattr(exc, "message", "") or exc).splitlines() or [type(exc).__name__])[0][:160]
+        if isinstance(exc, openai.AuthenticationError):
+            return AttnalignError(f"{where} rejected the API key (401): set OPENAI_API_KEY to a valid key")
+        if isinstance(exc, openai.PermissionDeniedError):
+            return AttnalignError(f"{where}: no access (403, {detail}): use a key whose project may use this model")
+        if isinstance(exc, openai.NotFoundError):
+            return AttnalignError(
+                f"{where}: not found (404, {detail}): set ATTNALIGN_OPENAI_MODEL or --attn-model=openai:MODEL to a model "
+                "your key can use, and check OPENAI_BASE_URL"
+            )
+        if isinstance(exc, openai.RateLimitError):
+            return AttnalignError(
+                f"{where}: rate limited or out of quota (429) {tries}: wait and rerun, check the account's quota, "
+                "or raise ATTNALIGN_OPENAI_MAX_RETRIES"
+            )
+        if isinstance(exc, openai.APITimeoutError):
+            return AttnalignError(f"{where}: no reply within {self.timeout:g} s {tries}: raise ATTNALIGN_OPENAI_TIMEOUT or rerun later")
+        if isinstance(exc, openai.APIConnectionError):
+            return AttnalignError(f"cannot connect to {self.base_url} {tries}: check OPENAI_BASE_URL and that the server is up")
+        if isinstance(exc, openai.InternalServerError):
+            return AttnalignError(f"{where}: server error ({getattr(exc, 'status_code', '5xx')}) {tries}: rerun later")
+        if isinstance(exc, openai.BadRequestError):
+            return AttnalignError(f"{where} refused the request (400, {detail}): use a chat model that accepts temperature=0")
+        if isinstance(exc, openai.APIStatusError):
+            return AttnalignError(f"{where}: HTTP {exc.status_code} ({detail}): check OPENAI_BASE_URL and the model name")
+        return AttnalignError(f"{where}: {detail}: check the OpenAI settings (OPENAI_API_KEY, OPENAI_BASE_URL)")
+
+
+def load_openai_model(
+    spec: ModelSpec,
+    *,
+    model: str | None = None,
+    api_key: str | None = None,
+    base_url: str | None = None,
+    max_retries: int | None = None,
+    timeout: float | None = None,
+) -> OpenAIModel:
+    """Configure the client (no request is made); a missing key fails here, at start-up."""
+    try:
+        import openai
+    except ImportError:
+        raise AttnalignError("API models need the openai package: run `pip install openai`") from None
+    if model is None and spec.name == "gpt4":
+        model = os.environ.get("ATTNALIGN_OPENAI_MODEL") or None  # read at load time, not import time
+    if model and model != spec.source:
+        spec = replace(spec, source=model)
+    base_url = (base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
+    api_key = api_key or os.environ.get("OPENAI_API_KEY")
+    if not api_key:
+        if not _is_loopback(base_url):
+            raise AttnalignError(
+                f"no API key for {base_url}: set OPENAI_API_KEY (or OPENAI_BASE_URL to a local OpenAI-compatible server)"
+            )
+        api_key = LOCAL_PLACEHOLDER_KEY
+    retries = int(max_retries if max_retries is not None else _env_number("ATTNALIGN_OPENAI_MAX_RETRIES", DEFAULT_MAX_RETRIES, int))
+    secs = float(timeout if timeout is not None else _env_number("ATTNALIGN_OPENAI_TIMEOUT", DEFAULT_TIMEOUT, float))
+    client = openai.OpenAI(api_key=api_key, base_url=base_url, max_retries=retries, timeout=secs)
+    lm = OpenAIModel(spec, client, base_url, retries, secs)
+    lm.info.update({"base_url": base_url, "max_retries": retries, "timeout_s": secs})
+    return lm
