@@ -1,0 +1,385 @@
+"""The sandbox: outcomes, recorded limits, and hostile programs that must harm nothing.
+
+Every hostile program reports the pids it spawned and its work directory on stderr; the tests then
+check that none of those processes (nor any process carrying the run's environment marker) is
+alive, and that the directory is gone. Containment that depends on the platform (mount namespaces,
+root) is asserted where ``ExecResult.sandbox`` says it held, and skipped with the reason otherwise.
+The suite passes as root and as an ordinary user.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from pytest_attnalign import execution
+from pytest_attnalign.errors import AttnalignError
+from pytest_attnalign.execution import MARKER, ExecResult, Limits, run_completion, run_program
+from pytest_attnalign.tasks import get_task
+
+MARGIN_S = 3.0  # start-up, clean-up and a loaded 2-core machine
+FIVE_SECONDS = Limits(timeout_s=5)
+
+
+def _run(source: str, limits: Limits = FIVE_SECONDS, **kw: bool) -> tuple[ExecResult, float]:
+    if source.startswith(_WORK):  # _WORK + an indented triple-quoted body
+        source = _WORK + textwrap.dedent(source[len(_WORK):])
+    start = time.monotonic()
+    result = run_program(textwrap.dedent(source), limits, **kw)
+    return result, time.monotonic() - start
+
+
+def _reported(result: ExecResult, key: str) -> list[str]:
+    """Values the program printed as ``KEY v1 v2 ...`` lines on stderr."""
+    return [v for line in result.stderr_tail.splitlines() if line.startswith(key + " ") for v in line.split()[1:]]
+
+
+def _environ(pid: int) -> bytes | None:
+    """None when gone; a sandboxed process is always readable (our uid, or nobody while we are root)."""
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as fh:
+            return fh.read()
+    except OSError:  # gone, a kernel thread, or another user's process (a reused pid)
+        return None
+
+
+def _marked(work: str) -> list[int]:
+    needle = f"{MARKER}={work}\0".encode()
+    return [int(p) for p in os.listdir("/proc") if p.isdigit() and needle in (_environ(int(p)) or b"")]
+
+
+def assert_nothing_left(result: ExecResult, pids: list[str] | None = None) -> None:
+    """No reported process alive (a reused pid lacks our marker), no marked process, no directory."""
+    (work,) = _reported(result, "WORK")
+    needle = f"{MARKER}={work}\0".encode()
+    for pid in map(int, pids if pids is not None else _reported(result, "PID")):
+        env = _environ(pid)
+        assert env is None or needle not in env, f"process {pid} survived"
+    assert _marked(work) == []
+    assert not Path(work).exists() and not Path(work).parent.exists()
+    assert result.sandbox["leftover_processes"] == 0
+
+
+def assert_within(seconds: float, limit: float) -> None:
+    assert seconds < limit + MARGIN_S, f"took {seconds:.1f} s, limit {limit} s"
+
+
+# ---------------------------------------------------------------------------------------------
+# Outcomes
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("task_id", ["HumanEval/0", "HumanEval/163", "Mbpp/2", "Mbpp/367", "Mbpp/927"])
+def test_canonical_solutions_pass(task_id: str) -> None:
+    task = get_task(task_id)
+    result = run_completion(task, task.canonical_solution, Limits())
+    assert result.outcome == "pass", result.stderr_tail
+    assert result.returncode == 0
+
+
+def test_wrong_completion_fails_with_the_assertion_in_the_tail() -> None:
+    result = run_completion(get_task("HumanEval/0"), "    return False\n", Limits())
+    assert result.outcome == "fail"
+    assert result.stderr_tail.rstrip().splitlines()[-1].startswith("AssertionError")
+    mbpp = get_task("Mbpp/2")
+    assert run_completion(mbpp, f"def {mbpp.entry_point}(a, b):\n    return ()\n", Limits()).outcome == "fail"
+
+
+@pytest.mark.parametrize(("source", "last_line"), [
+    ("def f(:\n    pass\n", "SyntaxError"),
+    ("undefined_name\n", "NameError"),
+    ("import sys\nsys.exit(0)\nassert False\n", "SystemExit(0) before the end of the program"),
+    ("import os\nos._exit(0)\n", "[sandbox] exited with status 0 before the end of the program"),
+    ("x = input()\n", "EOFError"),  # stdin is /dev/null: nothing to read, never a hang
+    ("import os, signal\nos.kill(os.getpid(), signal.SIGSEGV)\n", "[sandbox] killed by SIGSEGV"),
+])
+def test_errors(source: str, last_line: str) -> None:
+    result, _ = _run(source)
+    assert result.outcome == "error"
+    assert result.stderr_tail.rstrip().splitlines()[-1].startswith(last_line)
+
+
+def test_main_guard_is_not_run_like_the_reference_harness() -> None:
+    result, _ = _run("""
+        def f():
+            return 1
+        if __name__ == "__main__":
+            import unittest
+            unittest.main()
+        assert f() == 1
+    """)
+    assert result.outcome == "pass", result.stderr_tail
+
+
+def test_limits_are_recorded() -> None:
+    limits = Limits(timeout_s=4.5, memory_mb=512, file_size_mb=2, nproc=16)
+    assert limits.cpu_s == 5  # derived from the wall clock
+    result, _ = _run("print('ok')\n", limits)
+    record = result.as_dict()
+    assert record["limits"] == {"timeout_s": 4.5, "cpu_s": 5, "memory_mb": 512, "file_size_mb": 2, "nproc": 16}
+    assert json.loads(json.dumps(record)) == record
+    rl = record["sandbox"]["rlimits"]
+    assert rl["RLIMIT_CORE"] == [0, 0]
+    assert rl["RLIMIT_CPU"][0] <= 5 and rl["RLIMIT_AS"][0] <= 512 * 2**20 and rl["RLIMIT_FSIZE"][0] <= 2 * 2**20
+    assert {"user", "readonly_fs", "nproc_binding"} <= set(record["sandbox"])
+
+
+@pytest.mark.parametrize("bad", [{"timeout_s": 0}, {"timeout_s": float("nan")}, {"memory_mb": 0}, {"nproc": -1}])
+def test_invalid_limits(bad: dict) -> None:
+    with pytest.raises(AttnalignError):
+        Limits(**bad)
+
+
+# ---------------------------------------------------------------------------------------------
+# Hostile programs
+# ---------------------------------------------------------------------------------------------
+
+_WORK = "import os, sys\nprint('WORK', os.getcwd(), file=sys.stderr, flush=True)\n"
+
+
+def test_infinite_loop_times_out_on_the_wall_clock() -> None:
+    result, seconds = _run(_WORK + "while True:\n    pass\n", Limits(timeout_s=1.0, cpu_s=30))
+    assert result.outcome == "timeout" and "wall-clock" in result.stderr_tail
+    assert_within(seconds, 1.0)
+    assert_nothing_left(result, [])
+
+
+def test_cpu_limit_is_a_timeout() -> None:
+    result, seconds = _run(_WORK + "while True:\n    pass\n", Limits(timeout_s=20.0, cpu_s=1))
+    assert result.outcome == "timeout" and "CPU limit" in result.stderr_tail
+    assert_within(seconds, 1.0)
+    assert_nothing_left(result, [])
+
+
+def test_sleeping_program_times_out() -> None:
+    result, seconds = _run(_WORK + "import time\ntime.sleep(60)\n", Limits(timeout_s=1.0))
+    assert result.outcome == "timeout"
+    assert_within(seconds, 1.0)
+
+
+def test_fork_bomb_is_bounded_and_fully_killed() -> None:
+    """At most 300 forks (safe even if the limit failed); each child escapes the group with setsid."""
+    limits = Limits(timeout_s=3.0, nproc=8)
+    result, seconds = _run(_WORK + """
+        import time
+        pids = []
+        for _ in range(300):
+            try:
+                pid = os.fork()
+            except OSError:
+                break
+            if pid == 0:
+                os.setsid()
+                time.sleep(1000)
+                os._exit(0)
+            pids.append(pid)
+        print("FORKED", len(pids), file=sys.stderr)
+        print("PID", *pids[:40], file=sys.stderr, flush=True)
+        time.sleep(1000)
+    """, limits)
+    assert result.outcome == "timeout", result.stderr_tail
+    assert_within(seconds, limits.timeout_s)
+    (forked,) = map(int, _reported(result, "FORKED"))
+    if result.sandbox["nproc_binding"]:
+        assert forked < result.sandbox["rlimits"]["RLIMIT_NPROC"][0]
+    assert_nothing_left(result)
+
+
+def test_memory_hog_gets_memory_error_fast() -> None:
+    limits = Limits(timeout_s=20.0, memory_mb=256)
+    result, seconds = _run(_WORK + "b = bytearray()\nwhile True:\n    b += bytes(10**7)\n", limits)
+    assert result.outcome == "error"
+    assert result.stderr_tail.rstrip().splitlines()[-1] == "MemoryError"
+    assert seconds < 5.0
+    assert_nothing_left(result, [])
+
+
+def test_file_size_limit() -> None:
+    result, _ = _run(_WORK + "open('big', 'wb').write(bytes(4 * 2**20))\n", Limits(file_size_mb=1))
+    assert result.outcome == "error" and "File too large" in result.stderr_tail
+    assert_nothing_left(result, [])
+
+
+def test_background_children_and_daemons_do_not_survive_a_passing_program() -> None:
+    result, _ = _run(_WORK + """
+        import subprocess, time
+        bg = subprocess.Popen(["sleep", "1000"], start_new_session=True)
+        r, w = os.pipe()
+        if os.fork() == 0:  # classic daemon: fork, setsid, fork, parent exits
+            os.setsid()
+            pid = os.fork()
+            if pid == 0:
+                time.sleep(1000)
+                os._exit(0)
+            os.write(w, str(pid).encode())
+            os._exit(0)
+        daemon = int(os.read(r, 32))
+        print("PID", bg.pid, daemon, file=sys.stderr, flush=True)
+        assert os.getpgid(daemon) != os.getpgid(0) and os.getsid(bg.pid) == bg.pid
+    """)
+    assert result.outcome == "pass", result.stderr_tail
+    assert len(_reported(result, "PID")) == 2
+    assert_nothing_left(result)
+
+
+@pytest.fixture
+def outside(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Path]:
+    """A sentinel next to the tests, and a fake caller HOME with its own sentinel."""
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "sentinel").write_text("home sentinel")
+    (tmp_path / "sentinel").write_text("sentinel")
+    monkeypatch.setenv("HOME", str(home))
+    return {"sentinel": tmp_path / "sentinel", "home": home}
+
+
+def _intact(outside: dict[str, Path]) -> None:
+    assert outside["sentinel"].read_text() == "sentinel"
+    assert sorted(p.name for p in outside["home"].iterdir()) == ["sentinel"]
+    assert (outside["home"] / "sentinel").read_text() == "home sentinel"
+
+
+def test_home_and_cwd_point_into_the_sandbox(outside: dict[str, Path]) -> None:
+    result, _ = _run(_WORK + """
+        home = os.path.expanduser("~")
+        assert home == os.getcwd() == os.environ["TMPDIR"], (home, os.getcwd())
+        for name in ("sentinel", "note"):
+            open(os.path.join(home, name), "w").write("overwritten")
+        os.remove(os.path.join(home, "sentinel"))
+        open("relative.txt", "w").write("x")
+        assert sorted(os.listdir(".")) == ["note", "program.py", "relative.txt"]
+    """, readonly_fs=False)
+    assert result.outcome == "pass", result.stderr_tail
+    _intact(outside)
+    assert_nothing_left(result, [])
+
+
+_ESCAPE = _WORK + """
+    import shutil
+    tries = {{}}
+    def attempt(name, action):
+        try:
+            action()
+            tries[name] = "done"
+        except OSError as exc:
+            tries[name] = type(exc).__name__
+    attempt("remove", lambda: os.remove({sentinel!r}))
+    attempt("overwrite", lambda: open({sentinel!r}, "w").write("pwned"))
+    attempt("home", lambda: open({home!r} + "/pwned", "w").write("pwned"))
+    attempt("rmtree", lambda: shutil.rmtree({home!r}))
+    attempt("parent", lambda: open("../../{escape}", "w").write("pwned"))
+    print("TRIES", *(f"{{k}}={{v}}" for k, v in tries.items()), file=sys.stderr)
+"""
+
+
+@pytest.mark.parametrize("readonly_fs", [True, False], ids=["readonly-mounts", "writable-mounts"])
+def test_absolute_and_parent_paths_cannot_escape(outside: dict[str, Path], readonly_fs: bool) -> None:
+    escape = f"attnalign-escape-{os.getpid()}-{readonly_fs}"
+    parent_file = Path(os.path.realpath(execution.tempfile.gettempdir()), escape)
+    source = _ESCAPE.format(sentinel=str(outside["sentinel"]), home=str(outside["home"]), escape=escape)
+    result, _ = _run(source, readonly_fs=readonly_fs)
+    try:
+        contained_by_fs = result.sandbox["readonly_fs"]
+        contained_by_user = result.sandbox["user"] == "nobody" and os.geteuid() == 0
+        if not (contained_by_fs or contained_by_user):
+            pytest.skip("not contained: writable mounts and not root (documented in execution.py)")
+        _intact(outside)
+        if contained_by_fs:  # /tmp is world-writable: only the read-only mounts keep nobody out
+            assert not parent_file.exists()
+            assert all(t.split("=")[1] != "done" for t in _reported(result, "TRIES")), result.stderr_tail
+        assert_nothing_left(result, [])
+    finally:
+        parent_file.unlink(missing_ok=True)
+
+
+def test_no_process_survives_a_timeout_with_escaped_children() -> None:
+    result, _ = _run(_WORK + """
+        import subprocess, time
+        kids = [subprocess.Popen(["sleep", "1000"], start_new_session=True) for _ in range(3)]
+        print("PID", *(k.pid for k in kids), file=sys.stderr, flush=True)
+        time.sleep(1000)
+    """, Limits(timeout_s=1.5))
+    assert result.outcome == "timeout"
+    assert_nothing_left(result)
+
+
+# ---------------------------------------------------------------------------------------------
+# Commands
+# ---------------------------------------------------------------------------------------------
+
+
+def test_check_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    good = tmp_path / "good.py"
+    good.write_text(get_task("Mbpp/927").canonical_solution)
+    assert execution.check_command("mbpp/927", str(good), 10.0, False) == 0
+    assert re.fullmatch(r"Mbpp/927: pass \(\d+\.\d\d s\)\n", capsys.readouterr().out)
+
+    bad = tmp_path / "bad.py"
+    bad.write_text("    return True\n")
+    assert execution.check_command("HumanEval/0", str(bad), 10.0, True) == 1
+    record = json.loads(capsys.readouterr().out)
+    assert list(record) == ["task_id", "outcome", "seconds", "stderr_tail"]
+    assert record["task_id"] == "HumanEval/0" and record["outcome"] == "fail"
+    assert "AssertionError" in record["stderr_tail"]
+
+
+def test_check_command_input_errors(tmp_path: Path) -> None:
+    with pytest.raises(AttnalignError, match="not found"):
+        execution.check_command("HumanEval/0", str(tmp_path / "missing.py"), 10.0, False)
+    (tmp_path / "c.py").write_text("    return True\n")
+    with pytest.raises(AttnalignError, match="no task"):
+        execution.check_command("HumanEval/999", str(tmp_path / "c.py"), 10.0, False)
+    with pytest.raises(AttnalignError, match="timeout"):
+        execution.check_command("HumanEval/0", str(tmp_path / "c.py"), -1.0, False)
+
+
+def test_check_through_the_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from pytest_attnalign.cli import main
+
+    good = tmp_path / "good.py"
+    good.write_text(get_task("HumanEval/0").canonical_solution)
+    assert main(["check", "HumanEval/0", str(good), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["outcome"] == "pass"
+    assert main(["check", "HumanEval/0", str(tmp_path / "nope.py")]) == 2
+    assert capsys.readouterr().err.startswith("attnalign: error: completion file")
+
+
+def test_verify_benchmarks_command_reports_each_failure(monkeypatch: pytest.MonkeyPatch,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    broken = dataclasses.replace(get_task("Mbpp/3"), canonical_solution="def is_not_prime(n):\n    return None\n")
+    tasks = [get_task("HumanEval/0"), get_task("Mbpp/2"), broken]
+    monkeypatch.setattr(execution, "load_tasks", lambda benchmark: tasks)
+    assert execution.verify_benchmarks_command("all", 2, 10.0) == 1
+    lines = capsys.readouterr().out.splitlines()
+    assert re.fullmatch(r"2/3 passed \(humaneval 1/1, mbpp 1/2\) in \d+\.\d s", lines[0])
+    assert lines[1:] == ["Mbpp/3: fail: AssertionError"]
+
+    monkeypatch.setattr(execution, "load_tasks", lambda benchmark: tasks[:2])
+    assert execution.verify_benchmarks_command("all", 0, 10.0) == 0
+    assert capsys.readouterr().out.startswith("2/2 passed (humaneval 1/1, mbpp 1/1) in ")
+
+
+def test_caller_temp_dir_below_a_private_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """pytest's own temp root is mode 700: as root, ``nobody`` still reaches its work directory."""
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)
+    monkeypatch.setattr(execution.tempfile, "tempdir", str(private))
+    result, _ = _run(_WORK + "open('x', 'w').write('ok')\n")
+    assert result.outcome == "pass", result.stderr_tail
+    assert _reported(result, "WORK")[0].startswith(str(private))
+    assert list(private.iterdir()) == []
+
+
+def test_a_failing_supervisor_is_an_error_not_a_crash(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(execution, "__file__", str(tmp_path / "nowhere" / "execution.py"))
+    result, _ = _run("print('never runs')\n")
+    assert result.outcome == "error"
+    assert "[sandbox] supervisor failed" in result.stderr_tail and "execution" in result.stderr_tail
+    assert result.as_dict()["sandbox"]["readonly_fs"] is False
