@@ -6,6 +6,7 @@ Every sub-command prints an :class:`AttnalignError` as one line on stderr and ex
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Sequence
 
@@ -28,12 +29,23 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("--timeout", type=float, default=10.0, help="wall-clock seconds per program")
     v.set_defaults(func=cmd_verify)
 
-    c = sub.add_parser("check", help="run one completion against a task's tests")
+    c = sub.add_parser("check", help="run one completion against a task's tests (exit 0 pass, 1 fail/timeout/error, 2 bad input)")
     c.add_argument("task_id", help="HumanEval/N or Mbpp/N")
     c.add_argument("completion_file", help="text continuing the task's completion-mode prompt")
     c.add_argument("--timeout", type=float, default=10.0, help="wall-clock seconds")
     c.add_argument("--json", action="store_true")
     c.set_defaults(func=cmd_check)
+
+    a = sub.add_parser("attribute", help="generate for one task and show each method's top-K units")
+    a.add_argument("task_id", help="HumanEval/N or Mbpp/N")
+    a.add_argument("--model", default="smollm2", help="alias, hub id, openai:MODEL or local directory (default smollm2)")
+    a.add_argument("--method", default="all", help="all, a category or comma-separated method names (default all)")
+    a.add_argument("--k", type=int, default=10, help="top-K units to show (default 10)")
+    a.add_argument("--prompt-format", choices=["completion", "chat"], default=None, help="default: the model's")
+    a.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    a.add_argument("--cache-dir", default=None, help="default: $ATTNALIGN_CACHE_DIR or ~/.cache/pytest-attnalign")
+    a.add_argument("--json", action="store_true", help="print one JSON object")
+    a.set_defaults(func=cmd_attribute)
     return p
 
 
@@ -53,6 +65,28 @@ def cmd_check(args: argparse.Namespace) -> int:
     from .execution import check_command
 
     return check_command(args.task_id, args.completion_file, args.timeout, args.json)
+
+
+def cmd_attribute(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .methods import resolve_methods
+    from .models import default_cache_dir, resolve_model
+    from .tasks import get_task
+
+    methods = resolve_methods(args.method)  # names and task are checked before any model loads
+    resolve_model(args.model)
+    task = get_task(args.task_id)
+    if args.k < 1:
+        raise AttnalignError(f"--k must be positive, got {args.k}")
+    from .report import render_attribution
+    from .study import Study, StudyConfig, attribute_task
+
+    cache = Path(args.cache_dir).expanduser() if args.cache_dir else default_cache_dir()
+    study = Study(StudyConfig(prompt_format=args.prompt_format, cache_dir=cache, device=args.device))
+    result = attribute_task(study, args.model, task.task_id, methods, args.k)
+    print(json.dumps(result) if args.json else render_attribution(result, args.k))
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

