@@ -53,10 +53,12 @@ class Generation:
     generated_ids: tuple[int, ...]  # tokens kept after the cut (what attribution explains)
     prompt_ids: tuple[int, ...]
     usage: dict[str, int] | None = field(default=None, compare=False)  # API models' token counts (keeps hashing)
+    raw_ids: tuple[int, ...] = field(default=(), compare=False)  # every generated token, before the cut (regeneration replays them)
 
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d.pop("prompt_ids")
+        d.pop("raw_ids")
         if d["usage"] is None:
             d.pop("usage")  # local models: records stay as they were
         d["generated_ids"] = list(self.generated_ids)
@@ -154,6 +156,8 @@ def has_ended(task: Task, prompt_format: str, raw: str) -> bool:
 
 def kept_token_count(tokenizer: Any, ids: list[int], prompt_format: str, completion: str, raw: str) -> int:
     """How many generated tokens produced the kept text (the tokens attribution explains)."""
+    if not completion.strip():
+        return 0  # no code: nothing for the coding methods to explain
     if prompt_format == "chat":
         return len(ids)  # the whole reply up to the fence's end is what the model "coded"
     keep = len(completion.rstrip("\n"))
@@ -179,7 +183,8 @@ def generate(lm: Any, task: Task, prompt_format: str | None = None, max_new_toke
     if not completion.strip():
         completion = ""
     kept = ids[: kept_token_count(tok, ids, fmt, completion, raw)]
-    return prompt, Generation(task.task_id, fmt, budget, STOP_RULE, raw, completion, tuple(kept), tuple(prompt_ids[0].tolist()))
+    return prompt, Generation(task.task_id, fmt, budget, STOP_RULE, raw, completion, tuple(kept), tuple(prompt_ids[0].tolist()),
+                              raw_ids=tuple(ids))
 
 
 def greedy_decode(model: Any, prompt_ids: Any, budget: int, eos_id: int | None, ended: Any, check_every: int = 4) -> list[int]:

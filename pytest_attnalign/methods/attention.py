@@ -1,0 +1,129 @@
+"""Self-attention attribution: READING/CODING x first/last/all layers, plus the study's compat variants.
+
+Definitions (``P`` prompt tokens, ``G`` kept generated tokens, one forward pass over the ``P + G``
+tokens with ``output_attentions=True``; every layer's attention is summed over its heads and only
+the columns of prompt tokens are kept):
+
+- READING: the row of the last prompt position ``P - 1``, i.e. the attention the model pays to the
+  prompt when it has read all of it and predicts the first generated token. One row, not the sum
+  over prompt rows: a sum over rows ``0..P-1`` would mostly measure how often each column is
+  visible under the causal mask (early tokens are seen by every later row), not what the model
+  attends to.
+- CODING: the rows of the generated tokens' positions ``P .. P + G - 1``, summed: the attention to
+  the prompt while each generated token is read and the next one predicted. READING and CODING
+  rows are disjoint and together cover every row after the prompt.
+- first = layer 0, last = layer ``L - 1``, all = the sum over layers.
+- A unit's score is the attention mass on its token's column.
+
+``compat_{reading,coding}_{head0,lasthead,allheads}`` reproduce a DEFECT of the study's own code
+(METRICS.md, "Known defects"): its "first/last/all layer" in fact took head 0, the last head and
+the sum of heads of LAYER 0. They exist only to reproduce the published numbers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+from ..errors import AttnalignError
+from .base import AttributionContext, Method, Unit
+
+#: view name -> (layers, heads) selected from the per-layer, per-head rows.
+_LAYER_VIEWS: dict[str, tuple[slice, slice]] = {
+    "first": (slice(0, 1), slice(None)),
+    "last": (slice(-1, None), slice(None)),
+    "all": (slice(None), slice(None)),
+}
+#: The study's code's defect: heads of LAYER 0 under its "first/last/all layer" labels.
+_COMPAT_VIEWS: dict[str, tuple[slice, slice]] = {
+    "head0": (slice(0, 1), slice(0, 1)),
+    "lasthead": (slice(0, 1), slice(-1, None)),
+    "allheads": (slice(0, 1), slice(None)),
+}
+NO_CODE = "the model generated no code: coding methods have nothing to attribute"
+
+
+@dataclass(frozen=True)
+class AttentionRows:
+    """What the six views need from the pass, as float32 CPU tensors of shape ``[L, H, P]``.
+
+    Kept per head so the compat (head-of-layer-0) variants share the same pass; ``L * H * P``
+    floats is small, unlike the ``L * H * T * T`` attention maps it is reduced from.
+    """
+
+    reading: Any  # row P-1
+    coding: Any  # rows P..P+G-1, summed over rows (zeros when G = 0)
+
+
+def run_model(model: Any, keep_logits: int, **inputs: Any) -> Any:
+    """``model(**inputs)`` computing logits at the last ``keep_logits`` positions only.
+
+    Logits over a ~50k vocabulary at every position dominate the cost of a small model's pass
+    (and of every backward pass through it); models without ``logits_to_keep`` (older or remote
+    code) compute them all.
+    """
+    try:
+        return model(**inputs, use_cache=False, logits_to_keep=keep_logits)
+    except TypeError as exc:
+        if "logits_to_keep" not in str(exc):
+            raise
+        return model(**inputs, use_cache=False)
+
+
+def attention_rows(model: Any, prompt_ids: Sequence[int], generated_ids: Sequence[int]) -> AttentionRows:
+    """One forward pass with attentions, reduced layer by layer on the model's device."""
+    import torch
+
+    P, G = len(prompt_ids), len(generated_ids)
+    if P == 0:
+        raise AttnalignError("empty prompt: nothing to attribute")
+    device = next(model.parameters()).device
+    ids = torch.tensor([list(prompt_ids) + list(generated_ids)], device=device)
+    with torch.no_grad():
+        out = run_model(model, 1, input_ids=ids, output_attentions=True)
+        atts = getattr(out, "attentions", None)
+        if not atts or any(a is None for a in atts):
+            raise AttnalignError(
+                "the model returned no attention weights: load it with attn_implementation='eager' "
+                "(sdpa/flash attention kernels do not expose them)"
+            )
+        reading, coding = [], []
+        for att in atts:  # [1, H, T, T]
+            layer = att[0, :, :, :P].float()
+            reading.append(layer[:, P - 1])
+            coding.append(layer[:, P : P + G].sum(dim=1))
+        del out, atts
+        return AttentionRows(torch.stack(reading).cpu(), torch.stack(coding).cpu())
+
+
+class SelfAttention(Method):
+    """One of the six self-attention views (or a compat variant), named ``{phase}_{view}``."""
+
+    category = "self_attention"
+
+    def __init__(self, name: str) -> None:
+        self.compat = name.startswith("compat_")
+        views = _COMPAT_VIEWS if self.compat else _LAYER_VIEWS
+        self.phase, _, self.view = name.removeprefix("compat_").partition("_")
+        if self.phase not in ("reading", "coding") or self.view not in views:
+            raise AttnalignError(f"unknown self-attention method {name!r}")
+        self.name = name
+        self.layers, self.heads = views[self.view]
+
+    def settings(self) -> dict[str, Any]:
+        rows = "P-1 (last prompt position)" if self.phase == "reading" else "P..P+G-1 summed (generated positions)"
+        if self.compat:
+            layers, heads = "0", {"head0": "0", "lasthead": "last", "allheads": "sum"}[self.view]
+        else:
+            layers, heads = self.view, "sum"
+        return {"rows": rows, "layers": layers, "heads": heads, "dtype": "float32"}
+
+    def attribute(self, ctx: AttributionContext) -> list[Unit]:
+        gen = ctx.generation
+        if self.phase == "coding" and not gen.generated_ids:
+            raise AttnalignError(NO_CODE)
+        rows: AttentionRows = ctx.memo(
+            "attention", lambda: attention_rows(ctx.lm.model, gen.prompt_ids, gen.generated_ids))
+        table = rows.reading if self.phase == "reading" else rows.coding
+        scores = table[self.layers, self.heads].sum(dim=(0, 1)).tolist()
+        return [(s, e, float(scores[i])) for s, e, i in ctx.description_tokens()]
