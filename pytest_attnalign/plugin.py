@@ -38,40 +38,55 @@ class Options:
     json_path: Path | None
 
 
+#: Option defaults, also used to tell whether a run asked for the study (see :func:`_given`).
+_DEFAULTS: dict[str, Any] = {
+    "attn_model": None, "attn_method": "all", "attn_benchmark": "all", "attn_k": "5,10,20", "attn_limit": None,
+    "attn_device": "auto", "attn_dtype": "auto", "attn_prompt_format": None, "attn_max_new_tokens": None,
+    "attn_cache_dir": None, "attn_timeout": 10.0, "attn_error_k": 10, "attn_json": None,
+}
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     g = parser.getgroup("attnalign", "attention alignment with human programmers (pytest-attnalign)")
-    g.addoption("--attn-model", action="append", default=None, metavar="NAME",
+    g.addoption("--attn-model", action="append", default=_DEFAULTS["attn_model"], metavar="NAME",
                 help="model alias (smollm2, incoder, codegen, codeparrot, polycoder, gptj, gpt4), hub id, "
                      "openai:MODEL or local directory; repeatable or comma list (default: smollm2)")
-    g.addoption("--attn-method", default="all", metavar="NAMES",
+    g.addoption("--attn-method", default=_DEFAULTS["attn_method"], metavar="NAMES",
                 help="attribution methods: all, a category (self_attention, gradient, perturbation) or "
                      "comma-separated names (default: all twelve)")
-    g.addoption("--attn-benchmark", default="all", metavar="NAME", help="humaneval, mbpp or all (default: all)")
-    g.addoption("--attn-k", default="5,10,20", metavar="K,...", help="top-K sizes of the tables (default: 5,10,20)")
-    g.addoption("--attn-limit", type=int, default=None, metavar="N",
+    g.addoption("--attn-benchmark", default=_DEFAULTS["attn_benchmark"], metavar="NAME", help="humaneval, mbpp or all (default: all)")
+    g.addoption("--attn-k", default=_DEFAULTS["attn_k"], metavar="K,...", help="top-K sizes of the tables (default: 5,10,20)")
+    g.addoption("--attn-limit", type=int, default=_DEFAULTS["attn_limit"], metavar="N",
                 help="only the first N tasks of each benchmark (quick runs)")
-    g.addoption("--attn-device", default="auto", metavar="DEV",
+    g.addoption("--attn-device", default=_DEFAULTS["attn_device"], metavar="DEV",
                 help="auto (CUDA when present, one GPU per xdist worker), cpu, cuda or cuda:N")
-    g.addoption("--attn-dtype", default="auto", metavar="DTYPE",
+    g.addoption("--attn-dtype", default=_DEFAULTS["attn_dtype"], metavar="DTYPE",
                 help="auto (float32 on CPU, bfloat16 on GPU), float32, float16 or bfloat16")
-    g.addoption("--attn-prompt-format", default=None, metavar="FMT",
+    g.addoption("--attn-prompt-format", default=_DEFAULTS["attn_prompt_format"], metavar="FMT",
                 help="completion or chat (default: chat for instruct models, completion for base models)")
-    g.addoption("--attn-max-new-tokens", type=int, default=None, metavar="N",
+    g.addoption("--attn-max-new-tokens", type=int, default=_DEFAULTS["attn_max_new_tokens"], metavar="N",
                 help="new-token budget (default: the study's rule, canonical-solution tokens + 20)")
-    g.addoption("--attn-cache-dir", default=None, metavar="DIR",
+    g.addoption("--attn-cache-dir", default=_DEFAULTS["attn_cache_dir"], metavar="DIR",
                 help="cache of converted models, generations and attributions "
                      "(default: $ATTNALIGN_CACHE_DIR or ~/.cache/pytest-attnalign)")
-    g.addoption("--attn-timeout", type=float, default=10.0, metavar="S",
+    g.addoption("--attn-timeout", type=float, default=_DEFAULTS["attn_timeout"], metavar="S",
                 help="wall-clock seconds for running one generated program (default: 10)")
-    g.addoption("--attn-error-k", type=int, default=10, metavar="K",
+    g.addoption("--attn-error-k", type=int, default=_DEFAULTS["attn_error_k"], metavar="K",
                 help="top-K used to classify error patterns of failing items (default: 10)")
-    g.addoption("--attn-json", default=None, metavar="PATH", help="write every item's record and the pooled scores")
+    g.addoption("--attn-json", default=_DEFAULTS["attn_json"], metavar="PATH", help="write every item's record and the pooled scores")
 
 
 def _given(config: pytest.Config) -> bool:
-    """Whether this run asked for the study: any --attn-* option or a path into benchmarks/."""
-    explicit = any(a.startswith("--attn-") for a in config.invocation_params.args)
-    return explicit or any("benchmarks" in Path(str(a)).parts for a in config.invocation_params.args)
+    """Whether this run asked for the study: any --attn-* option or a path into benchmarks/.
+
+    Options may also come from ``addopts`` or ``PYTEST_ADDOPTS``, so a value that differs from its
+    default counts too.
+    """
+    explicit = any(a.startswith("--attn-") for a in config.invocation_params.args) or any(
+        config.getoption(name) != default for name, default in _DEFAULTS.items())
+    # positional paths only: an option's value (``-k benchmarks``, ``--basetemp=...``) is no request
+    paths = config.args if config.args_source == pytest.Config.ArgsSource.ARGS else []
+    return explicit or any("benchmarks" in Path(str(a)).parts for a in paths)
 
 
 def _positive_ints(text: str, flag: str) -> tuple[int, ...]:
@@ -93,13 +108,16 @@ def parse_options(config: pytest.Config) -> Options:
 
     get = config.getoption
     models = [m.strip() for v in (get("attn_model") or ["smollm2"]) for m in v.split(",") if m.strip()]
-    try:
-        for m in models:
-            resolve_model(m)
-        methods = resolve_methods(get("attn_method"))
-        check_dtype(get("attn_dtype"))
-    except AttnalignError as exc:
-        raise pytest.UsageError(str(exc)) from None
+    def usage(flag: str, check: Any, *args: Any) -> Any:
+        try:
+            return check(*args)
+        except AttnalignError as exc:
+            raise pytest.UsageError(f"{flag}: {exc}") from None
+
+    for m in models:
+        usage("--attn-model", resolve_model, m)
+    methods = usage("--attn-method", resolve_methods, get("attn_method"))
+    usage("--attn-dtype", check_dtype, get("attn_dtype"))
     bench = get("attn_benchmark")
     if bench not in (*BENCHMARKS, "all"):
         raise pytest.UsageError(f"--attn-benchmark: unknown {bench!r}; use humaneval, mbpp or all")
@@ -141,8 +159,8 @@ class AttnSession:
             self.records += [value for name, value in report.user_properties if name == PROPERTY]
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
-        if hasattr(self.config, "workerinput"):
-            return  # workers only ship records; the controller prints
+        if hasattr(self.config, "workerinput") or self.config.option.collectonly:
+            return  # workers only ship records; the controller prints; nothing ran under --collect-only
         from .report import render, write_json
 
         o = self.options
@@ -254,6 +272,8 @@ def attn_result(attn_case: tuple[str, str, str], request: pytest.FixtureRequest)
         record = s.study.run_item(model, method, task_id)
     except MethodNotApplicable as exc:
         pytest.skip(str(exc))
+    except AttnalignError as exc:  # a known failure (model not loadable, API down): one line, no traceback
+        pytest.fail(f"{model}/{method}/{task_id}: {exc}", pytrace=False)
     request.node.user_properties.append((PROPERTY, record))
     return record
 

@@ -26,6 +26,9 @@ from .patterns import error_patterns, missed_labels
 from .tasks import Task, get_task
 
 
+NO_CODE = "the model emitted no code (empty completion after the stop rule)"
+
+
 @dataclass(frozen=True)
 class StudyConfig:
     """Everything besides model, method and task that determines a result."""
@@ -103,9 +106,14 @@ class Study:
     def run_item(self, model_name: str, method_name: str, task_id: str) -> dict[str, Any]:
         """Generate, attribute, score and execute one model x method x task; returns its record."""
         task = get_task(task_id)
+        method = get_method(method_name)
+        method.check_applicable(self.model(model_name))  # skip before generating (API calls cost)
         ctx = self.context(model_name, task)
         gen = ctx.generation
-        units, info = self.attribute(ctx, method_name)
+        if gen.completion.strip():
+            units, info = self.attribute(ctx, method_name)
+        else:  # no code: nothing to attribute, and the item still counts in Pass@1 as a failure
+            units, info = [], {"seconds": 0.0, "settings": method.settings(), "cached": False, "note": NO_CODE}
         labels = prompt_labels(task)
         human = [[lab.start, lab.end] for lab in labels]
         located = [(s, e, v) for s, e, v in units]
@@ -115,8 +123,7 @@ class Study:
         if gen.completion.strip():
             result = run_completion(task, gen.completion, self.config.limits).as_dict()
         else:
-            result = {"outcome": "error", "seconds": 0.0, "returncode": None,
-                      "stderr_tail": "the model emitted no code (empty completion after the stop rule)"}
+            result = {"outcome": "error", "seconds": 0.0, "returncode": None, "stderr_tail": NO_CODE}
         passed = result["outcome"] == "pass"
         error_top = top_k(located, self.config.error_k)
         return {

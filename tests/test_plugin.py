@@ -1,0 +1,389 @@
+"""The pytest plugin end to end, through pytester: options, ids, verdicts, the summary, xdist.
+
+Runs use a pytester project shaped like the repository (``pyproject.toml`` with ``testpaths =
+["tests"]``, the plugin's own ``tests/`` and copies of ``benchmarks/*/test_*.py``), a tiny local
+GPT-2 (``tiny_models``) and a scripted OpenAI-compatible server (``openai_server``) whose replies the
+tests choose. Every run gets its own cache directory, so no test touches ``~/.cache``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from openai_server import OpenAIStub
+
+from pytest_attnalign.patterns import PATTERNS
+from pytest_attnalign.tasks import get_task
+
+REPO = Path(__file__).resolve().parent.parent
+SEP = "attention alignment (pytest-attnalign)"
+NO_CACHE = ("-p", "no:cacheprovider")
+HE = "benchmarks/humaneval/test_humaneval.py::test_alignment"
+MB = "benchmarks/mbpp/test_mbpp.py::test_alignment"
+
+
+# --------------------------------------------------------------------------------------- helpers
+
+
+@pytest.fixture
+def project(pytester: pytest.Pytester) -> pytest.Pytester:
+    """A directory laid out like the repository: own tests under tests/, the study under benchmarks/."""
+    pytester.makepyprojecttoml('[tool.pytest.ini_options]\ntestpaths = ["tests"]\n')
+    tests = pytester.mkdir("tests")
+    (tests / "test_own.py").write_text("def test_own():\n    pass\n")
+    for bench in ("humaneval", "mbpp"):
+        target = pytester.path / "benchmarks" / bench
+        target.mkdir(parents=True)
+        shutil.copy(REPO / "benchmarks" / bench / f"test_{bench}.py", target / f"test_{bench}.py")
+    return pytester
+
+
+@pytest.fixture(autouse=True)
+def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No ambient OpenAI settings, proxies or caches: each run talks only to its own 127.0.0.1 server."""
+    for var in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "ATTNALIGN_OPENAI_MODEL", "ATTNALIGN_OPENAI_MAX_RETRIES",
+                "ATTNALIGN_OPENAI_TIMEOUT", "OPENAI_ORG_ID", "OPENAI_PROJECT_ID", "PYTEST_XDIST_WORKER",
+                "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("ATTNALIGN_CACHE_DIR", str(tmp_path / "env-cache"))  # where a missing option would go
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # bert_masking: offline substitutes, no probe of the hub
+
+
+@pytest.fixture(scope="module")
+def tiny_gpt2(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from tiny_models import build_tiny
+
+    return build_tiny("gpt2", tmp_path_factory.mktemp("models") / "tiny-gpt2")
+
+
+def collected(result: pytest.RunResult) -> list[str]:
+    """Node ids printed by ``--collect-only -q``, in order."""
+    return [line.strip() for line in result.outlines if "::" in line and not line.startswith(("=", " "))]
+
+
+def summary(result: pytest.RunResult) -> str:
+    """The plugin's section: the lines after its separator, up to pytest's next ``=== ... ===`` line."""
+    lines = result.outlines
+    starts = [i for i, line in enumerate(lines) if SEP in line and line.startswith("=")]
+    assert len(starts) == 1, result.stdout.str()
+    out = []
+    for line in lines[starts[0] + 1:]:
+        if re.fullmatch(r"=+ .* =+", line):
+            break
+        out.append(line)
+    return "\n".join(out).strip("\n")
+
+
+def records(path: Path) -> dict[str, Any]:
+    """The --attn-json document without run-to-run noise (durations, the sandbox's relative RLIMIT_NPROC)."""
+    doc = json.loads(path.read_text(encoding="utf-8"))
+
+    def strip(obj: Any) -> Any:
+        if isinstance(obj, dict):
+            # RLIMIT_NPROC is set relative to the tasks the user runs at that moment (execution.py),
+            # so it differs with the number of live workers; it is a fact of the run, not a result
+            return {k: strip(v) for k, v in obj.items() if k not in ("seconds", "generation_seconds", "RLIMIT_NPROC")}
+        if isinstance(obj, list):
+            return [strip(v) for v in obj]
+        return obj
+
+    return strip(doc)
+
+
+# --------------------------------------------------------------------------------------- usage errors
+
+
+@pytest.mark.parametrize(
+    ("option", "expected"),
+    [
+        ("--attn-model=nosuchmodel", r"--attn-model: unknown model 'nosuchmodel': use an alias \(.*smollm2.*\), a hub id"),
+        ("--attn-model=openai:", r"--attn-model: unknown model 'openai:'"),
+        ("--attn-method=saliency", r"--attn-method: unknown method 'saliency': valid are all, self_attention, gradient, perturbation, .*saliency_reading"),
+        ("--attn-method=,", r"--attn-method: no attribution method given: use all, a category or method names"),
+        ("--attn-benchmark=apps", r"--attn-benchmark: unknown 'apps'; use humaneval, mbpp or all"),
+        ("--attn-k=0", r"--attn-k: values must be positive integers, got '0'"),
+        ("--attn-k=abc", r"--attn-k: 'abc' is not a comma list of integers \(e.g. 5,10,20\)"),
+        ("--attn-limit=0", r"--attn-limit: must be a positive integer, got 0"),
+        ("--attn-max-new-tokens=0", r"--attn-max-new-tokens: must be a positive integer, got 0"),
+        ("--attn-device=tpu", r"--attn-device: unknown 'tpu'; use auto, cpu, cuda or cuda:N"),
+        ("--attn-dtype=int8", r"--attn-dtype: unknown dtype 'int8': use auto, float32, float16 or bfloat16"),
+        ("--attn-prompt-format=instruct", r"--attn-prompt-format: unknown 'instruct'; use completion or chat"),
+        ("--attn-timeout=0", r"--attn-timeout: must be positive seconds, got 0(\.0)?$"),
+        ("--attn-timeout=nan", r"--attn-timeout: must be positive seconds, got nan"),
+        ("--attn-error-k=0", r"--attn-error-k: must be a positive integer, got 0"),
+    ],
+    ids=lambda v: v if v.startswith("--") else "",
+)
+def test_invalid_option_is_one_line_usage_error_before_any_model_loads(
+    project: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, option: str, expected: str
+) -> None:
+    import pytest_attnalign.models as models
+
+    loads: list[str] = []
+    monkeypatch.setattr(models, "load_model", lambda *a, **k: loads.append(a) or pytest.fail("a model loaded"))
+    cache = tmp_path / "cache"
+    started = time.monotonic()
+    result = project.runpytest(option, f"--attn-cache-dir={cache}", *NO_CACHE)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR, result.stdout.str() + result.stderr.str()
+    errors = [line for line in result.errlines if line.strip()]
+    assert len(errors) == 1, result.errlines
+    assert re.match("ERROR: " + expected, errors[0]), errors[0]
+    assert "collected" not in result.stdout.str() and SEP not in result.stdout.str()
+    assert not loads and not cache.exists()
+    assert time.monotonic() - started < 10  # nothing heavy was imported or loaded
+
+
+def test_model_directory_without_config_is_a_usage_error(project: pytest.Pytester, tmp_path: Path) -> None:
+    empty = tmp_path / "not-a-model"
+    empty.mkdir()
+    result = project.runpytest(f"--attn-model={empty}", *NO_CACHE)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.re_match_lines([r"ERROR: --attn-model: model directory .* has no config.json: point --attn-model at a saved"])
+
+
+# --------------------------------------------------------------------------------------- collection
+
+
+def test_bare_pytest_runs_only_the_own_tests(project: pytest.Pytester) -> None:
+    result = project.runpytest("--collect-only", "-q", *NO_CACHE)
+    assert result.ret == pytest.ExitCode.OK
+    assert collected(result) == ["tests/test_own.py::test_own"]
+    assert SEP not in result.stdout.str()
+    result = project.runpytest("-q", *NO_CACHE)  # and runs them, without the study's summary
+    result.assert_outcomes(passed=1)
+    assert SEP not in result.stdout.str()
+    # an option's value that merely mentions benchmarks is not a path into benchmarks/
+    result = project.runpytest("--collect-only", "-q", "-k", "benchmarks", *NO_CACHE)
+    assert collected(result) == [] and SEP not in result.stdout.str()
+
+
+def test_any_attn_option_or_benchmarks_path_runs_the_study(project: pytest.Pytester, tmp_path: Path) -> None:
+    opts = ["--attn-model=openai:stub", "--attn-method=shap", "--attn-limit=2", f"--attn-cache-dir={tmp_path}"]
+    from_root = project.runpytest("--collect-only", "-q", *opts, *NO_CACHE)
+    assert collected(from_root) == [f"{HE}[openai:stub-shap-HumanEval/{i}]" for i in (0, 1)] + [
+        f"{MB}[openai:stub-shap-Mbpp/{i}]" for i in (1, 2)]
+    only_mbpp = project.runpytest("--collect-only", "-q", *opts, "--attn-benchmark=mbpp", *NO_CACHE)
+    assert collected(only_mbpp) == [f"{MB}[openai:stub-shap-Mbpp/{i}]" for i in (1, 2)]
+    # a path into benchmarks/ alone selects the study too (default model smollm2: names resolve, nothing loads)
+    by_path = project.runpytest("--collect-only", "-q", "benchmarks/humaneval", "--attn-limit=1", *NO_CACHE)
+    assert len(collected(by_path)) == 12 and all(i.startswith(f"{HE}[smollm2-") for i in collected(by_path))
+    assert collected(by_path)[0] == f"{HE}[smollm2-reading_first-HumanEval/0]"
+
+
+def test_k_selects_exactly_one_task_and_ids_are_stable(project: pytest.Pytester, tmp_path: Path) -> None:
+    models, methods = ["openai:a", "openai:b"], ["reading_last", "bert_masking", "shap"]
+    opts = [f"--attn-model={models[0]}", f"--attn-model={models[1]}", f"--attn-method={','.join(methods)}",
+            "--attn-limit=12", f"--attn-cache-dir={tmp_path}", "--collect-only", "-q", *NO_CACHE]
+    first = project.runpytest(*opts, "-k", "HumanEval/1]")
+    expected = [f"{HE}[{m}-{meth}-HumanEval/1]" for m in models for meth in methods]
+    assert collected(first) == expected  # not HumanEval/10, /11, nor Mbpp/1
+    first.stdout.fnmatch_lines(["6/144 tests collected (138 deselected)*"])
+    assert collected(project.runpytest(*opts, "-k", "HumanEval/1]")) == expected
+
+    everything = collected(project.runpytest(*opts))
+    assert len(everything) == len(set(everything)) == 2 * 3 * 12 * 2
+    assert collected(project.runpytest(*opts)) == everything  # same ids, same order
+    assert set(collected(project.runpytest(*opts, "-k", "openai:b and shap"))) == {
+        i for i in everything if "[openai:b-shap-" in i}
+    assert collected(project.runpytest(*opts, "-k", "Mbpp/3]")) == [
+        f"{MB}[{m}-{meth}-Mbpp/3]" for m in models for meth in methods]
+
+
+# --------------------------------------------------------------------------------------- verdicts
+
+
+CRASHING_METHOD = """
+from pytest_attnalign.methods.base import Method
+
+
+class Crashing(Method):
+    \"\"\"A third-party method that raises: its items must error alone, the rest of the run goes on.\"\"\"
+
+    name = "crashing"
+    category = "plugin"
+    needs_internals = False
+
+    def attribute(self, ctx):
+        raise RuntimeError("attribution exploded")
+"""
+
+
+def install_crashing_method(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A distribution on PYTHONPATH whose entry point adds the method ``crashing`` (as a package would)."""
+    site = pytester.mkdir("site")
+    (site / "crashing_method.py").write_text(CRASHING_METHOD)
+    info = site / "crashing_method-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: crashing-method\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text("[pytest_attnalign.methods]\ncrashing = crashing_method:Crashing\n")
+    monkeypatch.setenv("PYTHONPATH", str(site))
+
+
+def _script(body: dict[str, Any]) -> str:
+    """HumanEval/0 gets its canonical solution (passes), HumanEval/1 a wrong function (fails).
+
+    Perturbed prompts keep the examples after the scored region, so every regeneration of a task is
+    recognised; replacing "closer" changes the reply, so bert_masking has a word to find.
+    """
+    text = body["messages"][0]["content"]
+    if ">>> has_close_elements(" in text:
+        task = get_task("HumanEval/0")
+        code = task.prompt + task.canonical_solution
+        return f"Sure.\n```python\n{code if 'closer' in text else code.replace('< threshold', '< 0')}```\n"
+    if ">>> separate_paren_groups(" in text:
+        return "```python\ndef separate_paren_groups(paren_string: str):\n    return ['wrong']\n```\n"
+    return "I cannot help with that."
+
+
+def test_passing_and_failing_programs_give_passing_and_failing_items(
+    project: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    install_crashing_method(project, monkeypatch)
+    monkeypatch.setenv("ATTNALIGN_OPENAI_MAX_RETRIES", "0")
+    out = tmp_path / "run.json"
+    with OpenAIStub(_script, reported_model="stub-0613") as srv:
+        monkeypatch.setenv("OPENAI_BASE_URL", srv.base_url)
+        result = project.runpytest_subprocess(
+            "--attn-model=openai:stub", "--attn-method=bert_masking,saliency_reading,crashing",
+            "--attn-benchmark=humaneval", "--attn-limit=2", f"--attn-cache-dir={tmp_path / 'cache'}",
+            f"--attn-json={out}", "-rfEs", *NO_CACHE, timeout=90)
+    result.assert_outcomes(passed=1, failed=1, skipped=2, errors=2)
+
+    # pass / fail follow the generated program's tests
+    result.stdout.fnmatch_lines([f"FAILED {HE}[[]openai:stub-bert_masking-HumanEval/1[]]*"])
+    doc = json.loads(out.read_text(encoding="utf-8"))
+    recs = {(r["method"], r["task_id"]): r for r in doc["records"]}
+    assert set(recs) == {("bert_masking", "HumanEval/0"), ("bert_masking", "HumanEval/1")}
+    ok, bad = recs["bert_masking", "HumanEval/0"], recs["bert_masking", "HumanEval/1"]
+    assert ok["passed"] is True and ok["execution"]["outcome"] == "pass" and ok["error_patterns"] == []
+    assert bad["passed"] is False and bad["execution"]["outcome"] == "fail"
+    assert max(v for _, _, v in ok["units"]) > 0  # the scripted reply reacts to "closer"
+
+    # the failing item's message: marked description, missed keywords with types, pattern, test output
+    task = get_task("HumanEval/1")
+    lines = result.outlines
+    head = next(i for i, line in enumerate(lines) if line.startswith(
+        "HumanEval/1 failed its tests under openai:stub (chat format); outcome: fail"))
+    assert lines[head + 1] == "top-10 units of bert_masking marked [[...]] in the task description:"
+    n = task.description_text.count("\n") + 1
+    marked = "\n".join(line[4:] for line in lines[head + 2: head + 2 + n])
+    assert "[[" in marked and marked.replace("[[", "").replace("]]", "") == task.description_text
+    tops = [task.prompt[s:e] for s, e in bad["top_k"]["10"]]
+    assert len(tops) == 10 and all(f"[[{word}]]" in marked for word in tops)
+    assert bad["missed_keywords"] and all(m["type"] in ("conditional", "property", "operator", "data_type")
+                                          for m in bad["missed_keywords"])
+    missed = ", ".join(f"{m['word']} ({m['type']})" for m in bad["missed_keywords"])
+    assert "balanced (property)" in missed
+    assert lines[head + 2 + n] == f"labelled keywords missed by the top-10: {missed}"
+    assert bad["error_patterns"] and set(bad["error_patterns"]) <= set(PATTERNS)
+    assert lines[head + 3 + n] == f"error pattern: {', '.join(bad['error_patterns'])}"
+    assert lines[head + 4 + n] == "test output (tail):"
+    assert "AssertionError" in "\n".join(lines[head + 5 + n: head + 40 + n])
+
+    # a gradient method cannot apply to an API model: skipped with the reason
+    result.stdout.fnmatch_lines(["SKIPPED [[]2[]] *saliency_reading needs model internals; openai:stub is an API model"])
+    # a crash inside a method is an error of its own items only; the summary still prints
+    for i in (0, 1):
+        result.stdout.fnmatch_lines([f"ERROR {HE}[[]openai:stub-crashing-HumanEval/{i}[]]*"])
+    result.stdout.fnmatch_lines(["E * RuntimeError: attribution exploded"])
+    section = summary(result)
+    assert "crashing" not in section and "saliency_reading" not in section
+    assert "model openai:stub: stub revision stub-0613 dtype n/a" in section
+    assert re.search(r"openai:stub\s+humaneval\s+1/2\s+50\.0%", section)
+    assert re.search(r"openai:stub\s+bert_masking\s+2\s", section)  # Table 2 row: two tasks pooled
+    assert re.search(r"^bert_masking\s+1\s", section, re.M)  # Table 3 row: one model
+    assert re.search(r"openai:stub\s+bert_masking\s+1\s", section.split("Error patterns")[1])  # one failing item
+    assert f"records written to {out}" in section
+
+
+def test_server_error_is_an_error_of_that_item_only(
+    project: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("ATTNALIGN_OPENAI_MAX_RETRIES", "0")
+    with OpenAIStub(_script, failures=[500]) as srv:  # the first request (HumanEval/0's generation) fails
+        monkeypatch.setenv("OPENAI_BASE_URL", srv.base_url)
+        result = project.runpytest_subprocess(
+            "--attn-model=openai:stub", "--attn-method=shap", "--attn-benchmark=humaneval",
+            "--attn-limit=2", f"--attn-cache-dir={tmp_path}", *NO_CACHE, timeout=90)
+    result.assert_outcomes(failed=1, errors=1)
+    result.stdout.fnmatch_lines([f"ERROR {HE}[[]openai:stub-shap-HumanEval/0[]]*"])
+    result.stdout.fnmatch_lines([f"FAILED {HE}[[]openai:stub-shap-HumanEval/1[]]*"])
+    result.stdout.fnmatch_lines(["openai:stub/shap/HumanEval/0: http://127.0.0.1:*/v1 (model 'stub'): server error (500) "
+                                 "after 0 retries: rerun later"])
+    section = summary(result)
+    assert re.search(r"openai:stub\s+humaneval\s+0/1\s+0\.0%", section)
+    assert "items: 1;" in section
+
+
+def test_server_down_for_every_item_still_prints_the_summary(
+    project: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("ATTNALIGN_OPENAI_MAX_RETRIES", "0")
+    with OpenAIStub(_script, failures=[500] * 50) as srv:
+        monkeypatch.setenv("OPENAI_BASE_URL", srv.base_url)
+        result = project.runpytest_subprocess(
+            "--attn-model=openai:stub", "--attn-method=shap,bert_masking,saliency_coding", "--attn-limit=1",
+            f"--attn-cache-dir={tmp_path}", f"--attn-json={tmp_path / 'run.json'}", *NO_CACHE, timeout=90)
+    result.assert_outcomes(errors=4, skipped=2)
+    assert len(srv.requests) == 4  # one failed generation per erroring item; skipped items ask nothing
+    assert summary(result).startswith("pytest-attnalign: no item produced a result")
+    assert json.loads((tmp_path / "run.json").read_text())["records"] == []
+
+
+# --------------------------------------------------------------------------------------- xdist
+
+
+def test_xdist_and_serial_print_identical_tables_and_records(
+    project: pytest.Pytester, tiny_gpt2: Path, tmp_path: Path
+) -> None:
+    """Same selection, serial and -n 2, each with a cold cache of its own: same summary, same records."""
+    runs = {}
+    for name, extra in (("serial", ()), ("xdist", ("-n", "2", "-v"))):
+        runs[name] = project.runpytest_subprocess(
+            f"--attn-model={tiny_gpt2}", "--attn-method=reading_last,coding_all,saliency_reading",
+            "--attn-limit=2", "--attn-max-new-tokens=8", "--attn-device=cpu", f"--attn-cache-dir={tmp_path / name / 'cache'}",
+            f"--attn-json={tmp_path / name / 'run.json'}", *extra, *NO_CACHE, timeout=120)
+    serial, xdist = runs["serial"], runs["xdist"]
+    for result in (serial, xdist):
+        assert result.ret in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED), result.stdout.str()
+        outcomes = result.parseoutcomes()  # a random model's code fails; an empty completion errors coding items
+        assert sum(outcomes.get(k, 0) for k in ("passed", "failed", "error", "errors")) == 3 * 4, outcomes
+        assert outcomes.get("failed", 0) >= 4, outcomes
+    def verdicts(result: pytest.RunResult) -> dict[str, int]:
+        return {k: v for k, v in result.parseoutcomes().items() if not k.startswith("warning")}
+
+    assert verdicts(serial) == verdicts(xdist)
+
+    def section(result: pytest.RunResult, name: str) -> str:
+        return summary(result).replace(str(tmp_path / name / "run.json"), "RUN.json")
+
+    assert section(xdist, "xdist") == section(serial, "serial")
+    assert records(tmp_path / "xdist" / "run.json") == records(tmp_path / "serial" / "run.json")
+
+    # the summary: provenance header, Pass@1, Table 2, Table 3, error patterns
+    text = section(serial, "serial")
+    assert text.startswith("pytest-attnalign: attention alignment with human programmers (Kou et al., FSE 2024)")
+    assert f"model {tiny_gpt2}: {tiny_gpt2} revision local dtype float32" in text
+    n_records = len(json.loads((tmp_path / "serial" / "run.json").read_text())["records"])
+    assert f"tasks: 4 (humaneval 2, mbpp 2); items: {n_records}; device: cpu; error-pattern K: 10" in text
+    for title in ("Pass@1", "Table 2: alignment per model x method, pooled over tasks",
+                  "Table 3: per method, mean over models", "Error patterns of failing items (automatic; see README)"):
+        assert f"\n{title}\n" in text
+    for head in ("P@5", "alpha@20", "F1@10", *PATTERNS):
+        assert head in text
+    assert text.endswith("records written to RUN.json")
+
+    # -n puts a model x task's items on one worker (loadgroup), so one generation serves its methods
+    workers: dict[str, set[str]] = {}
+    for m in re.finditer(r"\[(gw\d)\] \[\s*\d+%\] \w+ \S+-(HumanEval/\d+|Mbpp/\d+)\]", xdist.stdout.str()):
+        workers.setdefault(m.group(2), set()).add(m.group(1))
+    assert sorted(workers) == ["HumanEval/0", "HumanEval/1", "Mbpp/1", "Mbpp/2"]
+    assert all(len(w) == 1 for w in workers.values()), workers
+    doc = json.loads((tmp_path / "xdist" / "run.json").read_text())
+    assert len(doc["records"]) == n_records >= 8 and not any(r["generation_cached"] for r in doc["records"])
