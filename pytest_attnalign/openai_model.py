@@ -83,17 +83,18 @@ class OpenAIModel:
     tokenizer: Any = None
     device: str = "api"
     dtype: str = "n/a"
-    revision: str = ""  # the model name the server reports (e.g. gpt-4-0613), after the first call
+    revision: str = ""  # the requested model name: stable, so cache keys do not change mid-run
     info: dict[str, Any] = field(default_factory=dict)
     usage_total: dict[str, int] = field(default_factory=lambda: {"prompt_tokens": 0, "completion_tokens": 0, "calls": 0})
-    usage_for_last_call: dict[str, int] | None = None
+    usage_for_last_call: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         self.revision = self.revision or self.spec.source
 
     @property
     def identity(self) -> dict[str, str]:
-        """Same keys as a local model's; ``revision`` becomes the server's model name after one call."""
+        """Same keys as a local model's. The model the server actually served (e.g. gpt-4-0613) can
+        change between calls, so it is recorded per result (``usage["served_model"]``), not here."""
         return {"model": self.spec.name, "source": self.spec.source, "revision": self.revision, "dtype": self.dtype}
 
     def generate(self, task: Task, fmt: str, max_new_tokens: int | None = None) -> tuple[Prompt, Generation]:
@@ -132,13 +133,12 @@ class OpenAIModel:
             )
         except openai.OpenAIError as exc:
             raise self._error(exc) from None
-        if resp.model:
-            self.revision = resp.model
         if getattr(resp, "system_fingerprint", None):
             self.info["system_fingerprint"] = resp.system_fingerprint
-        usage = {"prompt_tokens": 0, "completion_tokens": 0}
+        usage: dict[str, Any] = {"prompt_tokens": 0, "completion_tokens": 0}
         if resp.usage is not None:
             usage = {"prompt_tokens": int(resp.usage.prompt_tokens or 0), "completion_tokens": int(resp.usage.completion_tokens or 0)}
+        usage["served_model"] = resp.model or self.spec.source
         self.usage_for_last_call = usage
         self.usage_total["prompt_tokens"] += usage["prompt_tokens"]
         self.usage_total["completion_tokens"] += usage["completion_tokens"]

@@ -115,7 +115,10 @@ def header_lines(records: Sequence[dict[str, Any]]) -> list[str]:
     models = {r["model"]: r["model_identity"] for r in records}
     lines = ["pytest-attnalign: attention alignment with human programmers (Kou et al., FSE 2024)"]
     for name, ident in sorted(models.items()):
-        lines.append(f"model {name}: {ident['source']} revision {ident['revision']} dtype {ident['dtype']}")
+        served = sorted({r["usage"]["served_model"] for r in records
+                         if r["model"] == name and r.get("usage") and "served_model" in r["usage"]})
+        lines.append(f"model {name}: {ident['source']} revision {ident['revision']} dtype {ident['dtype']}"
+                     + (f" (served as {', '.join(served)})" if served else ""))
     formats = sorted({r["prompt_format"] for r in records})
     budgets = sorted({r["max_new_tokens"] for r in records})
     rules = sorted({r["budget_rule"] for r in records})

@@ -140,7 +140,11 @@ class Study:
             "completion": gen.completion,
             "generation_cached": ctx.settings["generation_cached"],
             "usage": getattr(gen, "usage", None),
-            "execution": {**result, "limits": self.config.limits.as_dict()},
+            # the sandbox's absolute rlimits depend on how many processes the machine runs at
+            # the moment (RLIMIT_NPROC counts them all), so only the configured limits are recorded
+            "execution": {**{k: v for k, v in result.items() if k != "sandbox"},
+                          "sandbox": {k: v for k, v in result.get("sandbox", {}).items() if k != "rlimits"},
+                          "limits": self.config.limits.as_dict()},
             "passed": passed,
             "units": units,
             "human": human,

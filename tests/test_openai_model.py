@@ -59,11 +59,12 @@ def test_generation_over_http() -> None:
     ns: dict[str, Any] = {}
     exec(task.program(gen.completion), ns)  # the fenced code, run after the prompt, passes the tests
     assert gen.usage == lm.usage_for_last_call == {"prompt_tokens": len(prompt.text.split()),
-                                                   "completion_tokens": len(REPLY.split())}
+                                                   "completion_tokens": len(REPLY.split()),
+                                                   "served_model": "gpt-4-0613"}
     assert gen.as_dict()["usage"] == gen.usage
     assert lm.usage_total["calls"] == 1 and lm.usage_total["completion_tokens"] == len(REPLY.split())
-    assert lm.revision == "gpt-4-0613" and lm.identity == {"model": "openai:gpt-4", "source": "gpt-4",
-                                                           "revision": "gpt-4-0613", "dtype": "n/a"}
+    assert lm.revision == "gpt-4" and lm.identity == {"model": "openai:gpt-4", "source": "gpt-4",
+                                                      "revision": "gpt-4", "dtype": "n/a"}
     assert lm.info["system_fingerprint"] == "fp_stub"
 
 
