@@ -36,7 +36,10 @@ def contexts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, AttributionC
     for family in FAMILIES:
         lm = load_model(str(build_tiny(family, tmp_path_factory.mktemp(family))), device="cpu", dtype="float32")
         prompt, gen = generate(lm, TASK, "completion", max_new_tokens=6)
-        assert gen.generated_ids, f"{family}: no generated token kept; pick another seed"
+        # random weights emit junk that the stop rule may cut to nothing; these tests check the
+        # attribution maths, so they explain every generated token
+        gen = dataclasses.replace(gen, generated_ids=gen.raw_ids)
+        assert gen.generated_ids, f"{family}: no token generated"
         out[family] = AttributionContext(lm=lm, task=TASK, prompt=prompt, generation=gen)
     return out
 
@@ -74,7 +77,8 @@ def test_every_method_scores_every_description_token(contexts: dict[str, Attribu
         got = get_method(name).attribute(ctx)
         assert [(s, e) for s, e, _ in got] == [(s, e) for s, e, _ in units], name
         assert all(type(v) is float and math.isfinite(v) and v >= 0 for _, _, v in got), name
-    assert {"attention", "gradients:max_steps=None"} <= set(ctx._memo)  # one shared pass each
+    # one attention pass; one gradient pass for the READING pair, one for the CODING pair
+    assert {k for k in ctx._memo if k != "description_tokens"} == {"attention", "gradients:steps=1", "gradients:steps=None"}
 
 
 # (b) + (f) layer and head views against an independent forward pass ------------------------------

@@ -19,7 +19,8 @@ every step, since causal masking makes the output at ``P - 1 + j`` depend on the
 one backward pass per step (``retain_graph``). A vmapped backward (``is_grads_batched``, 8 or 40
 steps a batch) was measured 4-5x SLOWER than the loop on CPU (SmolLM2, HumanEval/0), so it is not
 used. captum's attribute() would redo the forward pass for every step.
-The four methods share the per-step norms of both kinds through ``ctx.memo``.
+Saliency and InputXGradient share the per-step gradients through ``ctx.memo``: one one-step pass
+for both READING methods, one pass over all steps for both CODING methods.
 """
 
 from __future__ import annotations
@@ -129,9 +130,13 @@ class GradientMethod(Method):
         gen = ctx.generation
         if not gen.generated_ids:
             raise AttnalignError(NO_TARGET)
+        # READING runs its own one-step pass (the prompt alone) rather than reusing step 0 of the
+        # CODING pass: far cheaper when only READING is asked for, and its scores then do not
+        # depend on which other methods ran first (a longer pass differs in the last float bits).
+        steps = 1 if self.phase == "reading" else self.max_steps
         norms: GradientNorms = ctx.memo(
-            f"gradients:max_steps={self.max_steps}",
-            lambda: gradient_norms(ctx.lm.model, gen.prompt_ids, gen.generated_ids, self.max_steps),
+            f"gradients:steps={steps}",
+            lambda: gradient_norms(ctx.lm.model, gen.prompt_ids, gen.generated_ids, steps),
         )
         table = getattr(norms, self.kind)
         scores = (table[0] if self.phase == "reading" else table.sum(dim=0)).tolist()
