@@ -191,18 +191,20 @@ def greedy_decode(model: Any, prompt_ids: Any, budget: int, eos_id: int | None, 
     """Plain greedy decoding with a KV cache; ``ended(ids)`` is consulted every few tokens."""
     import torch
 
+    from .forward import cache_of, step
+
     out: list[int] = []
     past = None
     inputs = prompt_ids
     with torch.no_grad():
-        for step in range(budget):
-            res = model(input_ids=inputs, past_key_values=past, use_cache=True)
-            past = res.past_key_values
+        for i in range(budget):
+            res = step(model, inputs, past)
+            past = cache_of(res)
             nxt = int(res.logits[0, -1].argmax())
             if eos_id is not None and nxt == eos_id:
                 break
             out.append(nxt)
-            if (step + 1) % check_every == 0 and ended(out):
+            if (i + 1) % check_every == 0 and ended(out):
                 break
             inputs = torch.tensor([[nxt]], device=prompt_ids.device)
     return out

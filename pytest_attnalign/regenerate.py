@@ -31,6 +31,7 @@ import copy
 from dataclasses import replace
 from typing import Any, Callable, Sequence
 
+from .forward import accepts, cache_kwarg, cache_of, step
 from .generation import build_prompt, completion_from_text, greedy_decode, has_ended
 
 #: Near-tie margin = factor x machine epsilon x max(1, largest |logit| of the row). Measured on CPU
@@ -130,9 +131,7 @@ class _Prefix:
         import torch
 
         if self.cache is None:
-            kwargs: dict[str, Any] = {"logits_to_keep": 1} if _accepts_logits_to_keep(self.lm.model) else {}
-            res = self.lm.model(input_ids=torch.tensor([self.ids], device=self.lm.device), use_cache=True, **kwargs)
-            self.cache = _cache_of(res)
+            self.cache = cache_of(step(self.lm.model, torch.tensor([self.ids], device=self.lm.device), None))
         return _row_cache(self.cache, 0, 0, n)
 
 
@@ -179,18 +178,18 @@ def _verified_batch(lm: Any, prompts: list[list[int]], ref: list[int], budget: i
     k = min(len(ref), FIRST_CHUNK)  # original tokens checked by this pass; _continue checks the rest
     chunk = ref[:k]
     kwargs: dict[str, Any] = {"use_cache": True}
-    if _accepts_logits_to_keep(lm.model):
+    if accepts(lm.model, "logits_to_keep"):
         kwargs["logits_to_keep"] = k + 1  # only the positions that predict generated tokens (memory)
     if len(prompts) == 1 and prefix is not None and prefix.shared(prompts[0]) >= prefix.MIN_SHARED:
         n = prefix.shared(prompts[0])
         cache = prefix.cache_upto(n)
         if cache is not None:
             st["prefix_reused"] = st.get("prefix_reused", 0) + n
-            kwargs[_cache_kwarg(lm.model)] = cache
+            kwargs[cache_kwarg(lm.model)] = cache
             kwargs["input_ids"] = torch.tensor([prompts[0][n:] + chunk], dtype=torch.long, device=lm.device)
             res = lm.model(**kwargs)
             preds, safe = _top(res.logits[:, -(k + 1) :, :], tol)
-            return [_continue_or_plain(lm, _cache_of(res), 0, 0, prompts[0], ref, preds[0], safe[0], budget, ended, tol, st)]
+            return [_continue_or_plain(lm, cache_of(res), 0, 0, prompts[0], ref, preds[0], safe[0], budget, ended, tol, st)]
     lengths = [len(p) + k for p in prompts]
     width = max(lengths)
     pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
@@ -206,7 +205,7 @@ def _verified_batch(lm: Any, prompts: list[list[int]], ref: list[int], budget: i
     res = lm.model(**kwargs)
     # Row i's prediction after its prompt + ref[:s] sits k + 1 - s columns from the end of every row.
     preds, safe = _top(res.logits[:, -(k + 1) :, :], tol)
-    return [_continue_or_plain(lm, _cache_of(res), i, width - lengths[i], p, ref, preds[i], safe[i], budget, ended, tol, st)
+    return [_continue_or_plain(lm, cache_of(res), i, width - lengths[i], p, ref, preds[i], safe[i], budget, ended, tol, st)
             for i, p in enumerate(prompts)]
 
 
@@ -219,24 +218,6 @@ def _continue_or_plain(lm: Any, cache: Any, row: int, pad: int, prompt: list[int
         got = _plain(lm, prompt, budget, ended)
         st["decoded"] += len(got)
     return got
-
-
-def _accepts_logits_to_keep(model: Any) -> bool:
-    import inspect
-
-    return "logits_to_keep" in inspect.signature(model.forward).parameters
-
-
-def _cache_kwarg(model: Any) -> str:
-    """transformers >= 5.24 calls the KV cache ``cache`` (``past_key_values`` is deprecated there)."""
-    import inspect
-
-    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
-
-
-def _cache_of(res: Any) -> Any:
-    cache = res.get("cache") if hasattr(res, "get") else None
-    return cache if cache is not None else res.past_key_values
 
 
 def _continue(lm: Any, cache: Any, row: int, pad: int, p: int, ref: list[int], preds: list[int],
@@ -253,7 +234,7 @@ def _continue(lm: Any, cache: Any, row: int, pad: int, p: int, ref: list[int], p
     import torch
 
     eos = lm.tokenizer.eos_token_id
-    cache_kw = _cache_kwarg(lm.model)
+    cache_kw = cache_kwarg(lm.model)
     preds, safe = list(preds), list(safe)
     covered = len(preds) - 1
     out: list[int] = []
@@ -268,7 +249,7 @@ def _continue(lm: Any, cache: Any, row: int, pad: int, p: int, ref: list[int], p
             end = min(len(ref), covered + max(FIRST_CHUNK, covered))
             res = lm.model(input_ids=torch.tensor([ref[covered:end]], device=lm.device), use_cache=True,
                            **{cache_kw: past})
-            past = _cache_of(res)
+            past = cache_of(res)
             more, more_safe = _top(res.logits[0], tol)
             preds += more
             safe += more_safe
@@ -278,7 +259,7 @@ def _continue(lm: Any, cache: Any, row: int, pad: int, p: int, ref: list[int], p
             verified += 1
         else:
             res = lm.model(input_ids=torch.tensor([[nxt]], device=lm.device), use_cache=True, **{cache_kw: past})
-            past = _cache_of(res)
+            past = cache_of(res)
             (nxt,), (ok,) = _top(res.logits[:, -1, :], tol)
             decoded += 1
         if not ok:

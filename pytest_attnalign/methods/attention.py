@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 from ..errors import AttnalignError
+from ..forward import run_model
 from .base import AttributionContext, Method, Unit
 
 #: view name -> (layers, heads) selected from the per-layer, per-head rows.
@@ -53,21 +54,6 @@ class AttentionRows:
 
     reading: Any  # row P-1
     coding: Any  # rows P..P+G-1, summed over rows (zeros when G = 0)
-
-
-def run_model(model: Any, keep_logits: int, **inputs: Any) -> Any:
-    """``model(**inputs)`` computing logits at the last ``keep_logits`` positions only.
-
-    Logits over a ~50k vocabulary at every position dominate the cost of a small model's pass
-    (and of every backward pass through it); models without ``logits_to_keep`` (older or remote
-    code) compute them all.
-    """
-    try:
-        return model(**inputs, use_cache=False, logits_to_keep=keep_logits)
-    except TypeError as exc:
-        if "logits_to_keep" not in str(exc):
-            raise
-        return model(**inputs, use_cache=False)
 
 
 def attention_rows(model: Any, prompt_ids: Sequence[int], generated_ids: Sequence[int]) -> AttentionRows:

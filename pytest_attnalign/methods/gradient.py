@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import Any, Iterator, Sequence
 
 from ..errors import AttnalignError
-from .attention import run_model
+from ..forward import run_model
 from .base import AttributionContext, Method, Unit
 
 NO_TARGET = "the model generated no code: gradient methods have no generated token to explain"
