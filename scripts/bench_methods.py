@@ -21,6 +21,7 @@ def _parse() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="smollm2")
     ap.add_argument("--limit", type=int, default=10, help="first N HumanEval tasks (default 10)")
+    ap.add_argument("--offset", type=int, default=0, help="skip this many tasks first (resume a long run)")
     ap.add_argument("--methods", default="all", help="all, a category or comma-separated names")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
@@ -60,7 +61,7 @@ def main() -> int:
         else:
             variants.append((name, name, None))
 
-    tasks = load_tasks("humaneval")[: args.limit]
+    tasks = load_tasks("humaneval")[args.offset : args.offset + args.limit]
     times: dict[str, list[float]] = {label: [] for label, _, _ in variants}
     gen_times: list[float] = []
     mismatches: list[str] = []
