@@ -79,11 +79,14 @@ def main() -> int:
             units = method.attribute(ctx)
             times[label].append(time.perf_counter() - t0)
             values = [v for _, _, v in units]
-            if verify is not None and name in scores and scores[name] != values:
-                mismatches.append(f"{task.task_id} {name}")
+            same = ""
+            if verify is not None and name in scores:
+                same = "  scores identical to verify off" if scores[name] == values else "  SCORES DIFFER from verify off"
+                if scores[name] != values:
+                    mismatches.append(f"{task.task_id} {name}")
             scores.setdefault(name, values)
             print(f"{task.task_id:14} {label:32} {times[label][-1]:8.2f}s  ({len(units)} units, "
-                  f"{len(gen.raw_ids)} generated tokens)", flush=True)
+                  f"{len(gen.raw_ids)} generated tokens){same}", flush=True)
 
     rows = [["generation", sum(gen_times) / len(gen_times), sum(gen_times)]]
     rows += [[label, sum(t) / len(t), sum(t)] for label, t in times.items() if t]
