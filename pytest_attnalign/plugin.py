@@ -243,7 +243,7 @@ def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool 
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    """One item per model x task x method, ids MODEL-METHOD-TASK, grouped by model x task."""
+    """One item per model x task x method, ids MODEL-METHOD-TASK, grouped under -n by the model x task scheduler below."""
     if "attn_case" not in metafunc.fixturenames:
         return
     s = _session(metafunc.config)
@@ -254,7 +254,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     tasks = load_tasks(metafunc.module.BENCHMARK)[: s.options.limit]
     params = [
         pytest.param((model, method, task.task_id), id=f"{model}-{method}-{task.task_id}",
-                     marks=[pytest.mark.xdist_group(f"{model}@{task.task_id}"), pytest.mark.attnalign])
+                     marks=[pytest.mark.attnalign])
         for model in s.options.models for task in tasks for method in s.options.methods
     ]
     metafunc.parametrize("attn_case", params)
