@@ -243,7 +243,7 @@ def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool 
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    """One item per model x task x method, ids MODEL-METHOD-TASK, grouped under -n by the model x task scheduler below."""
+    """One item per model x task x method, ids MODEL-METHOD-TASK, grouped under -n by :func:`pytest_xdist_make_scheduler`."""
     if "attn_case" not in metafunc.fixturenames:
         return
     s = _session(metafunc.config)
