@@ -11,6 +11,7 @@ import sys
 from collections.abc import Sequence
 
 from .errors import AttnalignError
+from .methods.perturbation import DEFAULT_FILL_MASK_MODEL, SHAP_EVALUATIONS
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -44,6 +45,11 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("--prompt-format", choices=["completion", "chat"], default=None, help="default: the model's")
     a.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     a.add_argument("--cache-dir", default=None, help="default: $ATTNALIGN_CACHE_DIR or ~/.cache/pytest-attnalign")
+    a.add_argument("--shap-evaluations", type=int, default=None, metavar="N",
+                   help=f"model evaluations per task for shap (default {SHAP_EVALUATIONS}, as in the study)")
+    a.add_argument("--fill-mask-model", default=None, metavar="ID",
+                   help="masked LM proposing bert_masking's substitutes (default $ATTNALIGN_FILL_MASK_MODEL or "
+                        f"{DEFAULT_FILL_MASK_MODEL}; offline: pretrained embedding neighbours)")
     a.add_argument("--json", action="store_true", help="print one JSON object")
     a.set_defaults(func=cmd_attribute)
     return p
@@ -70,7 +76,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 def cmd_attribute(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from .methods import resolve_methods
+    from .methods import method_options, resolve_methods
     from .models import default_cache_dir, resolve_model
     from .tasks import get_task
 
@@ -79,11 +85,15 @@ def cmd_attribute(args: argparse.Namespace) -> int:
     task = get_task(args.task_id)
     if args.k < 1:
         raise AttnalignError(f"--k must be positive, got {args.k}")
+    if args.shap_evaluations is not None and args.shap_evaluations < 1:
+        raise AttnalignError(f"--shap-evaluations must be positive (the study used {SHAP_EVALUATIONS}), "
+                             f"got {args.shap_evaluations}")
     from .report import render_attribution
     from .study import Study, StudyConfig, attribute_task
 
     cache = Path(args.cache_dir).expanduser() if args.cache_dir else default_cache_dir()
-    study = Study(StudyConfig(prompt_format=args.prompt_format, cache_dir=cache, device=args.device))
+    study = Study(StudyConfig(prompt_format=args.prompt_format, cache_dir=cache, device=args.device,
+                              method_options=method_options(args.shap_evaluations, args.fill_mask_model)))
     result = attribute_task(study, args.model, task.task_id, methods, args.k)
     print(json.dumps(result) if args.json else render_attribution(result, args.k))
     return 0

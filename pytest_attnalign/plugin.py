@@ -15,6 +15,8 @@ from typing import Any
 import pytest
 
 from .errors import AttnalignError
+from .methods import method_options
+from .methods.perturbation import DEFAULT_FILL_MASK_MODEL, SHAP_EVALUATIONS
 
 PROPERTY = "attnalign"
 
@@ -36,6 +38,7 @@ class Options:
     timeout: float
     error_k: int
     json_path: Path | None
+    method_options: dict[str, dict[str, Any]]
 
 
 #: Option defaults, also used to tell whether a run asked for the study (see :func:`_given`).
@@ -43,6 +46,7 @@ _DEFAULTS: dict[str, Any] = {
     "attn_model": None, "attn_method": "all", "attn_benchmark": "all", "attn_k": "5,10,20", "attn_limit": None,
     "attn_device": "auto", "attn_dtype": "auto", "attn_prompt_format": None, "attn_max_new_tokens": None,
     "attn_cache_dir": None, "attn_timeout": 10.0, "attn_error_k": 10, "attn_json": None,
+    "attn_shap_evaluations": None, "attn_fill_mask_model": None,
 }
 
 
@@ -74,6 +78,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     g.addoption("--attn-error-k", type=int, default=_DEFAULTS["attn_error_k"], metavar="K",
                 help="top-K used to classify error patterns of failing items (default: 10)")
     g.addoption("--attn-json", default=_DEFAULTS["attn_json"], metavar="PATH", help="write every item's record and the pooled scores")
+    g.addoption("--attn-shap-evaluations", type=int, default=_DEFAULTS["attn_shap_evaluations"], metavar="N",
+                help=f"model evaluations per task for shap (default: {SHAP_EVALUATIONS}, as in the study)")
+    g.addoption("--attn-fill-mask-model", default=_DEFAULTS["attn_fill_mask_model"], metavar="ID",
+                help="masked LM (hub id or local directory) proposing bert_masking's substitutes (default: "
+                     f"$ATTNALIGN_FILL_MASK_MODEL or {DEFAULT_FILL_MASK_MODEL}; offline: pretrained embedding neighbours)")
 
 
 def _given(config: pytest.Config) -> bool:
@@ -128,7 +137,7 @@ def parse_options(config: pytest.Config) -> Options:
     if fmt is not None and fmt not in PROMPT_FORMATS:
         raise pytest.UsageError(f"--attn-prompt-format: unknown {fmt!r}; use {' or '.join(PROMPT_FORMATS)}")
     for flag, value in (("--attn-limit", get("attn_limit")), ("--attn-max-new-tokens", get("attn_max_new_tokens")),
-                        ("--attn-error-k", get("attn_error_k"))):
+                        ("--attn-error-k", get("attn_error_k")), ("--attn-shap-evaluations", get("attn_shap_evaluations"))):
         if value is not None and value < 1:
             raise pytest.UsageError(f"{flag}: must be a positive integer, got {value}")
     if not get("attn_timeout") > 0:
@@ -141,6 +150,7 @@ def parse_options(config: pytest.Config) -> Options:
         dtype=get("attn_dtype"), prompt_format=fmt, max_new_tokens=get("attn_max_new_tokens"),
         cache_dir=Path(cache).expanduser() if cache else default_cache_dir(), timeout=get("attn_timeout"),
         error_k=get("attn_error_k"), json_path=Path(get("attn_json")) if get("attn_json") else None,
+        method_options=method_options(get("attn_shap_evaluations"), get("attn_fill_mask_model")),
     )
 
 
@@ -179,7 +189,8 @@ class AttnSession:
             o = self.options
             self._study = Study(StudyConfig(
                 prompt_format=o.prompt_format, max_new_tokens=o.max_new_tokens, ks=o.ks, error_k=o.error_k,
-                limits=Limits(timeout_s=o.timeout), cache_dir=o.cache_dir, device=o.device, dtype=o.dtype))
+                limits=Limits(timeout_s=o.timeout), cache_dir=o.cache_dir, device=o.device, dtype=o.dtype,
+                method_options=o.method_options))
         return self._study
 
 
@@ -268,12 +279,15 @@ def attn_result(attn_case: tuple[str, str, str], request: pytest.FixtureRequest)
     s = _session(request.config)
     assert s is not None
     model, method, task_id = attn_case
+    error = ""
     try:
         record = s.study.run_item(model, method, task_id)
     except MethodNotApplicable as exc:
         pytest.skip(str(exc))
     except AttnalignError as exc:  # a known failure (model not loadable, API down): one line, no traceback
-        pytest.fail(f"{model}/{method}/{task_id}: {exc}", pytrace=False)
+        error = f"{model}/{method}/{task_id}: {exc}"
+    if error:  # failed outside the except block, so pytest shows no chained exception
+        pytest.fail(error, pytrace=False)
     request.node.user_properties.append((PROPERTY, record))
     return record
 

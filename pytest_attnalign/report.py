@@ -18,6 +18,7 @@ from typing import Any
 from tabulate import tabulate
 
 from .alignment import KScore, score_tasks
+from .methods import OPTIONS
 from .patterns import PATTERNS
 from .study import record_task_units
 
@@ -129,6 +130,14 @@ def header_lines(records: Sequence[dict[str, Any]]) -> list[str]:
                  f"({'; '.join(rules)}); stop rule: {records[0]['stop_rule']}")
     lines.append(f"tasks: {len(tasks)} ({', '.join(f'{b} {n}' for b, n in sorted(n_bench.items()))}); "
                  f"items: {len(records)}; device: {', '.join(devices)}; error-pattern K: {records[0]['error_k']}")
+    settings = set()
+    for r in records:  # the user can change these settings, and they change the numbers: say which ran
+        if r["method"] in OPTIONS:
+            st = r["attribution"].get("settings", {})
+            keys = (*OPTIONS[r["method"]], "substitute_source")
+            settings.add(f"{r['method']} " + ", ".join(f"{k}={st[k]}" for k in keys if k in st))
+    if settings:
+        lines.append("method settings: " + "; ".join(sorted(settings)))
     lines.append("versions: " + ", ".join(f"{d} {_version(d)}" for d in LIBRARIES))
     return lines
 

@@ -20,7 +20,7 @@ from .cache import ResultCache
 from .execution import Limits, run_completion
 from .generation import Generation, Prompt, generate
 from .labels import prompt_labels
-from .methods import AttributionContext, get_method
+from .methods import AttributionContext, Method, get_method
 from .models import LoadedModel, load_model
 from .patterns import error_patterns, missed_labels
 from .tasks import Task, get_task
@@ -41,6 +41,8 @@ class StudyConfig:
     cache_dir: Path | None = None
     device: str = "auto"
     dtype: str = "auto"
+    #: method name -> constructor settings (e.g. ``{"shap": {"evaluations": 100}}``); part of the cache key
+    method_options: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 class Study:
@@ -86,9 +88,13 @@ class Study:
             self._contexts.popitem(last=False)
         return ctx
 
+    def method(self, name: str) -> Method:
+        """The named method with this study's settings for it."""
+        return get_method(name, **self.config.method_options.get(name, {}))
+
     def attribute(self, ctx: AttributionContext, method_name: str) -> tuple[list[list[float]], dict[str, Any]]:
         """Units ``[start, end, score]`` (task.prompt coordinates) and facts about the run."""
-        method = get_method(method_name)
+        method = self.method(method_name)
         method.check_applicable(ctx.lm)
         key = {**ctx.lm.identity, "task": ctx.task.task_id, "prompt": ctx.task.prompt,
                "format": ctx.prompt.format, "completion": ctx.generation.completion,
@@ -106,7 +112,7 @@ class Study:
     def run_item(self, model_name: str, method_name: str, task_id: str) -> dict[str, Any]:
         """Generate, attribute, score and execute one model x method x task; returns its record."""
         task = get_task(task_id)
-        method = get_method(method_name)
+        method = self.method(method_name)
         method.check_applicable(self.model(model_name))  # skip before generating (API calls cost)
         ctx = self.context(model_name, task)
         gen = ctx.generation

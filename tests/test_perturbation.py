@@ -16,6 +16,7 @@ import pytest
 import torch
 from tiny_models import FAMILIES, build_tiny
 
+from pytest_attnalign.errors import AttnalignError
 from pytest_attnalign.generation import build_prompt, completion_from_text, generate, greedy_decode, has_ended
 from pytest_attnalign.methods import AttributionContext, get_method
 from pytest_attnalign.methods import perturbation as pt
@@ -283,3 +284,29 @@ def test_methods_score_every_word_finitely_and_deterministically(models: dict, f
         assert all(math.isfinite(v) for _, _, v in units)
         assert make().attribute(again) == units
         assert make().needs_internals is False and make().category == "perturbation"
+
+
+def test_a_named_fill_mask_model_that_cannot_load_stops_instead_of_falling_back(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, offline: None) -> None:
+    """Only the default model falls back to the embedding neighbours; a chosen one must be used."""
+    with pytest.raises(AttnalignError, match=r"fill-mask model 'no-such-org/masker' is not usable: offline .*"
+                                             r"pass a local directory of a masked LM"):
+        pt.BertMasking(fill_mask_model="no-such-org/masker").settings()
+    (tmp_path / "config.json").write_text("{}")  # a directory that is no masked LM
+    with pytest.raises(AttnalignError, match=r"is not usable: loading failed \(\w+"):
+        get_method("bert_masking", fill_mask_model=str(tmp_path)).settings()
+    monkeypatch.setenv("ATTNALIGN_FILL_MASK_MODEL", "no-such-org/masker")
+    with pytest.raises(AttnalignError, match="no-such-org/masker"):
+        pt.BertMasking().settings()
+    monkeypatch.delenv("ATTNALIGN_FILL_MASK_MODEL")
+    assert pt.BertMasking().settings()["substitute_source"].startswith("nearest-neighbour:")
+
+
+def test_method_settings_pass_through_get_method_and_are_checked() -> None:
+    assert get_method("shap", evaluations=7).settings()["evaluations"] == 7
+    assert get_method("shap").settings()["evaluations"] == pt.SHAP_EVALUATIONS == 50
+    with pytest.raises(AttnalignError, match="method 'reading_all' takes no setting evaluations"):
+        get_method("reading_all", evaluations=7)
+    for bad in (0, -3, 2.5, True):
+        with pytest.raises(AttnalignError, match="evaluations must be a positive integer"):
+            pt.ShapMethod(evaluations=bad)

@@ -115,6 +115,7 @@ def records(path: Path) -> dict[str, Any]:
         ("--attn-timeout=0", r"--attn-timeout: must be positive seconds, got 0(\.0)?$"),
         ("--attn-timeout=nan", r"--attn-timeout: must be positive seconds, got nan"),
         ("--attn-error-k=0", r"--attn-error-k: must be a positive integer, got 0"),
+        ("--attn-shap-evaluations=0", r"--attn-shap-evaluations: must be a positive integer, got 0"),
     ],
     ids=lambda v: v if v.startswith("--") else "",
 )
@@ -332,6 +333,30 @@ def test_server_down_for_every_item_still_prints_the_summary(
     assert len(srv.requests) == 4  # one failed generation per erroring item; skipped items ask nothing
     assert summary(result).startswith("pytest-attnalign: no item produced a result")
     assert json.loads((tmp_path / "run.json").read_text())["records"] == []
+
+
+def test_method_settings_reach_the_methods_and_the_summary(
+    project: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """--attn-shap-evaluations changes shap's run (recorded, in the header); a named fill-mask model
+    that cannot load is a one-line error of its items, never a silent switch to the offline source."""
+    monkeypatch.setenv("ATTNALIGN_OPENAI_MAX_RETRIES", "0")
+    out = tmp_path / "run.json"
+    with OpenAIStub(_script) as srv:
+        monkeypatch.setenv("OPENAI_BASE_URL", srv.base_url)
+        result = project.runpytest_subprocess(
+            "--attn-model=openai:stub", "--attn-method=shap,bert_masking", "--attn-benchmark=humaneval",
+            "--attn-limit=1", "--attn-shap-evaluations=6", "--attn-fill-mask-model=no-such-org/masker",
+            f"--attn-cache-dir={tmp_path / 'cache'}", f"--attn-json={out}", "-rE", *NO_CACHE, timeout=300)
+    result.assert_outcomes(passed=1, errors=1)
+    (record,) = json.loads(out.read_text(encoding="utf-8"))["records"]
+    assert record["method"] == "shap" and record["attribution"]["settings"]["evaluations"] == 6
+    assert "method settings: shap evaluations=6" in summary(result)
+    result.stdout.fnmatch_lines(["*ERROR at setup of test_alignment[[]openai:stub-bert_masking-HumanEval/0[]]*",
+                                 "openai:stub/bert_masking/HumanEval/0: bert_masking: fill-mask model "
+                                 "'no-such-org/masker' is not usable: offline *; pass a local directory of a masked LM*",
+                                 "=*"])
+    assert "During handling" not in result.stdout.str() and "Traceback" not in result.stdout.str()
 
 
 # --------------------------------------------------------------------------------------- xdist

@@ -69,12 +69,33 @@ def resolve_methods(spec: str | list[str]) -> list[str]:
     return out
 
 
-def get_method(name: str) -> Method:
-    """An instance of the named method (imports its module, so torch, on first use)."""
+#: Settings a user may change per built-in method (plugin and CLI options pass them to the constructor).
+OPTIONS: dict[str, tuple[str, ...]] = {"shap": ("evaluations",), "bert_masking": ("fill_mask_model",)}
+
+
+def method_options(shap_evaluations: int | None = None, fill_mask_model: str | None = None) -> dict[str, dict[str, object]]:
+    """The per-method settings of the plugin's and CLI's options; ``None`` keeps a method's default."""
+    out: dict[str, dict[str, object]] = {}
+    if shap_evaluations is not None:
+        out["shap"] = {"evaluations": shap_evaluations}
+    if fill_mask_model:
+        out["bert_masking"] = {"fill_mask_model": fill_mask_model}
+    return out
+
+
+def get_method(name: str, **options: object) -> Method:
+    """An instance of the named method (imports its module, so torch, on first use).
+
+    ``options`` are constructor settings of that method (see :data:`OPTIONS`); a setting the
+    method does not take is an error rather than silently ignored.
+    """
     table = {**BUILTIN, **COMPAT}
+    unknown = sorted(set(options) - set(OPTIONS.get(name, ())))
+    if unknown:
+        raise AttnalignError(f"method {name!r} takes no setting {', '.join(unknown)}")
     if name in table:
         module, cls, _ = table[name]
-        return getattr(importlib.import_module(f"{__name__}.{module}"), cls)(name)
+        return getattr(importlib.import_module(f"{__name__}.{module}"), cls)(name, **options)
     if name in _entry_points():
         obj = _entry_points()[name].load()
         method = obj() if isinstance(obj, type) else obj
@@ -86,4 +107,5 @@ def get_method(name: str) -> Method:
     raise AssertionError(name)
 
 
-__all__ = ["AttributionContext", "Method", "MethodNotApplicable", "Unit", "available", "get_method", "resolve_methods"]
+__all__ = ["OPTIONS", "AttributionContext", "Method", "MethodNotApplicable", "Unit", "available", "get_method",
+           "method_options", "resolve_methods"]

@@ -110,6 +110,8 @@ class ShapMethod(Method):
 
     def __init__(self, name: str = "shap", evaluations: int = SHAP_EVALUATIONS, l1_reg: str | bool = SHAP_L1_REG,
                  mask_token: str = MASK_TOKEN, seed: int = 0, verify: bool = True, batch_size: int | None = None) -> None:
+        if isinstance(evaluations, bool) or not isinstance(evaluations, int) or evaluations < 1:
+            raise AttnalignError(f"shap: evaluations must be a positive integer (the study used 50), got {evaluations!r}")
         self.name = name
         self.evaluations = evaluations
         self.l1_reg = l1_reg
@@ -128,8 +130,11 @@ class ShapMethod(Method):
         import warnings
 
         import numpy as np
-        import shap
         from sklearn.exceptions import ConvergenceWarning
+
+        with warnings.catch_warnings():  # shap's import warns about matplotlib's colormap API: noise here
+            warnings.simplefilter("ignore", PendingDeprecationWarning)
+            import shap
 
         words = ctx.description_words()
         n = len(words)
@@ -309,12 +314,10 @@ def _offline() -> bool:
 
 
 @lru_cache(maxsize=None)
-def _fill_mask_pipeline(model_id: str) -> Any | None:
-    """The fill-mask pipeline when the model can be had without waiting on an unreachable hub."""
-    try:
-        from transformers import pipeline
-    except ImportError:
-        return None
+def _fill_mask_pipeline(model_id: str) -> tuple[Any | None, str]:
+    """The fill-mask pipeline, or ``None`` and why not; never waits on an unreachable hub."""
+    from transformers import pipeline
+
     local = Path(model_id).expanduser().is_dir()
     cached = False
     if not local:
@@ -324,17 +327,20 @@ def _fill_mask_pipeline(model_id: str) -> Any | None:
             cached = isinstance(try_to_load_from_cache(model_id, "config.json"), str)
         except Exception:  # malformed repo id and the like: not cached
             cached = False
-    if not (local or cached) and (_offline() or not _hub_reachable()):
-        return None
+    if not (local or cached) and _offline():
+        return None, "offline (HF_HUB_OFFLINE or TRANSFORMERS_OFFLINE) and not in the local hub cache"
+    if not (local or cached) and not _hub_reachable():
+        return None, "the hub is unreachable and the model is not in the local hub cache"
     try:
         from transformers import AutoModelForMaskedLM, AutoTokenizer
 
         only_local = local or cached  # never wait on the hub for a model already here
         tok = AutoTokenizer.from_pretrained(model_id, local_files_only=only_local)
         model = AutoModelForMaskedLM.from_pretrained(model_id, local_files_only=only_local).eval()
-        return pipeline("fill-mask", model=model, tokenizer=tok, device="cpu")
-    except Exception:  # noqa: BLE001 - unreachable, gated, not a masked LM: use the offline source
-        return None
+        return pipeline("fill-mask", model=model, tokenizer=tok, device="cpu"), ""
+    except Exception as exc:  # noqa: BLE001 - unreachable, gated, not a masked LM: the caller decides
+        first_line = (str(exc).strip().splitlines() or [""])[0]
+        return None, f"loading failed ({type(exc).__name__}: {first_line})"
 
 
 @lru_cache(maxsize=None)
@@ -346,7 +352,7 @@ def _neighbours() -> EmbeddingNeighbours:
 @lru_cache(maxsize=None)
 def substitute_source(model_id: str) -> str:
     """Which source substitutes words in this process: ``fill-mask:MODEL`` or the offline neighbours."""
-    if _fill_mask_pipeline(model_id) is not None:
+    if _fill_mask_pipeline(model_id)[0] is not None:
         return f"fill-mask:{model_id}"
     return embedding_files()[2]
 
@@ -360,11 +366,26 @@ class BertMasking(Method):
     def __init__(self, name: str = "bert_masking", fill_mask_model: str | None = None, verify: bool = True,
                  batch_size: int | None = None) -> None:
         self.name = name
-        self.fill_mask_model = fill_mask_model or os.environ.get("ATTNALIGN_FILL_MASK_MODEL") or DEFAULT_FILL_MASK_MODEL
+        chosen = fill_mask_model or os.environ.get("ATTNALIGN_FILL_MASK_MODEL")
+        # Only the default falls back to the offline neighbours: a model the user named must be the
+        # one used, or the run stops (a silent substitute would make its numbers something else).
+        self.explicit = bool(chosen)
+        self.fill_mask_model = chosen or DEFAULT_FILL_MASK_MODEL
         self.verify = verify  # speed only: verified and plain regeneration give the same tokens
         self.batch_size = batch_size
 
+    def pipeline(self) -> Any | None:
+        """The fill-mask pipeline, ``None`` for the offline neighbours; a named model must load."""
+        pipe, why = _fill_mask_pipeline(self.fill_mask_model)
+        if pipe is None and self.explicit:
+            raise AttnalignError(
+                f"bert_masking: fill-mask model {self.fill_mask_model!r} is not usable: {why}; pass a local directory "
+                f"of a masked LM, or unset --attn-fill-mask-model / ATTNALIGN_FILL_MASK_MODEL to use "
+                f"{DEFAULT_FILL_MASK_MODEL} (offline: pretrained embedding neighbours)")
+        return pipe
+
     def settings(self) -> dict[str, Any]:
+        self.pipeline()
         return {"fill_mask_model": self.fill_mask_model, "substitute_source": substitute_source(self.fill_mask_model),
                 "replaced": "word core (leading/trailing punctuation kept)", "score": "1 - BLEU(original, regenerated)",
                 "bleu": BLEU_SPEC}
@@ -376,7 +397,7 @@ class BertMasking(Method):
     def _substitutes(self, ctx: AttributionContext) -> list[tuple[int, int, str, str]]:
         text = ctx.task.prompt
         lo, hi = ctx.task.description
-        pipe = _fill_mask_pipeline(self.fill_mask_model)
+        pipe = self.pipeline()
         out = []
         for a, b in ctx.description_words():
             ca, cb = word_core(text[a:b])
