@@ -67,7 +67,7 @@ class Study:
             return self._contexts[key]
         lm = self.model(model_name)
         fmt = self.config.prompt_format or lm.spec.prompt_format
-        gen_key = {**lm.identity, "task": task.task_id, "prompt": task.prompt, "format": fmt,
+        gen_key = {**lm.identity, "device_type": lm.device.split(":")[0], "task": task.task_id, "prompt": task.prompt, "format": fmt,
                    "max_new_tokens": self.config.max_new_tokens}
         cached = self.cache.get("generation", gen_key)
         started = time.perf_counter()
@@ -96,7 +96,7 @@ class Study:
         """Units ``[start, end, score]`` (task.prompt coordinates) and facts about the run."""
         method = self.method(method_name)
         method.check_applicable(ctx.lm)
-        key = {**ctx.lm.identity, "task": ctx.task.task_id, "prompt": ctx.task.prompt,
+        key = {**ctx.lm.identity, "device_type": ctx.lm.device.split(":")[0], "task": ctx.task.task_id, "prompt": ctx.task.prompt,
                "format": ctx.prompt.format, "completion": ctx.generation.completion,
                "generated_ids": list(ctx.generation.generated_ids), "method": method_name,
                "settings": method.settings()}
