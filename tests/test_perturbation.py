@@ -78,12 +78,13 @@ def test_verified_regeneration_equals_plain_greedy(models: dict, family: str) ->
     prompts = perturbed_prompts(ctx)
     expected = [plain_ids(ctx, p) for p in prompts]
     assert expected[0] == list(ctx.generation.raw_ids)  # the reference reproduces the original
-    for batch_size in (1, 3, None):
+    for batch_size, pool_size in ((1, 1), (3, 1), (1, 2), (3, 4), (None, None)):
         stats: dict[str, int] = {}
-        got = regenerate_ids(ctx, prompts, batch_size=batch_size, stats=stats)
-        assert got == expected, f"{family} batch_size={batch_size}"
+        got = regenerate_ids(ctx, prompts, batch_size=batch_size, pool_size=pool_size, stats=stats)
+        assert got == expected, f"{family} batch_size={batch_size} pool_size={pool_size}"
         assert stats["verified"] > 0  # the original prompt at least is verified, not decoded
-    assert regenerate_ids(ctx, prompts, verify=False) == expected
+    for pool_size in (1, None):
+        assert regenerate_ids(ctx, prompts, verify=False, pool_size=pool_size) == expected
     completions = regenerate(ctx, prompts)
     assert completions[0] == ctx.generation.completion
     cuts = [completion_from_text(TASK, "completion", ctx.lm.tokenizer.decode(e, skip_special_tokens=True)) for e in expected]
@@ -96,6 +97,27 @@ def test_verified_regeneration_stops_like_greedy_decode(models: dict) -> None:
     assert len(ctx.generation.raw_ids) < ctx.generation.max_new_tokens  # stopped by the rule, not the budget
     prompts = perturbed_prompts(ctx)
     assert regenerate_ids(ctx, prompts, batch_size=4) == [plain_ids(ctx, p) for p in prompts]
+
+
+def test_diverged_rows_are_decoded_in_one_batch_per_step(models: dict) -> None:
+    """Pooling must batch for real: far fewer forward passes than decoding each row alone."""
+    ctx = context(models["llama"], 24)
+    prompts = perturbed_prompts(ctx)
+    expected = [plain_ids(ctx, p) for p in prompts]
+    calls: list[int] = []
+    hook = ctx.lm.model.register_forward_hook(lambda module, args, kwargs_out: calls.append(1))
+    try:
+        counts, fallbacks = {}, {}
+        for pool_size in (1, None):
+            calls.clear()
+            stats: dict[str, int] = {}
+            assert regenerate_ids(ctx, prompts, verify=False, pool_size=pool_size, stats=stats) == expected
+            counts[pool_size], fallbacks[pool_size] = len(calls), stats["fallbacks"]
+    finally:
+        hook.remove()
+    assert fallbacks[1] == fallbacks[None] <= 1  # a near-tie of the random model is redone plainly
+    assert stats["decoded"] > 2 * ctx.generation.max_new_tokens  # several rows really decoded
+    assert counts[None] < counts[1] / 2, counts
 
 
 def test_near_tie_falls_back_to_plain_decoding(models: dict) -> None:
