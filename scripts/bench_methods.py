@@ -3,10 +3,13 @@
     python scripts/bench_methods.py --limit 3 --methods perturbation
 
 For each of the first N HumanEval tasks: one greedy generation (the model's default prompt format,
-timed apart), then each method on a fresh context (no pass shared with another method, so a time is
-that method's cost alone). The perturbation methods run twice, with verified regeneration off and
-on; their scores must agree exactly (verification changes speed, never tokens). Methods whose module
-is not importable yet are skipped with a note. CPU by default; times are wall-clock seconds.
+timed apart), then the self-attention and gradient methods in the study's order on one context, as
+a run of the plugin does, so each time is that method's cost in a real run: the first
+self-attention method pays the forward pass all six share, ``saliency_reading`` and
+``saliency_coding`` pay the gradient passes the ``inputxgradient`` methods reuse (marked
+"shared"). The perturbation methods run twice, each on a fresh context, with verified regeneration
+off and on; their scores must agree exactly (verification changes speed, never tokens). CPU by
+default; times are wall-clock seconds.
 """
 
 from __future__ import annotations
@@ -14,7 +17,6 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from typing import Any
 
 
 def _parse() -> argparse.Namespace:
@@ -45,21 +47,20 @@ def main() -> int:
     lm = load_model(args.model, device=args.device, dtype="float32")
     print(f"model {args.model} ({lm.revision}) loaded in {time.perf_counter() - started:.1f}s on {lm.device}, "
           f"{torch.get_num_threads()} threads", flush=True)
-    names = resolve_methods(args.methods)
-    methods: dict[str, Any] = {}
-    for name in names:
-        try:
-            methods[name] = get_method(name)
-        except (ImportError, AttributeError) as exc:
-            print(f"note: skipping {name}: {type(exc).__name__}: {exc}", flush=True)
+    methods = resolve_methods(args.methods)
     variants: list[tuple[str, str, bool | None]] = []  # (label, method, verify)
-    for name, method in methods.items():
+    shared: set[str] = set()  # methods that reuse a pass an earlier method paid for
+    for name in methods:
+        if available().get(name) == "self_attention" and any(available().get(v[1]) == "self_attention" for v in variants):
+            shared.add(name)
+        if name.startswith("inputxgradient_") and name.replace("inputxgradient", "saliency") in methods:
+            shared.add(name)
         if available().get(name) == "perturbation":
             if not args.no_plain:
                 variants.append((f"{name} (verify off)", name, False))
             variants.append((f"{name} (verify on)", name, True))
         else:
-            variants.append((name, name, None))
+            variants.append((f"{name} (shared)" if name in shared else name, name, None))
 
     tasks = load_tasks("humaneval")[args.offset : args.offset + args.limit]
     times: dict[str, list[float]] = {label: [] for label, _, _ in variants}
@@ -70,11 +71,14 @@ def main() -> int:
         prompt, gen = generate(lm, task)
         gen_times.append(time.perf_counter() - t0)
         scores: dict[str, list[float]] = {}
+        shared_ctx = AttributionContext(lm=lm, task=task, prompt=prompt, generation=gen)
         for label, name, verify in variants:
             method = get_method(name)
             if verify is not None:
                 method.verify = verify
-            ctx = AttributionContext(lm=lm, task=task, prompt=prompt, generation=gen)
+                ctx = AttributionContext(lm=lm, task=task, prompt=prompt, generation=gen)
+            else:
+                ctx = shared_ctx
             t0 = time.perf_counter()
             units = method.attribute(ctx)
             times[label].append(time.perf_counter() - t0)
