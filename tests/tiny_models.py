@@ -34,7 +34,8 @@ def tiny_config(family: str):
     if family == "gpt2":
         return tf.GPT2Config(n_embd=32, n_layer=2, n_head=2, n_positions=512, **common)
     if family == "codegen":
-        return tf.CodeGenConfig(n_embd=32, n_layer=2, n_head=2, n_positions=512, rotary_dim=8, **common)
+        # 4 heads: CodeGen splits heads into mp_num=4 groups in transformers releases before 5.2x
+        return tf.CodeGenConfig(n_embd=32, n_layer=2, n_head=4, n_positions=512, rotary_dim=8, **common)
     if family == "gptj":
         return tf.GPTJConfig(n_embd=32, n_layer=2, n_head=2, n_positions=512, rotary_dim=8, **common)
     if family == "gpt_neox":
