@@ -37,7 +37,8 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--json", action="store_true")
     c.set_defaults(func=cmd_check)
 
-    a = sub.add_parser("attribute", help="generate for one task and show each method's top-K units")
+    a = sub.add_parser("attribute", help="generate for one task and show each method's top-K units "
+                                         "(exit 1 when a method failed on it)")
     a.add_argument("task_id", help="HumanEval/N or Mbpp/N")
     a.add_argument("--model", default="smollm2", help="alias, hub id, openai:MODEL or local directory (default smollm2)")
     a.add_argument("--method", default="all", help="all, a category or comma-separated method names (default all)")
@@ -96,7 +97,7 @@ def cmd_attribute(args: argparse.Namespace) -> int:
                               method_options=method_options(args.shap_evaluations, args.fill_mask_model)))
     result = attribute_task(study, args.model, task.task_id, methods, args.k)
     print(json.dumps(result) if args.json else render_attribution(result, args.k))
-    return 0
+    return 1 if any("error" in m for m in result["methods"].values()) else 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -225,6 +225,9 @@ def render_attribution(result: dict[str, Any], k: int) -> str:
         if "skipped" in res:
             lines.append(f"\n{name}: skipped ({res['skipped']})")
             continue
+        if "error" in res:
+            lines.append(f"\n{name}: error: {res['error']}")
+            continue
         lines.append(f"\n{name} ({res['seconds']:.2f} s{', cached' if res['cached'] else ''}): top-{k}")
         by_span = {(s, e): v for s, e, v in res["units"]}
         rows = [[i + 1, repr(task.prompt[s:e]), f"[{s}, {e})", f"{by_span[(s, e)]:.4g}",

@@ -182,8 +182,11 @@ def record_task_units(record: dict[str, Any]) -> TaskUnits:
 def attribute_task(study: Study, model_name: str, task_id: str, methods: list[str], k: int = 10) -> dict[str, Any]:
     """Generate once and run every named method on one task: the library's one-call view.
 
-    Methods that cannot apply to the model are reported with their reason instead of units.
+    Methods that cannot apply to the model are reported with their reason (``skipped``), and a
+    method that fails on this generation (e.g. CODING when the model emitted no code) with its
+    error (``error``), instead of units: one method's failure does not hide the others' results.
     """
+    from .errors import AttnalignError
     from .methods import MethodNotApplicable
 
     task = get_task(task_id)
@@ -194,6 +197,9 @@ def attribute_task(study: Study, model_name: str, task_id: str, methods: list[st
             units, info = study.attribute(ctx, name)
         except MethodNotApplicable as exc:
             out[name] = {"skipped": str(exc)}
+            continue
+        except AttnalignError as exc:
+            out[name] = {"error": str(exc)}
             continue
         out[name] = {"units": units, "top_k": [list(t) for t in top_k([tuple(u) for u in units], k)],
                      "seconds": info["seconds"], "cached": info["cached"], "settings": info["settings"]}
