@@ -111,7 +111,8 @@ class ShapMethod(Method):
     def __init__(self, name: str = "shap", evaluations: int = SHAP_EVALUATIONS, l1_reg: str | bool = SHAP_L1_REG,
                  mask_token: str = MASK_TOKEN, seed: int = 0, verify: bool = True, batch_size: int | None = None) -> None:
         if isinstance(evaluations, bool) or not isinstance(evaluations, int) or evaluations < 1:
-            raise AttnalignError(f"shap: evaluations must be a positive integer (the study used 50), got {evaluations!r}")
+            raise AttnalignError(f"shap: evaluations must be a positive integer (the study used {SHAP_EVALUATIONS}), "
+                                 f"got {evaluations!r}")
         self.name = name
         self.evaluations = evaluations
         self.l1_reg = l1_reg
