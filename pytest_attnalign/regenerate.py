@@ -96,7 +96,8 @@ def regenerate_ids(ctx: Any, task_prompts: Sequence[str], *, verify: bool = True
     ``tie_tol``: absolute near-tie margin in logits (default: :data:`TIE_EPS_FACTOR` x eps x scale;
     half-precision models have no default and are decoded plainly unless it is given).
     ``stats`` (optional) accumulates ``prompts``, ``verified`` (tokens taken from verification
-    passes), ``decoded`` (tokens decoded one by one) and ``fallbacks`` (prompts redone plainly).
+    passes), ``decoded`` (tokens decoded step by step, alone or pooled) and ``fallbacks`` (prompts
+    redone plainly).
     """
     import torch
 
@@ -140,11 +141,7 @@ def regenerate_ids(ctx: Any, task_prompts: Sequence[str], *, verify: bool = True
             for lo_pool in range(0, len(pending), pool):
                 rows = pending[lo_pool : lo_pool + pool]
                 for row, got in zip(rows, _decode_together(lm, rows, budget, ended, tol, st)):
-                    if got is None:  # a near-tie: this row is redone the reference way
-                        st["fallbacks"] += 1
-                        got = _plain(lm, row.prompt, budget, ended)
-                        st["decoded"] += len(got)
-                    results[row.index] = got
+                    results[row.index] = got if got is not None else _redo_plainly(lm, row.prompt, budget, ended, st)
     assert all(r is not None for r in results)
     return results  # type: ignore[return-value]
 
@@ -265,17 +262,20 @@ class _Pending:
 def _continue_or_plain(lm: Any, cache: Any, row: int, pad: int, prompt: list[int], ref: list[int], preds: list[int],
                        safe: list[bool], budget: int, ended: Callable[[list[int]], bool], tol: float,
                        st: dict[str, int], hand_off: bool = False) -> list[int] | _Pending:
-    got = _continue(lm, cache, row, pad, len(prompt), ref, preds, safe, budget, ended, tol, st, hand_off=hand_off)
-    if got is None:
-        st["fallbacks"] += 1
-        got = _plain(lm, prompt, budget, ended)
-        st["decoded"] += len(got)
-    elif isinstance(got, _Pending):
-        got.prompt = prompt
+    got = _continue(lm, cache, row, pad, prompt, ref, preds, safe, budget, ended, tol, st, hand_off=hand_off)
+    return got if got is not None else _redo_plainly(lm, prompt, budget, ended, st)
+
+
+def _redo_plainly(lm: Any, prompt: list[int], budget: int, ended: Callable[[list[int]], bool],
+                  st: dict[str, int]) -> list[int]:
+    """A near-tie made a shortcut unsafe: decode this prompt the reference way."""
+    st["fallbacks"] += 1
+    got = _plain(lm, prompt, budget, ended)
+    st["decoded"] += len(got)
     return got
 
 
-def _continue(lm: Any, cache: Any, row: int, pad: int, p: int, ref: list[int], preds: list[int],
+def _continue(lm: Any, cache: Any, row: int, pad: int, prompt: list[int], ref: list[int], preds: list[int],
               safe: list[bool], budget: int, ended: Callable[[list[int]], bool], tol: float,
               st: dict[str, int], check_every: int = 4, hand_off: bool = False) -> list[int] | _Pending | None:
     """Replay ``greedy_decode``'s loop for one row; ``None`` when a near-tie makes the shortcut unsafe.
@@ -290,6 +290,7 @@ def _continue(lm: Any, cache: Any, row: int, pad: int, p: int, ref: list[int], p
 
     eos = lm.tokenizer.eos_token_id
     cache_kw = cache_kwarg(lm.model)
+    p = len(prompt)
     preds, safe = list(preds), list(safe)
     covered = len(preds) - 1
     out: list[int] = []
@@ -332,7 +333,7 @@ def _continue(lm: Any, cache: Any, row: int, pad: int, p: int, ref: list[int], p
             if hand_off:
                 st["verified"] += verified
                 st["decoded"] += decoded
-                return _Pending([], out, past, step + 1)
+                return _Pending(prompt, out, past, step + 1)
     st["verified"] += verified
     st["decoded"] += decoded
     return out
