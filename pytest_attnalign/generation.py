@@ -4,11 +4,16 @@ Rules (recorded with every :class:`Generation`):
 - ``completion`` format: the task's prompt as given; the model continues it.
 - ``chat`` format: the task's prompt inside a user message of the model's chat template; the code is
   taken from the first fenced block of the reply (or the whole reply when it has no fence).
+- ``chat-prefill`` format: as ``chat``, and the assistant turn is prefilled with the fenced task
+  prompt, so the model continues the code as a base model does (for instruct models that continue).
 - Budget: tokens of the canonical solution + 20 (the study's rule). In chat format the reply restates
   the signature and often the docstring, so the budget there is tokens of prompt + canonical + 20.
 - Stop rule: decoding stops at end-of-sequence, or once the generated function has ended (a new
-  top-level statement that is not part of it), or after the closing fence in chat format; the
+  top-level statement that is not part of it), or after the closing fence in the chat formats; the
   completion is then cut at the end of the function.
+- Explained steps: the generated tokens of the function's BODY (:func:`body_span`), never a fence,
+  prose, the restated ``def`` line or docstring, nor anything after the function. Step ``j``
+  explains generated token ``y_j``, predicted at position ``P - 1 + j`` (``P`` prompt tokens).
 """
 
 from __future__ import annotations
@@ -20,14 +25,17 @@ from typing import Any
 from .errors import AttnalignError
 from .tasks import Task
 
-PROMPT_FORMATS = ("completion", "chat")
+PROMPT_FORMATS = ("completion", "chat", "chat-prefill")
+CHAT_FORMATS = ("chat", "chat-prefill")
 CHAT_INSTRUCTION = "Complete the following Python function. Reply with the whole function in one ```python code block.\n\n"
+PREFILL = "```python\n"
 BUDGET_SLACK = 20
 STOP_RULE = "eos | end of the first top-level function (next top-level statement) | closing ``` fence (chat)"
 
 _FENCE = re.compile(r"```[ \t]*(?:python|py|Python)?[ \t]*\n(.*?)(?:```|\Z)", re.S)
 # Top-level lines that continue a module after a function without ending "the generated function".
 _CONTINUES = ("def ", "async def ", "@", "import ", "from ", "class ")
+_DOCSTRING = re.compile(r"""^\s*[rRuU]?("{3}|'{3})""")
 
 
 @dataclass(frozen=True)
@@ -36,7 +44,7 @@ class Prompt:
 
     text: str
     format: str
-    task_offset: int  # where task.prompt starts inside ``text``
+    task_offset: int  # where the scored copy of task.prompt starts inside ``text``
     description: tuple[int, int]  # scored region inside ``text``
 
 
@@ -48,12 +56,19 @@ class Generation:
     prompt_format: str
     max_new_tokens: int
     stop_rule: str
-    raw: str  # decoded text of ``generated_ids``
+    raw: str  # decoded text of every generated token
     completion: str
-    generated_ids: tuple[int, ...]  # tokens kept after the cut (what attribution explains)
+    generated_ids: tuple[int, ...]  # generated tokens up to the last explained one
     prompt_ids: tuple[int, ...]
     usage: dict[str, int] | None = field(default=None, compare=False)  # API models' token counts (keeps hashing)
     raw_ids: tuple[int, ...] = field(default=(), compare=False)  # every generated token, before the cut (regeneration replays them)
+    #: steps ``[first, end)`` of ``generated_ids`` that attribution explains: the function body's tokens
+    explained: tuple[int, int] = (0, 0)
+    explained_tokens: tuple[str, ...] = ()  # the text of each explained token, for the record
+
+    @property
+    def explained_steps(self) -> range:
+        return range(*self.explained)
 
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -61,7 +76,8 @@ class Generation:
         d.pop("raw_ids")
         if d["usage"] is None:
             d.pop("usage")  # local models: records stay as they were
-        d["generated_ids"] = list(self.generated_ids)
+        for name in ("generated_ids", "explained", "explained_tokens"):
+            d[name] = list(d[name])
         return d
 
 
@@ -74,8 +90,8 @@ def build_prompt(task: Task, tokenizer: Any, prompt_format: str) -> Prompt:
     """Wrap the task for the model; the scored region is shifted with it."""
     if prompt_format == "completion":
         return Prompt(task.prompt, "completion", 0, task.description)
-    if prompt_format != "chat":
-        raise AttnalignError(f"unknown prompt format {prompt_format!r}: use completion or chat")
+    if prompt_format not in CHAT_FORMATS:
+        raise AttnalignError(f"unknown prompt format {prompt_format!r}: use {', '.join(PROMPT_FORMATS)}")
     if not getattr(tokenizer, "chat_template", None):
         raise AttnalignError("this model has no chat template: use --attn-prompt-format=completion")
     user = chat_user_message(task.prompt)
@@ -83,13 +99,19 @@ def build_prompt(task: Task, tokenizer: Any, prompt_format: str) -> Prompt:
     offset = text.find(task.prompt)
     if offset == -1:
         raise AttnalignError("the chat template altered the task prompt: use --attn-prompt-format=completion")
+    if prompt_format == "chat-prefill":
+        # The task appears twice; the scored copy is the prefilled one, which the model continues
+        # exactly as a base model continues the prompt in the study's completion protocol.
+        offset = len(text) + len(PREFILL)
+        text = text + PREFILL + task.prompt
     a, b = task.description
-    return Prompt(text, "chat", offset, (offset + a, offset + b))
+    return Prompt(text, prompt_format, offset, (offset + a, offset + b))
 
 
 def token_budget(task: Task, tokenizer: Any, prompt_format: str, slack: int = BUDGET_SLACK) -> int:
     """The study's budget: canonical-solution tokens + 20 (plus the restated prompt in chat format)."""
-    target = task.canonical_solution if prompt_format == "completion" else task.prompt + task.canonical_solution
+    restates = prompt_format == "chat"  # a chat reply restates the prompt; completion and prefill continue it
+    target = task.prompt + task.canonical_solution if restates else task.canonical_solution
     return len(tokenizer(target, add_special_tokens=False)["input_ids"]) + slack
 
 
@@ -125,6 +147,10 @@ def extract_code(reply: str) -> str:
     return m.group(1) if m else reply
 
 
+def _restates(code: str, entry_point: str) -> bool:
+    return re.search(rf"^\s*(async\s+)?def\s+{re.escape(entry_point)}\s*\(", code, re.M) is not None
+
+
 def completion_from_reply(task: Task, reply: str) -> str:
     """Turn a chat reply into a continuation of ``task.prompt`` (what :meth:`Task.program` runs).
 
@@ -132,17 +158,25 @@ def completion_from_reply(task: Task, reply: str) -> str:
     which Python accepts and which overrides the stub; a bare body continues the prompt directly.
     """
     code = extract_code(reply)
-    if re.search(rf"^\s*(async\s+)?def\s+{re.escape(task.entry_point)}\s*\(", code, re.M):
+    if _restates(code, task.entry_point):
         return "\n" + cut_function(code.strip("\n") + "\n", starts_inside=False)
     if task.benchmark == "humaneval" and code.startswith((" ", "\t")):
         return cut_function(code, starts_inside=True)
     return "\n" + cut_function(code.strip("\n") + "\n", starts_inside=False)
 
 
+def _before_fence(raw: str) -> str:
+    """A prefilled reply's code: everything before the fence that closes the prefilled block."""
+    end = raw.find("```")
+    return raw if end == -1 else raw[:end]
+
+
 def completion_from_text(task: Task, prompt_format: str, raw: str) -> str:
     """Apply the stop rule to decoded model output."""
     if prompt_format == "chat":
         return completion_from_reply(task, raw)
+    if prompt_format == "chat-prefill":
+        raw = _before_fence(raw)
     return cut_function(raw, starts_inside=task.benchmark == "humaneval")
 
 
@@ -150,26 +184,95 @@ def has_ended(task: Task, prompt_format: str, raw: str) -> bool:
     """Whether decoding may stop: the function (or the fenced block) is complete."""
     if prompt_format == "chat":
         return bool(re.search(r"```[^\n]*\n.*?```", raw, re.S))
+    if prompt_format == "chat-prefill" and "```" in raw:
+        return True
     cut = cut_function(raw, starts_inside=task.benchmark == "humaneval")
     return len(cut) < len(raw) and raw[len(cut.rstrip("\n")) :].strip() != ""
 
 
-def kept_token_count(tokenizer: Any, ids: list[int], prompt_format: str, completion: str, raw: str) -> int:
-    """How many generated tokens produced the kept text (the tokens attribution explains)."""
-    if not completion.strip():
-        return 0  # no code: nothing for the coding methods to explain
+def _function_body(code: str, name: str) -> tuple[int, int]:
+    """Characters of the body of function ``name`` (else the first function) in ``code``.
+
+    The body follows the ``def`` line(s) (a signature may span lines) and the docstring, and ends
+    with the function's last non-blank line. Code without any ``def`` is all body.
+    """
+    m = (re.search(rf"^[ \t]*(async\s+)?def\s+{re.escape(name)}\s*\(", code, re.M)
+         or re.search(r"^[ \t]*(async\s+)?def\s+\w+\s*\(", code, re.M))
+    if m is None:
+        lead = len(code) - len(code.lstrip())
+        return lead, lead + len(cut_function(code[lead:], starts_inside=False).rstrip())
+    indent = len(m.group(0)) - len(m.group(0).lstrip())
+    lines = code[m.start():].split("\n")
+    pos, i = m.start(), 0
+
+    def skip() -> None:  # consume line i
+        nonlocal pos, i
+        pos += len(lines[i]) + 1
+        i += 1
+
+    while i < len(lines) - 1 and not lines[i].rstrip().endswith(":"):
+        skip()
+    skip()
+    while i < len(lines) and not lines[i].strip():
+        skip()
+    doc = _DOCSTRING.match(lines[i]) if i < len(lines) else None
+    if doc:
+        rest = lines[i][doc.end():]
+        while doc.group(1) not in rest and i < len(lines) - 1:
+            skip()
+            rest = lines[i]
+        skip()
+    start = end = min(pos, len(code))
+    for line in lines[i:]:
+        if line.strip() and len(line) - len(line.lstrip()) <= indent and line.lstrip()[0] not in ")]}":
+            break
+        if line.strip():
+            end = min(pos + len(line.rstrip()), len(code))
+        pos += len(line) + 1
+    return start, end
+
+
+def body_span(task: Task, prompt_format: str, raw: str) -> tuple[int, int]:
+    """Characters of ``raw`` (the decoded generated text) that are the generated function's body.
+
+    HumanEval in completion and prefill formats continues the prompt's function, so the body starts
+    at the first generated character. A restated or newly written function (chat replies, MBPP)
+    has its body after its ``def`` line(s) and docstring. The body ends with the function's last line.
+    A chat reply with neither a code block nor a ``def`` has no body.
+    """
     if prompt_format == "chat":
-        return len(ids)  # the whole reply up to the fence's end is what the model "coded"
-    keep = len(completion.rstrip("\n"))
-    n = 0
+        m = _FENCE.search(raw)
+        if m is None and not re.search(r"^\s*(async\s+)?def\s", raw, re.M):
+            return 0, 0  # a reply with neither a code block nor a def is prose: no body
+        offset, code = (m.start(1), m.group(1)) if m else (0, raw)
+        continues = task.benchmark == "humaneval" and not _restates(code, task.entry_point) and code.startswith((" ", "\t"))
+    else:
+        offset, code = 0, _before_fence(raw) if prompt_format == "chat-prefill" else raw
+        continues = task.benchmark == "humaneval"
+    if continues:
+        return offset, offset + len(cut_function(code, starts_inside=True).rstrip())
+    a, b = _function_body(code, task.entry_point)
+    return offset + a, offset + b
+
+
+def explained_range(tokenizer: Any, ids: list[int], span: tuple[int, int]) -> tuple[int, int]:
+    """Steps ``[first, end)``: the generated tokens whose decoded text overlaps characters ``span``."""
+    a, b = span
+    if a >= b:
+        return 0, 0
+    first, prev = None, 0
     for n in range(1, len(ids) + 1):
-        if len(tokenizer.decode(ids[:n], skip_special_tokens=True)) >= keep:
-            return n
-    return n
+        length = max(prev, len(tokenizer.decode(ids[:n], skip_special_tokens=True)))
+        if first is None and length > a and length > prev:
+            first = n - 1
+        if length >= b:
+            return (first if first is not None else n - 1), n
+        prev = length
+    return (first, len(ids)) if first is not None else (0, 0)
 
 
 def generate(lm: Any, task: Task, prompt_format: str | None = None, max_new_tokens: int | None = None) -> tuple[Prompt, Generation]:
-    """Greedy generation for one task, cut by the stop rule."""
+    """Greedy generation for one task, cut by the stop rule, with its explained steps."""
     fmt = prompt_format or lm.spec.prompt_format
     if lm.spec.kind == "openai":
         return lm.generate(task, fmt, max_new_tokens)
@@ -182,9 +285,10 @@ def generate(lm: Any, task: Task, prompt_format: str | None = None, max_new_toke
     completion = completion_from_text(task, fmt, raw)
     if not completion.strip():
         completion = ""
-    kept = ids[: kept_token_count(tok, ids, fmt, completion, raw)]
-    return prompt, Generation(task.task_id, fmt, budget, STOP_RULE, raw, completion, tuple(kept), tuple(prompt_ids[0].tolist()),
-                              raw_ids=tuple(ids))
+    first, end = explained_range(tok, ids, body_span(task, fmt, raw)) if completion else (0, 0)
+    return prompt, Generation(task.task_id, fmt, budget, STOP_RULE, raw, completion, tuple(ids[:end]),
+                              tuple(prompt_ids[0].tolist()), raw_ids=tuple(ids), explained=(first, end),
+                              explained_tokens=tuple(tok.decode([i]) for i in ids[first:end]))
 
 
 def greedy_decode(model: Any, prompt_ids: Any, budget: int, eos_id: int | None, ended: Any, check_every: int = 4) -> list[int]:

@@ -98,7 +98,8 @@ class Study:
         method.check_applicable(ctx.lm)
         key = {**ctx.lm.identity, "device_type": ctx.lm.device.split(":")[0], "task": ctx.task.task_id, "prompt": ctx.task.prompt,
                "format": ctx.prompt.format, "completion": ctx.generation.completion,
-               "generated_ids": list(ctx.generation.generated_ids), "method": method_name,
+               "generated_ids": list(ctx.generation.generated_ids), "explained": list(ctx.generation.explained),
+               "method": method_name,
                "settings": method.settings()}
         cached = self.cache.get("attribution", key)
         if cached is not None:

@@ -54,17 +54,22 @@ class Task:
 
 
 def humaneval_description(prompt: str, entry_point: str) -> tuple[int, int]:
-    """From the task's ``def`` signature to the first ``>>>`` or the docstring's end."""
-    start = prompt.find(f"def {entry_point}(")
-    if start == -1:
+    """From the prompt's first ``def`` to the first ``>>>`` of the entry point's docstring, or its end.
+
+    The study started at ``prompt.find("def")``: for HumanEval/10, /32, /38 and /50 that is a helper
+    function given before the entry point, whose words the programmers labelled too (METRICS.md s6).
+    """
+    first = re.search(r"^def ", prompt, re.M)
+    entry = prompt.find(f"def {entry_point}(")
+    if first is None or entry == -1:
         raise AttnalignError(f"HumanEval prompt has no 'def {entry_point}(' signature")
-    doc = re.compile(r'("""|\'\'\')').search(prompt, start)
+    doc = re.compile(r'("""|\'\'\')').search(prompt, entry)
     if doc is None:
         raise AttnalignError(f"HumanEval prompt for {entry_point} has no docstring")
     close = prompt.find(doc.group(1), doc.end())
     examples = prompt.find(">>>", doc.end())
     end = examples if examples != -1 and (close == -1 or examples < close) else close
-    return start, end if end != -1 else len(prompt)
+    return first.start(), end if end != -1 else len(prompt)
 
 
 def mbpp_entry_point(code: str, test: str) -> str:

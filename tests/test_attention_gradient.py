@@ -38,7 +38,7 @@ def contexts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, AttributionC
         prompt, gen = generate(lm, TASK, "completion", max_new_tokens=6)
         # random weights emit junk that the stop rule may cut to nothing; these tests check the
         # attribution maths, so they explain every generated token
-        gen = dataclasses.replace(gen, generated_ids=gen.raw_ids)
+        gen = dataclasses.replace(gen, generated_ids=gen.raw_ids, explained=(0, len(gen.raw_ids)))
         assert gen.generated_ids, f"{family}: no token generated"
         out[family] = AttributionContext(lm=lm, task=TASK, prompt=prompt, generation=gen)
     return out
@@ -56,14 +56,15 @@ def scores_by_token(ctx: AttributionContext, name: str) -> torch.Tensor:
 
 
 def reference_attention(ctx: AttributionContext) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-layer, per-head READING row P-1 and CODING rows P..P+G-1 at the description tokens: [L, H, U]."""
+    """Per-layer, per-head READING row P-1+first and CODING rows P-1+j (explained j) at the description
+    tokens: [L, H, U]. Step j explains generated token j, predicted at position P-1+j."""
     gen = ctx.generation
-    P, G = len(gen.prompt_ids), len(gen.generated_ids)
+    P, (first, end) = len(gen.prompt_ids), gen.explained
     with torch.no_grad():
         atts = ctx.lm.model(torch.tensor([gen.prompt_ids + gen.generated_ids]), output_attentions=True).attentions
     full = torch.stack([a[0] for a in atts]).double()  # [L, H, T, T]
     cols = [i for _, _, i in ctx.description_tokens()]
-    return full[:, :, P - 1, cols], full[:, :, P : P + G][..., cols].sum(dim=2)
+    return full[:, :, P - 1 + first, cols], full[:, :, P - 1 + first : P - 1 + end][..., cols].sum(dim=2)
 
 
 # (a) every family, every method: one finite score per description token ------------------------
@@ -78,7 +79,8 @@ def test_every_method_scores_every_description_token(contexts: dict[str, Attribu
         assert [(s, e) for s, e, _ in got] == [(s, e) for s, e, _ in units], name
         assert all(type(v) is float and math.isfinite(v) and v >= 0 for _, _, v in got), name
     # one attention pass; one gradient pass for the READING pair, one for the CODING pair
-    assert {k for k in ctx._memo if k != "description_tokens"} == {"attention", "gradients:steps=1", "gradients:steps=None"}
+    G = len(ctx.generation.generated_ids)
+    assert {k for k in ctx._memo if k != "description_tokens"} == {"attention", "gradients:steps=0-1", f"gradients:steps=0-{G}"}
 
 
 # (b) + (f) layer and head views against an independent forward pass ------------------------------
@@ -101,7 +103,7 @@ def test_layer_and_compat_views_match_reference(contexts: dict[str, AttributionC
 
 
 def test_coding_needs_generated_tokens(contexts: dict[str, AttributionContext]) -> None:
-    ctx = fresh(contexts["gpt2"], generated_ids=())
+    ctx = fresh(contexts["gpt2"], generated_ids=(), explained=(0, 0))
     assert len(get_method("reading_all").attribute(ctx)) == len(ctx.description_tokens())
     for name in ("coding_all", "compat_coding_head0", "saliency_reading", "inputxgradient_coding"):
         with pytest.raises(AttnalignError, match="generated no code"):
@@ -112,7 +114,7 @@ def test_names_and_settings() -> None:
     from pytest_attnalign.methods.attention import SelfAttention
 
     assert get_method("compat_coding_lasthead").settings() == {
-        "rows": "P..P+G-1 summed (generated positions)", "layers": "0", "heads": "last", "dtype": "float32"}
+        "rows": "P-1+j per body token, summed", "layers": "0", "heads": "last", "dtype": "float32"}
     assert get_method("reading_last").settings()["layers"] == "last"
     assert get_method("inputxgradient_reading").settings()["target"] == "log_prob"
     for bad in ("reading_head0", "compat_reading_all", "writing_all", "saliency_writing"):
@@ -161,7 +163,7 @@ def test_gradients_equal_captum(contexts: dict[str, AttributionContext]) -> None
     cols = [i for _, _, i in ctx.description_tokens()]
     steps = [captum_norms(ctx, j) for j in range(len(gen.generated_ids))]
     # raw per-step gradients of the shared single forward pass == captum's per-prefix attributions
-    sg = step_gradients(ctx.lm.model, gen.prompt_ids, gen.generated_ids)
+    sg = step_gradients(ctx.lm.model, gen.prompt_ids, gen.generated_ids, gen.explained_steps)
     x = sg.embeds.detach()[0, : len(gen.prompt_ids)]
     for (sal, ixg, _, _), g in zip(steps, sg, strict=True):
         torch.testing.assert_close(g, sal, rtol=1e-4, atol=1e-6)
@@ -172,6 +174,25 @@ def test_gradients_equal_captum(contexts: dict[str, AttributionContext]) -> None
         want_coding = sum(s[k] for s in steps)[cols].double()
         torch.testing.assert_close(scores_by_token(ctx, f"{kind}_reading"), want_reading, rtol=1e-4, atol=1e-7)
         torch.testing.assert_close(scores_by_token(ctx, f"{kind}_coding"), want_coding, rtol=1e-4, atol=1e-7)
+
+
+def test_attention_and_gradients_explain_the_same_steps(contexts: dict[str, AttributionContext]) -> None:
+    """A generation whose body starts at step 2 (as after a restated line): both families explain steps
+    2..G-1, READING is step 2 in both, and every score equals its independent reference."""
+    base = contexts["llama"].generation
+    G = len(base.generated_ids)
+    assert G >= 4
+    ctx = fresh(contexts["llama"], explained=(2, G))
+    reading, coding = reference_attention(ctx)  # rows P+1 and P+1..P+G-2
+    torch.testing.assert_close(scores_by_token(ctx, "reading_all"), reading.sum(dim=(0, 1)), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(scores_by_token(ctx, "coding_all"), coding.sum(dim=(0, 1)), rtol=1e-5, atol=1e-6)
+    cols = [i for _, _, i in ctx.description_tokens()]
+    steps = [captum_norms(ctx, j) for j in range(2, G)]
+    torch.testing.assert_close(scores_by_token(ctx, "saliency_reading"), steps[0][2][cols].double(), rtol=1e-4, atol=1e-7)
+    torch.testing.assert_close(scores_by_token(ctx, "inputxgradient_coding"),
+                               sum(s[3] for s in steps)[cols].double(), rtol=1e-4, atol=1e-7)
+    # and the explained steps decide the scores: steps 0..1 are not in them
+    assert scores_by_token(ctx, "coding_all").tolist() != scores_by_token(fresh(contexts["llama"]), "coding_all").tolist()
 
 
 def test_gradient_matches_finite_difference(contexts: dict[str, AttributionContext]) -> None:
@@ -186,7 +207,7 @@ def test_gradient_matches_finite_difference(contexts: dict[str, AttributionConte
     prompt_ids = ctx.generation.prompt_ids
     targets = tuple(ctx.lm.tokenizer("    for i in range(len(numbers)):", add_special_tokens=False)["input_ids"])
     j = 3
-    g = list(step_gradients(model, prompt_ids, targets))[j]
+    g = list(step_gradients(model, prompt_ids, targets, range(len(targets))))[j]
     embeds = model.get_input_embeddings()(torch.tensor([prompt_ids + targets[:j]])).detach()
 
     def logprob(e: torch.Tensor) -> float:

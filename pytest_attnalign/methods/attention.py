@@ -1,17 +1,19 @@
 """Self-attention attribution: READING/CODING x first/last/all layers, plus the study's compat variants.
 
-Definitions (``P`` prompt tokens, ``G`` kept generated tokens, one forward pass over the ``P + G``
-tokens with ``output_attentions=True``; every layer's attention is summed over its heads and only
-the columns of prompt tokens are kept):
+Definitions (``P`` prompt tokens; the explained steps ``[first, end)`` are the generated function
+body's tokens, ``Generation.explained``; step ``j`` explains generated token ``y_j``, and the row
+that predicts it is position ``P - 1 + j``, as for the gradient methods. One forward pass over
+``prompt + y_<end-1`` with ``output_attentions=True``; every layer's attention is summed over its
+heads and only the columns of prompt tokens are kept):
 
-- READING: the row of the last prompt position ``P - 1``, i.e. the attention the model pays to the
-  prompt when it has read all of it and predicts the first generated token. One row, not the sum
-  over prompt rows: a sum over rows ``0..P-1`` would mostly measure how often each column is
-  visible under the causal mask (early tokens are seen by every later row), not what the model
-  attends to.
-- CODING: the rows of the generated tokens' positions ``P .. P + G - 1``, summed: the attention to
-  the prompt while each generated token is read and the next one predicted. READING and CODING
-  rows are disjoint and together cover every row after the prompt.
+- READING: the row of the first explained step, ``P - 1 + first``: the attention paid to the prompt
+  when the model predicts the body's first token (in completion format, the last prompt position).
+  One row, not the sum over prompt rows: a sum over rows ``0..P-1`` would mostly measure how often
+  each column is visible under the causal mask, not what the model attends to.
+- CODING: the rows ``P - 1 + j`` of every explained step, summed: the attention to the prompt while
+  each body token is predicted. READING's row is CODING's first row.
+- Attention to generated columns (a chat reply's restated signature and docstring) is attention
+  to generated text, which the study never counted: it is not credited to the prompt words.
 - first = layer 0, last = layer ``L - 1``, all = the sum over layers.
 - A unit's score is the attention mass on its token's column.
 
@@ -52,19 +54,21 @@ class AttentionRows:
     floats is small, unlike the ``L * H * T * T`` attention maps it is reduced from.
     """
 
-    reading: Any  # row P-1
-    coding: Any  # rows P..P+G-1, summed over rows (zeros when G = 0)
+    reading: Any  # row P-1+first (P-1 when nothing is explained)
+    coding: Any  # rows P-1+j of the explained steps, summed over rows (zeros when there are none)
 
 
-def attention_rows(model: Any, prompt_ids: Sequence[int], generated_ids: Sequence[int]) -> AttentionRows:
+def attention_rows(model: Any, prompt_ids: Sequence[int], generated_ids: Sequence[int], steps: range) -> AttentionRows:
     """One forward pass with attentions, reduced layer by layer on the model's device."""
     import torch
 
-    P, G = len(prompt_ids), len(generated_ids)
+    P = len(prompt_ids)
     if P == 0:
         raise AttnalignError("empty prompt: nothing to attribute")
     device = next(model.parameters()).device
-    ids = torch.tensor([list(prompt_ids) + list(generated_ids)], device=device)
+    ids = torch.tensor([list(prompt_ids) + list(generated_ids[: max(steps.stop - 1, 0)])], device=device)
+    first = P - 1 + (steps.start if steps else 0)
+    rows = slice(P - 1 + steps.start, P - 1 + steps.stop) if steps else slice(0, 0)
     with torch.no_grad():
         out = run_model(model, 1, input_ids=ids, output_attentions=True)
         atts = getattr(out, "attentions", None)
@@ -76,8 +80,8 @@ def attention_rows(model: Any, prompt_ids: Sequence[int], generated_ids: Sequenc
         reading, coding = [], []
         for att in atts:  # [1, H, T, T]
             layer = att[0, :, :, :P].float()
-            reading.append(layer[:, P - 1])
-            coding.append(layer[:, P : P + G].sum(dim=1))
+            reading.append(layer[:, first])
+            coding.append(layer[:, rows].sum(dim=1))
         del out, atts
         return AttentionRows(torch.stack(reading).cpu(), torch.stack(coding).cpu())
 
@@ -97,7 +101,7 @@ class SelfAttention(Method):
         self.layers, self.heads = views[self.view]
 
     def settings(self) -> dict[str, Any]:
-        rows = "P-1 (last prompt position)" if self.phase == "reading" else "P..P+G-1 summed (generated positions)"
+        rows = "P-1+first (predicts the body's first token)" if self.phase == "reading" else "P-1+j per body token, summed"
         if self.compat:
             layers, heads = "0", {"head0": "0", "lasthead": "last", "allheads": "sum"}[self.view]
         else:
@@ -106,10 +110,11 @@ class SelfAttention(Method):
 
     def attribute(self, ctx: AttributionContext) -> list[Unit]:
         gen = ctx.generation
-        if self.phase == "coding" and not gen.generated_ids:
+        steps = gen.explained_steps
+        if self.phase == "coding" and not steps:
             raise AttnalignError(NO_CODE)
         rows: AttentionRows = ctx.memo(
-            "attention", lambda: attention_rows(ctx.lm.model, gen.prompt_ids, gen.generated_ids))
+            "attention", lambda: attention_rows(ctx.lm.model, gen.prompt_ids, gen.generated_ids, steps))
         table = rows.reading if self.phase == "reading" else rows.coding
         scores = table[self.layers, self.heads].sum(dim=(0, 1)).tolist()
         return [(s, e, float(scores[i])) for s, e, i in ctx.description_tokens()]

@@ -5,16 +5,20 @@ Definitions (``P`` prompt tokens, generated tokens ``y_0 .. y_{G-1}``):
 - Step ``j`` explains ``y_j``: its target is ``log p(y_j | prompt, y_<j)``, the LOG-PROBABILITY at
   position ``P - 1 + j`` (log-softmax of the logits, computed in float32), not the raw logit: a
   raw logit can be moved by a shift shared by every vocabulary entry, which changes no prediction.
+  The explained steps are the generation's body tokens ``[first, end)`` (``Generation.explained``):
+  the same steps, and the same rows, as the self-attention CODING views.
 - Gradients are taken with respect to ``inputs_embeds`` (the output of the model's input embedding
   module, so scaled embeddings such as XGLM's are included; position embeddings are not inputs).
 - Saliency = the raw gradient (``captum.attr.Saliency(abs=False)``); InputXGradient = embeddings x
   gradient (``captum.attr.InputXGradient``). tests/test_attention_gradient.py proves both equal to
   captum's on one step.
 - A unit's score for one step = the L2 norm over the embedding dimension of its token's attribution.
-- READING = step 0 only (the first predicted token); CODING = the sum over steps of the per-step
-  norms (``min(G, max_steps)`` steps).
+- READING = the first explained step only (the body's first token); CODING = the sum over the
+  explained steps of the per-step norms (at most ``max_steps`` of them, from the first).
+- Only the prompt's tokens are attributed: gradients reaching earlier generated tokens (a chat
+  reply's restated signature) are gradients to generated text, which the study never scored.
 
-Efficiency: one forward pass over ``prompt + y_<S-1`` with ``inputs_embeds`` requiring grad serves
+Efficiency: one forward pass over ``prompt + y_<end-1`` with ``inputs_embeds`` requiring grad serves
 every step, since causal masking makes the output at ``P - 1 + j`` depend on the prefix only; then
 one backward pass per step (``retain_graph``). A vmapped backward (``is_grads_batched``, 8 or 40
 steps a batch) was measured 4-5x SLOWER than the loop on CPU (SmolLM2, HumanEval/0), so it is not
@@ -49,8 +53,8 @@ class StepGradients:
     Iterate it once: the graph is freed after the last step's backward pass.
     """
 
-    embeds: Any  # [1, T, D], requires grad; T = P + S - 1
-    targets: Any  # [S] log p(y_j | prefix), float32 (or wider)
+    embeds: Any  # [1, T, D], requires grad; T = P + end - 1
+    targets: Any  # [S] log p(y_j | prefix) for the S explained steps, float32 (or wider)
     prompt_len: int
 
     def __iter__(self) -> Iterator[Any]:
@@ -63,23 +67,21 @@ class StepGradients:
             yield g[0, :P]
 
 
-def step_gradients(model: Any, prompt_ids: Sequence[int], generated_ids: Sequence[int],
-                   steps: int | None = None) -> StepGradients:
-    """Run the single forward pass for the first ``steps`` generated tokens (all by default)."""
+def step_gradients(model: Any, prompt_ids: Sequence[int], generated_ids: Sequence[int], steps: range) -> StepGradients:
+    """Run the single forward pass that serves the explained ``steps`` (indices into ``generated_ids``)."""
     import torch
 
-    P = len(prompt_ids)
-    S = len(generated_ids) if steps is None else min(steps, len(generated_ids))
-    if S == 0:
+    P, S = len(prompt_ids), len(steps)
+    if S == 0 or steps.stop > len(generated_ids) or steps.step != 1:
         raise AttnalignError(NO_TARGET)
     if model.training:
         raise AttnalignError("the model is in training mode (dropout on): call model.eval() before attribution")
     device = next(model.parameters()).device
-    ids = torch.tensor([list(prompt_ids) + list(generated_ids[: S - 1])], device=device)
-    targets = torch.tensor(list(generated_ids[:S]), device=device)
+    ids = torch.tensor([list(prompt_ids) + list(generated_ids[: steps.stop - 1])], device=device)
+    targets = torch.tensor(list(generated_ids[steps.start : steps.stop]), device=device)
     with torch.enable_grad():
         embeds = model.get_input_embeddings()(ids).detach().requires_grad_(True)
-        # the sequence has P + S - 1 tokens, so its last S positions are P - 1 .. P + S - 2
+        # the sequence has P + stop - 1 tokens, so its last S positions are P - 1 + start .. P + stop - 2
         logits = run_model(model, S, inputs_embeds=embeds).logits[0, -S:]
         logp = torch.log_softmax(_wide(logits), dim=-1)
         return StepGradients(embeds, logp[torch.arange(S, device=device), targets], P)
@@ -93,8 +95,7 @@ class GradientNorms:
     inputxgradient: Any
 
 
-def gradient_norms(model: Any, prompt_ids: Sequence[int], generated_ids: Sequence[int],
-                   steps: int | None = None) -> GradientNorms:
+def gradient_norms(model: Any, prompt_ids: Sequence[int], generated_ids: Sequence[int], steps: range) -> GradientNorms:
     """Both kinds' L2 norms over the embedding dimension, one row per step."""
     import torch
 
@@ -123,19 +124,23 @@ class GradientMethod(Method):
 
     def settings(self) -> dict[str, Any]:
         return {"target": "log_prob", "wrt": "inputs_embeds", "norm": "l2",
-                "steps": "first" if self.phase == "reading" else "sum",
+                "steps": "first body token" if self.phase == "reading" else "body tokens, summed",
                 "max_steps": self.max_steps}
 
     def attribute(self, ctx: AttributionContext) -> list[Unit]:
         gen = ctx.generation
-        if not gen.generated_ids:
+        first, end = gen.explained
+        if end <= first:
             raise AttnalignError(NO_TARGET)
-        # READING runs its own one-step pass (the prompt alone) rather than reusing step 0 of the
-        # CODING pass: far cheaper when only READING is asked for, and its scores then do not
-        # depend on which other methods ran first (a longer pass differs in the last float bits).
-        steps = 1 if self.phase == "reading" else self.max_steps
+        # READING runs its own one-step pass (up to the body's first token) rather than reusing the
+        # first step of the CODING pass: far cheaper when only READING is asked for, and its scores
+        # then do not depend on which other methods ran first (a longer pass differs in the last bits).
+        if self.phase == "reading":
+            steps = range(first, first + 1)
+        else:
+            steps = range(first, end if self.max_steps is None else min(end, first + self.max_steps))
         norms: GradientNorms = ctx.memo(
-            f"gradients:steps={steps}",
+            f"gradients:steps={steps.start}-{steps.stop}",
             lambda: gradient_norms(ctx.lm.model, gen.prompt_ids, gen.generated_ids, steps),
         )
         table = getattr(norms, self.kind)

@@ -1,0 +1,128 @@
+"""Which generated tokens are explained: the function body, in every prompt format.
+
+A scripted model (it emits a fixed reply token by token through the real greedy loop) and a GPT-2
+tokenizer with a small chat template stand in for an instruct model, so every case is exact.
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+import torch
+from tiny_models import VOCAB, gpt2_tokenizer
+
+from pytest_attnalign.generation import PREFILL, body_span, build_prompt, explained_range, generate, token_budget
+from pytest_attnalign.tasks import get_task
+
+HE0 = get_task("HumanEval/0")
+MBPP = get_task("Mbpp/11")  # remove_Occ
+BODY = ("    for i, a in enumerate(numbers):\n"
+        "        for b in numbers[i + 1:]:\n"
+        "            if abs(a - b) < threshold:\n"
+        "                return True\n"
+        "    return False")
+TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}\n{% endfor %}"
+            "{% if add_generation_prompt %}<|assistant|>\n{% endif %}")
+RESTATED = ("Here is the function:\n```python\nfrom typing import List\n\n\n"
+            "def has_close_elements(numbers: List[float], threshold: float) -> bool:\n"
+            '    """ Check if in given list of numbers, are any two numbers closer to each other than\n'
+            '    given threshold.\n    """\n' + BODY + "\n```\nThis loops over pairs.")
+
+
+class ScriptedLM(torch.nn.Module):
+    """Emits ``script`` after any prompt, then eos; a KV 'cache' that is just the length read so far."""
+
+    def __init__(self, script: list[int], eos: int) -> None:
+        super().__init__()
+        self.script, self.eos, self.prompt_len = script, eos, None
+        self.weight = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, input_ids: torch.Tensor, past_key_values: Any = None, use_cache: bool = True,
+                logits_to_keep: int = 0) -> Any:
+        seen = (past_key_values or 0) + input_ids.shape[1]
+        if past_key_values is None:
+            self.prompt_len = input_ids.shape[1]
+        i = seen - self.prompt_len
+        logits = torch.zeros(1, 1, VOCAB)
+        logits[0, -1, self.script[i] if i < len(self.script) else self.eos] = 1.0
+        return SimpleNamespace(logits=logits, past_key_values=seen, get=lambda key, default=None: default)
+
+
+def scripted(reply: str, fmt: str) -> SimpleNamespace:
+    tok = gpt2_tokenizer()
+    tok.chat_template = TEMPLATE
+    ids = tok(reply, add_special_tokens=False)["input_ids"]
+    return SimpleNamespace(spec=SimpleNamespace(kind="hf", prompt_format=fmt), tokenizer=tok,
+                           model=ScriptedLM(ids, tok.eos_token_id).eval(), device="cpu")
+
+
+def explained_text(reply: str, fmt: str, task: Any = HE0) -> str:
+    lm = scripted(reply, fmt)
+    _, gen = generate(lm, task, fmt, max_new_tokens=400)
+    assert "".join(gen.explained_tokens) == lm.tokenizer.decode(gen.generated_ids[gen.explained[0]:])
+    return "".join(gen.explained_tokens)
+
+
+def test_restating_chat_reply_explains_only_the_body() -> None:
+    """No fence, prose, import, restated def line or docstring; nothing after the function."""
+    assert explained_text(RESTATED, "chat") == BODY
+
+
+def test_prefilled_chat_explains_from_the_first_generated_token() -> None:
+    reply = BODY + "\n```\nThis loops over pairs."
+    lm = scripted(reply, "chat-prefill")
+    prompt, gen = generate(lm, HE0, "chat-prefill", max_new_tokens=400)
+    assert prompt.text.endswith(PREFILL + HE0.prompt)
+    a, b = prompt.description
+    assert prompt.text[a:b] == HE0.description_text and a > prompt.text.find(HE0.prompt)  # the prefilled copy
+    assert gen.explained[0] == 0 and "".join(gen.explained_tokens) == BODY
+    assert gen.completion.rstrip() == BODY
+    assert gen.prompt_format == "chat-prefill"
+
+
+def test_completion_format_body_ends_with_the_function() -> None:
+    reply = BODY + "\n\n\ndef check(candidate):\n    assert candidate([1.0], 0.5) is False\n"
+    assert explained_text(reply, "completion") == BODY
+
+
+def test_mbpp_body_follows_the_written_def_line() -> None:
+    body = "    s = s.replace(ch, '', 1)\n    return s[::-1].replace(ch, '', 1)[::-1]"
+    reply = "def remove_Occ(s, ch):\n" + body + "\n\nprint(remove_Occ('hello', 'l'))\n"
+    assert explained_text(reply, "completion", MBPP) == body
+    chat = "```python\nimport re\ndef remove_Occ(s,\n               ch):\n    '''Remove it.'''\n" + body + "\n```"
+    assert explained_text(chat, "chat", MBPP) == body
+
+
+def test_bare_body_reply_and_one_line_docstring() -> None:
+    assert explained_text("```python\n" + BODY + "\n```", "chat") == BODY
+    one_line = ("```python\ndef has_close_elements(numbers, threshold):\n    \"\"\"Pairs closer than threshold.\"\"\"\n"
+                + BODY + "\n```")
+    assert explained_text(one_line, "chat") == BODY
+
+
+def test_no_body_explains_nothing() -> None:
+    lm = scripted("Sorry, I cannot help with that.", "chat")
+    _, gen = generate(lm, HE0, "chat", max_new_tokens=50)
+    assert gen.explained == (0, 0) and gen.explained_tokens == ()
+
+
+def test_span_to_token_mapping_covers_partial_tokens() -> None:
+    tok = gpt2_tokenizer()
+    ids = tok("abc defgh ijk", add_special_tokens=False)["input_ids"]  # 'abc', ' def', 'gh', ' ij', 'k'
+    text = tok.decode(ids)
+    first, end = explained_range(tok, ids, (text.index("fg"), text.index("ij") + 1))
+    assert tok.decode(ids[first:end]).startswith(" def") and tok.decode(ids[first:end]).strip().startswith("def")
+    assert explained_range(tok, ids, (3, 3)) == (0, 0)
+    assert body_span(HE0, "chat", "no code here") == (0, 0)
+    assert body_span(HE0, "completion", "no code here") == (0, len("no code here"))
+
+
+def test_prefill_budget_is_the_completion_rule() -> None:
+    tok = gpt2_tokenizer()
+    assert token_budget(HE0, tok, "chat-prefill") == token_budget(HE0, tok, "completion")
+    assert token_budget(HE0, tok, "chat") > token_budget(HE0, tok, "completion")
+    tok.chat_template = None
+    with pytest.raises(Exception, match="no chat template"):
+        build_prompt(HE0, tok, "chat-prefill")
