@@ -179,12 +179,22 @@ def test_bleu_edge_cases() -> None:
     assert pt.bleu("a b c d e f g", "a b c X e f g") == pytest.approx(expected, abs=1e-9)
 
 
-def test_mask_words_collapses_runs() -> None:
+def test_mask_words_deletes_words_and_one_space() -> None:
     text = "one two three four five"
     words = [(0, 3), (4, 7), (8, 13), (14, 18), (19, 23)]
-    assert pt.mask_words(text, words, [True, False, False, True, False]) == "one ... four ..."
-    assert pt.mask_words(text, words, [False] * 5) == "..."
+    assert pt.mask_words(text, words, [True, False, False, True, False]) == "one four"
+    assert pt.mask_words(text, words, [False, True, True, True, True]) == "two three four five"
+    assert pt.mask_words(text, words, [False] * 5) == ""
     assert pt.mask_words(text, words, [True] * 5) == text
+    assert pt.mask_words("f(numbers: List[float])", [(2, 9), (11, 15), (16, 21)], [False, True, False]) == "f(: List[])"
+    assert pt.mask_words("a list, of", [(0, 1), (2, 6), (8, 10)], [True, False, True]) == "a, of"
+
+
+def test_mask_words_with_a_token_collapses_runs() -> None:
+    text = "one two three four five"
+    words = [(0, 3), (4, 7), (8, 13), (14, 18), (19, 23)]
+    assert pt.mask_words(text, words, [True, False, False, True, False], "...") == "one ... four ..."
+    assert pt.mask_words(text, words, [False] * 5, "...") == "..."
 
 
 # -------------------------------------------------------------------------------------------- SHAP
@@ -194,12 +204,15 @@ def test_shap_values_sum_to_full_minus_base(models: dict) -> None:
     result = method.explain(ctx)
     n = len(ctx.description_words())
     assert len(result.values) == n
-    assert result.full == 1.0  # regenerating the unchanged prompt reproduces the completion
+    assert result.full == 0.0  # regenerating the unchanged prompt reproduces the completion: 1 - BLEU = 0
     assert sum(result.values) == pytest.approx(result.full - result.base, abs=1e-9)
     assert result.evaluations <= 24 + 2 <= result.calls  # KernelExplainer: f(base) + f(x) + nsamples rows
     units = method.attribute(ctx)
     assert [(a, b) for a, b, _ in units] == ctx.description_words()
-    assert [v for _, _, v in units] == list(result.values)
+    assert [v for _, _, v in units] == [abs(v) for v in result.values]  # the study ranked by |value|
+    signed = pt.ShapMethod(evaluations=24, signed=True)
+    assert signed.explain(ctx).values == pytest.approx([-v for v in result.values], abs=1e-9)  # of BLEU = 1 - (1 - BLEU)
+    assert signed.settings()["score"] == "signed SHAP value" and method.settings()["score"] == "|SHAP value|"
 
 
 def test_shap_with_few_words_enumerates_exactly(models: dict) -> None:
@@ -207,7 +220,7 @@ def test_shap_with_few_words_enumerates_exactly(models: dict) -> None:
     import itertools
 
     start = TASK.description[0]
-    task = dataclasses.replace(TASK, description=(start, TASK.prompt.index("threshold", start)))
+    task = dataclasses.replace(TASK, description=(start, TASK.prompt.index("List", start)))  # def name(numbers:
     lm = models["gptj"]
     prompt, gen = generate(lm, task, "completion", max_new_tokens=10)
     ctx = AttributionContext(lm=lm, task=task, prompt=prompt, generation=gen)
@@ -216,7 +229,7 @@ def test_shap_with_few_words_enumerates_exactly(models: dict) -> None:
     value = {}
     for keep in itertools.product([False, True], repeat=3):
         (c,) = regenerate(ctx, [pt.mask_words(task.prompt, words, keep)])
-        value[keep] = pt.bleu(gen.completion, c)
+        value[keep] = pt.bleu_distance(gen.completion, c)
     exact = []
     for i in range(3):
         phi = 0.0
@@ -253,11 +266,11 @@ def test_bert_masking_offline_substitutes_are_real_words(models: dict, offline: 
     assert len(subs) == len(ctx.description_words())
     for start, end, word, sub in subs:
         assert TASK.prompt[start:end] == word
-        assert sub.lower() in vocab and not sub.startswith("##")
-        assert not pt.same_word(sub, word), (word, sub)
+        assert sub in vocab and not sub.startswith("##")
+        assert not pt.same_word(sub, word), (word, sub)  # a word's nearest neighbour is itself: excluded
     by_word = {w: s for _, _, w, s in subs}
-    assert by_word["numbers"].isalpha() and by_word["Check"][0].isupper()
-    assert not by_word["->"].isalnum()  # symbols are replaced by symbols
+    assert by_word["numbers"].isalpha() and "->" not in by_word  # punctuation is no unit
+    assert method.settings()["force_different"] is True
 
 
 def test_bert_masking_uses_a_reachable_fill_mask_model(tmp_path: Path, models: dict) -> None:
@@ -272,8 +285,15 @@ def test_bert_masking_uses_a_reachable_fill_mask_model(tmp_path: Path, models: d
     tok.save_pretrained(str(tmp_path))
     method = pt.BertMasking(fill_mask_model=str(tmp_path))
     assert method.settings()["substitute_source"] == f"fill-mask:{tmp_path}"
-    subs = method.substitutes(context(models["gpt2"], 4))
-    assert all(sub and not pt.same_word(sub, word) for _, _, word, sub in subs)
+    assert method.settings()["force_different"] is False
+    ctx = context(models["gpt2"], 4)
+    subs = method.substitutes(ctx)
+    pipe, (lo, hi) = method.pipeline(), TASK.description
+    for start, end, _, sub in subs:  # the study's substitute: the top-1 prediction, whatever it is
+        masked = TASK.prompt[lo:start] + pipe.tokenizer.mask_token + TASK.prompt[end:hi]
+        assert sub == pipe(masked, top_k=1)[0]["token_str"].strip()
+    forced = pt.BertMasking(fill_mask_model=str(tmp_path), force_different=True).substitutes(ctx)
+    assert all(sub and not pt.same_word(sub, word) for _, _, word, sub in forced)
 
 
 def test_bert_masking_scores_are_one_minus_bleu(models: dict, offline: None) -> None:

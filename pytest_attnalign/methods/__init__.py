@@ -70,16 +70,37 @@ def resolve_methods(spec: str | list[str]) -> list[str]:
 
 
 #: Settings a user may change per built-in method (plugin and CLI options pass them to the constructor).
-OPTIONS: dict[str, tuple[str, ...]] = {"shap": ("evaluations",), "bert_masking": ("fill_mask_model",)}
+OPTIONS: dict[str, tuple[str, ...]] = {"shap": ("evaluations", "signed"),
+                                       "bert_masking": ("fill_mask_model", "force_different")}
 
 
-def method_options(shap_evaluations: int | None = None, fill_mask_model: str | None = None) -> dict[str, dict[str, object]]:
-    """The per-method settings of the plugin's and CLI's options; ``None`` keeps a method's default."""
+def _setting_value(text: str) -> object:
+    """``true``/``false`` are booleans, digits integers, anything else a string."""
+    low = text.strip().lower()
+    if low in ("true", "false"):
+        return low == "true"
+    return int(low) if low.lstrip("-").isdigit() else text.strip()
+
+
+def method_options(shap_evaluations: int | None = None, fill_mask_model: str | None = None,
+                   settings: list[str] | None = None) -> dict[str, dict[str, object]]:
+    """The per-method settings of the plugin's and CLI's options; ``None`` keeps a method's default.
+
+    ``settings`` are ``METHOD.NAME=VALUE`` strings (``shap.signed=true``); an unknown method or a
+    setting it does not take is an error naming the valid ones.
+    """
     out: dict[str, dict[str, object]] = {}
     if shap_evaluations is not None:
         out["shap"] = {"evaluations": shap_evaluations}
     if fill_mask_model:
         out["bert_masking"] = {"fill_mask_model": fill_mask_model}
+    valid = ", ".join(f"{m}.{n}" for m, names in OPTIONS.items() for n in names)
+    for item in settings or []:
+        key, eq, value = item.partition("=")
+        method, _, name = key.strip().partition(".")
+        if not eq or name not in OPTIONS.get(method, ()):
+            raise AttnalignError(f"setting {item!r} is not METHOD.NAME=VALUE with one of {valid}")
+        out.setdefault(method, {})[name] = _setting_value(value)
     return out
 
 

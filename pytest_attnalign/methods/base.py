@@ -9,7 +9,6 @@ gradient views their backward passes) share it through :meth:`AttributionContext
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -70,9 +69,10 @@ class AttributionContext:
         return out
 
     def description_words(self) -> list[tuple[int, int]]:
-        """Whitespace-separated words of the scored region, in ``task.prompt`` coordinates."""
-        a, b = self.task.description
-        return [(a + m.start(), a + m.end()) for m in re.finditer(r"\S+", self.task.prompt[a:b])]
+        """The study's word units of the scored region (:mod:`..words`), in ``task.prompt`` coordinates."""
+        from ..words import word_spans
+
+        return self.memo("description_words", lambda: word_spans(self.task.prompt, *self.task.description))
 
 
 class Method:

