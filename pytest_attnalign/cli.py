@@ -22,6 +22,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("file", help="JSON Lines: one task a line (see README)")
     s.add_argument("--k", type=int, nargs="+", default=[5, 10, 20], help="top-K sizes (default 5 10 20)")
     s.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    s.add_argument("--labels", choices=["corrected", "study"], default="corrected",
+                   help="labels of task_id lines: corrected (default) or MBPP's off-by-one spans as the study scored them")
     s.set_defaults(func=cmd_score)
 
     v = sub.add_parser("verify-benchmarks", help="run every canonical solution through the sandbox")
@@ -43,7 +45,8 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("--model", default="smollm2", help="alias, hub id, openai:MODEL or local directory (default smollm2)")
     a.add_argument("--method", default="all", help="all, a category or comma-separated method names (default all)")
     a.add_argument("--k", type=int, default=10, help="top-K units to show (default 10)")
-    a.add_argument("--prompt-format", choices=["completion", "chat"], default=None, help="default: the model's")
+    a.add_argument("--prompt-format", choices=["completion", "chat", "chat-prefill"], default=None,
+                   help="default: the model's")
     a.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     a.add_argument("--cache-dir", default=None, help="default: $ATTNALIGN_CACHE_DIR or ~/.cache/pytest-attnalign")
     a.add_argument("--shap-evaluations", type=int, default=None, metavar="N",
@@ -51,6 +54,8 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("--fill-mask-model", default=None, metavar="ID",
                    help="masked LM proposing bert_masking's substitutes (default $ATTNALIGN_FILL_MASK_MODEL or "
                         f"{DEFAULT_FILL_MASK_MODEL}; offline: pretrained embedding neighbours)")
+    a.add_argument("--setting", action="append", default=[], metavar="METHOD.NAME=VALUE",
+                   help="a method setting, repeatable: shap.signed=true, bert_masking.force_different=true")
     a.add_argument("--json", action="store_true", help="print one JSON object")
     a.set_defaults(func=cmd_attribute)
     return p
@@ -59,7 +64,7 @@ def _parser() -> argparse.ArgumentParser:
 def cmd_score(args: argparse.Namespace) -> int:
     from .scorefile import score_file_command
 
-    return score_file_command(args.file, args.k, args.json)
+    return score_file_command(args.file, args.k, args.json, args.labels)
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
@@ -94,7 +99,7 @@ def cmd_attribute(args: argparse.Namespace) -> int:
 
     cache = Path(args.cache_dir).expanduser() if args.cache_dir else default_cache_dir()
     study = Study(StudyConfig(prompt_format=args.prompt_format, cache_dir=cache, device=args.device,
-                              method_options=method_options(args.shap_evaluations, args.fill_mask_model)))
+                              method_options=method_options(args.shap_evaluations, args.fill_mask_model, args.setting)))
     result = attribute_task(study, args.model, task.task_id, methods, args.k)
     print(json.dumps(result) if args.json else render_attribution(result, args.k))
     return 1 if any("error" in m for m in result["methods"].values()) else 0

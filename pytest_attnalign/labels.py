@@ -22,6 +22,8 @@ from .tasks import BENCHMARKS, ROOT, Task
 LABELS_DIR: Path = ROOT / "labels"
 #: The study's four label types, normalised.
 LABEL_TYPES = ("data_type", "operator", "conditional", "property")
+#: How labelled spans are scored: ``corrected`` (default) or as the ``study`` scored them.
+LABEL_MODES = ("corrected", "study")
 
 FIX = "regenerate it with python scripts/convert_labels.py"
 _PREFIX = {"humaneval": "HumanEval/", "mbpp": "Mbpp/"}
@@ -38,6 +40,8 @@ class Label:
     end: int
     word: str
     type: str
+    #: the converter moved this span to a whole word; the study scored it at this original span
+    snapped_from: tuple[int, int] | None = None
 
 
 def _bad(path: Path, lineno: int, why: str) -> AttnalignError:
@@ -54,7 +58,11 @@ def _parse_label(raw: object, path: Path, lineno: int) -> Label:
         raise _bad(path, lineno, f"word {word!r} does not fit span ({start}, {end})")
     if kind not in LABEL_TYPES:
         raise _bad(path, lineno, f"type {kind!r} is not one of {', '.join(LABEL_TYPES)}")
-    return Label(start, end, word, kind)
+    snapped = raw.get("snapped_from")
+    if snapped is not None and not (isinstance(snapped, list) and len(snapped) == 2
+                                    and all(type(v) is int for v in snapped) and 0 <= snapped[0] < snapped[1]):
+        raise _bad(path, lineno, f"snapped_from {snapped!r} is not a [start, end] span")
+    return Label(start, end, word, kind, tuple(snapped) if snapped else None)
 
 
 @lru_cache(maxsize=None)
@@ -111,3 +119,25 @@ def prompt_labels(task: Task) -> list[Label]:
     """The task's labels in ``task.prompt`` coordinates (HumanEval: same text; MBPP: shifted)."""
     offset = 0 if task.benchmark == "humaneval" else task.description[0]
     return [replace(lab, start=lab.start + offset, end=lab.end + offset) for lab in labels_for(task)]
+
+
+def human_spans(task: Task, mode: str = "corrected") -> list[tuple[int, int]]:
+    """The labelled spans that the metrics score, in ``task.prompt`` coordinates.
+
+    ``corrected``: the labels as converted (MBPP's end-inclusive offsets made half-open, spans that
+    lay inside another word moved to the whole word). ``study``: MBPP as the study's pipeline scored
+    it, to set a table beside the published one: each span at its original place, read end-exclusive
+    though it was end-inclusive, so every label loses its last character (a one-letter word becomes
+    an empty range, which still counts in recall's denominator). HumanEval is the same in both modes.
+    """
+    if mode not in LABEL_MODES:
+        raise AttnalignError(f"unknown label mode {mode!r}: use {' or '.join(LABEL_MODES)}")
+    labels = prompt_labels(task)
+    if mode == "corrected" or task.benchmark != "mbpp":
+        return [(lab.start, lab.end) for lab in labels]
+    offset = task.description[0]
+    out = []
+    for lab in labels:
+        a, b = (lab.snapped_from[0] + offset, lab.snapped_from[1] + offset) if lab.snapped_from else (lab.start, lab.end)
+        out.append((a, b - 1))
+    return out

@@ -39,6 +39,7 @@ class Options:
     error_k: int
     json_path: Path | None
     method_options: dict[str, dict[str, Any]]
+    labels: str
 
 
 #: Option defaults, also used to tell whether a run asked for the study (see :func:`_given`).
@@ -46,7 +47,7 @@ _DEFAULTS: dict[str, Any] = {
     "attn_model": None, "attn_method": "all", "attn_benchmark": "all", "attn_k": "5,10,20", "attn_limit": None,
     "attn_device": "auto", "attn_dtype": "auto", "attn_prompt_format": None, "attn_max_new_tokens": None,
     "attn_cache_dir": None, "attn_timeout": 10.0, "attn_error_k": 10, "attn_json": None,
-    "attn_shap_evaluations": None, "attn_fill_mask_model": None,
+    "attn_shap_evaluations": None, "attn_fill_mask_model": None, "attn_setting": None, "attn_labels": "corrected",
 }
 
 
@@ -67,7 +68,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     g.addoption("--attn-dtype", default=_DEFAULTS["attn_dtype"], metavar="DTYPE",
                 help="auto (float32 on CPU, bfloat16 on GPU), float32, float16 or bfloat16")
     g.addoption("--attn-prompt-format", default=_DEFAULTS["attn_prompt_format"], metavar="FMT",
-                help="completion or chat (default: chat for instruct models, completion for base models)")
+                help="completion, chat or chat-prefill (assistant turn prefilled with the task's code; default: "
+                     "chat for instruct models, completion for base models)")
     g.addoption("--attn-max-new-tokens", type=int, default=_DEFAULTS["attn_max_new_tokens"], metavar="N",
                 help="new-token budget (default: the study's rule, canonical-solution tokens + 20)")
     g.addoption("--attn-cache-dir", default=_DEFAULTS["attn_cache_dir"], metavar="DIR",
@@ -83,6 +85,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     g.addoption("--attn-fill-mask-model", default=_DEFAULTS["attn_fill_mask_model"], metavar="ID",
                 help="masked LM (hub id or local directory) proposing bert_masking's substitutes (default: "
                      f"$ATTNALIGN_FILL_MASK_MODEL or {DEFAULT_FILL_MASK_MODEL}; offline: pretrained embedding neighbours)")
+    g.addoption("--attn-setting", action="append", default=_DEFAULTS["attn_setting"], metavar="METHOD.NAME=VALUE",
+                help="a method setting, repeatable: shap.signed=true (signed values of BLEU instead of the study's "
+                     "|value| of 1 - BLEU), bert_masking.force_different=true (a substitute other than the word)")
+    g.addoption("--attn-labels", default=_DEFAULTS["attn_labels"], metavar="MODE",
+                help="corrected (default) or study: MBPP's off-by-one spans as the study scored them, "
+                     "to compare with the published tables")
 
 
 def _given(config: pytest.Config) -> bool:
@@ -142,6 +150,14 @@ def parse_options(config: pytest.Config) -> Options:
             raise pytest.UsageError(f"{flag}: must be a positive integer, got {value}")
     if not get("attn_timeout") > 0:
         raise pytest.UsageError(f"--attn-timeout: must be positive seconds, got {get('attn_timeout')}")
+    if get("attn_labels") not in ("corrected", "study"):
+        raise pytest.UsageError(f"--attn-labels: unknown {get('attn_labels')!r}; use corrected or study")
+    settings = usage("--attn-setting", method_options, get("attn_shap_evaluations"), get("attn_fill_mask_model"),
+                     get("attn_setting"))
+    from .methods import get_method
+
+    for name, opts in settings.items():  # a bad value fails now, not at the first item
+        usage("--attn-setting", lambda: get_method(name, **opts))
     cache = get("attn_cache_dir")
     return Options(
         models=list(dict.fromkeys(models)), methods=methods,
@@ -150,7 +166,7 @@ def parse_options(config: pytest.Config) -> Options:
         dtype=get("attn_dtype"), prompt_format=fmt, max_new_tokens=get("attn_max_new_tokens"),
         cache_dir=Path(cache).expanduser() if cache else default_cache_dir(), timeout=get("attn_timeout"),
         error_k=get("attn_error_k"), json_path=Path(get("attn_json")) if get("attn_json") else None,
-        method_options=method_options(get("attn_shap_evaluations"), get("attn_fill_mask_model")),
+        method_options=settings, labels=get("attn_labels"),
     )
 
 
@@ -190,7 +206,7 @@ class AttnSession:
             self._study = Study(StudyConfig(
                 prompt_format=o.prompt_format, max_new_tokens=o.max_new_tokens, ks=o.ks, error_k=o.error_k,
                 limits=Limits(timeout_s=o.timeout), cache_dir=o.cache_dir, device=o.device, dtype=o.dtype,
-                method_options=o.method_options))
+                method_options=o.method_options, labels=o.labels))
         return self._study
 
 

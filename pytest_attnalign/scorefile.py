@@ -25,18 +25,19 @@ from .errors import AttnalignError
 KEYS = {"id", "text", "human", "task_id", "units"}
 
 
-def _shipped_spans(task_id: str) -> tuple[str, str, list[Span]]:
-    """Canonical id, label text and programmer spans of a benchmark task."""
+def _shipped_spans(task_id: str, labels: str = "corrected") -> tuple[str, str, list[Span]]:
+    """Canonical id, label text and programmer spans (``labels`` mode) of a benchmark task."""
     from .tasks import get_task
 
     task = get_task(task_id)
     try:
-        from .labels import labels_for
+        from .labels import human_spans
     except ImportError as exc:
         if exc.name != f"{__package__}.labels":
             raise
         raise AttnalignError("programmer labels are not available (pytest_attnalign.labels is missing)") from None
-    return task.task_id, task.label_text, [(lab.start, lab.end) for lab in labels_for(task)]
+    shift = task.prompt.index(task.label_text)  # human_spans are in prompt coordinates, the file's in label_text's
+    return task.task_id, task.label_text, [(a - shift, b - shift) for a, b in human_spans(task, labels)]
 
 
 def _list(obj: dict[str, Any], key: str) -> list[Any]:
@@ -46,7 +47,7 @@ def _list(obj: dict[str, Any], key: str) -> list[Any]:
     return value
 
 
-def parse_line(line: str) -> TaskUnits:
+def parse_line(line: str, labels: str = "corrected") -> TaskUnits:
     """One validated task from one JSON line; raises AttnalignError saying what is wrong."""
     try:
         obj = json.loads(line)
@@ -64,7 +65,7 @@ def parse_line(line: str) -> TaskUnits:
             raise AttnalignError('give either "task_id" or "text" and "human", not both')
         if not isinstance(obj["task_id"], str):
             raise AttnalignError('"task_id" must be a string such as "HumanEval/12"')
-        default_id, text, human = _shipped_spans(obj["task_id"])
+        default_id, text, human = _shipped_spans(obj["task_id"], labels)
     else:
         missing = [k for k in ("text", "human") if k not in obj]
         if missing:
@@ -82,7 +83,7 @@ def parse_line(line: str) -> TaskUnits:
     return TaskUnits.from_units(text, units, human, task_id=task_id)
 
 
-def read_score_file(path: str | Path) -> list[TaskUnits]:
+def read_score_file(path: str | Path, labels: str = "corrected") -> list[TaskUnits]:
     """All tasks of the file, or an AttnalignError ``FILE:LINE: what is wrong`` for the first bad line."""
     tasks: list[TaskUnits] = []
     first_line: dict[str, int] = {}
@@ -92,7 +93,7 @@ def read_score_file(path: str | Path) -> list[TaskUnits]:
                 if not line.strip():
                     continue
                 try:
-                    task = parse_line(line)
+                    task = parse_line(line, labels)
                 except AttnalignError as exc:
                     raise AttnalignError(f"{path}:{no}: {exc}") from None
                 if task.task_id and task.task_id in first_line:
@@ -138,12 +139,12 @@ def format_json(n_tasks: int, scores: dict[int, KScore]) -> str:
     return json.dumps({"n_tasks": n_tasks, "k": {str(k): s.as_dict() for k, s in scores.items()}})
 
 
-def score_file_command(path: str, ks: Sequence[int], as_json: bool) -> int:
+def score_file_command(path: str, ks: Sequence[int], as_json: bool, labels: str = "corrected") -> int:
     """The ``score`` sub-command: validate the whole file, then print the figures for each K."""
     bad = [k for k in ks if k < 1]
     if bad:
         raise AttnalignError(f"--k values must be positive, got {bad[0]}")
-    tasks = read_score_file(path)
+    tasks = read_score_file(path, labels)
     scores = score_tasks(tasks, ks)
     print(format_json(len(tasks), scores) if as_json else format_table(len(tasks), scores))
     return 0

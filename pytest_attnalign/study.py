@@ -19,14 +19,14 @@ from .alignment import DEFAULT_KS, TaskUnits, score_tasks, top_k
 from .cache import ResultCache
 from .execution import Limits, run_completion
 from .generation import Generation, Prompt, generate
-from .labels import prompt_labels
+from .labels import human_spans, prompt_labels
 from .methods import AttributionContext, Method, get_method
 from .models import LoadedModel, load_model
 from .patterns import error_patterns, missed_labels
 from .tasks import Task, get_task
 
 
-NO_CODE = "the model emitted no code (empty completion after the stop rule)"
+NO_CODE = "the model emitted no code (no function body after the stop rule)"
 
 
 @dataclass(frozen=True)
@@ -43,6 +43,7 @@ class StudyConfig:
     dtype: str = "auto"
     #: method name -> constructor settings (e.g. ``{"shap": {"evaluations": 100}}``); part of the cache key
     method_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    labels: str = "corrected"  # labels.LABEL_MODES: corrected, or MBPP scored as the study did
 
 
 class Study:
@@ -117,12 +118,13 @@ class Study:
         method.check_applicable(self.model(model_name))  # skip before generating (API calls cost)
         ctx = self.context(model_name, task)
         gen = ctx.generation
-        if gen.completion.strip():
+        no_code = has_no_code(gen)
+        if not no_code:
             units, info = self.attribute(ctx, method_name)
-        else:  # no code: nothing to attribute, and the item still counts in Pass@1 as a failure
+        else:  # left out of the alignment tables; the item still counts in Pass@1 as a failure
             units, info = [], {"seconds": 0.0, "settings": method.settings(), "cached": False, "note": NO_CODE}
         labels = prompt_labels(task)
-        human = [[lab.start, lab.end] for lab in labels]
+        human = [list(span) for span in human_spans(task, self.config.labels)]
         located = [(s, e, v) for s, e, v in units]
         task_units = TaskUnits(task.prompt, tuple(located), tuple((a, b) for a, b in human), 0, task.task_id)
         ks = sorted(set(self.config.ks) | {self.config.error_k})
@@ -145,6 +147,10 @@ class Study:
             "stop_rule": gen.stop_rule,
             "device": ctx.lm.device,
             "completion": gen.completion,
+            "no_code": no_code,
+            "generated_tokens": len(gen.raw_ids),
+            "explained_tokens": list(gen.explained_tokens),
+            "labels": self.config.labels,
             "generation_cached": ctx.settings["generation_cached"],
             "usage": getattr(gen, "usage", None),
             # the sandbox's absolute rlimits depend on how many processes the machine runs at
@@ -165,11 +171,16 @@ class Study:
         }
 
 
+def has_no_code(gen: Generation) -> bool:
+    """No code to score: an empty completion, or (local models) no body token to explain."""
+    return not gen.completion.strip() or (bool(gen.prompt_ids) and not gen.explained_steps)
+
+
 def budget_rule(prompt_format: str, fixed: int | None) -> str:
     """The token-budget rule in words, for the record and the report header."""
     if fixed is not None:
         return f"fixed {fixed}"
-    return "canonical solution + 20" if prompt_format == "completion" else "prompt + canonical solution + 20"
+    return "prompt + canonical solution + 20" if prompt_format == "chat" else "canonical solution + 20"
 
 
 def record_task_units(record: dict[str, Any]) -> TaskUnits:
@@ -204,6 +215,8 @@ def attribute_task(study: Study, model_name: str, task_id: str, methods: list[st
             continue
         out[name] = {"units": units, "top_k": [list(t) for t in top_k([tuple(u) for u in units], k)],
                      "seconds": info["seconds"], "cached": info["cached"], "settings": info["settings"]}
+    gen = ctx.generation
     return {"task_id": task.task_id, "model": model_name, "model_identity": ctx.lm.identity,
-            "prompt_format": ctx.generation.prompt_format, "max_new_tokens": ctx.generation.max_new_tokens,
-            "completion": ctx.generation.completion, "methods": out}
+            "prompt_format": gen.prompt_format, "max_new_tokens": gen.max_new_tokens,
+            "completion": gen.completion, "explained_steps": list(gen.explained),
+            "explained_tokens": list(gen.explained_tokens), "methods": out}

@@ -130,3 +130,35 @@ def test_sha_mismatch_is_a_user_error(labels_dir: Path) -> None:
     (labels_dir / "mbpp.jsonl").write_text(json.dumps(record) + "\n", encoding="utf-8")
     with pytest.raises(AttnalignError, match=r"sha256 mismatch.*python scripts/convert_labels\.py"):
         labels_for(get_task("Mbpp/1"))
+
+
+def test_humaneval_helper_function_labels_are_in_the_scored_region() -> None:
+    """HumanEval/10 gives is_palindrome before the entry point: the study scored from the first def."""
+    from pytest_attnalign.tasks import get_task
+
+    task = get_task("HumanEval/10")
+    a, b = task.description
+    assert task.prompt[a:].startswith("def is_palindrome(") and a < task.prompt.index("def make_palindrome(") < b
+    helper = [lab for lab in prompt_labels(task) if lab.end <= task.prompt.index("def make_palindrome(")]
+    assert [lab.word for lab in helper][:2] == ["str", "bool"]
+    assert all(a <= lab.start and lab.end <= b for lab in helper)
+
+
+def test_study_label_mode_reproduces_the_off_by_one_spans() -> None:
+    """Mbpp/5 in the study's scoring: every span loses its last character, '2' becomes empty, and the
+    snapped 'n' is back inside 'function' where the study placed it."""
+    from pytest_attnalign.labels import human_spans
+    from pytest_attnalign.tasks import get_task
+
+    task = get_task("Mbpp/5")
+    off = task.description[0]
+    corrected, study = human_spans(task), human_spans(task, "study")
+    assert corrected[:4] == [(off + 0, off + 5), (off + 20, off + 24), (off + 29, off + 35), (off + 60, off + 61)]
+    assert study[:4] == [(off + 0, off + 4), (off + 20, off + 23), (off + 29, off + 34), (off + 60, off + 60)]
+    assert task.prompt[slice(*study[0])] == "Writ"
+    snapped = [i for i, lab in enumerate(prompt_labels(task)) if lab.snapped_from]
+    assert snapped and all(study[i] == (off + 10, off + 10) for i in snapped)  # 'n' of 'function', minus its char
+    he = get_task("HumanEval/0")
+    assert human_spans(he, "study") == human_spans(he)  # HumanEval's spans were exact
+    with pytest.raises(AttnalignError, match="unknown label mode"):
+        human_spans(task, "published")

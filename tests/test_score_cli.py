@@ -188,3 +188,23 @@ def test_task_id_line_uses_shipped_labels(tmp_path: Path, capsys: pytest.Capture
     g = write(tmp_path / "u.jsonl", by_text)
     rc, out2, _ = run(capsys, "score", str(g), "--k", "9", "--json")
     assert rc == 0 and json.loads(out2)["k"]["9"] == k9
+
+
+def test_study_labels_score_mbpp_as_published(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """One unit on each corrected Mbpp/5 span: all precision with corrected labels; with the study's
+    off-by-one spans each unit overlaps its shortened label by one character less."""
+    from pytest_attnalign.labels import human_spans
+    from pytest_attnalign.tasks import get_task
+
+    task = get_task("Mbpp/5")
+    off = task.description[0]
+    units = [[a - off, b - off, 1.0] for a, b in human_spans(task)]
+    f = write(tmp_path / "m.jsonl", {"task_id": "Mbpp/5", "units": units})
+    k = str(len(units))
+    rc, out, _ = run(capsys, "score", str(f), "--k", k, "--json")
+    corrected = json.loads(out)["k"][k]
+    rc2, out2, _ = run(capsys, "score", str(f), "--k", k, "--json", "--labels", "study")
+    study = json.loads(out2)["k"][k]
+    assert (rc, rc2) == (0, 0)
+    assert corrected["recall"] == pytest.approx(1.0)
+    assert study["precision"] < corrected["precision"] and study["recall"] < corrected["recall"]
