@@ -54,7 +54,7 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("--fill-mask-model", default=None, metavar="ID",
                    help="masked LM proposing bert_masking's substitutes (default $ATTNALIGN_FILL_MASK_MODEL or "
                         f"{DEFAULT_FILL_MASK_MODEL}; offline: pretrained embedding neighbours)")
-    a.add_argument("--setting", action="append", default=[], metavar="METHOD.NAME=VALUE",
+    a.add_argument("--method-option", action="append", default=[], metavar="METHOD.NAME=VALUE",
                    help="a method setting, repeatable: shap.signed=true, bert_masking.force_different=true")
     a.add_argument("--json", action="store_true", help="print one JSON object")
     a.set_defaults(func=cmd_attribute)
@@ -99,7 +99,7 @@ def cmd_attribute(args: argparse.Namespace) -> int:
 
     cache = Path(args.cache_dir).expanduser() if args.cache_dir else default_cache_dir()
     study = Study(StudyConfig(prompt_format=args.prompt_format, cache_dir=cache, device=args.device,
-                              method_options=method_options(args.shap_evaluations, args.fill_mask_model, args.setting)))
+                              method_options=method_options(args.shap_evaluations, args.fill_mask_model, args.method_option)))
     result = attribute_task(study, args.model, task.task_id, methods, args.k)
     print(json.dumps(result) if args.json else render_attribution(result, args.k))
     return 1 if any("error" in m for m in result["methods"].values()) else 0

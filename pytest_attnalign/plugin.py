@@ -47,7 +47,7 @@ _DEFAULTS: dict[str, Any] = {
     "attn_model": None, "attn_method": "all", "attn_benchmark": "all", "attn_k": "5,10,20", "attn_limit": None,
     "attn_device": "auto", "attn_dtype": "auto", "attn_prompt_format": None, "attn_max_new_tokens": None,
     "attn_cache_dir": None, "attn_timeout": 10.0, "attn_error_k": 10, "attn_json": None,
-    "attn_shap_evaluations": None, "attn_fill_mask_model": None, "attn_setting": None, "attn_labels": "corrected",
+    "attn_shap_evaluations": None, "attn_fill_mask_model": None, "attn_method_option": None, "attn_labels": "corrected",
 }
 
 
@@ -85,7 +85,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     g.addoption("--attn-fill-mask-model", default=_DEFAULTS["attn_fill_mask_model"], metavar="ID",
                 help="masked LM (hub id or local directory) proposing bert_masking's substitutes (default: "
                      f"$ATTNALIGN_FILL_MASK_MODEL or {DEFAULT_FILL_MASK_MODEL}; offline: pretrained embedding neighbours)")
-    g.addoption("--attn-setting", action="append", default=_DEFAULTS["attn_setting"], metavar="METHOD.NAME=VALUE",
+    g.addoption("--attn-method-option", action="append", default=_DEFAULTS["attn_method_option"], metavar="METHOD.NAME=VALUE",
                 help="a method setting, repeatable: shap.signed=true (signed values of BLEU instead of the study's "
                      "|value| of 1 - BLEU), bert_masking.force_different=true (a substitute other than the word)")
     g.addoption("--attn-labels", default=_DEFAULTS["attn_labels"], metavar="MODE",
@@ -152,12 +152,12 @@ def parse_options(config: pytest.Config) -> Options:
         raise pytest.UsageError(f"--attn-timeout: must be positive seconds, got {get('attn_timeout')}")
     if get("attn_labels") not in ("corrected", "study"):
         raise pytest.UsageError(f"--attn-labels: unknown {get('attn_labels')!r}; use corrected or study")
-    settings = usage("--attn-setting", method_options, get("attn_shap_evaluations"), get("attn_fill_mask_model"),
-                     get("attn_setting"))
+    settings = usage("--attn-method-option", method_options, get("attn_shap_evaluations"), get("attn_fill_mask_model"),
+                     get("attn_method_option"))
     from .methods import get_method
 
     for name, opts in settings.items():  # a bad value fails now, not at the first item
-        usage("--attn-setting", lambda: get_method(name, **opts))
+        usage("--attn-method-option", lambda: get_method(name, **opts))
     cache = get("attn_cache_dir")
     return Options(
         models=list(dict.fromkeys(models)), methods=methods,
