@@ -8,18 +8,24 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 from .errors import AttnalignError
 from .methods.perturbation import DEFAULT_FILL_MASK_MODEL, SHAP_EVALUATIONS
 
+T = TypeVar("T")
+
 
 def _parser() -> argparse.ArgumentParser:
+    from . import __version__
+
     p = argparse.ArgumentParser(prog="attnalign", description=__doc__.splitlines()[0])
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("score", help="score attributions computed elsewhere (JSON Lines)")
-    s.add_argument("file", help="JSON Lines: one task a line (see README)")
+    s.add_argument("file", help="JSON Lines: one task a line (see README); - reads standard input")
     s.add_argument("--k", type=int, nargs="+", default=[5, 10, 20], help="top-K sizes (default 5 10 20)")
     s.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     s.set_defaults(func=cmd_score)

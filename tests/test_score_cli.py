@@ -188,3 +188,27 @@ def test_task_id_line_uses_shipped_labels(tmp_path: Path, capsys: pytest.Capture
     g = write(tmp_path / "u.jsonl", by_text)
     rc, out2, _ = run(capsys, "score", str(g), "--k", "9", "--json")
     assert rc == 0 and json.loads(out2)["k"]["9"] == k9
+
+
+def test_dash_reads_standard_input(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    import io
+
+    monkeypatch.setattr("sys.stdin", io.StringIO(json.dumps(LINE_A) + "\n" + json.dumps(LINE_B) + "\n"))
+    rc, out, err = run(capsys, "score", "-", "--k", "4", "--json")
+    f = write(tmp_path / "s.jsonl", LINE_A, LINE_B)
+    assert (rc, err) == (0, "") and out == run(capsys, "score", str(f), "--k", "4", "--json")[1]
+    monkeypatch.setattr("sys.stdin", io.StringIO("[1]\n"))
+    assert run(capsys, "score", "-") == (2, "", "attnalign: error: <stdin>:1: a line must be a JSON object, got list\n")
+
+
+def test_a_directory_is_not_a_score_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rc, _, err = run(capsys, "score", str(tmp_path))
+    assert rc == 2 and err == f"attnalign: error: {tmp_path} is a directory: give a JSON Lines file (or - for standard input)\n"
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    from pytest_attnalign import __version__
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0 and capsys.readouterr().out == f"attnalign {__version__}\n"
