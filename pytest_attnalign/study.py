@@ -17,9 +17,12 @@ from typing import Any
 
 from .alignment import DEFAULT_KS, TaskUnits, score_tasks, top_k
 from .cache import ResultCache
+from .errors import AttnalignError, ModelUnavailable
 from .execution import Limits, run_completion
 from .generation import Generation, Prompt, generate
+from .jsonshape import check, from_json
 from .labels import prompt_labels
+from .jsonshape import check, from_json
 from .methods import AttributionContext, Method, get_method
 from .models import LoadedModel, load_model
 from .patterns import error_patterns, missed_labels
@@ -69,13 +72,10 @@ class Study:
         fmt = self.config.prompt_format or lm.spec.prompt_format
         gen_key = {**lm.identity, "device_type": lm.device.split(":")[0], "task": task.task_id, "prompt": task.prompt, "format": fmt,
                    "max_new_tokens": self.config.max_new_tokens}
-        cached = self.cache.get("generation", gen_key)
+        cached = self.cache.get("generation", gen_key, _decode_generation)
         started = time.perf_counter()
         if cached is not None:
-            prompt = Prompt(**{**cached["prompt"], "description": tuple(cached["prompt"]["description"])})
-            gen_fields = {f.name for f in dataclasses.fields(Generation)}
-            generation = Generation(**{k: tuple(v) if isinstance(v, list) else v
-                                       for k, v in cached["generation"].items() if k in gen_fields})
+            prompt, generation = cached
         else:
             prompt, generation = generate(lm, task, fmt, self.config.max_new_tokens)
             self.cache.put("generation", gen_key, {"prompt": dataclasses.asdict(prompt),
@@ -100,9 +100,10 @@ class Study:
                "format": ctx.prompt.format, "completion": ctx.generation.completion,
                "generated_ids": list(ctx.generation.generated_ids), "method": method_name,
                "settings": method.settings()}
-        cached = self.cache.get("attribution", key)
+        cached = self.cache.get("attribution", key, _decode_attribution)
         if cached is not None:
-            return cached["units"], {**cached["info"], "cached": True}
+            units, info = cached
+            return units, {**info, "cached": True}
         started = time.perf_counter()
         units = [[int(s), int(e), float(v)] for s, e, v in method.attribute(ctx)]
         info = {"seconds": time.perf_counter() - started, "settings": method.settings()}
@@ -162,6 +163,19 @@ class Study:
                                 missed_labels(labels, error_top, task.description)],
             "attribution": info,
         }
+
+
+def _decode_generation(value: Any) -> tuple[Prompt, Generation]:
+    """A cached generation entry, shape-checked (see :class:`cache.ResultCache`)."""
+    value = check(value, dict[str, Any], "generation entry")
+    return from_json(Prompt, value["prompt"], "prompt"), from_json(Generation, value["generation"], "generation")
+
+
+def _decode_attribution(value: Any) -> tuple[list[list[float]], dict[str, Any]]:
+    """A cached attribution entry: units ``[start, end, score]`` and the run's facts."""
+    value = check(value, dict[str, Any], "attribution entry")
+    units = check(value["units"], list[tuple[int, int, float]], "units")
+    return [list(u) for u in units], check(value["info"], dict[str, Any], "info")
 
 
 def budget_rule(prompt_format: str, fixed: int | None) -> str:
