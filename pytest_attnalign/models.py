@@ -98,6 +98,11 @@ class LoadedModel:
         """Everything about the model that determines its outputs (cache keys, report header)."""
         return {"model": self.spec.name, "source": self.spec.source, "revision": self.revision, "dtype": self.dtype}
 
+    @property
+    def unavailable(self) -> bool:
+        """Loaded weights stay usable (an API model can stop answering: see :class:`OpenAIModel`)."""
+        return False
+
 
 def default_cache_dir() -> Path:
     """``$ATTNALIGN_CACHE_DIR`` or the XDG user cache directory."""
@@ -258,6 +263,20 @@ def local_revision(path: Path) -> str:
     return f"local:{h.hexdigest()[:16]}"
 
 
+def _hub_unusable(name: str, repo_id: str) -> bool:
+    """True when the hub cannot be asked but the model is in the local hub cache; an error when it
+    is not there either (at once, instead of transformers' minute of retries)."""
+    from . import hub
+
+    why = hub.why_unreachable()
+    if why is None:
+        return False
+    if hub.in_local_cache(repo_id):
+        return True
+    raise AttnalignError(f"cannot load model {name!r}: {why} and {repo_id!r} is not in the local hub cache: "
+                         "download it elsewhere and pass its local directory to --attn-model")
+
+
 def load_model(name: str, device: str = "auto", dtype: str = "auto", cache_dir: Path | None = None) -> LoadedModel:
     """Load a resolved model for generation and attribution (eager attention, eval mode)."""
     spec = resolve_model(name)
@@ -274,12 +293,14 @@ def load_model(name: str, device: str = "auto", dtype: str = "auto", cache_dir: 
         source = str(path)
     else:
         source, revision = spec.source, local_revision(Path(spec.source)) if Path(spec.source).is_dir() else "main"
+    only_local = not Path(source).is_dir() and _hub_unusable(name, source)
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     quiet_transformers()
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source)
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype, attn_implementation="eager")
+        tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=only_local)
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype, attn_implementation="eager",
+                                                     local_files_only=only_local)
     except OSError as exc:
         raise AttnalignError(
             f"cannot load model {name!r} from {source!r} ({str(exc).splitlines()[0][:160]}): if the hub is "

@@ -55,12 +55,24 @@ class Study:
         self.config = config
         self.cache = cache or ResultCache(config.cache_dir / "results" if config.cache_dir else None)
         self._models: dict[str, LoadedModel] = {}
+        self._load_errors: dict[str, str] = {}
         self._contexts: OrderedDict[tuple[str, str], AttributionContext] = OrderedDict()
 
     def model(self, name: str) -> LoadedModel:
+        """The loaded model; a model that failed to load is tried once per process, never again."""
+        if name in self._load_errors:
+            raise ModelUnavailable(f"model {name!r} failed to load ({self._load_errors[name]}): not retried")
         if name not in self._models:
-            self._models[name] = load_model(name, self.config.device, self.config.dtype, self.config.cache_dir)
+            try:
+                self._models[name] = load_model(name, self.config.device, self.config.dtype, self.config.cache_dir)
+            except Exception as exc:  # the first item shows the reason (a traceback when unexpected)
+                self._load_errors[name] = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
+                raise
         return self._models[name]
+
+    def unavailable(self, name: str) -> bool:
+        """Whether the model's remaining items cannot produce results (load failed, API gave up)."""
+        return name in self._load_errors or (name in self._models and self._models[name].unavailable)
 
     def context(self, model_name: str, task: Task) -> AttributionContext:
         """The task's generation under this model, from memory, the disk cache or the model."""
@@ -200,7 +212,6 @@ def attribute_task(study: Study, model_name: str, task_id: str, methods: list[st
     method that fails on this generation (e.g. CODING when the model emitted no code) with its
     error (``error``), instead of units: one method's failure does not hide the others' results.
     """
-    from .errors import AttnalignError
     from .methods import MethodNotApplicable
 
     task = get_task(task_id)
