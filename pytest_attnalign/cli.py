@@ -85,11 +85,16 @@ def cmd_attribute(args: argparse.Namespace) -> int:
 
     from .methods import method_options, resolve_methods
     from .models import default_cache_dir, resolve_model
+    from .preflight import cache_directory, local_directory
     from .tasks import get_task
 
-    methods = resolve_methods(args.method)  # names and task are checked before any model loads
+    methods = resolve_methods(args.method)  # names, paths and task are checked before any model loads
     resolve_model(args.model)
     task = get_task(args.task_id)
+    if args.fill_mask_model:
+        _flag("--fill-mask-model", local_directory, args.fill_mask_model)
+    cache = _flag("--cache-dir", cache_directory,
+                  Path(args.cache_dir).expanduser() if args.cache_dir else default_cache_dir())
     if args.k < 1:
         raise AttnalignError(f"--k must be positive, got {args.k}")
     if args.shap_evaluations is not None and args.shap_evaluations < 1:
@@ -97,13 +102,26 @@ def cmd_attribute(args: argparse.Namespace) -> int:
                              f"got {args.shap_evaluations}")
     from .report import render_attribution
     from .study import Study, StudyConfig, attribute_task
+    from .threads import CoreShare
 
-    cache = Path(args.cache_dir).expanduser() if args.cache_dir else default_cache_dir()
+    cores = CoreShare(cache / "runs")  # its share of the cores while pytest runs use the rest
+    cores.apply()
     study = Study(StudyConfig(prompt_format=args.prompt_format, cache_dir=cache, device=args.device,
                               method_options=method_options(args.shap_evaluations, args.fill_mask_model)))
-    result = attribute_task(study, args.model, task.task_id, methods, args.k)
+    try:
+        result = attribute_task(study, args.model, task.task_id, methods, args.k)
+    finally:
+        cores.leave()
     print(json.dumps(result) if args.json else render_attribution(result, args.k))
     return 1 if any("error" in m for m in result["methods"].values()) else 0
+
+
+def _flag(flag: str, check: Callable[..., T], *args: Any) -> T:
+    """``check(*args)``, its error prefixed with the flag to change."""
+    try:
+        return check(*args)
+    except AttnalignError as exc:
+        raise AttnalignError(f"{flag}: {exc}") from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:

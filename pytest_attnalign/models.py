@@ -128,16 +128,6 @@ def pick_device(device: str = "auto") -> str:
     raise AttnalignError(f"unknown device {device!r}: use auto, cpu, cuda or cuda:N")
 
 
-def share_cpu_threads() -> None:
-    """Give each xdist worker its share of the cores: N workers each running torch's default of
-    one thread per core oversubscribe the CPU and all run slower."""
-    import torch
-
-    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
-    if workers > 1:
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
-
-
 def pick_dtype(dtype: str, device: str) -> Any:
     import torch
 
@@ -286,8 +276,6 @@ def load_model(name: str, device: str = "auto", dtype: str = "auto", cache_dir: 
         return load_openai_model(spec)
     dev = pick_device(device)
     torch_dtype = pick_dtype(dtype, dev)
-    if dev == "cpu":
-        share_cpu_threads()
     if spec.source == "embedded:smollm2":
         path, revision = smollm2_converted(cache_dir)
         source = str(path)
