@@ -211,6 +211,11 @@ class AttnSession:
     def pytest_unconfigure(self) -> None:
         self.cores.leave()
 
+    def runs_items(self) -> bool:
+        """A serial run or an xdist worker (an xdist controller only schedules)."""
+        return not self.config.option.collectonly and (
+            hasattr(self.config, "workerinput") or not getattr(self.config.option, "numprocesses", None))
+
     def _controller(self) -> bool:
         """The process that prints (workers only ship records; nothing ran under --collect-only)."""
         return not hasattr(self.config, "workerinput") and not self.config.option.collectonly
@@ -300,6 +305,8 @@ def pytest_configure(config: pytest.Config) -> None:
     session = AttnSession(config, parse_options(config))
     config.stash[_SESSION] = session
     config.pluginmanager.register(session, "attnalign-session")
+    if session.runs_items():
+        session.cores.join()  # counted from start-up, so xdist workers see each other before their first item
     if config.args_source != pytest.Config.ArgsSource.ARGS:
         # `pytest --attn-...` from the repository root runs the study, not the plugin's own tests.
         bench = Path(str(config.rootpath)) / "benchmarks"

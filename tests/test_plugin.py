@@ -366,14 +366,16 @@ def test_method_settings_reach_the_methods_and_the_summary(
 def test_xdist_and_serial_print_identical_tables_and_records(
     project: pytest.Pytester, tiny_gpt2: Path, tmp_path: Path
 ) -> None:
-    """Same selection, serial and -n 2, each with a cold cache of its own: same summary, same records."""
+    """Same selection, serial and -n 2, each with a cold cache of its own: same summary, same records.
+
+    One torch thread in both: float sums differ in their last bits between thread counts."""
     runs = {}
     for name, extra in (("serial", ()), ("xdist", ("-n", "2", "-v"))):
         (tmp_path / name).mkdir()
         runs[name] = project.runpytest_subprocess(
             f"--attn-model={tiny_gpt2}", "--attn-method=saliency_reading,reading_last,coding_all",
             "--attn-limit=2", "--attn-max-new-tokens=8", "--attn-device=cpu", f"--attn-cache-dir={tmp_path / name / 'cache'}",
-            f"--attn-json={tmp_path / name / 'run.json'}", *extra, *NO_CACHE, timeout=120)
+            f"--attn-json={tmp_path / name / 'run.json'}", "--attn-threads=1", *extra, *NO_CACHE, timeout=120)
     serial, xdist = runs["serial"], runs["xdist"]
     for result in (serial, xdist):
         assert result.ret in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED), result.stdout.str()
@@ -386,19 +388,13 @@ def test_xdist_and_serial_print_identical_tables_and_records(
     assert verdicts(serial) == verdicts(xdist)
 
     def section(result: pytest.RunResult, name: str) -> str:
-        """The summary, but for the thread share (each worker gets its part of the cores)."""
-        text = summary(result).replace(str(tmp_path / name / "run.json"), "RUN.json")
-        return re.sub(r"(?m)^torch threads: .*\n", "", text)
+        return summary(result).replace(str(tmp_path / name / "run.json"), "RUN.json")
 
     assert section(xdist, "xdist") == section(serial, "serial")
-    cores = len(os.sched_getaffinity(0))
-    assert f"torch threads: {cores} per process ({cores} cores shared by up to 1 attnalign process;" in summary(serial)
-    assert f"torch threads: {max(1, cores // 2)} per process ({cores} cores shared by up to 2 attnalign processes;" in summary(xdist)
     docs = {name: records(tmp_path / name / "run.json") for name in runs}
-    assert docs["xdist"]["run"].pop("threads") == [max(1, cores // 2)] and docs["serial"]["run"].pop("threads") == [cores]
     assert docs["xdist"] == docs["serial"]
     assert docs["serial"]["run"] == {"complete": True, "items": 12, "ran": 12, "missing": [],
-                                     "cache_invalid": 0, "cache_write_failures": 0}
+                                     "cache_invalid": 0, "cache_write_failures": 0, "threads": [1]}
 
     # the summary: provenance header, Pass@1, Table 2, Table 3, error patterns
     text = section(serial, "serial")
@@ -415,7 +411,9 @@ def test_xdist_and_serial_print_identical_tables_and_records(
     for head in ("alpha@20", "F1@10", "conditional", "data type", "attended but mis-mapped"):
         assert head in text
     assert "\nHow to read: " in text and text.endswith("records written to RUN.json")
-    assert max(len(line) for line in text.splitlines()) <= 120 + len(str(tiny_gpt2))
+    # the tables fit 120 columns with a model named like smollm2 (the header may hold long paths)
+    tables = text.split("\nPass@1\n", 1)[1].replace("RUN.json", "")
+    assert max(len(line) for line in tables.splitlines()) <= 120 + len(str(tiny_gpt2)) - len("smollm2")
     # the study's method order, whatever the order of --attn-method
     table = text.split("Table 2 (K=5)")[1].split("\n\n")[0]
     assert table.index("reading_last") < table.index("coding_all") < table.index("saliency_reading")
@@ -444,8 +442,9 @@ def test_model_path_that_is_no_directory_is_a_usage_error(project: pytest.Pytest
 def test_unusable_json_path_fails_before_any_item_runs(project: pytest.Pytester, tmp_path: Path, where: str) -> None:
     (tmp_path / "a-file").write_text("")
     path, expected = {
-        "missing": (tmp_path / "nonexistent" / "x.json", f"directory '{tmp_path / 'nonexistent'}' does not exist: create it first"),
-        "file": (tmp_path / "a-file" / "x.json", f"directory '{tmp_path / 'a-file'}' is not a directory"),
+        "missing": (tmp_path / "nonexistent" / "x.json", f"directory '{tmp_path / 'nonexistent'}' does not exist: create it first or choose another path"),
+        "file": (tmp_path / "a-file" / "x.json",
+                 f"directory '{tmp_path / 'a-file'}' is not a directory: create it first or choose another path"),
         "directory": (tmp_path, f"'{tmp_path}' is a directory: give a file path such as '{tmp_path / 'run.json'}'"),
         "read-only": (Path("/proc/x.json"), "directory '/proc' is not writable: choose a directory you can write to"),
     }[where]
