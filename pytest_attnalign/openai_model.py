@@ -13,6 +13,9 @@ methods (which need nothing but generations) run on it. Rules, recorded like a l
 - Retries: 429, 408/409, 5xx, timeouts and refused connections are retried by the ``openai``
   client itself (exponential backoff from 0.5 s to 8 s with jitter, honouring ``Retry-After``);
   we only set its ``max_retries`` and ``timeout``, so there is no retry loop here.
+- Giving up: after :data:`FAILURE_LIMIT` consecutive failed requests (each after the client's
+  retries) the model is unavailable for the rest of the process, so a dead endpoint costs three
+  requests' retries, not every item's.
 
 Configuration (argument, else environment): ``model`` (``ATTNALIGN_OPENAI_MODEL`` for the ``gpt4``
 alias, else ``spec.source``), ``api_key`` (``OPENAI_API_KEY``; optional for a loopback
@@ -29,7 +32,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import urlsplit
 
-from .errors import AttnalignError
+from .errors import AttnalignError, ModelUnavailable
 from .generation import BUDGET_SLACK, STOP_RULE, Generation, Prompt, chat_user_message, completion_from_reply
 from .models import ModelSpec
 from .tasks import Task
@@ -37,6 +40,8 @@ from .tasks import Task
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 DEFAULT_MAX_RETRIES = 6
 DEFAULT_TIMEOUT = 120.0
+#: Consecutive failed requests after which an API model is given up for the rest of the process.
+FAILURE_LIMIT = 3
 CHARS_PER_TOKEN = 3
 #: Sent when no key is configured and the server is on this machine (local servers ignore keys).
 LOCAL_PLACEHOLDER_KEY = "sk-local-no-key"
@@ -87,6 +92,7 @@ class OpenAIModel:
     info: dict[str, Any] = field(default_factory=dict)
     usage_total: dict[str, int] = field(default_factory=lambda: {"prompt_tokens": 0, "completion_tokens": 0, "calls": 0})
     usage_for_last_call: dict[str, Any] | None = None
+    consecutive_failures: int = 0
 
     def __post_init__(self) -> None:
         self.revision = self.revision or self.spec.source
@@ -96,6 +102,11 @@ class OpenAIModel:
         """Same keys as a local model's. The model the server actually served (e.g. gpt-4-0613) can
         change between calls, so it is recorded per result (``usage["served_model"]``), not here."""
         return {"model": self.spec.name, "source": self.spec.source, "revision": self.revision, "dtype": self.dtype}
+
+    @property
+    def unavailable(self) -> bool:
+        """Given up after :data:`FAILURE_LIMIT` consecutive failed requests."""
+        return self.consecutive_failures >= FAILURE_LIMIT
 
     def generate(self, task: Task, fmt: str, max_new_tokens: int | None = None) -> tuple[Prompt, Generation]:
         """One greedy reply for ``task``, its fenced code turned into a continuation of the prompt."""
@@ -122,6 +133,8 @@ class OpenAIModel:
         """One chat completion; usage and the served model name are recorded, API errors made one line."""
         import openai
 
+        if self.unavailable:
+            raise ModelUnavailable(f"{self.base_url} failed {FAILURE_LIMIT} requests in a row: not asked again in this run")
         try:
             resp = self.client.chat.completions.create(
                 model=self.spec.source,
@@ -132,7 +145,12 @@ class OpenAIModel:
                 n=1,
             )
         except openai.OpenAIError as exc:
-            raise self._error(exc) from None
+            self.consecutive_failures += 1
+            error = self._error(exc)
+            if self.unavailable:
+                error = ModelUnavailable(f"{error} ({FAILURE_LIMIT} failures in a row: the model's remaining items are not tried)")
+            raise error from None
+        self.consecutive_failures = 0
         if getattr(resp, "system_fingerprint", None):
             self.info["system_fingerprint"] = resp.system_fingerprint
         usage: dict[str, Any] = {"prompt_tokens": 0, "completion_tokens": 0}

@@ -14,11 +14,12 @@ from typing import Any
 
 import pytest
 
-from .errors import AttnalignError
+from .errors import AttnalignError, ModelUnavailable
 from .methods import method_options
 from .methods.perturbation import DEFAULT_FILL_MASK_MODEL, SHAP_EVALUATIONS
 
 PROPERTY = "attnalign"
+RUN_PROPERTY = "attnalign-run"  # an item's facts about the run (threads, cache), see runinfo.RunInfo
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,7 @@ class Options:
     json_path: Path | None
     method_options: dict[str, dict[str, Any]]
     labels: str
+    threads: int | None
 
 
 #: Option defaults, also used to tell whether a run asked for the study (see :func:`_given`).
@@ -47,7 +49,8 @@ _DEFAULTS: dict[str, Any] = {
     "attn_model": None, "attn_method": "all", "attn_benchmark": "all", "attn_k": "5,10,20", "attn_limit": None,
     "attn_device": "auto", "attn_dtype": "auto", "attn_prompt_format": None, "attn_max_new_tokens": None,
     "attn_cache_dir": None, "attn_timeout": 10.0, "attn_error_k": 10, "attn_json": None,
-    "attn_shap_evaluations": None, "attn_fill_mask_model": None, "attn_method_option": None, "attn_labels": "corrected",
+    "attn_shap_evaluations": None, "attn_fill_mask_model": None, "attn_threads": None, "attn_method_option": None,
+    "attn_labels": "corrected",
 }
 
 
@@ -91,6 +94,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     g.addoption("--attn-labels", default=_DEFAULTS["attn_labels"], metavar="MODE",
                 help="corrected (default) or study: MBPP's off-by-one spans as the study scored them, "
                      "to compare with the published tables")
+    g.addoption("--attn-threads", type=int, default=_DEFAULTS["attn_threads"], metavar="N",
+                help="torch CPU threads per process (default: the cores divided by the attnalign processes "
+                     "running items at the moment: xdist workers and other runs sharing the cache directory)")
 
 
 def _given(config: pytest.Config) -> bool:
@@ -121,6 +127,7 @@ def parse_options(config: pytest.Config) -> Options:
     from .generation import PROMPT_FORMATS
     from .methods import resolve_methods
     from .models import check_dtype, default_cache_dir, resolve_model
+    from .preflight import cache_directory, local_directory, output_file
     from .tasks import BENCHMARKS
 
     get = config.getoption
@@ -145,7 +152,8 @@ def parse_options(config: pytest.Config) -> Options:
     if fmt is not None and fmt not in PROMPT_FORMATS:
         raise pytest.UsageError(f"--attn-prompt-format: unknown {fmt!r}; use {' or '.join(PROMPT_FORMATS)}")
     for flag, value in (("--attn-limit", get("attn_limit")), ("--attn-max-new-tokens", get("attn_max_new_tokens")),
-                        ("--attn-error-k", get("attn_error_k")), ("--attn-shap-evaluations", get("attn_shap_evaluations"))):
+                        ("--attn-error-k", get("attn_error_k")), ("--attn-shap-evaluations", get("attn_shap_evaluations")),
+                        ("--attn-threads", get("attn_threads"))):
         if value is not None and value < 1:
             raise pytest.UsageError(f"{flag}: must be a positive integer, got {value}")
     if not get("attn_timeout") > 0:
@@ -158,15 +166,20 @@ def parse_options(config: pytest.Config) -> Options:
 
     for name, opts in settings.items():  # a bad value fails now, not at the first item
         usage("--attn-method-option", lambda: get_method(name, **opts))
+    if get("attn_fill_mask_model"):
+        usage("--attn-fill-mask-model", local_directory, get("attn_fill_mask_model"))
+    # paths last: the end of a long run must not be where a typo shows
+    json_path = usage("--attn-json", output_file, Path(get("attn_json")).expanduser()) if get("attn_json") else None
     cache = get("attn_cache_dir")
+    cache_dir = usage("--attn-cache-dir", cache_directory, Path(cache).expanduser() if cache else default_cache_dir())
     return Options(
         models=list(dict.fromkeys(models)), methods=methods,
         benchmarks=list(BENCHMARKS) if bench == "all" else [bench],
         ks=_positive_ints(get("attn_k"), "--attn-k"), limit=get("attn_limit"), device=device,
         dtype=get("attn_dtype"), prompt_format=fmt, max_new_tokens=get("attn_max_new_tokens"),
-        cache_dir=Path(cache).expanduser() if cache else default_cache_dir(), timeout=get("attn_timeout"),
-        error_k=get("attn_error_k"), json_path=Path(get("attn_json")) if get("attn_json") else None,
+        cache_dir=cache_dir, timeout=get("attn_timeout"), error_k=get("attn_error_k"), json_path=json_path,
         method_options=settings, labels=get("attn_labels"),
+        threads=get("attn_threads"),
     )
 
 
@@ -174,27 +187,72 @@ class AttnSession:
     """Per-process state: options, the lazily built Study, and (on the controller) the records."""
 
     def __init__(self, config: pytest.Config, options: Options) -> None:
+        from .runinfo import RunInfo
+        from .threads import CoreShare
+
         self.config = config
         self.options = options
         self.records: list[dict[str, Any]] = []
+        self.run = RunInfo()
+        self.cores = CoreShare(options.cache_dir / "runs", options.threads)
+        self.unavailable_since: dict[str, str] = {}  # model -> the item that showed why
+        self.output_shown: dict[tuple[str, str], str] = {}  # (model, task) -> the item showing its test output
         self._study: Any = None
+
+    def pytest_collection_finish(self, session: pytest.Session) -> None:
+        self.run.expected = [i.nodeid for i in session.items if _ITEM_ID.search(i.nodeid)]
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_xdist_node_collection_finished(self, node: Any, ids: list[str]) -> None:
+        """Under -n the controller collects nothing; every worker reports the same ids."""
+        self.run.expected = [i for i in ids if _ITEM_ID.search(i)]
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         """Collect records from call reports (xdist replays workers' reports here)."""
         if report.when == "call":
             self.records += [value for name, value in report.user_properties if name == PROPERTY]
+        elif report.when == "setup":
+            for name, value in report.user_properties:
+                if name == RUN_PROPERTY:
+                    self.run.add(value)
+        elif report.when == "teardown" and _ITEM_ID.search(report.nodeid):
+            self.run.finished.add(report.nodeid)
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        """A run whose items all ran without one result is a failed run, even if all were skipped."""
+        if (self._controller() and self.run.finished and not self.records
+                and session.exitstatus == pytest.ExitCode.OK):
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+    def pytest_unconfigure(self) -> None:
+        self.cores.leave()
+
+    def runs_items(self) -> bool:
+        """A serial run or an xdist worker (an xdist controller only schedules)."""
+        return not self.config.option.collectonly and (
+            hasattr(self.config, "workerinput") or not getattr(self.config.option, "numprocesses", None))
+
+    def _controller(self) -> bool:
+        """The process that prints (workers only ship records; nothing ran under --collect-only)."""
+        return not hasattr(self.config, "workerinput") and not self.config.option.collectonly
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
-        if hasattr(self.config, "workerinput") or self.config.option.collectonly:
-            return  # workers only ship records; the controller prints; nothing ran under --collect-only
+        if not self._controller():
+            return
         from .report import render, write_json
 
         o = self.options
         terminalreporter.write_sep("=", "attention alignment (pytest-attnalign)")
-        terminalreporter.write_line(render(self.records, o.ks))
+        terminalreporter.write_line(render(self.records, o.ks, self.run.lines()))
         if o.json_path is not None:
-            write_json(o.json_path, self.records, o.ks)
-            terminalreporter.write_line(f"records written to {o.json_path}")
+            try:
+                write_json(o.json_path, self.records, o.ks, self.run.as_dict())
+            except OSError as exc:  # checked at start-up, so the directory changed during the run
+                terminalreporter.write_line(f"--attn-json: cannot write {o.json_path} ({exc.strerror or exc}): "
+                                            "records not saved; the cache keeps them for a re-run", red=True)
+            else:
+                terminalreporter.write_line(f"records written to {o.json_path}")
 
     @property
     def study(self) -> Any:
@@ -208,6 +266,20 @@ class AttnSession:
                 limits=Limits(timeout_s=o.timeout), cache_dir=o.cache_dir, device=o.device, dtype=o.dtype,
                 method_options=o.method_options, labels=o.labels))
         return self._study
+
+    def run_item(self, model: str, method: str, task_id: str, item: pytest.Item) -> dict[str, Any]:
+        """The item's record, with its share of the cores applied and its run facts attached to ``item``."""
+        share = self.cores.apply()
+        cache = self.study.cache
+        invalid, failures = cache.invalid, cache.write_failures
+        try:
+            return self.study.run_item(model, method, task_id)
+        finally:
+            if self.study.unavailable(model):
+                self.unavailable_since.setdefault(model, item.name)
+            item.user_properties.append((RUN_PROPERTY, {
+                "share": share.as_dict(), "cache_invalid": cache.invalid - invalid,
+                "cache_write_failures": cache.write_failures - failures}))
 
 
 _SESSION = pytest.StashKey[AttnSession]()
@@ -250,6 +322,8 @@ def pytest_configure(config: pytest.Config) -> None:
     session = AttnSession(config, parse_options(config))
     config.stash[_SESSION] = session
     config.pluginmanager.register(session, "attnalign-session")
+    if session.runs_items():
+        session.cores.join()  # counted from start-up, so xdist workers see each other before their first item
     if config.args_source != pytest.Config.ArgsSource.ARGS:
         # `pytest --attn-...` from the repository root runs the study, not the plugin's own tests.
         bench = Path(str(config.rootpath)) / "benchmarks"
@@ -289,23 +363,31 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 @pytest.fixture
 def attn_result(attn_case: tuple[str, str, str], request: pytest.FixtureRequest) -> dict[str, Any]:
-    """Run the item in set-up, so a crash in a model or method is an error of this item only."""
+    """Run the item in set-up, so a crash in a model or method is an error of this item only.
+
+    The value is the item's record plus ``output_shown_at``: the item of the same model x task that
+    shows the task's test output (``None`` for this one), so a failing task prints it once.
+    """
     from .methods import MethodNotApplicable
 
     s = _session(request.config)
     assert s is not None
     model, method, task_id = attn_case
+    first = s.unavailable_since.get(model)
     error = ""
     try:
-        record = s.study.run_item(model, method, task_id)
+        record = s.run_item(model, method, task_id, request.node)
     except MethodNotApplicable as exc:
         pytest.skip(str(exc))
+    except ModelUnavailable as exc:  # the first such item says why; the others point at it
+        error = f"{model}/{method}/{task_id}: {exc}" if first is None else f"{model}: unavailable, not tried (why: see {first})"
     except AttnalignError as exc:  # a known failure (model not loadable, API down): one line, no traceback
         error = f"{model}/{method}/{task_id}: {exc}"
     if error:  # failed outside the except block, so pytest shows no chained exception
         pytest.fail(error, pytrace=False)
     request.node.user_properties.append((PROPERTY, record))
-    return record
+    shown = s.output_shown.setdefault((model, task_id), request.node.name) if not record["passed"] else None
+    return {**record, "output_shown_at": None if shown == request.node.name else shown}
 
 
 def check_item(record: dict[str, Any]) -> None:

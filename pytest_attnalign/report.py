@@ -18,7 +18,7 @@ from typing import Any
 from tabulate import tabulate
 
 from .alignment import KScore, score_tasks
-from .methods import OPTIONS
+from .methods import BUILTIN, COMPAT, OPTIONS
 from .patterns import PATTERNS
 from .study import record_task_units
 
@@ -35,10 +35,18 @@ def _alpha(x: float | None) -> str:
     return "undefined" if x is None else f"{x:.2f}"
 
 
+_STUDY_ORDER = {name: i for i, name in enumerate([*BUILTIN, *COMPAT])}
+
+
+def method_order(method: str) -> tuple[int, str]:
+    """The study's order (self-attention, gradient, perturbation), then other methods by name."""
+    return (_STUDY_ORDER.get(method, len(_STUDY_ORDER)), method)
+
+
 def sort_records(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     def key(r: dict[str, Any]) -> tuple:
         bench, _, num = r["task_id"].partition("/")
-        return (r["model"], r["method"], bench, int(num))
+        return (r["model"], method_order(r["method"]), bench, int(num))
 
     return sorted(records, key=key)
 
@@ -80,16 +88,13 @@ def pass_at_1(records: Sequence[dict[str, Any]]) -> list[list[Any]]:
     return rows
 
 
-def table2(records: Sequence[dict[str, Any]], ks: Sequence[int]) -> tuple[list[str], list[list[Any]]]:
-    headers = ["model", "method", "tasks"] + [f"{c}@{k}" for k in ks for c in ("P", "R", "F1", "alpha")]
+def table2(records: Sequence[dict[str, Any]], k: int) -> tuple[list[str], list[list[Any]]]:
+    """Table 2 for one K (one table per K keeps each within 120 columns)."""
+    headers = ["model", "method", "tasks", "P", "R", "F1", "alpha"]
     rows = []
     for (model, method), group in _groups(records, "model", "method").items():
-        scores = pooled(group, ks)
-        row: list[Any] = [model, method, len(group)]
-        for k in ks:
-            s = scores[k]
-            row += [_pct(s.precision), _pct(s.recall), _pct(s.f1), _alpha(s.alpha)]
-        rows.append(row)
+        s = pooled(group, [k])[k]
+        rows.append([model, method, len(group), _pct(s.precision), _pct(s.recall), _pct(s.f1), _alpha(s.alpha)])
     return headers, rows
 
 
@@ -100,7 +105,7 @@ def table3(records: Sequence[dict[str, Any]], ks: Sequence[int]) -> tuple[list[s
     for (_model, method), group in _groups(records, "model", "method").items():
         per_method[method].append(pooled(group, ks))
     rows = []
-    for method in sorted(per_method):
+    for method in sorted(per_method, key=method_order):
         scores = per_method[method]
         row: list[Any] = [method, len(scores)]
         for k in ks:
@@ -113,7 +118,8 @@ def table3(records: Sequence[dict[str, Any]], ks: Sequence[int]) -> tuple[list[s
 
 
 def pattern_counts(records: Sequence[dict[str, Any]]) -> tuple[list[str], list[list[Any]]]:
-    headers = ["model", "method", "failing"] + list(PATTERNS)
+    """Items per pattern; the "missed X" columns are headed X (the table's title says "missed")."""
+    headers = ["model", "method", "failing"] + [p.removeprefix("missed ") for p in PATTERNS]
     rows = []
     for (model, method), group in _groups(records, "model", "method").items():
         counts = Counter(p for r in group for p in r["error_patterns"])
@@ -163,34 +169,47 @@ def header_lines(records: Sequence[dict[str, Any]]) -> list[str]:
     return lines
 
 
-def render(records: Sequence[dict[str, Any]], ks: Sequence[int]) -> str:
-    """The whole terminal summary."""
+LEGEND = """\
+How to read: for each task, the K units (tokens or words) of the description that a method scored
+highest (its top-K) are compared with the words programmers labelled as important (Kou et al.).
+P: per top-K unit, the share of its characters inside labelled words, averaged; R: per labelled word, the
+share of its characters inside top-K units, averaged; F1: 2PR/(P+R). P, R and F1 pool all tasks (San
+Martino's partial-overlap measures). alpha: Krippendorff's nominal alpha between "in the top-K" and
+"overlaps a labelled word" over all units (1 full agreement, 0 chance, below 0 worse than chance).
+Pass@1: the share of tasks whose generated code passed the benchmark's tests. Error patterns: failing
+items whose top-K missed a labelled word of that type, or covered all of them (attended but mis-mapped)."""
+
+
+def render(records: Sequence[dict[str, Any]], ks: Sequence[int], run_lines: Sequence[str] = ()) -> str:
+    """The whole terminal summary; ``run_lines`` (runinfo.RunInfo.lines) follow the provenance header."""
     if not records:
-        return "pytest-attnalign: no item produced a result"
+        return "\n".join(["pytest-attnalign: no item produced a result", *run_lines])
     recs = sort_records(records)
-    parts = ["\n".join(header_lines(recs))]
+    parts = ["\n".join([*header_lines(recs), *run_lines])]
     parts.append("Pass@1\n" + tabulate(pass_at_1(recs), headers=["model", "benchmark", "passed", "Pass@1"],
                                        disable_numparse=True))
     scored = with_code(recs)
-    h2, r2 = table2(scored, ks)
-    parts.append("Table 2: alignment per model x method, pooled over tasks\n"
-                 + tabulate(r2, headers=h2, disable_numparse=True))
+    for k in ks:
+        h2, r2 = table2(scored, k)
+        parts.append(f"Table 2 (K={k}): alignment per model x method, pooled over tasks\n"
+                     + tabulate(r2, headers=h2, disable_numparse=True))
     h3, r3 = table3(scored, ks)
     parts.append("Table 3: per method, mean over models\n" + tabulate(r3, headers=h3, disable_numparse=True))
     hp, rp = pattern_counts(scored)
-    parts.append("Error patterns of failing items (automatic; see README)\n"
+    parts.append(f"Error patterns of failing items at K={recs[0]['error_k']} (automatic; see README)\n"
                  + tabulate(rp, headers=hp, disable_numparse=True))
+    parts.append(LEGEND)
     return "\n\n".join(parts)
 
 
-def write_json(path: Path, records: Sequence[dict[str, Any]], ks: Sequence[int]) -> None:
-    """Atomically write records and pooled scores, so no partial file ever looks complete."""
+def write_json(path: Path, records: Sequence[dict[str, Any]], ks: Sequence[int], run: dict[str, Any] | None = None) -> None:
+    """Atomically write records and pooled scores, so no partial file ever looks complete; ``run``
+    (runinfo.RunInfo.as_dict) says whether every selected item ran. The directory must exist."""
     recs = sort_records(records)
     pooled_scores = {f"{m}|{meth}": {str(k): s.as_dict() for k, s in pooled(g, ks).items()}
                      for (m, meth), g in _groups(with_code(recs), "model", "method").items()}
-    doc = {"header": header_lines(recs) if recs else [], "ks": list(ks),
+    doc = {"header": header_lines(recs) if recs else [], "ks": list(ks), "run": run or {},
            "pooled": pooled_scores, "records": recs}
-    path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     with os.fdopen(fd, "w", encoding="utf-8") as fh:
         json.dump(doc, fh, indent=1, ensure_ascii=False)
@@ -217,6 +236,9 @@ def failure_message(record: dict[str, Any]) -> str:
     a, _ = task.description
     ex = record["execution"]
     missed = ", ".join(f"{m['word']} ({m['type']})" for m in record["missed_keywords"]) or "none"
+    shown_at = record.get("output_shown_at")  # set by the plugin: another method's item of this task shows it
+    output = ([f"test output: as under {shown_at} (same generation)"] if shown_at else
+              ["test output (tail):", "    " + (ex.get("stderr_tail") or "(none)").strip().replace("\n", "\n    ")])
     return "\n".join([
         f"{record['task_id']} failed its tests under {record['model']} ({record['prompt_format']} format); "
         f"outcome: {ex['outcome']}",
@@ -224,8 +246,7 @@ def failure_message(record: dict[str, Any]) -> str:
         "    " + mark_units(task.description_text, record["top_k"][k], a).replace("\n", "\n    "),
         f"labelled keywords missed by the top-{k}: {missed}",
         f"error pattern: {', '.join(record['error_patterns'])}",
-        "test output (tail):",
-        "    " + (ex.get("stderr_tail") or "(none)").strip().replace("\n", "\n    "),
+        *output,
     ])
 
 

@@ -13,7 +13,8 @@ labels. Every line is validated before anything is scored, so a bad file never y
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+import sys
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -84,31 +85,41 @@ def parse_line(line: str, labels: str = "corrected") -> TaskUnits:
 
 
 def read_score_file(path: str | Path, labels: str = "corrected") -> list[TaskUnits]:
-    """All tasks of the file, or an AttnalignError ``FILE:LINE: what is wrong`` for the first bad line."""
+    """All tasks of the file (``-``: standard input), or an AttnalignError ``FILE:LINE: what is wrong``
+    for the first bad line."""
+    name = "<stdin>" if str(path) == "-" else str(path)
+    try:
+        if str(path) == "-":
+            return _read_tasks(sys.stdin, name, labels)
+        if Path(path).is_dir():
+            raise AttnalignError(f"{name} is a directory: give a JSON Lines file (or - for standard input)")
+        with open(path, encoding="utf-8") as fh:
+            return _read_tasks(fh, name, labels)
+    except OSError as exc:
+        raise AttnalignError(f"cannot read {name}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise AttnalignError(f"{name}: not UTF-8 text ({exc.reason})") from None
+
+
+def _read_tasks(lines: Iterable[str], name: str, labels: str) -> list[TaskUnits]:
     tasks: list[TaskUnits] = []
     first_line: dict[str, int] = {}
-    try:
-        with open(path, encoding="utf-8") as fh:
-            for no, line in enumerate(fh, 1):
-                if not line.strip():
-                    continue
-                try:
-                    task = parse_line(line, labels)
-                except AttnalignError as exc:
-                    raise AttnalignError(f"{path}:{no}: {exc}") from None
-                if task.task_id and task.task_id in first_line:
-                    raise AttnalignError(
-                        f"{path}:{no}: duplicate id {task.task_id!r} (first on line {first_line[task.task_id]}):"
-                        " each task must be scored once"
-                    )
-                first_line[task.task_id] = no
-                tasks.append(task)
-    except OSError as exc:
-        raise AttnalignError(f"cannot read {path}: {exc.strerror or exc}") from None
-    except UnicodeDecodeError as exc:
-        raise AttnalignError(f"{path}: not UTF-8 text ({exc.reason})") from None
+    for no, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            task = parse_line(line, labels)
+        except AttnalignError as exc:
+            raise AttnalignError(f"{name}:{no}: {exc}") from None
+        if task.task_id and task.task_id in first_line:
+            raise AttnalignError(
+                f"{name}:{no}: duplicate id {task.task_id!r} (first on line {first_line[task.task_id]}):"
+                " each task must be scored once"
+            )
+        first_line[task.task_id] = no
+        tasks.append(task)
     if not tasks:
-        raise AttnalignError(f"{path}: no tasks: the file is empty (expected one JSON object a line)")
+        raise AttnalignError(f"{name}: no tasks: the file is empty (expected one JSON object a line)")
     return tasks
 
 

@@ -17,8 +17,10 @@ from typing import Any
 
 from .alignment import DEFAULT_KS, TaskUnits, score_tasks, top_k
 from .cache import ResultCache
+from .errors import AttnalignError, ModelUnavailable
 from .execution import Limits, run_completion
 from .generation import Generation, Prompt, generate
+from .jsonshape import check, from_json
 from .labels import human_spans, prompt_labels
 from .methods import AttributionContext, Method, get_method
 from .models import LoadedModel, load_model
@@ -53,12 +55,24 @@ class Study:
         self.config = config
         self.cache = cache or ResultCache(config.cache_dir / "results" if config.cache_dir else None)
         self._models: dict[str, LoadedModel] = {}
+        self._load_errors: dict[str, str] = {}
         self._contexts: OrderedDict[tuple[str, str], AttributionContext] = OrderedDict()
 
     def model(self, name: str) -> LoadedModel:
+        """The loaded model; a model that failed to load is tried once per process, never again."""
+        if name in self._load_errors:
+            raise ModelUnavailable(f"model {name!r} failed to load ({self._load_errors[name]}): not retried")
         if name not in self._models:
-            self._models[name] = load_model(name, self.config.device, self.config.dtype, self.config.cache_dir)
+            try:
+                self._models[name] = load_model(name, self.config.device, self.config.dtype, self.config.cache_dir)
+            except Exception as exc:  # the first item shows the reason (a traceback when unexpected)
+                self._load_errors[name] = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
+                raise
         return self._models[name]
+
+    def unavailable(self, name: str) -> bool:
+        """Whether the model's remaining items cannot produce results (load failed, API gave up)."""
+        return name in self._load_errors or (name in self._models and self._models[name].unavailable)
 
     def context(self, model_name: str, task: Task) -> AttributionContext:
         """The task's generation under this model, from memory, the disk cache or the model."""
@@ -70,13 +84,10 @@ class Study:
         fmt = self.config.prompt_format or lm.spec.prompt_format
         gen_key = {**lm.identity, "device_type": lm.device.split(":")[0], "task": task.task_id, "prompt": task.prompt, "format": fmt,
                    "max_new_tokens": self.config.max_new_tokens}
-        cached = self.cache.get("generation", gen_key)
+        cached = self.cache.get("generation", gen_key, _decode_generation)
         started = time.perf_counter()
         if cached is not None:
-            prompt = Prompt(**{**cached["prompt"], "description": tuple(cached["prompt"]["description"])})
-            gen_fields = {f.name for f in dataclasses.fields(Generation)}
-            generation = Generation(**{k: tuple(v) if isinstance(v, list) else v
-                                       for k, v in cached["generation"].items() if k in gen_fields})
+            prompt, generation = cached
         else:
             prompt, generation = generate(lm, task, fmt, self.config.max_new_tokens)
             self.cache.put("generation", gen_key, {"prompt": dataclasses.asdict(prompt),
@@ -102,9 +113,10 @@ class Study:
                "generated_ids": list(ctx.generation.generated_ids), "explained": list(ctx.generation.explained),
                "method": method_name,
                "settings": method.settings()}
-        cached = self.cache.get("attribution", key)
+        cached = self.cache.get("attribution", key, _decode_attribution)
         if cached is not None:
-            return cached["units"], {**cached["info"], "cached": True}
+            units, info = cached
+            return units, {**info, "cached": True}
         started = time.perf_counter()
         units = [[int(s), int(e), float(v)] for s, e, v in method.attribute(ctx)]
         info = {"seconds": time.perf_counter() - started, "settings": method.settings()}
@@ -176,6 +188,19 @@ def has_no_code(gen: Generation) -> bool:
     return not gen.completion.strip() or (bool(gen.prompt_ids) and not gen.explained_steps)
 
 
+def _decode_generation(value: Any) -> tuple[Prompt, Generation]:
+    """A cached generation entry, shape-checked (see :class:`cache.ResultCache`)."""
+    value = check(value, dict[str, Any], "generation entry")
+    return from_json(Prompt, value["prompt"], "prompt"), from_json(Generation, value["generation"], "generation")
+
+
+def _decode_attribution(value: Any) -> tuple[list[list[float]], dict[str, Any]]:
+    """A cached attribution entry: units ``[start, end, score]`` and the run's facts."""
+    value = check(value, dict[str, Any], "attribution entry")
+    units = check(value["units"], list[tuple[int, int, float]], "units")
+    return [list(u) for u in units], check(value["info"], dict[str, Any], "info")
+
+
 def budget_rule(prompt_format: str, fixed: int | None) -> str:
     """The token-budget rule in words, for the record and the report header."""
     if fixed is not None:
@@ -198,7 +223,6 @@ def attribute_task(study: Study, model_name: str, task_id: str, methods: list[st
     method that fails on this generation (e.g. CODING when the model emitted no code) with its
     error (``error``), instead of units: one method's failure does not hide the others' results.
     """
-    from .errors import AttnalignError
     from .methods import MethodNotApplicable
 
     task = get_task(task_id)

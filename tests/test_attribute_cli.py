@@ -65,6 +65,9 @@ def test_bad_input_is_one_line_before_any_model_loads(
         (["attribute", "HumanEval/0", "--model", "nosuchmodel"], "unknown model 'nosuchmodel'"),
         (["attribute", "HumanEval/0", "--shap-evaluations", "0"], "--shap-evaluations must be positive"),
         (["attribute", "HumanEval/0", "--method-option", "shap.sign=true"], "setting 'shap.sign=true' is not METHOD.NAME=VALUE"),
+        (["attribute", "HumanEval/0", "--fill-mask-model", "/nonexistent"],
+         "--fill-mask-model: no such directory '/nonexistent': give an existing model directory"),
+        (["attribute", "HumanEval/0", "--cache-dir", "/dev/null"], "--cache-dir: '/dev/null' is not a directory"),
     ):
         assert main(argv) == 2, argv
         err = capsys.readouterr().err.strip().splitlines()

@@ -349,6 +349,9 @@ def test_check_through_the_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert json.loads(capsys.readouterr().out)["outcome"] == "pass"
     assert main(["check", "HumanEval/0", str(tmp_path / "nope.py")]) == 2
     assert capsys.readouterr().err.startswith("attnalign: error: completion file")
+    assert main(["check", "HumanEval/0", str(tmp_path)]) == 2
+    assert capsys.readouterr().err == (f"attnalign: error: completion file {str(tmp_path)!r} is a directory: "
+                                       "give the file holding the completion\n")
 
 
 def test_verify_benchmarks_command_reports_each_failure(monkeypatch: pytest.MonkeyPatch,

@@ -19,10 +19,22 @@ def test_aliases_hub_ids_and_directories_resolve_without_loading(tmp_path: Path)
     assert models.resolve_model(str(tmp_path)).source == str(tmp_path.resolve())
 
 
-@pytest.mark.parametrize("name", ["nosuchmodel", "a/b/c", "openai:"])
+@pytest.mark.parametrize("name", ["nosuchmodel", "openai:"])
 def test_unknown_model_names_list_the_aliases(name: str) -> None:
     with pytest.raises(AttnalignError, match=r"unknown model .*smollm2.*org/name.*local model directory"):
         models.resolve_model(name)
+
+
+@pytest.mark.parametrize("name", ["/nonexistent/dir", "./models/mine", "~/no-such-model", "a/b/c"])
+def test_a_name_written_as_a_path_must_be_a_directory(name: str) -> None:
+    with pytest.raises(AttnalignError, match=rf"^no such directory '{name}': give an existing model directory or a hub id"):
+        models.resolve_model(name)
+
+
+def test_a_file_is_not_a_model_directory(tmp_path: Path) -> None:
+    (tmp_path / "model.bin").write_text("")
+    with pytest.raises(AttnalignError, match="is a file, not a model directory"):
+        models.resolve_model(str(tmp_path / "model.bin"))
 
 
 def test_directory_without_config_is_refused(tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ tests choose. Every run gets its own cache directory, so no test touches ``~/.ca
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import time
@@ -334,7 +335,7 @@ def test_server_down_for_every_item_still_prints_the_summary(
             "--attn-model=openai:stub", "--attn-method=shap,bert_masking,saliency_coding", "--attn-limit=1",
             f"--attn-cache-dir={tmp_path}", f"--attn-json={tmp_path / 'run.json'}", *NO_CACHE, timeout=90)
     result.assert_outcomes(errors=4, skipped=2)
-    assert len(srv.requests) == 4  # one failed generation per erroring item; skipped items ask nothing
+    assert len(srv.requests) == 3  # three failed generations, then the endpoint is given up; skipped items ask nothing
     assert summary(result).startswith("pytest-attnalign: no item produced a result")
     assert json.loads((tmp_path / "run.json").read_text())["records"] == []
 
@@ -369,13 +370,16 @@ def test_method_settings_reach_the_methods_and_the_summary(
 def test_xdist_and_serial_print_identical_tables_and_records(
     project: pytest.Pytester, tiny_gpt2: Path, tmp_path: Path
 ) -> None:
-    """Same selection, serial and -n 2, each with a cold cache of its own: same summary, same records."""
+    """Same selection, serial and -n 2, each with a cold cache of its own: same summary, same records.
+
+    One torch thread in both: float sums differ in their last bits between thread counts."""
     runs = {}
     for name, extra in (("serial", ()), ("xdist", ("-n", "2", "-v"))):
+        (tmp_path / name).mkdir()
         runs[name] = project.runpytest_subprocess(
-            f"--attn-model={tiny_gpt2}", "--attn-method=reading_last,coding_all,saliency_reading",
+            f"--attn-model={tiny_gpt2}", "--attn-method=saliency_reading,reading_last,coding_all",
             "--attn-limit=2", "--attn-max-new-tokens=8", "--attn-device=cpu", f"--attn-cache-dir={tmp_path / name / 'cache'}",
-            f"--attn-json={tmp_path / name / 'run.json'}", *extra, *NO_CACHE, timeout=120)
+            f"--attn-json={tmp_path / name / 'run.json'}", "--attn-threads=1", *extra, *NO_CACHE, timeout=120)
     serial, xdist = runs["serial"], runs["xdist"]
     for result in (serial, xdist):
         assert result.ret in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED), result.stdout.str()
@@ -391,7 +395,10 @@ def test_xdist_and_serial_print_identical_tables_and_records(
         return summary(result).replace(str(tmp_path / name / "run.json"), "RUN.json")
 
     assert section(xdist, "xdist") == section(serial, "serial")
-    assert records(tmp_path / "xdist" / "run.json") == records(tmp_path / "serial" / "run.json")
+    docs = {name: records(tmp_path / name / "run.json") for name in runs}
+    assert docs["xdist"] == docs["serial"]
+    assert docs["serial"]["run"] == {"complete": True, "items": 12, "ran": 12, "missing": [],
+                                     "cache_invalid": 0, "cache_write_failures": 0, "threads": [1]}
 
     # the summary: provenance header, Pass@1, Table 2, Table 3, error patterns
     text = section(serial, "serial")
@@ -400,12 +407,20 @@ def test_xdist_and_serial_print_identical_tables_and_records(
                      "dtype float32\n", text)
     n_records = len(json.loads((tmp_path / "serial" / "run.json").read_text())["records"])
     assert f"tasks: 4 (humaneval 2, mbpp 2); items: {n_records}; device: cpu; error-pattern K: 10" in text
-    for title in ("Pass@1", "Table 2: alignment per model x method, pooled over tasks",
-                  "Table 3: per method, mean over models", "Error patterns of failing items (automatic; see README)"):
-        assert f"\n{title}\n" in text
-    for head in ("P@5", "alpha@20", "F1@10", *PATTERNS):
+    for title in ("Pass@1", "Table 2 (K=5): alignment per model x method, pooled over tasks",
+                  "Table 2 (K=10): alignment per model x method, pooled over tasks",
+                  "Table 2 (K=20): alignment per model x method, pooled over tasks",
+                  "Table 3: per method, mean over models", "Error patterns of failing items at K=10 (automatic; see README)"):
+        assert re.search(f"\n{re.escape(title)}.*\n", text), title
+    for head in ("alpha@20", "F1@10", "conditional", "data type", "attended but mis-mapped"):
         assert head in text
-    assert text.endswith("records written to RUN.json")
+    assert "\nHow to read: " in text and text.endswith("records written to RUN.json")
+    # the tables fit 120 columns with a model named like smollm2 (the header may hold long paths)
+    tables = text.split("\nPass@1\n", 1)[1].replace("RUN.json", "")
+    assert max(len(line) for line in tables.splitlines()) <= 120 + len(str(tiny_gpt2)) - len("smollm2")
+    # the study's method order, whatever the order of --attn-method
+    table = text.split("Table 2 (K=5)")[1].split("\n\n")[0]
+    assert table.index("reading_last") < table.index("coding_all") < table.index("saliency_reading")
 
     # -n puts a model x task's items on one worker (loadgroup), so one generation serves its methods
     workers: dict[str, set[str]] = {}
@@ -415,3 +430,245 @@ def test_xdist_and_serial_print_identical_tables_and_records(
     assert all(len(w) == 1 for w in workers.values()), workers
     doc = json.loads((tmp_path / "xdist" / "run.json").read_text())
     assert len(doc["records"]) == n_records >= 8 and not any(r["generation_cached"] for r in doc["records"])
+
+
+# --------------------------------------------------------------------------------------- fail early
+
+
+def test_model_path_that_is_no_directory_is_a_usage_error(project: pytest.Pytester) -> None:
+    result = project.runpytest("--attn-model=/nonexistent/dir", *NO_CACHE)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert [line for line in result.errlines if line.strip()] == [
+        "ERROR: --attn-model: no such directory '/nonexistent/dir': give an existing model directory or a hub id like org/name"]
+
+
+@pytest.mark.parametrize("where", ["missing", "file", "directory", "read-only"])
+def test_unusable_json_path_fails_before_any_item_runs(project: pytest.Pytester, tmp_path: Path, where: str) -> None:
+    (tmp_path / "a-file").write_text("")
+    path, expected = {
+        "missing": (tmp_path / "nonexistent" / "x.json", f"directory '{tmp_path / 'nonexistent'}' does not exist: create it first or choose another path"),
+        "file": (tmp_path / "a-file" / "x.json",
+                 f"directory '{tmp_path / 'a-file'}' is not a directory: create it first or choose another path"),
+        "directory": (tmp_path, f"'{tmp_path}' is a directory: give a file path such as '{tmp_path / 'run.json'}'"),
+        "read-only": (Path("/proc/x.json"), "directory '/proc' is not writable: choose a directory you can write to"),
+    }[where]
+    result = project.runpytest("--attn-model=openai:stub", "--attn-method=shap", f"--attn-json={path}",
+                               f"--attn-cache-dir={tmp_path / 'cache'}", *NO_CACHE)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert [line for line in result.errlines if line.strip()] == [f"ERROR: --attn-json: {expected}"]
+    assert "collected" not in result.stdout.str()
+    assert not (tmp_path / "nonexistent").exists()  # never created silently
+
+
+@pytest.mark.parametrize("where", ["/dev/null", "/proc", "file/below"])
+def test_unusable_cache_directory_fails_at_once_with_one_line(
+    project: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, where: str
+) -> None:
+    (tmp_path / "file").write_text("")
+    cache = Path(where) if where.startswith("/") else tmp_path / where
+    expected = {"/dev/null": "'/dev/null' is not a directory: point the cache at a directory",
+                "/proc": "'/proc' is not writable: point the cache at a writable directory",
+                "file/below": f"'{tmp_path / 'file'}' is not a directory: point the cache at a directory"}[where]
+    for how in ([f"--attn-cache-dir={cache}"], []):  # the option, or the environment's default
+        monkeypatch.setenv("ATTNALIGN_CACHE_DIR", str(cache))
+        result = project.runpytest("--attn-model=openai:stub", "--attn-method=shap", *how, *NO_CACHE)
+        assert result.ret == pytest.ExitCode.USAGE_ERROR
+        assert [line for line in result.errlines if line.strip()] == [f"ERROR: --attn-cache-dir: {expected}"]
+
+
+# --------------------------------------------------------------------------------------- the cache
+
+
+def test_cache_entries_of_the_wrong_shape_are_recomputed(
+    project: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    cache = tmp_path / "cache"
+    opts = ["--attn-model=openai:stub", "--attn-method=shap", "--attn-shap-evaluations=4", "--attn-limit=1",
+            "--attn-benchmark=humaneval", f"--attn-cache-dir={cache}", *NO_CACHE]
+    with OpenAIStub(_script) as srv:
+        monkeypatch.setenv("OPENAI_BASE_URL", srv.base_url)
+        first = project.runpytest_subprocess(*opts, f"--attn-json={tmp_path / 'first.json'}", timeout=120)
+        generation, = (cache / "results" / "generation").rglob("*.json")
+        attribution, = (cache / "results" / "attribution").rglob("*.json")
+        # valid JSON that is no entry; the right key with an empty value
+        generation.write_text("[1]")
+        attribution.write_text(json.dumps({"key": json.loads(attribution.read_text())["key"], "value": {}}))
+        second = project.runpytest_subprocess(*opts, f"--attn-json={tmp_path / 'second.json'}", timeout=120)
+        # the right key, values of the wrong types
+        for path in (generation, attribution):
+            path.write_text(json.dumps({"key": json.loads(path.read_text())["key"], "value": {
+                "prompt": {"text": 1}, "generation": [], "units": [["a", 1, 0.5]], "info": {}}}))
+        third = project.runpytest_subprocess(*opts, timeout=120)
+        fourth = project.runpytest_subprocess(*opts, timeout=120)  # the recomputed entries were stored
+    first.assert_outcomes(passed=1)
+    for result in (second, third):
+        result.assert_outcomes(passed=1)
+        assert "Traceback" not in result.stdout.str() and "KeyError" not in result.stdout.str()
+        assert "cache: 2 unusable entries recomputed" in summary(result)
+    doc1, doc2 = records(tmp_path / "first.json"), records(tmp_path / "second.json")
+    assert doc2["run"]["cache_invalid"] == 2 and not doc2["records"][0]["generation_cached"]
+    assert doc2["records"][0]["units"] == doc1["records"][0]["units"]
+    fourth.assert_outcomes(passed=1)
+    assert "cache:" not in summary(fourth)
+
+
+# --------------------------------------------------------------------------------------- fail once
+
+COUNT_LOADS = """
+import pytest_attnalign.study as study
+
+_load = study.load_model
+
+
+def counting_load(*args, **kwargs):
+    with open({path!r}, "a") as fh:
+        fh.write(args[0] + "\\n")
+    return _load(*args, **kwargs)
+
+
+study.load_model = counting_load
+"""
+
+
+@pytest.mark.parametrize("hub", ["offline", "unreachable"])
+def test_a_dead_hub_id_is_one_load_attempt_for_the_whole_run(
+    project: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, hub: str
+) -> None:
+    if hub == "unreachable":
+        monkeypatch.delenv("HF_HUB_OFFLINE")
+        monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens on the discard port
+    project.makeconftest(COUNT_LOADS.format(path=str(tmp_path / "loads.txt")))
+    started = time.monotonic()
+    result = project.runpytest_subprocess(
+        "--attn-model=no-such-org/no-such-model", "--attn-method=reading_first,reading_last,saliency_reading",
+        "--attn-limit=2", f"--attn-cache-dir={tmp_path / 'cache'}", *NO_CACHE, timeout=120)
+    assert time.monotonic() - started < 60
+    result.assert_outcomes(errors=12)
+    assert (tmp_path / "loads.txt").read_text().splitlines() == ["no-such-org/no-such-model"]
+    out = result.stdout.str()
+    why = "offline (HF_HUB_OFFLINE or TRANSFORMERS_OFFLINE is set)" if hub == "offline" else \
+        "the hub (http://127.0.0.1:9) is unreachable"
+    assert out.count("cannot load model") == 1 and "Traceback" not in out and "Retrying" not in out
+    result.stdout.fnmatch_lines([f"no-such-org/no-such-model/reading_first/HumanEval/0: cannot load model "
+                                 f"'no-such-org/no-such-model': {why} and *not in the local hub cache*"])
+    first = "test_alignment[no-such-org/no-such-model-reading_first-HumanEval/0]"
+    assert out.count(f"no-such-org/no-such-model: unavailable, not tried (why: see {first})") == 11
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    assert summary(result).startswith("pytest-attnalign: no item produced a result")
+
+
+def test_a_dead_api_endpoint_stops_after_three_failures(
+    project: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("ATTNALIGN_OPENAI_MAX_RETRIES", "0")
+    monkeypatch.setenv("OPENAI_BASE_URL", "http://127.0.0.1:9/v1")
+    result = project.runpytest_subprocess(
+        "--attn-model=openai:stub", "--attn-method=shap", "--attn-limit=4", f"--attn-cache-dir={tmp_path}",
+        *NO_CACHE, timeout=120)
+    result.assert_outcomes(errors=8)
+    out = result.stdout.str()
+    assert out.count("cannot connect to http://127.0.0.1:9/v1 after 0 retries") == 3
+    result.stdout.fnmatch_lines(["openai:stub/shap/HumanEval/2: cannot connect to * (3 failures in a row: "
+                                 "the model's remaining items are not tried)"])
+    assert out.count("openai:stub: unavailable, not tried (why: see test_alignment[openai:stub-shap-HumanEval/2])") == 5
+
+
+def test_a_run_without_any_result_fails(project: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Every item skipped (a gradient method on an API model) is no result: exit status 1, not 0."""
+    monkeypatch.setenv("OPENAI_BASE_URL", "http://127.0.0.1:9/v1")
+    result = project.runpytest("--attn-model=openai:stub", "--attn-method=saliency_reading", "--attn-limit=1",
+                               f"--attn-cache-dir={tmp_path}", *NO_CACHE)
+    result.assert_outcomes(skipped=2)
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    assert summary(result).startswith("pytest-attnalign: no item produced a result")
+
+
+# --------------------------------------------------------------------------------------- partial runs
+
+INTERRUPT_AFTER_FIRST_ITEM = """
+def pytest_runtest_logfinish(nodeid, location):
+    raise KeyboardInterrupt
+"""
+
+
+@pytest.mark.parametrize("stop", ["interrupt", "maxfail"])
+def test_an_interrupted_run_says_it_is_partial(
+    project: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, stop: str
+) -> None:
+    if stop == "interrupt":
+        project.makeconftest(INTERRUPT_AFTER_FIRST_ITEM)
+    out = tmp_path / "run.json"
+    with OpenAIStub(_script) as srv:
+        monkeypatch.setenv("OPENAI_BASE_URL", srv.base_url)
+        result = project.runpytest_subprocess(
+            "--attn-model=openai:stub", "--attn-method=shap", "--attn-shap-evaluations=4", "--attn-limit=2",
+            "--attn-benchmark=humaneval", f"--attn-cache-dir={tmp_path / 'cache'}", f"--attn-json={out}",
+            *(["--maxfail=1", "-p", "no:randomly"] if stop == "maxfail" else []), *NO_CACHE, timeout=120)
+    assert result.ret == (pytest.ExitCode.INTERRUPTED if stop == "interrupt" else pytest.ExitCode.TESTS_FAILED)
+    ran = 1 if stop == "interrupt" else 2
+    missing = [f"{HE}[openai:stub-shap-HumanEval/{i}]" for i in range(ran, 2)]
+    doc = json.loads(out.read_text())
+    assert doc["run"]["complete"] is (not missing) and doc["run"]["missing"] == missing
+    if missing:
+        assert f"partial: 1 of 2 items ran; missing: test_alignment[openai:stub-shap-HumanEval/1]" in summary(result)
+        assert len(doc["records"]) == 1
+
+
+# --------------------------------------------------------------------------------------- threads
+
+HOLDER = """
+import sys, time
+from pathlib import Path
+from pytest_attnalign.threads import CoreShare
+
+share = CoreShare(Path(sys.argv[1]))
+share.join()  # held while `share` lives
+print("joined", flush=True)
+time.sleep(120)
+"""
+
+
+def test_concurrent_runs_each_use_their_share_of_the_cores(
+    project: pytest.Pytester, tiny_gpt2: Path, tmp_path: Path
+) -> None:
+    """Another attnalign process on the same cache (here a stand-in holding its registry lock) halves
+    a serial run's threads; once it is gone the run takes all cores; --attn-threads overrides both."""
+    import subprocess
+    import sys
+
+    cache = tmp_path / "cache"
+    opts = [f"--attn-model={tiny_gpt2}", "--attn-method=reading_last", "--attn-limit=1", "--attn-benchmark=humaneval",
+            "--attn-max-new-tokens=4", "--attn-device=cpu", f"--attn-cache-dir={cache}", *NO_CACHE]
+    cores = len(os.sched_getaffinity(0))
+    other = subprocess.Popen([sys.executable, "-c", HOLDER, str(cache / "runs")], stdout=subprocess.PIPE, text=True,
+                             env={**os.environ, "PYTHONPATH": str(REPO)})
+    try:
+        assert other.stdout is not None and other.stdout.readline() == "joined\n"
+        shared = project.runpytest_subprocess(*opts, timeout=120)
+        fixed = project.runpytest_subprocess(*opts, "--attn-threads=3", timeout=120)
+    finally:
+        other.kill()
+        other.wait()
+    alone = project.runpytest_subprocess(*opts, timeout=120)  # the killed process's lock died with it
+    assert (f"torch threads: {max(1, cores // 2)} per process ({cores} cores shared by up to 2 attnalign processes; "
+            "--attn-threads N to fix)") in summary(shared)
+    assert "torch threads: 3 per process (--attn-threads)" in summary(fixed)
+    assert f"torch threads: {cores} per process ({cores} cores shared by up to 1 attnalign process;" in summary(alone)
+    assert [p.name for p in (cache / "runs").iterdir()] == []  # stale and finished registrations are gone
+
+
+# --------------------------------------------------------------------------------------- output
+
+
+def test_a_failing_task_shows_its_test_output_once(
+    project: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    with OpenAIStub(_script) as srv:
+        monkeypatch.setenv("OPENAI_BASE_URL", srv.base_url)
+        result = project.runpytest_subprocess(
+            "--attn-model=openai:stub", "--attn-method=shap,bert_masking", "--attn-shap-evaluations=4",
+            "--attn-limit=2", "--attn-benchmark=humaneval", f"--attn-cache-dir={tmp_path}", *NO_CACHE, timeout=120)
+    result.assert_outcomes(passed=2, failed=2)
+    out = result.stdout.str()
+    assert out.count("test output (tail):") == 1 and out.count("AssertionError") == 1
+    assert out.count("test output: as under test_alignment[openai:stub-shap-HumanEval/1] (same generation)") == 1

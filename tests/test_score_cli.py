@@ -208,3 +208,27 @@ def test_study_labels_score_mbpp_as_published(tmp_path: Path, capsys: pytest.Cap
     assert (rc, rc2) == (0, 0)
     assert corrected["recall"] == pytest.approx(1.0)
     assert study["precision"] < corrected["precision"] and study["recall"] < corrected["recall"]
+
+
+def test_dash_reads_standard_input(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    import io
+
+    monkeypatch.setattr("sys.stdin", io.StringIO(json.dumps(LINE_A) + "\n" + json.dumps(LINE_B) + "\n"))
+    rc, out, err = run(capsys, "score", "-", "--k", "4", "--json")
+    f = write(tmp_path / "s.jsonl", LINE_A, LINE_B)
+    assert (rc, err) == (0, "") and out == run(capsys, "score", str(f), "--k", "4", "--json")[1]
+    monkeypatch.setattr("sys.stdin", io.StringIO("[1]\n"))
+    assert run(capsys, "score", "-") == (2, "", "attnalign: error: <stdin>:1: a line must be a JSON object, got list\n")
+
+
+def test_a_directory_is_not_a_score_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rc, _, err = run(capsys, "score", str(tmp_path))
+    assert rc == 2 and err == f"attnalign: error: {tmp_path} is a directory: give a JSON Lines file (or - for standard input)\n"
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    from pytest_attnalign import __version__
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0 and capsys.readouterr().out == f"attnalign {__version__}\n"

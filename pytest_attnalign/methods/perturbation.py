@@ -308,44 +308,18 @@ def embedding_files() -> tuple[Path, Path, str]:
     return weights[0], vocab[0], f"nearest-neighbour:{EMBEDDING_PACKAGE}=={dist.version}"
 
 
-def _hub_reachable(timeout: float = 3.0) -> bool:
-    """One short TCP connect to the hub; a proxy configuration is trusted instead of probed."""
-    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
-        return True
-    import socket
-    from urllib.parse import urlsplit
-
-    host = urlsplit(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
-    try:
-        socket.create_connection((host, 443), timeout=timeout).close()
-        return True
-    except OSError:
-        return False
-
-
-def _offline() -> bool:
-    return any(os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on")
-               for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
-
-
 @lru_cache(maxsize=None)
 def _fill_mask_pipeline(model_id: str) -> tuple[Any | None, str]:
     """The fill-mask pipeline, or ``None`` and why not; never waits on an unreachable hub."""
     from transformers import pipeline
 
-    local = Path(model_id).expanduser().is_dir()
-    cached = False
-    if not local:
-        try:
-            from huggingface_hub import try_to_load_from_cache
+    from .. import hub
 
-            cached = isinstance(try_to_load_from_cache(model_id, "config.json"), str)
-        except Exception:  # malformed repo id and the like: not cached
-            cached = False
-    if not (local or cached) and _offline():
-        return None, "offline (HF_HUB_OFFLINE or TRANSFORMERS_OFFLINE) and not in the local hub cache"
-    if not (local or cached) and not _hub_reachable():
-        return None, "the hub is unreachable and the model is not in the local hub cache"
+    local = Path(model_id).expanduser().is_dir()
+    cached = not local and hub.in_local_cache(model_id)
+    why = None if local or cached else hub.why_unreachable()
+    if why is not None:
+        return None, f"{why} and the model is not in the local hub cache"
     try:
         from transformers import AutoModelForMaskedLM, AutoTokenizer
 
@@ -398,7 +372,8 @@ class BertMasking(Method):
         if pipe is None and self.explicit:
             raise AttnalignError(
                 f"bert_masking: fill-mask model {self.fill_mask_model!r} is not usable: {why}; pass a local directory "
-                f"of a masked LM, or unset --attn-fill-mask-model / ATTNALIGN_FILL_MASK_MODEL to use "
+                f"of a masked LM, or unset --attn-fill-mask-model (attnalign attribute: --fill-mask-model) / "
+                f"ATTNALIGN_FILL_MASK_MODEL to use "
                 f"{DEFAULT_FILL_MASK_MODEL} (offline: pretrained embedding neighbours)")
         return pipe
 

@@ -1,0 +1,71 @@
+"""Facts about a run that are not in any item's record: whether it finished, how the CPU was
+shared, what the cache could not give or keep. The controller gathers them from the items' reports
+(so xdist and serial runs see the same), and the summary and the JSON state them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+#: Missing items named in the terminal (the JSON lists all).
+SHOW_MISSING = 10
+
+
+@dataclass
+class RunInfo:
+    """Gathered item by item on the controller; :meth:`lines` and :meth:`as_dict` report them."""
+
+    expected: list[str] = field(default_factory=list)  # study items selected to run
+    finished: set[str] = field(default_factory=set)  # items whose teardown was reported
+    shares: list[dict[str, Any]] = field(default_factory=list)  # threads.Share per item
+    cache_invalid: int = 0
+    cache_write_failures: int = 0
+
+    def add(self, item_facts: dict[str, Any]) -> None:
+        """One item's facts (the plugin's per-item report property)."""
+        self.shares.append(item_facts["share"])
+        self.cache_invalid += item_facts["cache_invalid"]
+        self.cache_write_failures += item_facts["cache_write_failures"]
+
+    @property
+    def missing(self) -> list[str]:
+        return [i for i in self.expected if i not in self.finished]
+
+    def partial_line(self) -> str | None:
+        missing = self.missing
+        if not missing:
+            return None
+        names = [m.rsplit("::", 1)[-1] for m in missing]
+        shown = ", ".join(names[:SHOW_MISSING]) + (f" and {len(names) - SHOW_MISSING} more" if len(names) > SHOW_MISSING else "")
+        return f"partial: {len(self.expected) - len(missing)} of {len(self.expected)} items ran; missing: {shown}"
+
+    def threads_line(self) -> str | None:
+        if not self.shares:
+            return None
+        threads = sorted({s["threads"] for s in self.shares})
+        span = str(threads[0]) if len(threads) == 1 else f"{threads[0]}-{threads[-1]}"
+        if any(s["fixed"] for s in self.shares):
+            return f"torch threads: {span} per process (--attn-threads)"
+        procs = max(s["processes"] for s in self.shares)
+        return (f"torch threads: {span} per process ({self.shares[0]['cores']} cores shared by up to {procs} "
+                f"attnalign process{'es' if procs > 1 else ''}; --attn-threads N to fix)")
+
+    def cache_line(self) -> str | None:
+        parts = []
+        if self.cache_invalid:
+            parts.append(f"{self.cache_invalid} unusable entr{'ies' if self.cache_invalid > 1 else 'y'} recomputed")
+        if self.cache_write_failures:
+            parts.append(f"{self.cache_write_failures} write{'s' if self.cache_write_failures > 1 else ''} failed "
+                         "(results kept for this run only)")
+        return "cache: " + "; ".join(parts) if parts else None
+
+    def lines(self) -> list[str]:
+        """Header lines: partial first, so a pasted summary cannot look complete."""
+        return [line for line in (self.partial_line(), self.threads_line(), self.cache_line()) if line]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"complete": not self.missing, "items": len(self.expected), "ran": len(self.expected) - len(self.missing),
+                "missing": self.missing, "cache_invalid": self.cache_invalid,
+                "cache_write_failures": self.cache_write_failures,
+                "threads": sorted({s["threads"] for s in self.shares})}

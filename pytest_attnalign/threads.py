@@ -1,0 +1,104 @@
+"""One rule for torch's CPU threads in every mode: this machine's cores divided by the processes
+running attnalign items at the moment, unless the user fixed the number (``--attn-threads``).
+
+Each process running items (a serial run, each xdist worker, ``attnalign attribute``) holds an
+exclusive ``flock`` on its own file in a registry directory (``CACHE_DIR/runs``). Counting the files
+whose lock is held counts the live processes: a killed process's lock dies with it, so stale files
+never count and are removed. torch on N cores defaults to N threads per process; two runs at once
+then fight over the cores and each ran ~7x slower than with its share (measured, 2 cores).
+The share is re-read before every item, so a run that started alone gives cores back when another
+one starts.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+try:
+    import fcntl
+except ImportError:  # Windows: no registry; every process counts itself alone
+    fcntl = None  # type: ignore[assignment]
+
+
+def cpu_cores() -> int:
+    """Cores this process may run on (the affinity mask, e.g. under taskset or a container)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+@dataclass(frozen=True)
+class Share:
+    """What was applied, for the report header."""
+
+    threads: int
+    cores: int
+    processes: int
+    fixed: bool  # set by --attn-threads
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"threads": self.threads, "cores": self.cores, "processes": self.processes, "fixed": self.fixed}
+
+
+class CoreShare:
+    """This process's place in the registry of attnalign processes sharing the machine's cores."""
+
+    def __init__(self, registry: Path, fixed: int | None = None) -> None:
+        self.registry = registry
+        self.fixed = fixed
+        self._lock: IO[str] | None = None
+        self._path: Path | None = None
+
+    def join(self) -> None:
+        """Hold a lock on a fresh file for as long as this process runs items (idempotent)."""
+        if self._lock is not None or fcntl is None:
+            return
+        try:
+            self.registry.mkdir(parents=True, exist_ok=True)
+            name = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+            fh = open(self.registry / f".{name}.new", "w")
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            path = self.registry / f"{name}.lock"
+            os.replace(fh.name, path)  # visible to counters only once locked
+        except OSError:
+            return  # no registry (read-only, odd filesystem): this process counts itself alone
+        self._lock, self._path = fh, path
+
+    def leave(self) -> None:
+        if self._lock is not None and self._path is not None:
+            self._path.unlink(missing_ok=True)
+            self._lock.close()
+            self._lock = self._path = None
+
+    def processes(self) -> int:
+        """Live registered processes (at least this one); stale files are removed."""
+        if fcntl is None:
+            return 1
+        live = 0
+        for path in self.registry.glob("*.lock"):
+            try:
+                with open(path) as fh:
+                    try:
+                        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    except BlockingIOError:
+                        live += 1  # held: a running process (this one included)
+                        continue
+                    path.unlink(missing_ok=True)  # nobody holds it: its process is gone
+            except OSError:
+                continue
+        return max(live, 1)
+
+    def apply(self) -> Share:
+        """Set torch's intra-op threads to this process's share now; returns what was set."""
+        import torch
+
+        self.join()
+        cores, processes = cpu_cores(), self.processes()
+        threads = self.fixed or max(1, cores // processes)
+        if torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
+        return Share(threads, cores, processes, self.fixed is not None)
