@@ -60,3 +60,80 @@ def test_chunked_detached_gradients_equal_one_full_pass(contexts: dict[str, Attr
             scale = float(r[F:].abs().max())  # float32 rounding, relative to the step's largest entry
             torch.testing.assert_close(n[F:], r[F:], rtol=1e-4, atol=1e-5 * scale)
             assert not math.isnan(float(n[F:].sum()))
+
+
+# --------------------------------------------------------------------------------- regeneration
+def reference_greedy(lm: object, ids: list[int], budget: int, ended: object) -> list[int]:
+    """Plain greedy decoding written out here, independent of the library's decoding core."""
+    from pytest_attnalign.forward import cache_kwarg, cache_of
+
+    out: list[int] = []
+    past, inputs = None, torch.tensor([ids])
+    eos = lm.tokenizer.eos_token_id
+    with torch.no_grad():
+        for i in range(budget):
+            kwargs = {cache_kwarg(lm.model): past} if past is not None else {}
+            res = lm.model(input_ids=inputs, use_cache=True, **kwargs)
+            past = cache_of(res)
+            nxt = int(res.logits[0, -1].argmax())
+            if eos is not None and nxt == eos:
+                break
+            out.append(nxt)
+            if (i + 1) % 4 == 0 and ended(out):
+                break
+            inputs = torch.tensor([[nxt]])
+    return out
+
+
+def perturbed(ctx: AttributionContext) -> list[str]:
+    """Single-word changes early, in the middle and late, SHAP-style masks, and the original."""
+    from pytest_attnalign.methods.perturbation import mask_words
+
+    p, words = ctx.task.prompt, ctx.description_words()
+    n = len(words)
+    out = [p] + [p[: words[i][0]] + w + p[words[i][1] :] for i, w in ((0, "class"), (n // 2, "..."), (n - 1, "value."))]
+    out += [mask_words(p, words, [(i * k) % 3 != 0 for i in range(n)]) for k in (1, 2)]
+    return out + [mask_words(p, words, [False] * n), p]
+
+
+def expected_ids(ctx: AttributionContext, prompts: list[str]) -> list[list[int]]:
+    from pytest_attnalign.generation import has_ended
+    from pytest_attnalign.regenerate import _prompt_ids
+
+    lm, gen = ctx.lm, ctx.generation
+    ended = lambda new: has_ended(ctx.task, gen.prompt_format, lm.tokenizer.decode(new, skip_special_tokens=True))  # noqa: E731
+    return [reference_greedy(lm, _prompt_ids(lm, ctx.task, gen.prompt_format, p), gen.max_new_tokens, ended)
+            for p in prompts]
+
+
+@pytest.fixture(scope="module")
+def regen_contexts(contexts: dict[str, AttributionContext]) -> dict[str, AttributionContext]:
+    out = {}
+    for family, c in contexts.items():
+        prompt, gen = generate(c.lm, TASK, "completion", max_new_tokens=20)
+        out[family] = AttributionContext(lm=c.lm, task=TASK, prompt=prompt, generation=gen)
+    return out
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_every_decoding_path_equals_plain_greedy(regen_contexts: dict[str, AttributionContext], family: str) -> None:
+    """generate(), verified (one row with prefix reuse, batched as on GPU), pooled and unverified
+    regeneration: token for token the reference loop above, on every architecture."""
+    from pytest_attnalign.generation import greedy_decode
+    from pytest_attnalign.regenerate import regenerate_ids
+
+    ctx = regen_contexts[family]
+    prompts = perturbed(ctx)
+    expected = expected_ids(ctx, prompts)
+    assert expected[0] == list(ctx.generation.raw_ids)
+    for batch_size, pool_size in ((1, 1), (1, 8), (8, None), (3, 2), (8, 1)):
+        stats: dict[str, int] = {}
+        got = regenerate_ids(ctx, prompts, batch_size=batch_size, pool_size=pool_size, stats=stats)
+        assert got == expected, f"{family} batch_size={batch_size} pool_size={pool_size} {stats}"
+        assert stats["verified"] > 0 and (pool_size != 8 or stats["decoded"] > 0)
+    assert regenerate_ids(ctx, prompts, verify=False) == expected
+    lm = ctx.lm
+    from pytest_attnalign.regenerate import _ended, _prompt_ids
+
+    ids = torch.tensor([_prompt_ids(lm, TASK, "completion", prompts[1])])
+    assert greedy_decode(lm.model, ids, 20, lm.tokenizer.eos_token_id, _ended(TASK, "completion", lm.tokenizer)) == expected[1]
