@@ -22,6 +22,10 @@ from typing import Any, Callable, Sequence
 from .forward import accepts, cache_kwarg, cache_of, step
 
 
+#: Guessed tokens checked per pass when one row decodes alone (:func:`decode_lookahead`).
+LOOKAHEAD = 8
+
+
 @dataclass(frozen=True)
 class StopRule:
     """When greedy decoding stops; see the module docstring."""
@@ -84,7 +88,7 @@ class Row:
 
 
 def decode_pooled(model: Any, rows: list[Row], rule: StopRule, tol: float, device: Any,
-                  counter: dict[str, int] | None = None) -> list[list[int] | None]:
+                  counter: dict[str, int] | None = None, lookahead: int = LOOKAHEAD) -> list[list[int] | None]:
     """Go on decoding several rows in one left-padded batch per step; ``None`` for a row that met a near-tie.
 
     The caches are padded on the left to a common width (masked out), each row gets its own
@@ -134,9 +138,82 @@ def decode_pooled(model: Any, rows: list[Row], rule: StopRule, tol: float, devic
                     layer.keys, layer.values = layer.keys.index_select(0, idx), layer.values.index_select(0, idx)
                 mask, pos = mask.index_select(0, idx), pos.index_select(0, idx)
                 live = [live[j] for j in keep]
+            if len(live) == 1 and lookahead > 0:
+                r = rows[live[0]]
+                pad = int((mask[0] == 0).sum())
+                r.past = row_cache(cache, 0, pad, mask.shape[1])  # the cache without its padding
+                if r.past is not None:
+                    out[live[0]] = decode_lookahead(model, r, rule, tol, device, counter, lookahead)
+                    return out
             mask = torch.cat([mask, mask.new_ones((len(live), 1))], dim=1)
             pos = pos + 1
     return out
+
+
+def decode_lookahead(model: Any, row: Row, rule: StopRule, tol: float, device: Any,
+                     counter: dict[str, int] | None = None, draft: int = 0) -> list[int] | None:
+    """Go on decoding one row, checking up to ``draft`` guessed tokens per forward pass; ``None`` at a near-tie.
+
+    One row alone is bound by reading the weights, so a pass over a few tokens costs about one
+    step. The guesses continue the most recent earlier occurrence of the row's last 3 (else 2,
+    else 1) tokens in its prompt and output (prompt-lookup drafting: code and degenerate loops
+    repeat themselves). Each position's argmax is what greedy decoding emits there as long as the
+    guesses before it matched (the verification argument of :mod:`.regenerate`), so tokens are
+    taken up to and including the first position whose argmax differs from the guess; every
+    argmax is checked against the tie margin, and the stop rule is applied token by token.
+    """
+    import torch
+
+    draft = draft or LOOKAHEAD
+    out, past, i = row.out, row.past, row.step
+    history = list(row.prompt) + out
+    cache_kw = cache_kwarg(model)
+    with torch.no_grad():
+        while i < rule.budget:
+            guess = _lookup(history, min(draft, rule.budget - i - 1))
+            feed = [out[-1]] + guess
+            kwargs: dict[str, Any] = {"use_cache": True, cache_kw: past}
+            if accepts(model, "logits_to_keep"):
+                kwargs["logits_to_keep"] = len(feed)
+            res = model(input_ids=torch.tensor([feed], device=device), **kwargs)
+            past = cache_of(res)
+            preds, safe = top(res.logits[0, -len(feed) :], tol)
+            kept = 0  # guesses confirmed: they stay in the cache
+            for m, tok in enumerate(preds):
+                if counter is not None:
+                    counter["decoded"] = counter.get("decoded", 0) + 1
+                if not safe[m]:
+                    return None
+                go = rule.emit(out, i, tok)
+                i += 1
+                if not go:
+                    return out
+                history.append(tok)
+                if m < len(guess) and tok == guess[m]:
+                    kept += 1
+                    continue
+                break
+            if counter is not None:
+                counter["guessed"] = counter.get("guessed", 0) + kept
+            if kept < len(guess):
+                past = row_cache(past, 0, 0, len(row.prompt) + len(out) - 1)
+                if past is None:
+                    return None
+    return out
+
+
+def _lookup(history: list[int], k: int) -> list[int]:
+    """Up to ``k`` tokens that followed the latest earlier occurrence of ``history``'s last 3, 2 or 1 tokens."""
+    if k <= 0:
+        return []
+    for n in (3, 2, 1):
+        if len(history) <= n:
+            continue
+        tail = history[-n:]
+        for start in range(len(history) - n - 1, -1, -1):
+            if history[start : start + n] == tail:
+                return history[start + n : start + n + k]
+    return []
 
 
 def stack_caches(pasts: list[Any], lengths: list[int], width: int) -> Any:
