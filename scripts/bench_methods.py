@@ -209,11 +209,13 @@ def main() -> int:
         if prof:
             prof.disable()
         shared_ctx = AttributionContext(lm=lm, task=task, prompt=prompt, generation=gen)
+        base_ctx = AttributionContext(lm=lm, task=task, prompt=prompt, generation=gen)
         for name in methods:
-            # baseline first, on a fresh context (nothing shared, as the study's code)
+            # baseline first: the study's code shared nothing (a fresh context per method); the
+            # previous code shared passes through the context's memo as this code does
             base_scores = None
             if swap is not None:
-                ctx = AttributionContext(lm=lm, task=task, prompt=prompt, generation=gen)
+                ctx = AttributionContext(lm=lm, task=task, prompt=prompt, generation=gen) if args.baseline == "study" else base_ctx
                 with _Swap(swap):
                     t0 = time.perf_counter()
                     base_scores = _scores(get_method(name), ctx)
