@@ -92,7 +92,7 @@ def timed_slice(device: str, n: int, cache: Path, fallback_model: Path | None) -
             print(f"  {name:24} mean {sum(secs) / len(secs):7.2f}s/task over {len(secs)} tasks")
     mean = sum(walls) / max(len(walls), 1)
     print(f"  all 12 methods + generation: mean {mean:.2f}s/task; full protocol ({PROTOCOL_TASKS} tasks), "
-          f"extrapolated: {mean * PROTOCOL_TASKS / 3600:.2f} h on one GPU, one process")
+          f"extrapolated: {mean * PROTOCOL_TASKS / 3600:.2f} h on this {device} device, one process")
     return failures
 
 
