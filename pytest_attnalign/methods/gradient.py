@@ -18,11 +18,21 @@ Definitions (``P`` prompt tokens, generated tokens ``y_0 .. y_{G-1}``):
 - Only the prompt's tokens are attributed: gradients reaching earlier generated tokens (a chat
   reply's restated signature) are gradients to generated text, which the study never scored.
 
-Efficiency: one forward pass over ``prompt + y_<end-1`` with ``inputs_embeds`` requiring grad serves
-every step, since causal masking makes the output at ``P - 1 + j`` depend on the prefix only; then
-one backward pass per step (``retain_graph``). A vmapped backward (``is_grads_batched``, 8 or 40
-steps a batch) was measured 4-5x SLOWER than the loop on CPU (SmolLM2, HumanEval/0), so it is not
-used. captum's attribute() would redo the forward pass for every step.
+Efficiency (the same numbers as one backward pass per step over a full forward pass, to float
+rounding; tests/test_attention_gradient.py checks them against captum's per-prefix reference):
+
+- The forward pass runs in chunks of :data:`CHUNK` explained steps, each chunk on the KV cache of
+  the previous ones, with the graph kept through that cache. Causal masking makes the output at
+  ``P - 1 + j`` depend on the prefix only, so step ``j``'s backward pass then traverses only the
+  chunks up to its own, not the whole sequence (autograd runs only a target's ancestors).
+- ``from_token``: prompt positions before it (the chat template and the code before the scored
+  region) are run once without a graph, as a KV cache: no gradient is asked for them and none of
+  theirs reaches a later position's score (a position's embedding influences later positions
+  only). Their rows of the per-step gradients are NaN ("not computed").
+- A vmapped backward (``is_grads_batched``, 8 or 40 steps a batch) was measured 4-5x SLOWER than
+  the loop on CPU (SmolLM2, HumanEval/0), so it is not used. captum's attribute() would redo the
+  forward pass for every step.
+
 Saliency and InputXGradient share the per-step gradients through ``ctx.memo``: one one-step pass
 for both READING methods, one pass over all steps for both CODING methods.
 """
@@ -33,7 +43,7 @@ from dataclasses import dataclass
 from typing import Any, Iterator, Sequence
 
 from ..errors import AttnalignError
-from ..forward import run_model
+from ..forward import accepts, cache_kwarg, cache_of
 from .base import AttributionContext, Method, Unit
 
 NO_TARGET = "the model generated no code: gradient methods have no generated token to explain"
@@ -46,29 +56,43 @@ def _wide(t: Any) -> Any:
     return t.to(torch.promote_types(t.dtype, torch.float32))
 
 
+#: Explained steps per chunk of the forward pass (a backward pass spans the chunks up to its step's).
+#: Measured on SmolLM2 (CPU, HumanEval/0 and 2, 12-15 body steps after a ~150-token prompt): chunks
+#: of 4 or 8 cost 1.2-1.4x MORE than one chunk (more graph nodes, little truncated), 16 about the
+#: same; chunking pays only for long bodies, where late steps skip many positions.
+CHUNK = 32
+
+
 @dataclass
 class StepGradients:
-    """The shared forward pass: prefix embeddings and the per-step target log-probabilities.
+    """The shared, chunked forward pass: prompt embeddings and the per-step target log-probabilities.
 
     Iterate it once: the graph is freed after the last step's backward pass.
     """
 
-    embeds: Any  # [1, T, D], requires grad; T = P + end - 1
+    embeds: Any  # [1, T0, D], requires grad: positions from_token .. (the whole prompt lies in the first chunk)
     targets: Any  # [S] log p(y_j | prefix) for the S explained steps, float32 (or wider)
     prompt_len: int
+    from_token: int = 0  # prompt positions before it have no gradient (NaN rows)
 
     def __iter__(self) -> Iterator[Any]:
-        """Yield, for j = 0..S-1, d targets[j] / d embeds at the prompt positions: ``[P, D]``."""
+        """Yield, for each explained step, d targets[j] / d embeds at the prompt positions: ``[P, D]``."""
         import torch
 
-        S, P = len(self.targets), self.prompt_len
+        S, P, F = len(self.targets), self.prompt_len, self.from_token
         for j in range(S):
             (g,) = torch.autograd.grad(self.targets[j], self.embeds, retain_graph=j + 1 < S)
-            yield g[0, :P]
+            g = g[0, : P - F]
+            yield g if F == 0 else torch.cat([g.new_full((F, g.shape[-1]), float("nan")), g])
 
 
-def step_gradients(model: Any, prompt_ids: Sequence[int], generated_ids: Sequence[int], steps: range) -> StepGradients:
-    """Run the single forward pass that serves the explained ``steps`` (indices into ``generated_ids``)."""
+def step_gradients(model: Any, prompt_ids: Sequence[int], generated_ids: Sequence[int], steps: range, *,
+                   from_token: int = 0, chunk: int = CHUNK) -> StepGradients:
+    """Run the forward pass that serves the explained ``steps`` (indices into ``generated_ids``).
+
+    ``from_token``: the first prompt position that needs a gradient (earlier ones run without one).
+    ``chunk``: explained steps per forward chunk (see the module docstring).
+    """
     import torch
 
     P, S = len(prompt_ids), len(steps)
@@ -76,15 +100,44 @@ def step_gradients(model: Any, prompt_ids: Sequence[int], generated_ids: Sequenc
         raise AttnalignError(NO_TARGET)
     if model.training:
         raise AttnalignError("the model is in training mode (dropout on): call model.eval() before attribution")
+    F = max(0, min(int(from_token), P - 1))
     device = next(model.parameters()).device
     ids = torch.tensor([list(prompt_ids) + list(generated_ids[: steps.stop - 1])], device=device)
     targets = torch.tensor(list(generated_ids[steps.start : steps.stop]), device=device)
+    embed = model.get_input_embeddings()
+    cache = None
+    if F:
+        with torch.no_grad():
+            cache = cache_of(_run(model, F, None, input_ids=ids[:, :F]))
+    logps, leaf = [], None
+    begin = F  # first position of the next chunk
     with torch.enable_grad():
-        embeds = model.get_input_embeddings()(ids).detach().requires_grad_(True)
-        # the sequence has P + stop - 1 tokens, so its last S positions are P - 1 + start .. P + stop - 2
-        logits = run_model(model, S, inputs_embeds=embeds).logits[0, -S:]
-        logp = torch.log_softmax(_wide(logits), dim=-1)
-        return StepGradients(embeds, logp[torch.arange(S, device=device), targets], P)
+        for lo in range(steps.start, steps.stop, max(1, chunk)):
+            hi = min(lo + max(1, chunk), steps.stop)
+            stop = P + hi - 1  # positions P-1+lo .. P-1+hi-1 predict steps lo .. hi-1
+            if leaf is None:
+                leaf = embed(ids[:, begin:stop]).detach().requires_grad_(True)
+                x = leaf
+            else:
+                with torch.no_grad():
+                    x = embed(ids[:, begin:stop])  # generated tokens: no gradient asked for them
+            res = _run(model, hi - lo, cache, inputs_embeds=x)
+            cache = cache_of(res)
+            logits = res.logits[0, -(hi - lo) :]
+            logp = torch.log_softmax(_wide(logits), dim=-1)
+            logps.append(logp[torch.arange(hi - lo, device=device), targets[lo - steps.start : hi - steps.start]])
+            begin = stop
+        return StepGradients(leaf, torch.cat(logps), P, F)
+
+
+def _run(model: Any, keep: int, cache: Any, **inputs: Any) -> Any:
+    """``model(**inputs)`` on ``cache`` (``None``: a fresh one), returning the cache and the last ``keep`` logits."""
+    kwargs: dict[str, Any] = {"use_cache": True, **inputs}
+    if cache is not None:
+        kwargs[cache_kwarg(model)] = cache
+    if accepts(model, "logits_to_keep"):
+        kwargs["logits_to_keep"] = keep
+    return model(**kwargs)
 
 
 @dataclass(frozen=True)
@@ -95,12 +148,16 @@ class GradientNorms:
     inputxgradient: Any
 
 
-def gradient_norms(model: Any, prompt_ids: Sequence[int], generated_ids: Sequence[int], steps: range) -> GradientNorms:
-    """Both kinds' L2 norms over the embedding dimension, one row per step."""
+def gradient_norms(model: Any, prompt_ids: Sequence[int], generated_ids: Sequence[int], steps: range, *,
+                   from_token: int = 0, chunk: int = CHUNK) -> GradientNorms:
+    """Both kinds' L2 norms over the embedding dimension, one row per step (NaN before ``from_token``)."""
     import torch
 
-    sg = step_gradients(model, prompt_ids, generated_ids, steps)
-    x = _wide(sg.embeds.detach()[0, : sg.prompt_len])
+    sg = step_gradients(model, prompt_ids, generated_ids, steps, from_token=from_token, chunk=chunk)
+    P, F = sg.prompt_len, sg.from_token
+    x = _wide(sg.embeds.detach()[0, : P - F])
+    if F:
+        x = torch.cat([x.new_full((F, x.shape[-1]), float("nan")), x])
     sal, ixg = [], []
     for g in sg:
         g = _wide(g)
@@ -139,10 +196,13 @@ class GradientMethod(Method):
             steps = range(first, first + 1)
         else:
             steps = range(first, end if self.max_steps is None else min(end, first + self.max_steps))
+        # Only the scored tokens' columns are read: earlier prompt positions need no gradient.
+        cols = ctx.description_tokens()
+        from_token = min((i for _, _, i in cols), default=0)
         norms: GradientNorms = ctx.memo(
             f"gradients:steps={steps.start}-{steps.stop}",
-            lambda: gradient_norms(ctx.lm.model, gen.prompt_ids, gen.generated_ids, steps),
+            lambda: gradient_norms(ctx.lm.model, gen.prompt_ids, gen.generated_ids, steps, from_token=from_token),
         )
         table = getattr(norms, self.kind)
         scores = (table[0] if self.phase == "reading" else table.sum(dim=0)).tolist()
-        return [(s, e, float(scores[i])) for s, e, i in ctx.description_tokens()]
+        return [(s, e, float(scores[i])) for s, e, i in cols]
