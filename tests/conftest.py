@@ -1,3 +1,13 @@
 """The plugin's own tests: pytester for in-process pytest runs; tiny models importable."""
 
+import pytest
+
 pytest_plugins = ["pytester"]
+
+
+@pytest.fixture(autouse=True)
+def _output_independent_of_ci(monkeypatch: pytest.MonkeyPatch) -> None:
+    """pytest prints untruncated short-summary lines when CI or BUILD_NUMBER is set (as CI does);
+    the plugin's tests read pytester output, which must not depend on where they run."""
+    monkeypatch.delenv("CI", raising=False)
+    monkeypatch.delenv("BUILD_NUMBER", raising=False)
