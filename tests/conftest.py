@@ -11,3 +11,14 @@ def _output_independent_of_ci(monkeypatch: pytest.MonkeyPatch) -> None:
     the plugin's tests read pytester output, which must not depend on where they run."""
     monkeypatch.delenv("CI", raising=False)
     monkeypatch.delenv("BUILD_NUMBER", raising=False)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """The CI machine's cores are shared: one intra-op thread is faster than oversubscribing."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

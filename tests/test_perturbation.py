@@ -27,13 +27,7 @@ from pytest_attnalign.tasks import get_task
 TASK = get_task("HumanEval/0")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The CI machine's cores are shared: one intra-op thread is faster than oversubscribing."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
