@@ -90,7 +90,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                      f"$ATTNALIGN_FILL_MASK_MODEL or {DEFAULT_FILL_MASK_MODEL}; offline: pretrained embedding neighbours)")
     g.addoption("--attn-method-option", action="append", default=_DEFAULTS["attn_method_option"], metavar="METHOD.NAME=VALUE",
                 help="a method setting, repeatable: shap.signed=true (signed values of BLEU instead of the study's "
-                     "|value| of 1 - BLEU), bert_masking.force_different=true (a substitute other than the word)")
+                     "|value| of 1 - BLEU), bert_masking.force_different=true (a substitute other than the word), "
+                     "coding_all.restated_copy=credit (any self-attention or gradient method: credit a chat reply's "
+                     "verbatim copy of the description to the words it copies)")
     g.addoption("--attn-labels", default=_DEFAULTS["attn_labels"], metavar="MODE",
                 help="corrected (default) or study: MBPP's off-by-one spans as the study scored them, "
                      "to compare with the published tables")

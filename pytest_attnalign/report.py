@@ -157,14 +157,20 @@ def header_lines(records: Sequence[dict[str, Any]]) -> list[str]:
     lines.append("labels: " + ", ".join(LABEL_MODE_TEXT.get(m, m) for m in modes)
                  + "; explained: the generated function body's tokens")
     lines.append(no_code_line(records))
-    settings = set()
+    settings, copy = set(), defaultdict(set)
     for r in records:  # the user can change these settings, and they change the numbers: say which ran
-        if r["method"] in OPTIONS:
-            st = r["attribution"].get("settings", {})
-            keys = (*OPTIONS[r["method"]], "substitute_source")
-            settings.add(f"{r['method']} " + ", ".join(f"{k}={st[k]}" for k in keys if k in st))
+        st = r["attribution"].get("settings", {})
+        if "restated_copy" in st:  # one line for the ten methods that take it, not ten entries
+            copy[st["restated_copy"]].add(r["method"])
+        keys = [k for k in (*OPTIONS.get(r["method"], ()), "substitute_source") if k in st and k != "restated_copy"]
+        if keys:
+            settings.add(f"{r['method']} " + ", ".join(f"{k}={st[k]}" for k in keys))
     if settings:
         lines.append("method settings: " + "; ".join(sorted(settings)))
+    if copy:
+        lines.append("restated copy (a chat reply's copy of the description): " + "; ".join(
+            f"{mode} ({len(names)} methods)" if len(copy) == 1 else f"{mode}: {', '.join(sorted(names, key=method_order))}"
+            for mode, names in sorted(copy.items())))
     lines.append("versions: " + ", ".join(f"{d} {_version(d)}" for d in LIBRARIES))
     return lines
 

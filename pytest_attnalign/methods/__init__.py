@@ -70,8 +70,11 @@ def resolve_methods(spec: str | list[str]) -> list[str]:
 
 
 #: Settings a user may change per built-in method (plugin and CLI options pass them to the constructor).
-OPTIONS: dict[str, tuple[str, ...]] = {"shap": ("evaluations", "signed"),
-                                       "bert_masking": ("fill_mask_model", "force_different")}
+OPTIONS: dict[str, tuple[str, ...]] = {
+    **{n: ("restated_copy",) for n, (_, _, c) in {**BUILTIN, **COMPAT}.items() if c != "perturbation"},
+    "shap": ("evaluations", "signed"),
+    "bert_masking": ("fill_mask_model", "force_different"),
+}
 
 
 def _setting_value(text: str) -> object:
