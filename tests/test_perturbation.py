@@ -338,3 +338,38 @@ def test_method_settings_pass_through_get_method_and_are_checked() -> None:
     for bad in (0, -3, 2.5, True):
         with pytest.raises(AttnalignError, match="evaluations must be a positive integer"):
             pt.ShapMethod(evaluations=bad)
+
+
+def test_shap_regenerates_all_its_coalitions_in_one_call(models: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The planning pass collects every coalition KernelExplainer will ask for, so regeneration runs once,
+    and the values equal those of an f that regenerates at each of KernelExplainer's calls."""
+    ctx = context(models["llama"], 12)
+    batches: list[int] = []
+
+    def counting(c: Any, prompts: list[str], **kw: Any) -> list[str]:
+        batches.append(len(prompts))
+        return regenerate(c, prompts, **kw)
+
+    monkeypatch.setattr(pt, "regenerate", counting)
+    result = pt.ShapMethod(evaluations=24).explain(ctx)
+    assert len(batches) == 1 and batches[0] == result.evaluations > 2
+
+    class Unplanned(pt.ShapMethod):  # the same explainer, with f regenerating whatever each call asks
+        def explain(self, c: AttributionContext) -> pt.ShapResult:
+            import numpy as np
+            import shap
+
+            words = c.description_words()
+
+            def f(masks: Any) -> Any:
+                prompts = [pt.mask_words(c.task.prompt, words, [v > 0.5 for v in row]) for row in np.asarray(masks)]
+                return np.array([pt.bleu_distance(c.generation.completion, out) for out in pt.regenerate(c, prompts)])
+
+            np.random.seed(0)
+            phi = shap.KernelExplainer(f, np.zeros((1, len(words)))).shap_values(
+                np.ones((1, len(words))), nsamples=24, silent=True)
+            return pt.ShapResult(tuple(np.asarray(phi, dtype=float).reshape(-1)), 0.0, 0.0, 0, 0)
+
+    batches.clear()
+    assert Unplanned(evaluations=24).explain(ctx).values == pytest.approx(result.values, abs=1e-12)
+    assert len(batches) == 3  # what the planning pass saves: three regenerations become one

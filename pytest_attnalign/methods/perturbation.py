@@ -171,25 +171,42 @@ class ShapMethod(Method):
         cache: dict[tuple[bool, ...], float] = {}
         calls = [0]
 
-        def f(masks: Any) -> Any:
-            rows = [tuple(bool(v > 0.5) for v in row) for row in np.asarray(masks)]
-            calls[0] += len(rows)
+        def rows_of(masks: Any) -> list[tuple[bool, ...]]:
+            return [tuple(bool(v > 0.5) for v in row) for row in np.asarray(masks)]
+
+        def evaluate(rows: list[tuple[bool, ...]]) -> None:
             todo = list(dict.fromkeys(r for r in rows if r not in cache))
             if todo:
                 prompts = [mask_words(ctx.task.prompt, words, r, self.mask_token) for r in todo]
                 for r, completion in zip(todo, regenerate(ctx, prompts, verify=self.verify, batch_size=self.batch_size)):
                     cache[r] = output(original, completion)
+
+        def f(masks: Any) -> Any:
+            rows = rows_of(masks)
+            calls[0] += len(rows)
+            evaluate(rows)  # a no-op after the planning pass; kept so f stays correct on its own
             return np.array([cache[r] for r in rows])
 
-        state = np.random.get_state()  # KernelExplainer samples coalitions with the global RNG
-        np.random.seed(self.seed)
-        try:
-            with warnings.catch_warnings():  # LARS feature selection on 0/1 masks: degenerate-regressor noise
-                warnings.simplefilter("ignore", ConvergenceWarning)
-                explainer = shap.KernelExplainer(f, np.zeros((1, n)))
-                values = explainer.shap_values(np.ones((1, n)), nsamples=self.evaluations, l1_reg=self.l1_reg, silent=True)
-        finally:
-            np.random.set_state(state)
+        def kernel_shap(model: Any) -> Any:
+            state = np.random.get_state()  # KernelExplainer samples coalitions with the global RNG
+            np.random.seed(self.seed)
+            try:
+                with warnings.catch_warnings():  # LARS feature selection on 0/1 masks: degenerate-regressor noise
+                    warnings.simplefilter("ignore", ConvergenceWarning)
+                    explainer = shap.KernelExplainer(model, np.zeros((1, n)))
+                    return explainer.shap_values(np.ones((1, n)), nsamples=self.evaluations, l1_reg=self.l1_reg, silent=True)
+            finally:
+                np.random.set_state(state)
+
+        # KernelExplainer calls f three times (all words masked, all present, then the sampled
+        # coalitions), and which coalitions it samples depends on the seed only, never on f's values.
+        # A planning pass with a recording f collects them all, so they are regenerated in ONE call
+        # (one verification batch and one decoding pool instead of three); the real pass, with the same
+        # seed, then only reads the cache.
+        asked: list[tuple[bool, ...]] = []
+        kernel_shap(lambda masks: (asked.extend(rows_of(masks)), np.zeros(len(masks)))[1])
+        evaluate(asked)
+        values = kernel_shap(f)
         phi = np.asarray(values, dtype=float).reshape(-1)[:n]
         return ShapResult(tuple(float(v) for v in phi), cache[(False,) * n], cache[(True,) * n], calls[0], len(cache))
 
