@@ -60,8 +60,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                 help="model alias (smollm2, incoder, codegen, codeparrot, polycoder, gptj, gpt4), hub id, "
                      "openai:MODEL or local directory; repeatable or comma list (default: smollm2)")
     g.addoption("--attn-method", default=_DEFAULTS["attn_method"], metavar="NAMES",
-                help="attribution methods: all, a category (self_attention, gradient, perturbation) or "
-                     "comma-separated names (default: all twelve)")
+                help="attribution methods: all (the study's twelve plus installed entry-point methods), builtin "
+                     "(the twelve), plugins (entry-point methods), a category (self_attention, gradient, perturbation "
+                     "or one a plugin declares) or comma-separated names (default: all)")
     g.addoption("--attn-benchmark", default=_DEFAULTS["attn_benchmark"], metavar="NAME", help="humaneval, mbpp or all (default: all)")
     g.addoption("--attn-k", default=_DEFAULTS["attn_k"], metavar="K,...", help="top-K sizes of the tables (default: 5,10,20)")
     g.addoption("--attn-limit", type=int, default=_DEFAULTS["attn_limit"], metavar="N",
@@ -89,8 +90,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                 help="masked LM (hub id or local directory) proposing bert_masking's substitutes (default: "
                      f"$ATTNALIGN_FILL_MASK_MODEL or {DEFAULT_FILL_MASK_MODEL}; offline: pretrained embedding neighbours)")
     g.addoption("--attn-method-option", action="append", default=_DEFAULTS["attn_method_option"], metavar="METHOD.NAME=VALUE",
-                help="a method setting, repeatable: shap.signed=true (signed values of BLEU instead of the study's "
-                     "|value| of 1 - BLEU), bert_masking.force_different=true (a substitute other than the word)")
+                help="a method setting, repeatable, for built-in and entry-point methods alike: shap.signed=true "
+                     "(signed values of BLEU instead of the study's |value| of 1 - BLEU), bert_masking.force_different=true "
+                     "(a substitute other than the word); CATEGORY.NAME=VALUE sets every selected method of the "
+                     "category that takes NAME")
     g.addoption("--attn-labels", default=_DEFAULTS["attn_labels"], metavar="MODE",
                 help="corrected (default) or study: MBPP's off-by-one spans as the study scored them, "
                      "to compare with the published tables")
@@ -161,7 +164,7 @@ def parse_options(config: pytest.Config) -> Options:
     if get("attn_labels") not in ("corrected", "study"):
         raise pytest.UsageError(f"--attn-labels: unknown {get('attn_labels')!r}; use corrected or study")
     settings = usage("--attn-method-option", method_options, get("attn_shap_evaluations"), get("attn_fill_mask_model"),
-                     get("attn_method_option"))
+                     get("attn_method_option"), methods)
     from .methods import get_method
 
     for name, opts in settings.items():  # a bad value fails now, not at the first item
