@@ -18,6 +18,8 @@ from .errors import AttnalignError, ModelUnavailable
 from .methods import method_options
 from .methods.perturbation import DEFAULT_FILL_MASK_MODEL, SHAP_EVALUATIONS
 
+pytest_plugins = ["pytest_attnalign.fixtures"]  # attn_model, attn_task, ... for users' own tests
+
 PROPERTY = "attnalign"
 RUN_PROPERTY = "attnalign-run"  # an item's facts about the run (threads, cache), see runinfo.RunInfo
 
@@ -186,6 +188,17 @@ def parse_options(config: pytest.Config) -> Options:
     )
 
 
+def study_config(o: Options) -> Any:
+    """The ``study.StudyConfig`` of validated options (the study's items and the fixtures share it)."""
+    from .execution import Limits
+    from .study import StudyConfig
+
+    return StudyConfig(
+        prompt_format=o.prompt_format, max_new_tokens=o.max_new_tokens, ks=o.ks, error_k=o.error_k,
+        limits=Limits(timeout_s=o.timeout), cache_dir=o.cache_dir, device=o.device, dtype=o.dtype,
+        method_options=o.method_options, labels=o.labels)
+
+
 class AttnSession:
     """Per-process state: options, the lazily built Study, and (on the controller) the records."""
 
@@ -241,8 +254,8 @@ class AttnSession:
         return not hasattr(self.config, "workerinput") and not self.config.option.collectonly
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
-        if not self._controller():
-            return
+        if not self._controller() or not (self.run.expected or self.records):
+            return  # e.g. only users' own tests that use the attn_* fixtures: no study to summarise
         from .report import render, write_json
 
         o = self.options
@@ -260,14 +273,9 @@ class AttnSession:
     @property
     def study(self) -> Any:
         if self._study is None:
-            from .execution import Limits
-            from .study import Study, StudyConfig
+            from .study import Study
 
-            o = self.options
-            self._study = Study(StudyConfig(
-                prompt_format=o.prompt_format, max_new_tokens=o.max_new_tokens, ks=o.ks, error_k=o.error_k,
-                limits=Limits(timeout_s=o.timeout), cache_dir=o.cache_dir, device=o.device, dtype=o.dtype,
-                method_options=o.method_options, labels=o.labels))
+            self._study = Study(study_config(self.options))
         return self._study
 
     def run_item(self, model: str, method: str, task_id: str, item: pytest.Item) -> dict[str, Any]:
