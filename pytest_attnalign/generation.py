@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Iterator, Sequence
 
 from .errors import AttnalignError
 from .tasks import Task
@@ -255,14 +255,23 @@ def body_span(task: Task, prompt_format: str, raw: str) -> tuple[int, int]:
     return offset + a, offset + b
 
 
+def decoded_ends(tokenizer: Any, ids: Sequence[int]) -> Iterator[int]:
+    """Where each token's text ends in the decoded text of ``ids``: token ``n`` spans characters
+    ``[end(n-1), end(n))``. Decoding prefixes (not single tokens) keeps multi-token characters and
+    merged spaces right; ``max`` keeps the ends monotone when a prefix decodes to a replacement char."""
+    prev = 0
+    for n in range(1, len(ids) + 1):
+        prev = max(prev, len(tokenizer.decode(list(ids[:n]), skip_special_tokens=True)))
+        yield prev
+
+
 def explained_range(tokenizer: Any, ids: list[int], span: tuple[int, int]) -> tuple[int, int]:
     """Steps ``[first, end)``: the generated tokens whose decoded text overlaps characters ``span``."""
     a, b = span
     if a >= b:
         return 0, 0
     first, prev = None, 0
-    for n in range(1, len(ids) + 1):
-        length = max(prev, len(tokenizer.decode(ids[:n], skip_special_tokens=True)))
+    for n, length in enumerate(decoded_ends(tokenizer, ids), start=1):
         if first is None and length > a and length > prev:
             first = n - 1
         if length >= b:

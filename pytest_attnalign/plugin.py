@@ -94,8 +94,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     g.addoption("--attn-method-option", action="append", default=_DEFAULTS["attn_method_option"], metavar="METHOD.NAME=VALUE",
                 help="a method setting, repeatable, for built-in and entry-point methods alike: shap.signed=true "
                      "(signed values of BLEU instead of the study's |value| of 1 - BLEU), bert_masking.force_different=true "
-                     "(a substitute other than the word); CATEGORY.NAME=VALUE sets every selected method of the "
-                     "category that takes NAME")
+                     "(a substitute other than the word), coding_all.restated_copy=credit (any self-attention or "
+                     "gradient method: credit a chat reply's verbatim copy of the description to the words it copies); "
+                     "CATEGORY.NAME=VALUE sets every selected method of the category that takes NAME "
+                     "(gradient.restated_copy=credit)")
     g.addoption("--attn-labels", default=_DEFAULTS["attn_labels"], metavar="MODE",
                 help="corrected (default) or study: MBPP's off-by-one spans as the study scored them, "
                      "to compare with the published tables")

@@ -169,15 +169,22 @@ def header_lines(records: Sequence[dict[str, Any]]) -> list[str]:
     lines.append(no_code_line(records))
     reg = registry()
     lines.append(method_line(sorted({r["method"] for r in records}, key=method_order), reg))
-    settings = set()
+    settings, copy = set(), defaultdict(set)
     for r in records:  # the user can change these settings, and they change the numbers: say which ran
+        st = r["attribution"].get("settings", {})
+        if "restated_copy" in st:  # one line for the ten methods that take it, not ten entries
+            copy[st["restated_copy"]].add(r["method"])
         info = reg.get(r["method"])
-        if info is not None and info.options:
-            st = r["attribution"].get("settings", {})
-            keys = (*info.options, "substitute_source")
-            settings.add(f"{r['method']} " + ", ".join(f"{k}={st[k]}" for k in keys if k in st))
+        options = info.options if info else ()
+        keys = [k for k in (*options, "substitute_source") if k in st and k != "restated_copy"]
+        if keys:
+            settings.add(f"{r['method']} " + ", ".join(f"{k}={st[k]}" for k in keys))
     if settings:
         lines.append("method settings: " + "; ".join(sorted(settings)))
+    if copy:
+        lines.append("restated copy (a chat reply's copy of the description): " + "; ".join(
+            f"{mode} ({len(names)} methods)" if len(copy) == 1 else f"{mode}: {', '.join(sorted(names, key=method_order))}"
+            for mode, names in sorted(copy.items())))
     lines.append("versions: " + ", ".join(f"{d} {_version(d)}" for d in LIBRARIES))
     return lines
 

@@ -81,7 +81,7 @@ def study_gradient_norms(model: Any, prompt_ids: Any, generated_ids: Any, steps:
 
     from pytest_attnalign.methods.gradient import GradientNorms, _wide
 
-    P = len(prompt_ids)
+    C = len(prompt_ids) + steps.start  # the prompt and the generated tokens before the first step, as the library
     sal, ixg = [], []
     for j in steps:
         ids = torch.tensor([list(prompt_ids) + list(generated_ids[:j])])
@@ -90,7 +90,7 @@ def study_gradient_norms(model: Any, prompt_ids: Any, generated_ids: Any, steps:
             logits = model(inputs_embeds=embeds, use_cache=False).logits[0, -1]
             target = torch.log_softmax(_wide(logits), dim=-1)[generated_ids[j]]
             (g,) = torch.autograd.grad(target, embeds)
-        g, x = _wide(g[0, :P]), _wide(embeds.detach()[0, :P])
+        g, x = _wide(g[0, :C]), _wide(embeds.detach()[0, :C])
         sal.append(g.norm(dim=-1))
         ixg.append((x * g).norm(dim=-1))
     return GradientNorms(torch.stack(sal), torch.stack(ixg))

@@ -114,7 +114,11 @@ def test_names_and_settings() -> None:
     from pytest_attnalign.methods.attention import SelfAttention
 
     assert get_method("compat_coding_lasthead").settings() == {
-        "rows": "P-1+j per body token, summed", "layers": "0", "heads": "last", "dtype": "float32"}
+        "rows": "P-1+j per body token, summed", "layers": "0", "heads": "last", "dtype": "float32",
+        "restated_copy": "ignore"}
+    assert get_method("saliency_coding", restated_copy="credit").settings()["restated_copy"] == "credit"
+    with pytest.raises(AttnalignError, match="restated_copy must be ignore or credit"):
+        get_method("coding_all", restated_copy="yes")
     assert get_method("reading_last").settings()["layers"] == "last"
     assert get_method("inputxgradient_reading").settings()["target"] == "log_prob"
     for bad in ("reading_head0", "compat_reading_all", "writing_all", "saliency_writing"):
@@ -308,3 +312,57 @@ def test_decisive_token_ranks_first_for_every_method(tmp_path: Path) -> None:
         scores = scores_by_token(ctx, name)
         assert int(scores.argmax()) == position, name
         assert scores[position] > 100 * scores[torch.arange(len(scores)) != position].max(), name
+
+
+# (d) the restated copy: ignored by default, credited to the words it copies on request ---------
+
+def test_restated_copy_is_credited_to_the_words_it_copies(contexts: dict[str, AttributionContext]) -> None:
+    """A reply that restates 40 characters of the description before its body: with
+    restated_copy=credit, each copying token's attention / gradient column goes to the description
+    tokens whose characters it copies (split equally); by default the scores ignore those columns."""
+    from captum.attr import Saliency
+
+    base = contexts["llama"]
+    tok, gen = base.lm.tokenizer, base.generation
+    lo = base.prompt.description[0]
+    copy = base.prompt.text[lo : lo + 40]
+    head, body = tok(copy, add_special_tokens=False)["input_ids"], tok("\n    return 1\n", add_special_tokens=False)["input_ids"]
+    ids = tuple(head + body)
+    assert tok.decode(list(head)) == copy
+    ctx = fresh(base, generated_ids=ids, raw_ids=ids, raw=tok.decode(list(ids)), explained=(len(head), len(ids)))
+    P, first = len(gen.prompt_ids), len(head)
+    units = ctx.description_tokens()
+    shift = ctx.prompt.task_offset
+    credit: dict[int, list[int]] = {}  # generated column -> description tokens it copies (by character)
+    for i in range(first):
+        s, e = len(tok.decode(list(ids[:i]))), len(tok.decode(list(ids[: i + 1])))
+        credit[P + i] = [t for us, ue, t in units if us < lo + e - shift and lo + s - shift < ue]
+    assert sum(map(bool, credit.values())) == first  # every copying token copies a description token
+
+    def expected(column: torch.Tensor) -> torch.Tensor:
+        out = {t: float(column[t]) for _, _, t in units}
+        for c, hit in credit.items():
+            for t in hit:
+                out[t] += float(column[c]) / len(hit)
+        return torch.tensor([out[t] for _, _, t in units], dtype=torch.float64)
+
+    seq = torch.tensor([list(gen.prompt_ids) + list(ids)])
+    with torch.no_grad():
+        atts = ctx.lm.model(seq, output_attentions=True).attentions
+    row = torch.stack([a[0] for a in atts]).double().sum(dim=(0, 1))[P - 1 + first]  # reading_all's row
+    embeds = ctx.lm.model.get_input_embeddings()(seq[:, : P + first]).detach().requires_grad_()
+
+    def logprob(e: torch.Tensor) -> torch.Tensor:
+        return torch.log_softmax(ctx.lm.model(inputs_embeds=e).logits[:, -1].float(), dim=-1)[:, ids[first]]
+
+    grad_norms = Saliency(logprob).attribute(embeds, abs=False)[0].norm(dim=-1).double()
+    for name, column in (("reading_all", row), ("saliency_reading", grad_norms)):
+        plain = torch.tensor([v for _, _, v in get_method(name).attribute(ctx)], dtype=torch.float64)
+        torch.testing.assert_close(plain, torch.stack([column[t] for _, _, t in units]), rtol=1e-4, atol=1e-7)
+        got = torch.tensor([v for _, _, v in get_method(name, restated_copy="credit").attribute(ctx)], dtype=torch.float64)
+        torch.testing.assert_close(got, expected(column), rtol=1e-4, atol=1e-7, msg=name)
+        assert not torch.allclose(got, plain)
+    # completion format continues the prompt: nothing before the body, so crediting changes nothing
+    cont = fresh(base)
+    assert cont.generation.explained[0] == 0
+    assert get_method("coding_all", restated_copy="credit").attribute(cont) == get_method("coding_all").attribute(cont)

@@ -43,3 +43,16 @@ def test_header_names_the_label_mode(mode: str) -> None:
     r = record("Mbpp/5", [[4, 9, 1.0]])
     r["labels"] = mode
     assert f"labels: {mode} (" in render([r], [5])
+
+
+def test_header_says_how_the_restated_copy_was_treated() -> None:
+    def attn(method: str, mode: str) -> dict[str, Any]:
+        r = record("HumanEval/0", [[4, 9, 1.0]])
+        r["method"], r["attribution"] = method, {"settings": {"heads": "sum", "restated_copy": mode}}
+        return r
+
+    text = render([attn("coding_all", "ignore"), attn("saliency_coding", "ignore")], [5])
+    assert "restated copy (a chat reply's copy of the description): ignore (2 methods)" in text
+    assert "method settings" not in text  # one line for the ten methods, not one entry each
+    mixed = render([attn("saliency_coding", "credit"), attn("coding_all", "ignore"), attn("reading_first", "credit")], [5])
+    assert "copy of the description): credit: reading_first, saliency_coding; ignore: coding_all" in mixed

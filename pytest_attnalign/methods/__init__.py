@@ -152,6 +152,17 @@ def _setting_value(text: str) -> object:
     return text.strip()
 
 
+def _valid_settings(reg: dict[str, MethodInfo]) -> list[str]:
+    """``CATEGORY.KEY`` where every method of the category takes KEY, else ``METHOD.KEY``."""
+    out: list[str] = []
+    for category in categories():
+        members = [i for i in reg.values() if i.category == category and i.origin != "compat"]
+        shared = set.intersection(*(set(i.options) for i in members)) if len(members) > 1 else set()
+        out += [category + "." + k for k in sorted(shared)]
+        out += [f"{i.name}.{k}" for i in members for k in i.options if k not in shared]
+    return out
+
+
 def method_options(shap_evaluations: int | None = None, fill_mask_model: str | None = None,
                    settings: list[str] | None = None, selected: Iterable[str] | None = None) -> dict[str, dict[str, object]]:
     """The per-method settings of the plugin's and CLI's options; ``None`` keeps a method's default.
@@ -168,7 +179,7 @@ def method_options(shap_evaluations: int | None = None, fill_mask_model: str | N
     if fill_mask_model:
         out["bert_masking"] = {"fill_mask_model": fill_mask_model}
     pool = [reg[n] for n in (reg if selected is None else selected)]
-    valid = ", ".join(f"{i.name}.{key}" for i in reg.values() if i.origin != "compat" for key in i.options)
+    valid = ", ".join(_valid_settings(reg))
     general: list[tuple[str, str, object]] = []
     specific: list[tuple[str, str, object]] = []
     for item in settings or []:
@@ -182,8 +193,7 @@ def method_options(shap_evaluations: int | None = None, fill_mask_model: str | N
                 raise AttnalignError(f"setting {item!r}: no selected {target} method takes {name!r} (valid: {valid})")
             general += [(t, name, _setting_value(value)) for t in takers]
         else:
-            raise AttnalignError(f"setting {item!r} is not METHOD.NAME=VALUE with one of {valid} "
-                                 "(or CATEGORY.NAME=VALUE: every selected method of the category that takes NAME)")
+            raise AttnalignError(f"setting {item!r} is not METHOD.NAME=VALUE or CATEGORY.NAME=VALUE with one of {valid}")
     for method, name, value in general + specific:
         out.setdefault(method, {})[name] = value
     return out

@@ -13,7 +13,9 @@ heads and only the columns of prompt tokens are kept):
 - CODING: the rows ``P - 1 + j`` of every explained step, summed: the attention to the prompt while
   each body token is predicted. READING's row is CODING's first row.
 - Attention to generated columns (a chat reply's restated signature and docstring) is attention
-  to generated text, which the study never counted: it is not credited to the prompt words.
+  to generated text, which the study never counted: by default it is not credited to the prompt
+  words; setting ``restated_copy=credit`` credits a verbatim copy's columns to the words it copies
+  (:mod:`..restated`).
 - first = layer 0, last = layer ``L - 1``, all = the sum over layers.
 - A unit's score is the attention mass on its token's column.
 
@@ -29,6 +31,7 @@ from typing import Any, Sequence
 
 from ..errors import AttnalignError
 from ..forward import run_model
+from ..restated import check_mode, copy_credit, credited
 from .base import AttributionContext, Method, Unit
 
 #: view name -> (layers, heads) selected from the per-layer, per-head rows.
@@ -48,9 +51,10 @@ NO_CODE = "the model generated no code: coding methods have nothing to attribute
 
 @dataclass(frozen=True)
 class AttentionRows:
-    """What the six views need from the pass, as float32 CPU tensors of shape ``[L, H, P]``.
+    """What the six views need from the pass, as float32 CPU tensors of shape ``[L, H, P + first]``:
+    the prompt's columns and those of the generated tokens before the body (a restated copy).
 
-    Kept per head so the compat (head-of-layer-0) variants share the same pass; ``L * H * P``
+    Kept per head so the compat (head-of-layer-0) variants share the same pass; ``L * H * C``
     floats is small, unlike the ``L * H * T * T`` attention maps it is reduced from.
     """
 
@@ -68,6 +72,7 @@ def attention_rows(model: Any, prompt_ids: Sequence[int], generated_ids: Sequenc
     device = next(model.parameters()).device
     ids = torch.tensor([list(prompt_ids) + list(generated_ids[: max(steps.stop - 1, 0)])], device=device)
     first = P - 1 + (steps.start if steps else 0)
+    columns = first + 1  # the prompt and the generated tokens before the first explained step
     rows = slice(P - 1 + steps.start, P - 1 + steps.stop) if steps else slice(0, 0)
     with torch.no_grad():
         out = run_model(model, 1, input_ids=ids, output_attentions=True)
@@ -79,7 +84,7 @@ def attention_rows(model: Any, prompt_ids: Sequence[int], generated_ids: Sequenc
             )
         reading, coding = [], []
         for att in atts:  # [1, H, T, T]
-            layer = att[0, :, :, :P].float()
+            layer = att[0, :, :, :columns].float()
             reading.append(layer[:, first])
             coding.append(layer[:, rows].sum(dim=1))
         del out, atts
@@ -90,8 +95,10 @@ class SelfAttention(Method):
     """One of the six self-attention views (or a compat variant), named ``{phase}_{view}``."""
 
     category = "self_attention"
+    options = ("restated_copy",)
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, restated_copy: str = "ignore") -> None:
+        self.restated_copy = check_mode(restated_copy)
         self.compat = name.startswith("compat_")
         views = _COMPAT_VIEWS if self.compat else _LAYER_VIEWS
         self.phase, _, self.view = name.removeprefix("compat_").partition("_")
@@ -106,7 +113,7 @@ class SelfAttention(Method):
             layers, heads = "0", {"head0": "0", "lasthead": "last", "allheads": "sum"}[self.view]
         else:
             layers, heads = self.view, "sum"
-        return {"rows": rows, "layers": layers, "heads": heads, "dtype": "float32"}
+        return {"rows": rows, "layers": layers, "heads": heads, "dtype": "float32", "restated_copy": self.restated_copy}
 
     def attribute(self, ctx: AttributionContext) -> list[Unit]:
         gen = ctx.generation
@@ -117,4 +124,6 @@ class SelfAttention(Method):
             "attention", lambda: attention_rows(ctx.lm.model, gen.prompt_ids, gen.generated_ids, steps))
         table = rows.reading if self.phase == "reading" else rows.coding
         scores = table[self.layers, self.heads].sum(dim=(0, 1)).tolist()
+        if self.restated_copy == "credit":
+            scores = credited(scores, copy_credit(ctx))
         return [(s, e, float(scores[i])) for s, e, i in ctx.description_tokens()]

@@ -16,7 +16,8 @@ Definitions (``P`` prompt tokens, generated tokens ``y_0 .. y_{G-1}``):
 - READING = the first explained step only (the body's first token); CODING = the sum over the
   explained steps of the per-step norms (at most ``max_steps`` of them, from the first).
 - Only the prompt's tokens are attributed: gradients reaching earlier generated tokens (a chat
-  reply's restated signature) are gradients to generated text, which the study never scored.
+  reply's restated signature) are gradients to generated text, which the study never scored;
+  ``restated_copy=credit`` credits a verbatim copy's norms to the words it copies (:mod:`..restated`).
 
 Efficiency (the same numbers as one backward pass per step over a full forward pass, to float
 rounding; tests/test_attention_gradient.py checks them against captum's per-prefix reference):
@@ -44,6 +45,7 @@ from typing import Any, Iterator, Sequence
 
 from ..errors import AttnalignError
 from ..forward import accepts, cache_kwarg, cache_of
+from ..restated import check_mode, copy_credit, credited
 from .base import AttributionContext, Method, Unit
 
 NO_TARGET = "the model generated no code: gradient methods have no generated token to explain"
@@ -70,19 +72,19 @@ class StepGradients:
     Iterate it once: the graph is freed after the last step's backward pass.
     """
 
-    embeds: Any  # [1, T0, D], requires grad: positions from_token .. (the whole prompt lies in the first chunk)
+    embeds: Any  # [1, T0, D], requires grad: positions from_token .. (the prompt and the tokens before the first step lie in the first chunk)
     targets: Any  # [S] log p(y_j | prefix) for the S explained steps, float32 (or wider)
-    prompt_len: int
+    columns: int  # positions attributed: the prompt and the generated tokens before the first explained step
     from_token: int = 0  # prompt positions before it have no gradient (NaN rows)
 
     def __iter__(self) -> Iterator[Any]:
-        """Yield, for each explained step, d targets[j] / d embeds at the prompt positions: ``[P, D]``."""
+        """Yield, for each explained step, d targets[j] / d embeds at the attributed positions: ``[C, D]``."""
         import torch
 
-        S, P, F = len(self.targets), self.prompt_len, self.from_token
+        S, C, F = len(self.targets), self.columns, self.from_token
         for j in range(S):
             (g,) = torch.autograd.grad(self.targets[j], self.embeds, retain_graph=j + 1 < S)
-            g = g[0, : P - F]
+            g = g[0, : C - F]
             yield g if F == 0 else torch.cat([g.new_full((F, g.shape[-1]), float("nan")), g])
 
 
@@ -127,7 +129,7 @@ def step_gradients(model: Any, prompt_ids: Sequence[int], generated_ids: Sequenc
             logp = torch.log_softmax(_wide(logits), dim=-1)
             logps.append(logp[torch.arange(hi - lo, device=device), targets[lo - steps.start : hi - steps.start]])
             begin = stop
-        return StepGradients(leaf, torch.cat(logps), P, F)
+        return StepGradients(leaf, torch.cat(logps), P + steps.start, F)
 
 
 def _run(model: Any, keep: int, cache: Any, **inputs: Any) -> Any:
@@ -142,7 +144,8 @@ def _run(model: Any, keep: int, cache: Any, **inputs: Any) -> Any:
 
 @dataclass(frozen=True)
 class GradientNorms:
-    """Per-step, per-prompt-token norms ``[S, P]`` (CPU) of both attribution kinds."""
+    """Per-step norms ``[S, C]`` (CPU) of both attribution kinds at the attributed positions (the prompt's
+    tokens, then the generated tokens before the first explained step)."""
 
     saliency: Any
     inputxgradient: Any
@@ -154,8 +157,8 @@ def gradient_norms(model: Any, prompt_ids: Sequence[int], generated_ids: Sequenc
     import torch
 
     sg = step_gradients(model, prompt_ids, generated_ids, steps, from_token=from_token, chunk=chunk)
-    P, F = sg.prompt_len, sg.from_token
-    x = _wide(sg.embeds.detach()[0, : P - F])
+    C, F = sg.columns, sg.from_token
+    x = _wide(sg.embeds.detach()[0, : C - F])
     if F:
         x = torch.cat([x.new_full((F, x.shape[-1]), float("nan")), x])
     sal, ixg = [], []
@@ -170,19 +173,21 @@ class GradientMethod(Method):
     """``{saliency,inputxgradient}_{reading,coding}``; see the module docstring for definitions."""
 
     category = "gradient"
+    options = ("restated_copy",)
 
-    def __init__(self, name: str, max_steps: int | None = None) -> None:
+    def __init__(self, name: str, max_steps: int | None = None, restated_copy: str = "ignore") -> None:
         kind, _, phase = name.partition("_")
         if kind not in ("saliency", "inputxgradient") or phase not in ("reading", "coding"):
             raise AttnalignError(f"unknown gradient method {name!r}")
         if max_steps is not None and (not isinstance(max_steps, int) or max_steps < 1):
             raise AttnalignError(f"max_steps must be a positive integer or None, not {max_steps!r}")
         self.name, self.kind, self.phase, self.max_steps = name, kind, phase, max_steps
+        self.restated_copy = check_mode(restated_copy)
 
     def settings(self) -> dict[str, Any]:
         return {"target": "log_prob", "wrt": "inputs_embeds", "norm": "l2",
                 "steps": "first body token" if self.phase == "reading" else "body tokens, summed",
-                "max_steps": self.max_steps}
+                "max_steps": self.max_steps, "restated_copy": self.restated_copy}
 
     def attribute(self, ctx: AttributionContext) -> list[Unit]:
         gen = ctx.generation
@@ -205,4 +210,6 @@ class GradientMethod(Method):
         )
         table = getattr(norms, self.kind)
         scores = (table[0] if self.phase == "reading" else table.sum(dim=0)).tolist()
+        if self.restated_copy == "credit":
+            scores = credited(scores, copy_credit(ctx))
         return [(s, e, float(scores[i])) for s, e, i in cols]
