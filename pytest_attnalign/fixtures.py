@@ -9,9 +9,8 @@ generation and attribution caches are the study's: a built-in method gives the s
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import pytest
 
@@ -62,16 +61,14 @@ def _state(config: pytest.Config) -> tuple[list[str], Any]:
     return defaults.models, defaults.study
 
 
-@contextmanager
-def _one_line() -> Iterator[None]:
+def _one_line(compute: Callable[..., Any], *args: Any) -> Any:
     """A known failure (model not loadable, unknown task) fails the set-up in one line, no traceback."""
     error = ""
     try:
-        yield
+        return compute(*args)
     except AttnalignError as exc:
         error = str(exc)
-    if error:
-        pytest.fail(error, pytrace=False)
+    pytest.fail(error, pytrace=False)  # outside the except block: no chained exception shown
 
 
 def _model_name(request: pytest.FixtureRequest) -> str:
@@ -84,8 +81,7 @@ def _model_name(request: pytest.FixtureRequest) -> str:
 def attn_model(request: pytest.FixtureRequest) -> Any:
     """The loaded model (``models.LoadedModel``) of the study item, else of the first ``--attn-model``
     (default smollm2), on this process's device; loaded once per process (xdist worker)."""
-    with _one_line():
-        return _state(request.config)[1].model(_model_name(request))
+    return _one_line(_state(request.config)[1].model, _model_name(request))
 
 
 @pytest.fixture
@@ -100,16 +96,14 @@ def attn_task(request: pytest.FixtureRequest) -> Any:
     else:
         pytest.fail("attn_task: choose the task with @pytest.mark.attn_task('HumanEval/12') (several ids: one test each)",
                     pytrace=False)
-    with _one_line():
-        return get_task(task_id)
+    return _one_line(get_task, task_id)
 
 
 @pytest.fixture
 def attn_context(request: pytest.FixtureRequest, attn_model: Any, attn_task: Any) -> Any:
     """The ``methods.AttributionContext`` a method's ``attribute`` receives: model, task, prompt and
     the cached greedy generation (shared with the study's items of this model x task)."""
-    with _one_line():
-        return _state(request.config)[1].context(_model_name(request), attn_task)
+    return _one_line(_state(request.config)[1].context, _model_name(request), attn_task)
 
 
 @pytest.fixture
