@@ -49,7 +49,8 @@ def _parser() -> argparse.ArgumentParser:
                                          "(exit 1 when a method failed on it)")
     a.add_argument("task_id", help="HumanEval/N or Mbpp/N")
     a.add_argument("--model", default="smollm2", help="alias, hub id, openai:MODEL or local directory (default smollm2)")
-    a.add_argument("--method", default="all", help="all, a category or comma-separated method names (default all)")
+    a.add_argument("--method", default="all", help="all (the twelve plus entry-point methods), builtin, plugins, a category or "
+                                                    "comma-separated method names (default all)")
     a.add_argument("--k", type=int, default=10, help="top-K units to show (default 10)")
     a.add_argument("--prompt-format", choices=["completion", "chat", "chat-prefill"], default=None,
                    help="default: the model's")
@@ -62,7 +63,8 @@ def _parser() -> argparse.ArgumentParser:
                         f"{DEFAULT_FILL_MASK_MODEL}; offline: pretrained embedding neighbours)")
     a.add_argument("--method-option", action="append", default=[], metavar="METHOD.NAME=VALUE",
                    help="a method setting, repeatable: shap.signed=true, bert_masking.force_different=true, "
-                        "METHOD.restated_copy=credit (self-attention and gradient methods)")
+                        "METHOD.restated_copy=credit (self-attention and gradient methods); CATEGORY.NAME=VALUE sets "
+                        "every selected method of the category that takes NAME (gradient.restated_copy=credit)")
     a.add_argument("--json", action="store_true", help="print one JSON object")
     a.set_defaults(func=cmd_attribute)
     return p
@@ -112,7 +114,7 @@ def cmd_attribute(args: argparse.Namespace) -> int:
 
     cores = CoreShare(cache / "runs")  # its share of the cores while pytest runs use the rest
     cores.apply()
-    options = method_options(args.shap_evaluations, args.fill_mask_model, args.method_option)
+    options = method_options(args.shap_evaluations, args.fill_mask_model, args.method_option, methods)
     study = Study(StudyConfig(prompt_format=args.prompt_format, cache_dir=cache, device=args.device,
                               method_options=options))
     try:

@@ -18,6 +18,8 @@ from .errors import AttnalignError, ModelUnavailable
 from .methods import method_options
 from .methods.perturbation import DEFAULT_FILL_MASK_MODEL, SHAP_EVALUATIONS
 
+pytest_plugins = ["pytest_attnalign.fixtures"]  # attn_model, attn_task, ... for users' own tests
+
 PROPERTY = "attnalign"
 RUN_PROPERTY = "attnalign-run"  # an item's facts about the run (threads, cache), see runinfo.RunInfo
 
@@ -60,8 +62,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                 help="model alias (smollm2, incoder, codegen, codeparrot, polycoder, gptj, gpt4), hub id, "
                      "openai:MODEL or local directory; repeatable or comma list (default: smollm2)")
     g.addoption("--attn-method", default=_DEFAULTS["attn_method"], metavar="NAMES",
-                help="attribution methods: all, a category (self_attention, gradient, perturbation) or "
-                     "comma-separated names (default: all twelve)")
+                help="attribution methods: all (the study's twelve plus installed entry-point methods), builtin "
+                     "(the twelve), plugins (entry-point methods), a category (self_attention, gradient, perturbation "
+                     "or one a plugin declares) or comma-separated names (default: all)")
     g.addoption("--attn-benchmark", default=_DEFAULTS["attn_benchmark"], metavar="NAME", help="humaneval, mbpp or all (default: all)")
     g.addoption("--attn-k", default=_DEFAULTS["attn_k"], metavar="K,...", help="top-K sizes of the tables (default: 5,10,20)")
     g.addoption("--attn-limit", type=int, default=_DEFAULTS["attn_limit"], metavar="N",
@@ -89,10 +92,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                 help="masked LM (hub id or local directory) proposing bert_masking's substitutes (default: "
                      f"$ATTNALIGN_FILL_MASK_MODEL or {DEFAULT_FILL_MASK_MODEL}; offline: pretrained embedding neighbours)")
     g.addoption("--attn-method-option", action="append", default=_DEFAULTS["attn_method_option"], metavar="METHOD.NAME=VALUE",
-                help="a method setting, repeatable: shap.signed=true (signed values of BLEU instead of the study's "
-                     "|value| of 1 - BLEU), bert_masking.force_different=true (a substitute other than the word), "
-                     "coding_all.restated_copy=credit (any self-attention or gradient method: credit a chat reply's "
-                     "verbatim copy of the description to the words it copies)")
+                help="a method setting, repeatable, for built-in and entry-point methods alike: shap.signed=true "
+                     "(signed values of BLEU instead of the study's |value| of 1 - BLEU), bert_masking.force_different=true "
+                     "(a substitute other than the word), coding_all.restated_copy=credit (any self-attention or "
+                     "gradient method: credit a chat reply's verbatim copy of the description to the words it copies); "
+                     "CATEGORY.NAME=VALUE sets every selected method of the category that takes NAME "
+                     "(gradient.restated_copy=credit)")
     g.addoption("--attn-labels", default=_DEFAULTS["attn_labels"], metavar="MODE",
                 help="corrected (default) or study: MBPP's off-by-one spans as the study scored them, "
                      "to compare with the published tables")
@@ -163,7 +168,7 @@ def parse_options(config: pytest.Config) -> Options:
     if get("attn_labels") not in ("corrected", "study"):
         raise pytest.UsageError(f"--attn-labels: unknown {get('attn_labels')!r}; use corrected or study")
     settings = usage("--attn-method-option", method_options, get("attn_shap_evaluations"), get("attn_fill_mask_model"),
-                     get("attn_method_option"))
+                     get("attn_method_option"), methods)
     from .methods import get_method
 
     for name, opts in settings.items():  # a bad value fails now, not at the first item
@@ -183,6 +188,17 @@ def parse_options(config: pytest.Config) -> Options:
         method_options=settings, labels=get("attn_labels"),
         threads=get("attn_threads"),
     )
+
+
+def study_config(o: Options) -> Any:
+    """The ``study.StudyConfig`` of validated options (the study's items and the fixtures share it)."""
+    from .execution import Limits
+    from .study import StudyConfig
+
+    return StudyConfig(
+        prompt_format=o.prompt_format, max_new_tokens=o.max_new_tokens, ks=o.ks, error_k=o.error_k,
+        limits=Limits(timeout_s=o.timeout), cache_dir=o.cache_dir, device=o.device, dtype=o.dtype,
+        method_options=o.method_options, labels=o.labels)
 
 
 class AttnSession:
@@ -240,8 +256,8 @@ class AttnSession:
         return not hasattr(self.config, "workerinput") and not self.config.option.collectonly
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
-        if not self._controller():
-            return
+        if not self._controller() or not (self.run.expected or self.records):
+            return  # e.g. only users' own tests that use the attn_* fixtures: no study to summarise
         from .report import render, write_json
 
         o = self.options
@@ -259,14 +275,9 @@ class AttnSession:
     @property
     def study(self) -> Any:
         if self._study is None:
-            from .execution import Limits
-            from .study import Study, StudyConfig
+            from .study import Study
 
-            o = self.options
-            self._study = Study(StudyConfig(
-                prompt_format=o.prompt_format, max_new_tokens=o.max_new_tokens, ks=o.ks, error_k=o.error_k,
-                limits=Limits(timeout_s=o.timeout), cache_dir=o.cache_dir, device=o.device, dtype=o.dtype,
-                method_options=o.method_options, labels=o.labels))
+            self._study = Study(study_config(self.options))
         return self._study
 
     def run_item(self, model: str, method: str, task_id: str, item: pytest.Item) -> dict[str, Any]:

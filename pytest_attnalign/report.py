@@ -18,7 +18,7 @@ from typing import Any
 from tabulate import tabulate
 
 from .alignment import KScore, score_tasks
-from .methods import BUILTIN, COMPAT, OPTIONS
+from .methods import BUILTIN, COMPAT, registry
 from .patterns import PATTERNS
 from .study import record_task_units
 
@@ -134,6 +134,16 @@ def _version(dist: str) -> str:
         return "absent"
 
 
+def method_line(methods: Sequence[str], reg: dict[str, Any]) -> str:
+    """The run's methods by category; an entry-point method with the distribution it came from."""
+    by_category: dict[str, list[str]] = defaultdict(list)
+    for m in methods:
+        info = reg.get(m)
+        category = info.category if info else "not installed here"
+        by_category[category].append(f"{m} ({info.origin})" if info and info.plugin else m)
+    return "methods: " + "; ".join(f"{c}: {', '.join(ms)}" for c, ms in by_category.items())
+
+
 def header_lines(records: Sequence[dict[str, Any]]) -> list[str]:
     """How the tables were made, so that a pasted table carries its provenance."""
     models = {r["model"]: r["model_identity"] for r in records}
@@ -157,12 +167,16 @@ def header_lines(records: Sequence[dict[str, Any]]) -> list[str]:
     lines.append("labels: " + ", ".join(LABEL_MODE_TEXT.get(m, m) for m in modes)
                  + "; explained: the generated function body's tokens")
     lines.append(no_code_line(records))
+    reg = registry()
+    lines.append(method_line(sorted({r["method"] for r in records}, key=method_order), reg))
     settings, copy = set(), defaultdict(set)
     for r in records:  # the user can change these settings, and they change the numbers: say which ran
         st = r["attribution"].get("settings", {})
         if "restated_copy" in st:  # one line for the ten methods that take it, not ten entries
             copy[st["restated_copy"]].add(r["method"])
-        keys = [k for k in (*OPTIONS.get(r["method"], ()), "substitute_source") if k in st and k != "restated_copy"]
+        info = reg.get(r["method"])
+        options = info.options if info else ()
+        keys = [k for k in (*options, "substitute_source") if k in st and k != "restated_copy"]
         if keys:
             settings.add(f"{r['method']} " + ", ".join(f"{k}={st[k]}" for k in keys))
     if settings:

@@ -22,7 +22,7 @@ from .execution import Limits, run_completion
 from .generation import Generation, Prompt, generate
 from .jsonshape import check, from_json
 from .labels import human_spans, prompt_labels
-from .methods import AttributionContext, Method, get_method
+from .methods import AttributionContext, Method, code_identity, get_method
 from .models import LoadedModel, load_model
 from .patterns import error_patterns, missed_labels
 from .tasks import Task, get_task
@@ -104,23 +104,30 @@ class Study:
         """The named method with this study's settings for it."""
         return get_method(name, **self.config.method_options.get(name, {}))
 
-    def attribute(self, ctx: AttributionContext, method_name: str) -> tuple[list[list[float]], dict[str, Any]]:
-        """Units ``[start, end, score]`` (task.prompt coordinates) and facts about the run."""
-        method = self.method(method_name)
+    def attribute(self, ctx: AttributionContext, method: str | Method) -> tuple[list[list[float]], dict[str, Any]]:
+        """Units ``[start, end, score]`` (task.prompt coordinates) and facts about the run.
+
+        ``method``: a registered name (with this study's settings for it) or an instance. A method
+        defined outside this package is cached under a digest of its module's source as well.
+        """
+        method = self.method(method) if isinstance(method, str) else method
         method.check_applicable(ctx.lm)
+        code = code_identity(method)
         key = {**ctx.lm.identity, "device_type": ctx.lm.device.split(":")[0], "task": ctx.task.task_id, "prompt": ctx.task.prompt,
                "format": ctx.prompt.format, "completion": ctx.generation.completion,
                "generated_ids": list(ctx.generation.generated_ids), "explained": list(ctx.generation.explained),
-               "method": method_name,
-               "settings": method.settings()}
-        cached = self.cache.get("attribution", key, _decode_attribution)
+               "method": method.name,
+               "settings": method.settings(), **({"code": code} if code else {})}
+        cacheable = code.get("module_sha256", "") is not None  # no source to hash: a stale result could be served
+        cached = self.cache.get("attribution", key, _decode_attribution) if cacheable else None
         if cached is not None:
             units, info = cached
             return units, {**info, "cached": True}
         started = time.perf_counter()
         units = [[int(s), int(e), float(v)] for s, e, v in method.attribute(ctx)]
         info = {"seconds": time.perf_counter() - started, "settings": method.settings()}
-        self.cache.put("attribution", key, {"units": units, "info": info})
+        if cacheable:
+            self.cache.put("attribution", key, {"units": units, "info": info})
         return units, {**info, "cached": False}
 
     def run_item(self, model_name: str, method_name: str, task_id: str) -> dict[str, Any]:

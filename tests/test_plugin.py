@@ -113,8 +113,9 @@ def records(path: Path) -> dict[str, Any]:
         ("--attn-device=tpu", r"--attn-device: unknown 'tpu'; use auto, cpu, cuda or cuda:N"),
         ("--attn-dtype=int8", r"--attn-dtype: unknown dtype 'int8': use auto, float32, float16 or bfloat16"),
         ("--attn-prompt-format=instruct", r"--attn-prompt-format: unknown 'instruct'; use completion or chat or chat-prefill$"),
-        ("--attn-method-option=shap.sign=true", r"--attn-method-option: setting 'shap.sign=true' is not METHOD.NAME=VALUE with one of "
-                                          r"shap.evaluations, shap.signed, bert_masking.fill_mask_model"),
+        ("--attn-method-option=shap.sign=true", r"--attn-method-option: setting 'shap.sign=true' is not METHOD.NAME=VALUE or CATEGORY.NAME=VALUE with one of "
+                                          r"self_attention.restated_copy, gradient.restated_copy, shap.evaluations, shap.signed, "
+                                          r"bert_masking.fill_mask_model"),
         ("--attn-method-option=shap.signed=maybe", r"--attn-method-option: shap: signed must be true or false, got 'maybe'"),
         ("--attn-labels=paper", r"--attn-labels: unknown 'paper'; use corrected or study"),
         ("--attn-timeout=0", r"--attn-timeout: must be positive seconds, got 0(\.0)?$"),

@@ -95,6 +95,7 @@ class SelfAttention(Method):
     """One of the six self-attention views (or a compat variant), named ``{phase}_{view}``."""
 
     category = "self_attention"
+    options = ("restated_copy",)
 
     def __init__(self, name: str, restated_copy: str = "ignore") -> None:
         self.restated_copy = check_mode(restated_copy)

@@ -80,13 +80,17 @@ class Method:
     ``pytest_attnalign.methods``, each entry point naming a Method subclass or instance)."""
 
     name: str = ""
+    #: self_attention, gradient, perturbation or a new one (shown in the summary; a selector of --attn-method)
     category: str = ""
     #: False for methods that need only generations (perturbation): they also run on API models.
     needs_internals: bool = True
+    #: Constructor keywords a user may set (``--attn-method-option NAME.KEY=VALUE``); the rest are library-only.
+    options: tuple[str, ...] = ()
 
     def settings(self) -> dict[str, Any]:
-        """Everything besides the model and task that determines the scores (cache key, report)."""
-        return {}
+        """Everything besides the model and task that determines the scores (cache key, report);
+        by default the values of :attr:`options`, read from attributes of the same names."""
+        return {key: getattr(self, key) for key in self.options}
 
     def attribute(self, ctx: AttributionContext) -> list[Unit]:
         raise NotImplementedError  # abstract

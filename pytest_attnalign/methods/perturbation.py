@@ -125,6 +125,7 @@ class ShapMethod(Method):
 
     category = "perturbation"
     needs_internals = False
+    options = ("evaluations", "signed")
 
     def __init__(self, name: str = "shap", evaluations: int = SHAP_EVALUATIONS, l1_reg: str | bool = SHAP_L1_REG,
                  mask_token: str = MASK_TOKEN, seed: int = 0, verify: bool = True, batch_size: int | None = None,
@@ -368,6 +369,7 @@ class BertMasking(Method):
 
     category = "perturbation"
     needs_internals = False
+    options = ("fill_mask_model", "force_different")
 
     def __init__(self, name: str = "bert_masking", fill_mask_model: str | None = None, verify: bool = True,
                  batch_size: int | None = None, force_different: bool = False) -> None:

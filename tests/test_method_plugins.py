@@ -1,0 +1,132 @@
+"""Third-party methods load, take settings and report exactly like the built-in ones.
+
+The example package ``tests/example_method`` (integrated gradients through captum, ``ig_reading``)
+is installed by putting its folder, which holds its dist-info, on the path: in this process through
+``sys.path``, in pytester subprocesses through ``PYTHONPATH``, as a user's ``pip install`` would.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+import pytest
+
+from pytest_attnalign.errors import AttnalignError
+from pytest_attnalign.methods import BUILTIN, code_identity, get_method, method_options, registry, resolve_methods
+
+EXAMPLE = Path(__file__).resolve().parent / "example_method"
+HE = "benchmarks/humaneval/test_humaneval.py::test_alignment"
+
+
+@pytest.fixture
+def installed(monkeypatch: pytest.MonkeyPatch):
+    """The example package installed in this process; the registry re-reads entry points around it."""
+    monkeypatch.syspath_prepend(str(EXAMPLE))
+    registry.cache_clear()
+    yield
+    monkeypatch.undo()
+    registry.cache_clear()
+
+
+@pytest.fixture(scope="module")
+def tiny_gpt2(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from tiny_models import build_tiny
+
+    return build_tiny("gpt2", tmp_path_factory.mktemp("models") / "tiny-gpt2")
+
+
+def test_selectors_include_entry_point_methods_where_documented(installed: None) -> None:
+    info = registry()["ig_reading"]
+    assert (info.category, info.options, info.origin) == ("gradient", ("n_steps",), "attnalign-ig 0.1.0")
+    assert resolve_methods("all") == [*BUILTIN, "ig_reading"]
+    assert resolve_methods("builtin") == list(BUILTIN)
+    assert resolve_methods("plugins") == ["ig_reading"]
+    assert resolve_methods("gradient") == [n for n, (_, _, c) in BUILTIN.items() if c == "gradient"] + ["ig_reading"]
+
+
+def test_settings_by_method_or_category_are_checked_by_the_method(installed: None) -> None:
+    gradient = resolve_methods("gradient")
+    assert method_options(settings=["gradient.n_steps=4"], selected=gradient) == {"ig_reading": {"n_steps": 4}}
+    # a method's own setting overrides its category's, whatever the order
+    assert method_options(settings=["ig_reading.n_steps=2", "gradient.n_steps=4"], selected=gradient) == {
+        "ig_reading": {"n_steps": 2}}
+    with pytest.raises(AttnalignError, match=r"^setting 'gradient.n_steps=4': no selected gradient method takes 'n_steps'"):
+        method_options(settings=["gradient.n_steps=4"], selected=["saliency_reading"])
+    with pytest.raises(AttnalignError, match=r"with one of .*ig_reading\.n_steps"):
+        method_options(settings=["ig_reading.steps=4"])
+    assert get_method("ig_reading", n_steps=3).settings()["n_steps"] == 3
+    assert get_method("ig_reading").name == "ig_reading"
+    with pytest.raises(AttnalignError, match=r"^ig_reading: n_steps must be a positive integer, got 0$"):
+        get_method("ig_reading", n_steps=0)
+    with pytest.raises(AttnalignError, match=r"^method 'ig_reading' takes no setting signed; it takes n_steps$"):
+        get_method("ig_reading", signed=True)
+
+
+def test_a_broken_entry_point_is_one_line_naming_its_distribution(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    info = tmp_path / "broken_method-2.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: broken-method\nVersion: 2.0\n")
+    (info / "entry_points.txt").write_text("[pytest_attnalign.methods]\nbroken = no_such_module:Method\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    registry.cache_clear()
+    try:
+        with pytest.raises(AttnalignError, match=r"^method entry point 'broken' \(broken-method 2\.0\) does not load "
+                                                 r"\(ModuleNotFoundError: .*\): fix or uninstall broken-method$"):
+            resolve_methods("all")
+    finally:
+        monkeypatch.undo()
+        registry.cache_clear()
+
+
+def test_cache_key_holds_settings_and_the_method_code(installed: None, tiny_gpt2: Path, tmp_path: Path,
+                                                      one_thread: None) -> None:
+    from pytest_attnalign.study import Study, StudyConfig
+    from pytest_attnalign.tasks import get_task
+
+    study = Study(StudyConfig(cache_dir=tmp_path, device="cpu", max_new_tokens=8))
+    ctx = study.context(str(tiny_gpt2), get_task("HumanEval/1"))  # the tiny model writes a body here
+    first, info = study.attribute(ctx, get_method("ig_reading", n_steps=2))
+    again, info2 = study.attribute(ctx, get_method("ig_reading", n_steps=2))
+    other, info3 = study.attribute(ctx, get_method("ig_reading", n_steps=8))
+    assert (info["cached"], info2["cached"], info3["cached"]) == (False, True, False)
+    assert again == first and other != first  # n_steps reached the constructor and the key
+    saliency, _ = study.attribute(ctx, "saliency_reading")
+    assert [u[:2] for u in first] == [u[:2] for u in saliency]  # the same token units as the built-in gradients
+    assert len({round(u[2], 9) for u in first}) > 1
+    ident = code_identity(get_method("ig_reading"))
+    assert ident["class"] == "attnalign_ig.IntegratedGradientsReading" and re.fullmatch(r"[0-9a-f]{16}", ident["module_sha256"])
+    assert code_identity(get_method("shap")) == {}  # built-ins keep their keys
+
+
+def test_installed_method_runs_like_a_builtin_one(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch,
+                                                  tiny_gpt2: Path, tmp_path: Path) -> None:
+    """A user's run: its items, its settings in the header, its row in Table 2, a bad setting a usage error."""
+    import shutil
+
+    target = pytester.path / "benchmarks" / "humaneval"
+    target.mkdir(parents=True)
+    shutil.copy(Path(__file__).resolve().parent.parent / "benchmarks" / "humaneval" / "test_humaneval.py", target)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(EXAMPLE), *filter(None, [os.environ.get("PYTHONPATH")])]))
+    opts = [f"--attn-model={tiny_gpt2}", "--attn-benchmark=humaneval", "--attn-limit=2", "--attn-max-new-tokens=8",
+            "--attn-device=cpu", "--attn-threads=1", f"--attn-cache-dir={tmp_path / 'cache'}", "-p", "no:cacheprovider"]
+    bad = pytester.runpytest_subprocess(*opts, "--attn-method=ig_reading", "--attn-method-option=ig_reading.n_steps=0")
+    assert bad.ret == pytest.ExitCode.USAGE_ERROR
+    assert [line for line in bad.errlines if line.strip()] == [
+        "ERROR: --attn-method-option: ig_reading: n_steps must be a positive integer, got 0"]
+
+    out = tmp_path / "run.json"
+    result = pytester.runpytest_subprocess(*opts, "--attn-method=saliency_reading,plugins",
+                                           "--attn-method-option=ig_reading.n_steps=8", f"--attn-json={out}", "-v",
+                                           timeout=300)
+    result.stdout.fnmatch_lines([f"{HE}[[]{tiny_gpt2}-ig_reading-HumanEval/0[]]*",
+                                 f"{HE}[[]{tiny_gpt2}-ig_reading-HumanEval/1[]]*"])
+    text = result.stdout.str()
+    assert "methods: gradient: saliency_reading, ig_reading (attnalign-ig 0.1.0)" in text
+    assert "method settings: ig_reading n_steps=8" in text
+    table2 = text.split("Table 2 (K=10)")[1].split("\n\n")[0]
+    assert re.search(rf"{re.escape(str(tiny_gpt2))}\s+ig_reading\s+1\s+\d", table2), table2
+    (ig,) = [r for r in json.loads(out.read_text())["records"] if r["method"] == "ig_reading" and not r["no_code"]]
+    assert ig["attribution"]["settings"]["n_steps"] == 8 and ig["units"]
