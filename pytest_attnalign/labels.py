@@ -1,4 +1,4 @@
-"""Programmer attention labels (Kou et al., FSE 2024), read from the committed ``labels/*.jsonl``.
+"""Programmer attention labels (Kou et al., FSE 2024), read from the package's ``data/labels/*.jsonl``.
 
 ``scripts/convert_labels.py`` writes those files from the study's CSVs; this module needs only the
 committed copies. Spans are half-open offsets into ``task.label_text``; :func:`prompt_labels` moves
@@ -13,13 +13,14 @@ import json
 import re
 from dataclasses import dataclass, replace
 from functools import lru_cache
-from pathlib import Path
+from typing import Any
 
 from .errors import AttnalignError
-from .tasks import BENCHMARKS, ROOT, Task
+from .tasks import BENCHMARKS, DATA, Task
 
-#: Folder of the committed label files (module-level so tests can point it elsewhere).
-LABELS_DIR: Path = ROOT / "labels"
+#: Folder of the shipped label files, a path or importlib.resources Traversable (module-level so
+#: tests can point it elsewhere).
+LABELS_DIR: Any = DATA / "labels"
 #: The study's four label types, normalised.
 LABEL_TYPES = ("data_type", "operator", "conditional", "property")
 #: How labelled spans are scored: ``corrected`` (default) or as the ``study`` scored them.
@@ -44,11 +45,11 @@ class Label:
     snapped_from: tuple[int, int] | None = None
 
 
-def _bad(path: Path, lineno: int, why: str) -> AttnalignError:
+def _bad(path: Any, lineno: int, why: str) -> AttnalignError:
     return AttnalignError(f"malformed labels file {path} line {lineno}: {why}; {FIX}")
 
 
-def _parse_label(raw: object, path: Path, lineno: int) -> Label:
+def _parse_label(raw: object, path: Any, lineno: int) -> Label:
     if not isinstance(raw, dict) or not _REQUIRED <= raw.keys() or raw.keys() - _REQUIRED - _OPTIONAL:
         raise _bad(path, lineno, f"label {raw!r} needs exactly the keys start, end, word, type")
     start, end, word, kind = raw["start"], raw["end"], raw["word"], raw["type"]
@@ -71,7 +72,7 @@ def _read(benchmark: str) -> dict[str, tuple[str, tuple[Label, ...]]]:
     if benchmark not in BENCHMARKS:
         raise AttnalignError(f"unknown benchmark {benchmark!r}: use humaneval or mbpp")
     path = LABELS_DIR / f"{benchmark}.jsonl"
-    if not path.exists():
+    if not path.is_file():
         raise AttnalignError(f"labels file {path} missing: {FIX}")
     table: dict[str, tuple[str, tuple[Label, ...]]] = {}
     with path.open(encoding="utf-8") as fh:

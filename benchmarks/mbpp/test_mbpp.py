@@ -1,7 +1,7 @@
 """MBPP items of the study: pytest-attnalign parametrizes one per model x method x task.
 
-Data: benchmarks/mbpp/mbpp.jsonl.gz (Austin et al. 2021, CC-BY-4.0). Run from the repository root
-with `--attn-*` options.
+Data: pytest_attnalign/data/mbpp.jsonl.gz, shipped in the package (Austin et al. 2021, CC-BY-4.0).
+Run from the repository root with `--attn-*` options.
 """
 
 from pytest_attnalign.plugin import check_item
