@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from .benchmarks import BENCHMARKS, NAMES, choices
 from .errors import AttnalignError, ModelUnavailable
 from .methods import method_options
 from .methods.perturbation import DEFAULT_FILL_MASK_MODEL, SHAP_EVALUATIONS
@@ -62,7 +63,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     g.addoption("--attn-method", default=_DEFAULTS["attn_method"], metavar="NAMES",
                 help="attribution methods: all, a category (self_attention, gradient, perturbation) or "
                      "comma-separated names (default: all twelve)")
-    g.addoption("--attn-benchmark", default=_DEFAULTS["attn_benchmark"], metavar="NAME", help="humaneval, mbpp or all (default: all)")
+    g.addoption("--attn-benchmark", default=_DEFAULTS["attn_benchmark"], metavar="NAME", help=f"{choices('all')} (default: all)")
     g.addoption("--attn-k", default=_DEFAULTS["attn_k"], metavar="K,...", help="top-K sizes of the tables (default: 5,10,20)")
     g.addoption("--attn-limit", type=int, default=_DEFAULTS["attn_limit"], metavar="N",
                 help="only the first N tasks of each benchmark (quick runs)")
@@ -128,7 +129,6 @@ def parse_options(config: pytest.Config) -> Options:
     from .methods import resolve_methods
     from .models import check_dtype, default_cache_dir, resolve_model
     from .preflight import cache_directory, local_directory, output_file
-    from .tasks import BENCHMARKS
 
     get = config.getoption
     models = [m.strip() for v in (get("attn_model") or ["smollm2"]) for m in v.split(",") if m.strip()]
@@ -143,8 +143,8 @@ def parse_options(config: pytest.Config) -> Options:
     methods = usage("--attn-method", resolve_methods, get("attn_method"))
     usage("--attn-dtype", check_dtype, get("attn_dtype"))
     bench = get("attn_benchmark")
-    if bench not in (*BENCHMARKS, "all"):
-        raise pytest.UsageError(f"--attn-benchmark: unknown {bench!r}; use humaneval, mbpp or all")
+    if bench not in (*NAMES, "all"):
+        raise pytest.UsageError(f"--attn-benchmark: unknown {bench!r}; use {choices('all')}")
     device = get("attn_device")
     if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", device):
         raise pytest.UsageError(f"--attn-device: unknown {device!r}; use auto, cpu, cuda or cuda:N")
@@ -174,7 +174,7 @@ def parse_options(config: pytest.Config) -> Options:
     cache_dir = usage("--attn-cache-dir", cache_directory, Path(cache).expanduser() if cache else default_cache_dir())
     return Options(
         models=list(dict.fromkeys(models)), methods=methods,
-        benchmarks=list(BENCHMARKS) if bench == "all" else [bench],
+        benchmarks=list(NAMES) if bench == "all" else [bench],
         ks=_positive_ints(get("attn_k"), "--attn-k"), limit=get("attn_limit"), device=device,
         dtype=get("attn_dtype"), prompt_format=fmt, max_new_tokens=get("attn_max_new_tokens"),
         cache_dir=cache_dir, timeout=get("attn_timeout"), error_k=get("attn_error_k"), json_path=json_path,
@@ -292,7 +292,8 @@ def pytest_cmdline_main(config: pytest.Config) -> None:
         config.option.dist = "loadgroup"
 
 
-_ITEM_ID = re.compile(r"::test_alignment\[(?P<model>.+)-(?P<method>[^-\]]+)-(?P<task>(?:HumanEval|Mbpp)/\d+)\]")
+_PREFIXES = "|".join(re.escape(b.prefix) for b in BENCHMARKS)
+_ITEM_ID = re.compile(rf"::test_alignment\[(?P<model>.+)-(?P<method>[^-\]]+)-(?P<task>(?:{_PREFIXES})/\d+)\]")
 
 
 @pytest.hookimpl(optionalhook=True)
@@ -336,10 +337,11 @@ def _session(config: pytest.Config) -> AttnSession | None:
 
 
 def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
-    """Skip a benchmark's module when --attn-benchmark leaves it out."""
+    """Skip a benchmark's module (``benchmarks/NAME/test_NAME.py``) when --attn-benchmark leaves it out."""
     s = _session(config)
-    if s and collection_path.name.startswith("test_") and collection_path.parent.name in ("humaneval", "mbpp"):
-        return collection_path.parent.name not in s.options.benchmarks or None
+    name = collection_path.parent.name
+    if s and name in NAMES and collection_path.name == f"test_{name}.py":
+        return name not in s.options.benchmarks or None
     return None
 
 
