@@ -1,8 +1,9 @@
 """pytest entry point (``pytest11``): options, parametrization, fixtures, hooks; nothing heavy.
 
-Items are ``test_alignment[MODEL-METHOD-TASK]`` in ``benchmarks/*/test_*.py``. Each item's record
-rides on its report's ``user_properties`` (serialised by xdist), so the controller aggregates the
-same records with or without ``-n``. torch and transformers load only when an item runs.
+Items are ``test_alignment[MODEL-METHOD-TASK]``, collected from the package's ``items/test_study.py``
+in any directory, or from ``benchmarks/NAME/test_NAME.py`` in this repository (:func:`study_paths`).
+Each item's record rides on its report's ``user_properties`` (serialised by xdist), so the
+controller aggregates the same records with or without ``-n``. torch and transformers load only when an item runs.
 """
 
 from __future__ import annotations
@@ -326,10 +327,19 @@ def pytest_configure(config: pytest.Config) -> None:
     if session.runs_items():
         session.cores.join()  # counted from start-up, so xdist workers see each other before their first item
     if config.args_source != pytest.Config.ArgsSource.ARGS:
-        # `pytest --attn-...` from the repository root runs the study, not the plugin's own tests.
-        bench = Path(str(config.rootpath)) / "benchmarks"
-        if bench.is_dir():
-            config.args[:] = [str(bench)]
+        config.args[:] = study_paths(Path(str(config.rootpath)))  # not the project's testpaths or cwd
+
+
+def study_paths(rootdir: Path) -> list[str]:
+    """What ``pytest --attn-...`` without paths collects: the study's items.
+
+    A project laid out like this repository (``benchmarks/NAME/test_NAME.py``) runs its own modules;
+    any other directory runs the module shipped in the package, so an installed plugin needs no clone.
+    """
+    bench = rootdir / "benchmarks"
+    if any((bench / name / f"test_{name}.py").is_file() for name in NAMES):
+        return [str(bench)]
+    return [str(Path(__file__).resolve().parent / "items")]
 
 
 def _session(config: pytest.Config) -> AttnSession | None:
@@ -354,10 +364,12 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         raise pytest.UsageError("pytest-attnalign items need the plugin active: pass --attn-* options")
     from .tasks import load_tasks
 
-    tasks = load_tasks(metafunc.module.BENCHMARK)[: s.options.limit]
+    # a benchmark's module names it; the shipped module holds every benchmark selected
+    names = [metafunc.module.BENCHMARK] if hasattr(metafunc.module, "BENCHMARK") else s.options.benchmarks
     params = [
         pytest.param((model, method, task.task_id), id=f"{model}-{method}-{task.task_id}",
                      marks=[pytest.mark.attnalign])
+        for tasks in [load_tasks(name)[: s.options.limit] for name in names]
         for model in s.options.models for task in tasks for method in s.options.methods
     ]
     metafunc.parametrize("attn_case", params)
