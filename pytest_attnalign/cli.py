@@ -19,7 +19,9 @@ T = TypeVar("T")
 
 def _parser() -> argparse.ArgumentParser:
     from . import __version__
+    from .benchmarks import BENCHMARKS, NAMES
 
+    task_ids = " or ".join(f"{b.prefix}/N" for b in BENCHMARKS)
     p = argparse.ArgumentParser(prog="attnalign", description=__doc__.splitlines()[0])
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
@@ -33,13 +35,13 @@ def _parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_score)
 
     v = sub.add_parser("verify-benchmarks", help="run every canonical solution through the sandbox")
-    v.add_argument("--benchmark", choices=["humaneval", "mbpp", "all"], default="all")
+    v.add_argument("--benchmark", choices=[*NAMES, "all"], default="all")
     v.add_argument("-j", "--jobs", type=int, default=0, help="parallel programs (default: CPU count)")
     v.add_argument("--timeout", type=float, default=10.0, help="wall-clock seconds per program")
     v.set_defaults(func=cmd_verify)
 
     c = sub.add_parser("check", help="run one completion against a task's tests (exit 0 pass, 1 fail/timeout/error, 2 bad input)")
-    c.add_argument("task_id", help="HumanEval/N or Mbpp/N")
+    c.add_argument("task_id", help=task_ids)
     c.add_argument("completion_file", help="text continuing the task's completion-mode prompt")
     c.add_argument("--timeout", type=float, default=10.0, help="wall-clock seconds")
     c.add_argument("--json", action="store_true")
@@ -47,7 +49,7 @@ def _parser() -> argparse.ArgumentParser:
 
     a = sub.add_parser("attribute", help="generate for one task and show each method's top-K units "
                                          "(exit 1 when a method failed on it)")
-    a.add_argument("task_id", help="HumanEval/N or Mbpp/N")
+    a.add_argument("task_id", help=task_ids)
     a.add_argument("--model", default="smollm2", help="alias, hub id, openai:MODEL or local directory (default smollm2)")
     a.add_argument("--method", default="all", help="all (the twelve plus entry-point methods), builtin, plugins, a category or "
                                                     "comma-separated method names (default all)")

@@ -503,7 +503,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .errors import AttnalignError
-from .tasks import BENCHMARKS, Task, get_task, load_tasks
+from .benchmarks import BENCHMARKS
+from .tasks import Task, get_task, load_tasks
 
 OUTCOMES = ("pass", "fail", "timeout", "error")
 TAIL_CHARS = 2000
@@ -731,12 +732,11 @@ def verify_benchmarks_command(benchmark: str, jobs: int, timeout: float) -> int:
     start = time.monotonic()
     results = verify_benchmarks(benchmark, jobs, limits)
     elapsed = time.monotonic() - start
-    prefix = {"humaneval": "HumanEval/", "mbpp": "Mbpp/"}
     parts = []
     for bench in BENCHMARKS:
-        mine = [r for tid, r in results if tid.startswith(prefix[bench])]
+        mine = [r for tid, r in results if bench.owns(tid)]
         if mine:
-            parts.append(f"{bench} {sum(r.outcome == 'pass' for r in mine)}/{len(mine)}")
+            parts.append(f"{bench.name} {sum(r.outcome == 'pass' for r in mine)}/{len(mine)}")
     passed = sum(r.outcome == "pass" for _, r in results)
     print(f"{passed}/{len(results)} passed ({', '.join(parts)}) in {elapsed:.1f} s")
     for tid, r in results:

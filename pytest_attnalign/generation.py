@@ -22,6 +22,7 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterator, Sequence
 
+from .benchmarks import get_benchmark
 from .errors import AttnalignError
 from .tasks import Task
 
@@ -147,6 +148,11 @@ def extract_code(reply: str) -> str:
     return m.group(1) if m else reply
 
 
+def _continues(task: Task) -> bool:
+    """Whether the task's completion-mode prompt ends inside its function (HumanEval), not before it."""
+    return get_benchmark(task.benchmark).continues_function
+
+
 def _restates(code: str, entry_point: str) -> bool:
     return re.search(rf"^\s*(async\s+)?def\s+{re.escape(entry_point)}\s*\(", code, re.M) is not None
 
@@ -160,7 +166,7 @@ def completion_from_reply(task: Task, reply: str) -> str:
     code = extract_code(reply)
     if _restates(code, task.entry_point):
         return "\n" + cut_function(code.strip("\n") + "\n", starts_inside=False)
-    if task.benchmark == "humaneval" and code.startswith((" ", "\t")):
+    if _continues(task) and code.startswith((" ", "\t")):
         return cut_function(code, starts_inside=True)
     return "\n" + cut_function(code.strip("\n") + "\n", starts_inside=False)
 
@@ -177,7 +183,7 @@ def completion_from_text(task: Task, prompt_format: str, raw: str) -> str:
         return completion_from_reply(task, raw)
     if prompt_format == "chat-prefill":
         raw = _before_fence(raw)
-    return cut_function(raw, starts_inside=task.benchmark == "humaneval")
+    return cut_function(raw, starts_inside=_continues(task))
 
 
 def has_ended(task: Task, prompt_format: str, raw: str) -> bool:
@@ -186,7 +192,7 @@ def has_ended(task: Task, prompt_format: str, raw: str) -> bool:
         return bool(re.search(r"```[^\n]*\n.*?```", raw, re.S))
     if prompt_format == "chat-prefill" and "```" in raw:
         return True
-    cut = cut_function(raw, starts_inside=task.benchmark == "humaneval")
+    cut = cut_function(raw, starts_inside=_continues(task))
     return len(cut) < len(raw) and raw[len(cut.rstrip("\n")) :].strip() != ""
 
 
@@ -245,10 +251,10 @@ def body_span(task: Task, prompt_format: str, raw: str) -> tuple[int, int]:
         if m is None and not re.search(r"^\s*(async\s+)?def\s", raw, re.M):
             return 0, 0  # a reply with neither a code block nor a def is prose: no body
         offset, code = (m.start(1), m.group(1)) if m else (0, raw)
-        continues = task.benchmark == "humaneval" and not _restates(code, task.entry_point) and code.startswith((" ", "\t"))
+        continues = _continues(task) and not _restates(code, task.entry_point) and code.startswith((" ", "\t"))
     else:
         offset, code = 0, _before_fence(raw) if prompt_format == "chat-prefill" else raw
-        continues = task.benchmark == "humaneval"
+        continues = _continues(task)
     if continues:
         return offset, offset + len(cut_function(code, starts_inside=True).rstrip())
     a, b = _function_body(code, task.entry_point)

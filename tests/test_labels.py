@@ -15,20 +15,21 @@ import pytest
 from pytest_attnalign import labels
 from pytest_attnalign.errors import AttnalignError
 from pytest_attnalign.labels import LABEL_TYPES, load_labels, labels_for, prompt_labels
-from pytest_attnalign.tasks import ROOT, get_task
+from pytest_attnalign.tasks import get_task
 
+ROOT = Path(__file__).resolve().parent.parent
 SOURCE = ROOT.parent / "shared" / "data" / "attention-labels"
 CONVERTER = ROOT / "scripts" / "convert_labels.py"
 needs_source = pytest.mark.skipif(
     not (SOURCE / "humaneval.csv").exists() or not (SOURCE / "mbpp.csv").exists(),
-    reason=f"attention-label CSVs not at {SOURCE}: only the committed labels/ can be checked",
+    reason=f"attention-label CSVs not at {SOURCE}: only the shipped labels can be checked",
 )
 #: Spans of MBPP placed inside another word ("in" inside "find"), per ../shared/data/README.md.
 MBPP_SNAPPED = 97
 
 
 def _raw(benchmark: str) -> list[dict]:
-    lines = (ROOT / "labels" / f"{benchmark}.jsonl").read_text(encoding="utf-8").splitlines()
+    lines = (labels.LABELS_DIR / f"{benchmark}.jsonl").read_text(encoding="utf-8").splitlines()
     return [json.loads(line) for line in lines]
 
 

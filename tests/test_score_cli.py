@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 
 from pytest_attnalign.cli import main
-from pytest_attnalign.tasks import ROOT
 
 # The two tasks of tests/test_alignment.py, worked by hand there:
 #   A (triples, 40 chars, H = [0,4) [10,20) [10,20) [30,30)); B (strings, one token dropped).
@@ -147,10 +146,6 @@ def test_missing_file_and_bad_k(tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert (rc, out) == (2, "") and "positive" in err
 
 
-LABELS_FILE = ROOT / "labels" / "humaneval.jsonl"
-
-
-@pytest.mark.skipif(not LABELS_FILE.exists(), reason="labels/humaneval.jsonl not shipped yet")
 def test_task_id_line_uses_shipped_labels(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from pytest_attnalign.labels import labels_for
     from pytest_attnalign.tasks import get_task

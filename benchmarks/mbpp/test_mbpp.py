@@ -1,13 +1,10 @@
 """MBPP items of the study: pytest-attnalign parametrizes one per model x method x task.
 
-Data: benchmarks/mbpp/mbpp.jsonl.gz (Austin et al. 2021, CC-BY-4.0). Run from the repository root
-with `--attn-*` options.
+Data: pytest_attnalign/data/mbpp.jsonl.gz, shipped in the package (Austin et al. 2021, CC-BY-4.0).
+Run from the repository root with `--attn-*` options. The item function is the one the package
+ships for runs in any directory (pytest_attnalign/items).
 """
 
-from pytest_attnalign.plugin import check_item
+from pytest_attnalign.items.test_study import test_alignment  # noqa: F401  (collected here, for this benchmark)
 
 BENCHMARK = "mbpp"
-
-
-def test_alignment(attn_result):
-    check_item(attn_result)
