@@ -58,7 +58,15 @@ def test_all_twelve_methods_score_humaneval_0_on_the_embedded_model(
 
 def test_bad_input_is_one_line_before_any_model_loads(
         capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(models, "load_model", lambda *a, **k: pytest.fail("a model loaded"))
+    from pytest_attnalign import study
+
+    def trap(*_: object, **__: object) -> None:
+        pytest.fail("a model loaded")
+
+    # both names: study binds load_model when first imported, so a trap set only on models would
+    # outlive this test in study (when this test imports it first) or miss it (when another did)
+    monkeypatch.setattr(models, "load_model", trap)
+    monkeypatch.setattr(study, "load_model", trap)
     for argv, message in (
         (["attribute", "HumanEval/999"], "no task 'HumanEval/999'"),
         (["attribute", "HumanEval/0", "--method", "saliency"], "unknown method 'saliency'"),
