@@ -52,7 +52,7 @@ class Options:
     compare_fails: list[CompareFail]
     compare: Path | None  # the baseline run file
     compare_force: bool
-    save: Path | None  # the storage directory when this run is saved
+    storage: Path | None  # where this run is saved (None: not saved)
     save_name: str | None
 
 
@@ -226,10 +226,10 @@ def parse_options(config: pytest.Config) -> Options:
     json_path = usage("--attn-json", output_file, Path(get("attn_json")).expanduser()) if get("attn_json") else None
     cache = get("attn_cache_dir")
     cache_dir = usage("--attn-cache-dir", cache_directory, Path(cache).expanduser() if cache else default_cache_dir())
-    save = compare = None
+    save_dir = compare = None
     if save_name or get("attn_compare") is not None:
         storage = Path(get("attn_storage")).expanduser() if get("attn_storage") else _default_storage(config)
-        save = usage("--attn-storage", usable_storage, storage) if save_name else None
+        save_dir = usage("--attn-storage", usable_storage, storage) if save_name else None
         if get("attn_compare") is not None:
             compare = usage("--attn-compare", find_run, storage, get("attn_compare"))
     return Options(
@@ -240,7 +240,7 @@ def parse_options(config: pytest.Config) -> Options:
         cache_dir=cache_dir, timeout=get("attn_timeout"), error_k=get("attn_error_k"), json_path=json_path,
         method_options=settings, labels=get("attn_labels"),
         threads=get("attn_threads"), pass1=get("attn_pass1"), gates=gates, compare_fails=fails, compare=compare,
-        compare_force=get("attn_compare_force"), save=save, save_name=save_name,
+        compare_force=get("attn_compare_force"), storage=save_dir, save_name=save_name,
     )
 
 
@@ -351,8 +351,8 @@ class AttnSession:
         for line in self.verdicts:
             terminalreporter.write_line(line, red=" FAILED" in line or line.startswith("comparison refused"))
         targets = [("--attn-json", o.json_path, "records written to")]
-        if o.save is not None and o.save_name is not None:
-            targets.append(("--attn-save", save_path(o.save, o.save_name), "run saved as"))
+        if o.storage is not None and o.save_name is not None:
+            targets.append(("--attn-save", save_path(o.storage, o.save_name), "run saved as"))
         for flag, path, done in targets:
             if path is None:
                 continue
