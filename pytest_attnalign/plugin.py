@@ -96,7 +96,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                 help="wall-clock seconds for running one generated program (default: 10)")
     g.addoption("--attn-error-k", type=int, default=_DEFAULTS["attn_error_k"], metavar="K",
                 help="top-K used to classify error patterns of failing items (default: 10)")
-    g.addoption("--attn-json", default=_DEFAULTS["attn_json"], metavar="PATH", help="write every item's record and the pooled scores")
+    g.addoption("--attn-json", default=_DEFAULTS["attn_json"], metavar="PATH",
+                help="write the run file: versioned JSON of the settings, every item's record and the tables "
+                     "(attnalign report PATH prints the summary again)")
     g.addoption("--attn-shap-evaluations", type=int, default=_DEFAULTS["attn_shap_evaluations"], metavar="N",
                 help=f"model evaluations per task for shap (default: {SHAP_EVALUATIONS}, as in the study)")
     g.addoption("--attn-fill-mask-model", default=_DEFAULTS["attn_fill_mask_model"], metavar="ID",
