@@ -16,6 +16,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 
 import krippendorff
+import numpy as np
 
 from .errors import AttnalignError
 
@@ -261,3 +262,35 @@ def score_k(tasks: Sequence[TaskUnits], k: int) -> KScore:
 def score_tasks(tasks: Sequence[TaskUnits], ks: Iterable[int] = DEFAULT_KS) -> dict[int, KScore]:
     """Figures for each K (duplicates removed, order kept), pooled over all ``tasks``."""
     return {int(k): score_k(tasks, k) for k in dict.fromkeys(ks)}
+
+
+#: One task's additive contribution to the pooled figures, the columns of :func:`task_sums`.
+SUMS = ("p_num", "n_selected", "r_num", "n_human", "n_units", "disagreements", "positives")
+
+
+def task_sums(task: TaskUnits, k: int) -> tuple[float, ...]:
+    """What one task adds at K to the pooled P, R and alpha, in :data:`SUMS` order.
+
+    Pooled P, R and alpha are ratios of sums over tasks (METRICS.md s3, s4), so a resample of tasks
+    is a weighted sum of these rows: :func:`pool_sums` re-pools it without rescoring any task.
+    """
+    c = _counts(task, k)
+    return (c.p_num, c.n_selected, c.r_num, c.n_human, len(c.h),
+            sum(x != y for x, y in zip(c.h, c.m)), sum(c.h) + sum(c.m))
+
+
+def pool_sums(sums: np.ndarray) -> dict[str, np.ndarray]:
+    """Pooled precision, recall, f1 and alpha from :func:`task_sums` summed over tasks (last axis).
+
+    Vectorised over the leading axes (bootstrap resamples); NaN where :func:`score_k` says None.
+    Equal to :func:`score_k` up to float rounding (alpha by the closed form of METRICS.md s3).
+    """
+    p_num, n_sel, r_num, n_human, n_units, d, n1 = np.moveaxis(np.asarray(sums, dtype=float), -1, 0)
+    n = 2 * n_units
+    n0 = n - n1
+    with np.errstate(divide="ignore", invalid="ignore"):
+        p = np.where(n_sel > 0, p_num / n_sel, np.nan)
+        r = np.where(n_human > 0, r_num / n_human, np.nan)
+        f1 = np.where(np.isnan(p) | np.isnan(r), np.nan, np.where(p + r > 0, 2 * p * r / (p + r), 0.0))
+        alpha = np.where((n0 > 0) & (n1 > 0), 1 - (n - 1) * d / (n0 * n1), np.nan)
+    return {"precision": p, "recall": r, "f1": f1, "alpha": alpha}

@@ -69,6 +69,18 @@ def _parser() -> argparse.ArgumentParser:
                         "every selected method of the category that takes NAME (gradient.restated_copy=credit)")
     a.add_argument("--json", action="store_true", help="print one JSON object")
     a.set_defaults(func=cmd_attribute)
+
+    r = sub.add_parser("report", help="print the summary a run printed, from its run file; compare and gate it "
+                                      "as the plugin does (exit 1 when a gate or compare-fail failed)")
+    r.add_argument("run", help="a run file (written by --attn-json or --attn-save)")
+    r.add_argument("--compare", metavar="OTHER.json", help="a baseline run file: the change of every figure both have")
+    r.add_argument("--gate", action="append", metavar="EXPR",
+                   help="repeatable or comma list, e.g. mymethod.f1@10>=coding_last.f1@10, mymethod.alpha@10>=0.05 "
+                        "(README: gate grammar)")
+    r.add_argument("--compare-fail", action="append", metavar="EXPR",
+                   help="repeatable or comma list, e.g. f1@10:2%% (2 percentage points), alpha@5:0.02, pass1:1%%")
+    r.add_argument("--compare-force", action="store_true", help="compare even when the runs' settings differ")
+    r.set_defaults(func=cmd_report)
     return p
 
 
@@ -127,6 +139,26 @@ def cmd_attribute(args: argparse.Namespace) -> int:
         cores.leave()
     print(json.dumps(result) if args.json else render_attribution(result, args.k))
     return 1 if any("error" in m for m in result["methods"].values()) else 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .gates import check_names, judge, parse_compare_fails, parse_gates
+    from .runfile import read_run
+
+    run = read_run(Path(args.run))
+    gates = _flag("--gate", parse_gates, args.gate)
+    fails = _flag("--compare-fail", parse_compare_fails, args.compare_fail)
+    methods = sorted({r.method for r in run.records})
+    _flag("--gate", check_names, gates, [], methods, run.ks)
+    _flag("--compare-fail", check_names, [], fails, methods, run.ks)
+    if fails and not args.compare:
+        raise AttnalignError("--compare-fail: no baseline: add --compare OTHER.json")
+    base = _flag("--compare", read_run, Path(args.compare)) if args.compare else None
+    held, lines = judge(run, gates, base, fails, args.compare_force, args.compare or "", "--compare-force")
+    print("\n".join([run.summary(), *lines]))
+    return 0 if held else 1
 
 
 def _flag(flag: str, check: Callable[..., T], *args: Any) -> T:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -21,6 +21,11 @@ from .methods import method_options
 from .methods.perturbation import DEFAULT_FILL_MASK_MODEL, SHAP_EVALUATIONS
 
 pytest_plugins = ["pytest_attnalign.fixtures"]  # attn_model, attn_task, ... for users' own tests
+
+if TYPE_CHECKING:  # numpy and the report load only when a study runs
+    from .gates import CompareFail, Gate
+    from .record import Record
+    from .runfile import Run
 
 PROPERTY = "attnalign"
 RUN_PROPERTY = "attnalign-run"  # an item's facts about the run (threads, cache), see runinfo.RunInfo
@@ -46,6 +51,13 @@ class Options:
     method_options: dict[str, dict[str, Any]]
     labels: str
     threads: int | None
+    pass1: str  # fail: an item fails when its code fails its tests; report: Pass@1 is only reported
+    gates: list[Gate]
+    compare_fails: list[CompareFail]
+    compare: Path | None  # the baseline run file
+    compare_force: bool
+    storage: Path | None  # where this run is saved (None: not saved)
+    save_name: str | None
 
 
 #: Option defaults, also used to tell whether a run asked for the study (see :func:`_given`).
@@ -54,7 +66,9 @@ _DEFAULTS: dict[str, Any] = {
     "attn_device": "auto", "attn_dtype": "auto", "attn_prompt_format": None, "attn_max_new_tokens": None,
     "attn_cache_dir": None, "attn_timeout": 10.0, "attn_error_k": 10, "attn_json": None,
     "attn_shap_evaluations": None, "attn_fill_mask_model": None, "attn_threads": None, "attn_method_option": None,
-    "attn_labels": "corrected",
+    "attn_labels": "corrected", "attn_pass1": "fail", "attn_save": None, "attn_autosave": False,
+    "attn_storage": None, "attn_compare": None, "attn_compare_fail": None, "attn_compare_force": False,
+    "attn_gate": None,
 }
 
 
@@ -87,7 +101,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                 help="wall-clock seconds for running one generated program (default: 10)")
     g.addoption("--attn-error-k", type=int, default=_DEFAULTS["attn_error_k"], metavar="K",
                 help="top-K used to classify error patterns of failing items (default: 10)")
-    g.addoption("--attn-json", default=_DEFAULTS["attn_json"], metavar="PATH", help="write every item's record and the pooled scores")
+    g.addoption("--attn-json", default=_DEFAULTS["attn_json"], metavar="PATH",
+                help="write the run file: versioned JSON of the settings, every item's record and the tables "
+                     "(attnalign report PATH prints the summary again)")
     g.addoption("--attn-shap-evaluations", type=int, default=_DEFAULTS["attn_shap_evaluations"], metavar="N",
                 help=f"model evaluations per task for shap (default: {SHAP_EVALUATIONS}, as in the study)")
     g.addoption("--attn-fill-mask-model", default=_DEFAULTS["attn_fill_mask_model"], metavar="ID",
@@ -106,6 +122,30 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     g.addoption("--attn-threads", type=int, default=_DEFAULTS["attn_threads"], metavar="N",
                 help="torch CPU threads per process (default: the cores divided by the attnalign processes "
                      "running items at the moment: xdist workers and other runs sharing the cache directory)")
+    g.addoption("--attn-pass1", default=_DEFAULTS["attn_pass1"], metavar="MODE",
+                help="fail (default): an item fails when its generated code fails the benchmark's tests; "
+                     "report: Pass@1 is only reported, so the exit status reflects errors and gates alone")
+    g.addoption("--attn-save", default=_DEFAULTS["attn_save"], metavar="NAME",
+                help="save the run as NNNN_NAME.json in the storage directory")
+    g.addoption("--attn-autosave", action="store_true", default=_DEFAULTS["attn_autosave"],
+                help="save the run as NNNN_<start time>.json in the storage directory")
+    g.addoption("--attn-storage", default=_DEFAULTS["attn_storage"], metavar="DIR",
+                help="directory of saved runs (default: attnalign under pytest's cache directory, "
+                     ".pytest_cache/d/attnalign in the rootdir)")
+    g.addoption("--attn-compare", nargs="?", const="", default=_DEFAULTS["attn_compare"], metavar="NAME|PATH",
+                help="compare with a saved run (its name, counter or path; no value: the newest saved run): "
+                     "the change of P/R/F1/alpha per model x method x K and of Pass@1 per model")
+    g.addoption("--attn-compare-fail", action="append", default=_DEFAULTS["attn_compare_fail"], metavar="EXPR",
+                help="fail the session when a figure dropped from the --attn-compare run by more than allowed, "
+                     "repeatable or comma list: f1@10:2%% (2 percentage points), alpha@5:0.02, pass1:1%%, "
+                     "METHOD.f1@10:2%%; a trailing ! fails only a significant drop (95%% CI)")
+    g.addoption("--attn-compare-force", action="store_true", default=_DEFAULTS["attn_compare_force"],
+                help="compare even when settings differ from the baseline (model revision, prompt format, "
+                     "labels, method settings, K, execution limits)")
+    g.addoption("--attn-gate", action="append", default=_DEFAULTS["attn_gate"], metavar="EXPR",
+                help="fail the session unless the run meets it, repeatable or comma list: "
+                     "mymethod.f1@10>=coding_last.f1@10, mymethod.alpha@10>=0.05, coding_last.p@5<40%%; "
+                     "a trailing ! requires the whole 95%% CI (paired bootstrap over tasks) to meet it")
 
 
 def _given(config: pytest.Config) -> bool:
@@ -133,10 +173,12 @@ def _positive_ints(text: str, flag: str) -> tuple[int, ...]:
 
 def parse_options(config: pytest.Config) -> Options:
     """Validate every option before any model loads; errors are usage errors naming the fix."""
+    from .gates import check_names, parse_compare_fails, parse_gates
     from .generation import PROMPT_FORMATS
     from .methods import resolve_methods
     from .models import check_dtype, default_cache_dir, resolve_model
     from .preflight import cache_directory, local_directory, output_file
+    from .storage import autosave_name, check_name, find_run, usable_storage
 
     get = config.getoption
     models = [m.strip() for v in (get("attn_model") or ["smollm2"]) for m in v.split(",") if m.strip()]
@@ -176,18 +218,39 @@ def parse_options(config: pytest.Config) -> Options:
         usage("--attn-method-option", lambda: get_method(name, **opts))
     if get("attn_fill_mask_model"):
         usage("--attn-fill-mask-model", local_directory, get("attn_fill_mask_model"))
+    ks = _positive_ints(get("attn_k"), "--attn-k")
+    if get("attn_pass1") not in ("fail", "report"):
+        raise pytest.UsageError(f"--attn-pass1: unknown {get('attn_pass1')!r}; use fail or report")
+    gates = usage("--attn-gate", parse_gates, get("attn_gate"))
+    usage("--attn-gate", check_names, gates, [], methods, ks)
+    fails = usage("--attn-compare-fail", parse_compare_fails, get("attn_compare_fail"))
+    usage("--attn-compare-fail", check_names, [], fails, methods, ks)
+    if fails and get("attn_compare") is None:
+        raise pytest.UsageError("--attn-compare-fail: no baseline: add --attn-compare (the newest saved run) "
+                                "or --attn-compare=NAME|PATH")
+    if get("attn_save") and get("attn_autosave"):
+        raise pytest.UsageError("--attn-save: give either --attn-save NAME or --attn-autosave, not both")
+    save_name = usage("--attn-save", check_name, get("attn_save")) if get("attn_save") else (
+        autosave_name() if get("attn_autosave") else None)
     # paths last: the end of a long run must not be where a typo shows
     json_path = usage("--attn-json", output_file, Path(get("attn_json")).expanduser()) if get("attn_json") else None
     cache = get("attn_cache_dir")
     cache_dir = usage("--attn-cache-dir", cache_directory, Path(cache).expanduser() if cache else default_cache_dir())
+    save_dir = compare = None
+    if save_name or get("attn_compare") is not None:
+        storage = Path(get("attn_storage")).expanduser() if get("attn_storage") else _default_storage(config)
+        save_dir = usage("--attn-storage", usable_storage, storage) if save_name else None
+        if get("attn_compare") is not None:
+            compare = usage("--attn-compare", find_run, storage, get("attn_compare"))
     return Options(
         models=list(dict.fromkeys(models)), methods=methods,
         benchmarks=list(NAMES) if bench == "all" else [bench],
-        ks=_positive_ints(get("attn_k"), "--attn-k"), limit=get("attn_limit"), device=device,
+        ks=ks, limit=get("attn_limit"), device=device,
         dtype=get("attn_dtype"), prompt_format=fmt, max_new_tokens=get("attn_max_new_tokens"),
         cache_dir=cache_dir, timeout=get("attn_timeout"), error_k=get("attn_error_k"), json_path=json_path,
         method_options=settings, labels=get("attn_labels"),
-        threads=get("attn_threads"),
+        threads=get("attn_threads"), pass1=get("attn_pass1"), gates=gates, compare_fails=fails, compare=compare,
+        compare_force=get("attn_compare_force"), storage=save_dir, save_name=save_name,
     )
 
 
@@ -202,6 +265,14 @@ def study_config(o: Options) -> Any:
         method_options=o.method_options, labels=o.labels)
 
 
+def _default_storage(config: pytest.Config) -> Path:
+    """``attnalign`` in pytest's cache directory; without the cacheprovider plugin, where it would be."""
+    cache = getattr(config, "cache", None)
+    if cache is not None:
+        return Path(cache.mkdir("attnalign"))
+    return Path(str(config.rootpath)) / ".pytest_cache" / "d" / "attnalign"
+
+
 class AttnSession:
     """Per-process state: options, the lazily built Study, and (on the controller) the records."""
 
@@ -211,7 +282,9 @@ class AttnSession:
 
         self.config = config
         self.options = options
-        self.records: list[dict[str, Any]] = []
+        self.records: list[Record] = []
+        self.baseline: Run | None = None  # the --attn-compare run (controller only)
+        self.verdicts: list[str] = []  # compare and gate lines, decided at session finish
         self.run = RunInfo()
         self.cores = CoreShare(options.cache_dir / "runs", options.threads)
         self.unavailable_since: dict[str, str] = {}  # model -> the item that showed why
@@ -229,7 +302,9 @@ class AttnSession:
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         """Collect records from call reports (xdist replays workers' reports here)."""
         if report.when == "call":
-            self.records += [value for name, value in report.user_properties if name == PROPERTY]
+            from .record import Record
+
+            self.records += [Record.from_dict(value) for name, value in report.user_properties if name == PROPERTY]
         elif report.when == "setup":
             for name, value in report.user_properties:
                 if name == RUN_PROPERTY:
@@ -237,11 +312,39 @@ class AttnSession:
         elif report.when == "teardown" and _ITEM_ID.search(report.nodeid):
             self.run.finished.add(report.nodeid)
 
+    def load_baseline(self) -> None:
+        """Read the --attn-compare run before any item runs (a bad file is a usage error now)."""
+        from .runfile import read_run
+
+        o = self.options
+        if o.compare is None:
+            return
+        try:
+            self.baseline = read_run(o.compare)
+        except AttnalignError as exc:
+            raise pytest.UsageError(f"--attn-compare: {exc}") from None
+        missing = sorted({f.k for f in o.compare_fails if f.k is not None and f.k not in self.baseline.ks})
+        if missing:
+            raise pytest.UsageError(f"--attn-compare-fail: K={', '.join(map(str, missing))} is not in the baseline "
+                                    f"{o.compare} (K: {', '.join(map(str, self.baseline.ks))})")
+
+    def result(self) -> Run:
+        from .runfile import Run
+
+        return Run(self.records, self.options.ks, self.run.as_dict())
+
     @pytest.hookimpl(trylast=True)
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
-        """A run whose items all ran without one result is a failed run, even if all were skipped."""
-        if (self._controller() and self.run.finished and not self.records
-                and session.exitstatus == pytest.ExitCode.OK):
+        """A run whose items all ran without one result is a failed run, even if all were skipped; a
+        failed gate or compare-fail (or a refused comparison they needed) fails it too."""
+        if not self._controller():
+            return
+        from .gates import judge
+
+        o = self.options
+        held, self.verdicts = judge(self.result(), o.gates, self.baseline, o.compare_fails, o.compare_force,
+                                    str(o.compare), "--attn-compare-force")
+        if session.exitstatus == pytest.ExitCode.OK and ((self.run.finished and not self.records) or not held):
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
     def pytest_unconfigure(self) -> None:
@@ -259,19 +362,28 @@ class AttnSession:
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         if not self._controller() or not (self.run.expected or self.records):
             return  # e.g. only users' own tests that use the attn_* fixtures: no study to summarise
-        from .report import render, write_json
+        from .runfile import write_run
+        from .storage import save_path
 
         o = self.options
+        run = self.result()
         terminalreporter.write_sep("=", "attention alignment (pytest-attnalign)")
-        terminalreporter.write_line(render(self.records, o.ks, self.run.lines()))
-        if o.json_path is not None:
+        terminalreporter.write_line(run.summary())
+        for line in self.verdicts:
+            terminalreporter.write_line(line, red=" FAILED" in line or line.startswith("comparison refused"))
+        targets = [("--attn-json", o.json_path, "records written to")]
+        if o.storage is not None and o.save_name is not None:
+            targets.append(("--attn-save", save_path(o.storage, o.save_name), "run saved as"))
+        for flag, path, done in targets:
+            if path is None:
+                continue
             try:
-                write_json(o.json_path, self.records, o.ks, self.run.as_dict())
+                write_run(path, run)
             except OSError as exc:  # checked at start-up, so the directory changed during the run
-                terminalreporter.write_line(f"--attn-json: cannot write {o.json_path} ({exc.strerror or exc}): "
+                terminalreporter.write_line(f"{flag}: cannot write {path} ({exc.strerror or exc}): "
                                             "records not saved; the cache keeps them for a re-run", red=True)
             else:
-                terminalreporter.write_line(f"records written to {o.json_path}")
+                terminalreporter.write_line(f"{done} {path}")
 
     @property
     def study(self) -> Any:
@@ -281,7 +393,7 @@ class AttnSession:
             self._study = Study(study_config(self.options))
         return self._study
 
-    def run_item(self, model: str, method: str, task_id: str, item: pytest.Item) -> dict[str, Any]:
+    def run_item(self, model: str, method: str, task_id: str, item: pytest.Item) -> Record:
         """The item's record, with its share of the cores applied and its run facts attached to ``item``."""
         share = self.cores.apply()
         cache = self.study.cache
@@ -335,6 +447,8 @@ def pytest_configure(config: pytest.Config) -> None:
     if not _given(config):
         return
     session = AttnSession(config, parse_options(config))
+    if session._controller():
+        session.load_baseline()
     config.stash[_SESSION] = session
     config.pluginmanager.register(session, "attnalign-session")
     if session.runs_items():
@@ -388,13 +502,19 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     metafunc.parametrize("attn_case", params)
 
 
-@pytest.fixture
-def attn_result(attn_case: tuple[str, str, str], request: pytest.FixtureRequest) -> dict[str, Any]:
-    """Run the item in set-up, so a crash in a model or method is an error of this item only.
+@dataclass(frozen=True)
+class ItemResult:
+    """What an item's test function judges: the record, where its task's test output is shown, the
+    ``--attn-pass1`` mode."""
 
-    The value is the item's record plus ``output_shown_at``: the item of the same model x task that
-    shows the task's test output (``None`` for this one), so a failing task prints it once.
-    """
+    record: Record
+    output_shown_at: str | None  # the item of the same model x task showing the test output; None: this one
+    pass1: str
+
+
+@pytest.fixture
+def attn_result(attn_case: tuple[str, str, str], request: pytest.FixtureRequest) -> ItemResult:
+    """Run the item in set-up, so a crash in a model or method is an error of this item only."""
     from .methods import MethodNotApplicable
 
     s = _session(request.config)
@@ -412,14 +532,15 @@ def attn_result(attn_case: tuple[str, str, str], request: pytest.FixtureRequest)
         error = f"{model}/{method}/{task_id}: {exc}"
     if error:  # failed outside the except block, so pytest shows no chained exception
         pytest.fail(error, pytrace=False)
-    request.node.user_properties.append((PROPERTY, record))
-    shown = s.output_shown.setdefault((model, task_id), request.node.name) if not record["passed"] else None
-    return {**record, "output_shown_at": None if shown == request.node.name else shown}
+    request.node.user_properties.append((PROPERTY, record.to_dict()))
+    shown = s.output_shown.setdefault((model, task_id), request.node.name) if not record.passed else None
+    return ItemResult(record, None if shown == request.node.name else shown, s.options.pass1)
 
 
-def check_item(record: dict[str, Any]) -> None:
-    """The item's verdict: the study's Pass@1 criterion, with the alignment view on failure."""
-    if not record["passed"]:
+def check_item(result: ItemResult) -> None:
+    """The item's verdict: the study's Pass@1 criterion, with the alignment view on failure
+    (``--attn-pass1=report``: Pass@1 is only reported, the item passes)."""
+    if not result.record.passed and result.pass1 == "fail":
         from .report import failure_message
 
-        pytest.fail(failure_message(record), pytrace=False)
+        pytest.fail(failure_message(result.record, result.output_shown_at), pytrace=False)

@@ -1,18 +1,15 @@
 """The study's tables from item records: Pass@1, Table 2, Table 3, error patterns, and a header.
 
 Records are sorted before aggregation, so the output depends only on the set of records, never on
-the order in which xdist workers finished them.
+the order in which xdist workers finished them. Everything here reads :class:`record.Record`s and the
+library versions it is given, so ``attnalign report RUN.json`` prints what the run printed.
 """
 
 from __future__ import annotations
 
 import importlib.metadata as md
-import json
-import os
-import tempfile
 from collections import Counter, defaultdict
-from collections.abc import Sequence
-from pathlib import Path
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from tabulate import tabulate
@@ -20,7 +17,7 @@ from tabulate import tabulate
 from .alignment import KScore, score_tasks
 from .methods import BUILTIN, COMPAT, registry
 from .patterns import PATTERNS
-from .study import record_task_units
+from .record import Record
 
 LABEL_MODE_TEXT = {"corrected": "corrected (MBPP spans half-open and on whole words; README)",
                    "study": "study (MBPP spans off by one as the study scored them, comparable with the paper)"}
@@ -43,66 +40,77 @@ def method_order(method: str) -> tuple[int, str]:
     return (_STUDY_ORDER.get(method, len(_STUDY_ORDER)), method)
 
 
-def sort_records(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    def key(r: dict[str, Any]) -> tuple:
-        bench, _, num = r["task_id"].partition("/")
-        return (r["model"], method_order(r["method"]), bench, int(num))
+def task_order(task_id: str) -> tuple[str, int]:
+    """Benchmark, then the task's number (HumanEval/2 before HumanEval/10)."""
+    bench, _, num = task_id.partition("/")
+    return bench, int(num)
+
+
+def sort_records(records: Sequence[Record]) -> list[Record]:
+    def key(r: Record) -> tuple:
+        return (r.model, method_order(r.method), task_order(r.task_id))
 
     return sorted(records, key=key)
 
 
-def with_code(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+def with_code(records: Sequence[Record]) -> list[Record]:
     """The records the alignment tables pool: an item whose model wrote no code has no attention to
     score, so it is counted on its own summary line instead of lowering recall silently."""
-    return [r for r in records if not r.get("no_code")]
+    return [r for r in records if not r.no_code]
 
 
-def no_code_line(records: Sequence[dict[str, Any]]) -> str:
+def no_code_line(records: Sequence[Record]) -> str:
     """``no code: N tasks`` per model (they count as failures in Pass@1 and are left out of the tables)."""
-    tasks = {(r["model"], r["task_id"]) for r in records if r.get("no_code")}
+    tasks = {(r.model, r.task_id) for r in records if r.no_code}
     per_model = Counter(m for m, _ in tasks)
     detail = ", ".join(f"{m} {n}" for m, n in sorted(per_model.items()))
     return f"no code: {len(tasks)} tasks" + (f" ({detail}); left out of the alignment tables, failures in Pass@1"
                                                if tasks else "")
 
 
-def pooled(records: Sequence[dict[str, Any]], ks: Sequence[int]) -> dict[int, KScore]:
+def pooled(records: Sequence[Record], ks: Sequence[int]) -> dict[int, KScore]:
     """METRICS.md s5, Table 2: one model x method pooled over all its tasks of both benchmarks."""
-    return score_tasks([record_task_units(r) for r in sort_records(records)], ks)
+    return score_tasks([r.task_units() for r in sort_records(records)], ks)
 
 
-def _groups(records: Sequence[dict[str, Any]], *fields: str) -> dict[tuple, list[dict[str, Any]]]:
-    out: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
+def groups(records: Sequence[Record], *fields: str) -> dict[tuple, list[Record]]:
+    """Records by the values of ``fields``, in the report's order."""
+    out: dict[tuple, list[Record]] = defaultdict(list)
     for r in sort_records(records):
-        out[tuple(r[f] for f in fields)].append(r)
+        out[tuple(getattr(r, f) for f in fields)].append(r)
     return dict(out)
 
 
-def pass_at_1(records: Sequence[dict[str, Any]]) -> list[list[Any]]:
-    """Tasks passed / run per model x benchmark (one generation per task, whatever the methods)."""
-    rows = []
-    for (model, bench), group in _groups(records, "model", "benchmark").items():
-        outcome = {r["task_id"]: r["passed"] for r in group}
-        passed = sum(outcome.values())
-        rows.append([model, bench, f"{passed}/{len(outcome)}", _pct(passed / len(outcome))])
-    return rows
+def pass_counts(records: Sequence[Record], *fields: str) -> dict[tuple, tuple[int, int]]:
+    """Tasks passed and tasks run per group (one generation per task, whatever the methods)."""
+    out = {}
+    for key, group in groups(records, *fields).items():
+        outcome = {r.task_id: r.passed for r in group}
+        out[key] = (sum(outcome.values()), len(outcome))
+    return out
 
 
-def table2(records: Sequence[dict[str, Any]], k: int) -> tuple[list[str], list[list[Any]]]:
+def pass_at_1(records: Sequence[Record]) -> list[list[Any]]:
+    """Tasks passed / run per model x benchmark."""
+    return [[model, bench, f"{passed}/{n}", _pct(passed / n)]
+            for (model, bench), (passed, n) in pass_counts(records, "model", "benchmark").items()]
+
+
+def table2(records: Sequence[Record], k: int) -> tuple[list[str], list[list[Any]]]:
     """Table 2 for one K (one table per K keeps each within 120 columns)."""
     headers = ["model", "method", "tasks", "P", "R", "F1", "alpha"]
     rows = []
-    for (model, method), group in _groups(records, "model", "method").items():
+    for (model, method), group in groups(records, "model", "method").items():
         s = pooled(group, [k])[k]
         rows.append([model, method, len(group), _pct(s.precision), _pct(s.recall), _pct(s.f1), _alpha(s.alpha)])
     return headers, rows
 
 
-def table3(records: Sequence[dict[str, Any]], ks: Sequence[int]) -> tuple[list[str], list[list[Any]]]:
+def table3(records: Sequence[Record], ks: Sequence[int]) -> tuple[list[str], list[list[Any]]]:
     """Per method, the plain mean over models of each model's pooled F1 and alpha (undefined if any is)."""
     headers = ["method", "models"] + [f"{c}@{k}" for k in ks for c in ("F1", "alpha")]
     per_method: dict[str, list[dict[int, KScore]]] = defaultdict(list)
-    for (_model, method), group in _groups(records, "model", "method").items():
+    for (_model, method), group in groups(records, "model", "method").items():
         per_method[method].append(pooled(group, ks))
     rows = []
     for method in sorted(per_method, key=method_order):
@@ -117,21 +125,25 @@ def table3(records: Sequence[dict[str, Any]], ks: Sequence[int]) -> tuple[list[s
     return headers, rows
 
 
-def pattern_counts(records: Sequence[dict[str, Any]]) -> tuple[list[str], list[list[Any]]]:
+def pattern_counts(records: Sequence[Record]) -> tuple[list[str], list[list[Any]]]:
     """Items per pattern; the "missed X" columns are headed X (the table's title says "missed")."""
     headers = ["model", "method", "failing"] + [p.removeprefix("missed ") for p in PATTERNS]
     rows = []
-    for (model, method), group in _groups(records, "model", "method").items():
-        counts = Counter(p for r in group for p in r["error_patterns"])
-        rows.append([model, method, sum(not r["passed"] for r in group)] + [counts[p] for p in PATTERNS])
+    for (model, method), group in groups(records, "model", "method").items():
+        counts = Counter(p for r in group for p in r.error_patterns)
+        rows.append([model, method, sum(not r.passed for r in group)] + [counts[p] for p in PATTERNS])
     return headers, rows
 
 
-def _version(dist: str) -> str:
-    try:
-        return md.version(dist)
-    except md.PackageNotFoundError:
-        return "absent"
+def library_versions() -> dict[str, str]:
+    """The installed versions the header names (stored in the run JSON with the records)."""
+    out = {}
+    for dist in LIBRARIES:
+        try:
+            out[dist] = md.version(dist)
+        except md.PackageNotFoundError:
+            out[dist] = "absent"
+    return out
 
 
 def method_line(methods: Sequence[str], reg: dict[str, Any]) -> str:
@@ -144,48 +156,48 @@ def method_line(methods: Sequence[str], reg: dict[str, Any]) -> str:
     return "methods: " + "; ".join(f"{c}: {', '.join(ms)}" for c, ms in by_category.items())
 
 
-def header_lines(records: Sequence[dict[str, Any]]) -> list[str]:
+def header_lines(records: Sequence[Record], versions: Mapping[str, str]) -> list[str]:
     """How the tables were made, so that a pasted table carries its provenance."""
-    models = {r["model"]: r["model_identity"] for r in records}
+    models = {r.model: r.model_identity for r in records}
     lines = ["pytest-attnalign: attention alignment with human programmers (Kou et al., FSE 2024)"]
     for name, ident in sorted(models.items()):
-        served = sorted({r["usage"]["served_model"] for r in records
-                         if r["model"] == name and r.get("usage") and "served_model" in r["usage"]})
+        served = sorted({r.usage["served_model"] for r in records
+                         if r.model == name and r.usage and "served_model" in r.usage})
         lines.append(f"model {name}: {ident['source']} revision {ident['revision']} dtype {ident['dtype']}"
                      + (f" (served as {', '.join(served)})" if served else ""))
-    formats = sorted({r["prompt_format"] for r in records})
-    budgets = sorted({r["max_new_tokens"] for r in records})
-    rules = sorted({r["budget_rule"] for r in records})
-    tasks = sorted({(r["benchmark"], r["task_id"]) for r in records})
+    formats = sorted({r.prompt_format for r in records})
+    budgets = sorted({r.max_new_tokens for r in records})
+    rules = sorted({r.budget_rule for r in records})
+    tasks = sorted({(r.benchmark, r.task_id) for r in records})
     n_bench = Counter(b for b, _ in tasks)
-    devices = sorted({r["device"] for r in records})
+    devices = sorted({r.device for r in records})
     lines.append(f"prompt format: {', '.join(formats)}; token budget: {budgets[0]}..{budgets[-1]} new tokens "
-                 f"({'; '.join(rules)}); stop rule: {records[0]['stop_rule']}")
+                 f"({'; '.join(rules)}); stop rule: {records[0].stop_rule}")
     lines.append(f"tasks: {len(tasks)} ({', '.join(f'{b} {n}' for b, n in sorted(n_bench.items()))}); "
-                 f"items: {len(records)}; device: {', '.join(devices)}; error-pattern K: {records[0]['error_k']}")
-    modes = sorted({r.get("labels", "corrected") for r in records})
+                 f"items: {len(records)}; device: {', '.join(devices)}; error-pattern K: {records[0].error_k}")
+    modes = sorted({r.labels for r in records})
     lines.append("labels: " + ", ".join(LABEL_MODE_TEXT.get(m, m) for m in modes)
                  + "; explained: the generated function body's tokens")
     lines.append(no_code_line(records))
     reg = registry()
-    lines.append(method_line(sorted({r["method"] for r in records}, key=method_order), reg))
+    lines.append(method_line(sorted({r.method for r in records}, key=method_order), reg))
     settings, copy = set(), defaultdict(set)
     for r in records:  # the user can change these settings, and they change the numbers: say which ran
-        st = r["attribution"].get("settings", {})
+        st = r.attribution.get("settings", {})
         if "restated_copy" in st:  # one line for the ten methods that take it, not ten entries
-            copy[st["restated_copy"]].add(r["method"])
-        info = reg.get(r["method"])
+            copy[st["restated_copy"]].add(r.method)
+        info = reg.get(r.method)
         options = info.options if info else ()
         keys = [k for k in (*options, "substitute_source") if k in st and k != "restated_copy"]
         if keys:
-            settings.add(f"{r['method']} " + ", ".join(f"{k}={st[k]}" for k in keys))
+            settings.add(f"{r.method} " + ", ".join(f"{k}={st[k]}" for k in keys))
     if settings:
         lines.append("method settings: " + "; ".join(sorted(settings)))
     if copy:
         lines.append("restated copy (a chat reply's copy of the description): " + "; ".join(
             f"{mode} ({len(names)} methods)" if len(copy) == 1 else f"{mode}: {', '.join(sorted(names, key=method_order))}"
             for mode, names in sorted(copy.items())))
-    lines.append("versions: " + ", ".join(f"{d} {_version(d)}" for d in LIBRARIES))
+    lines.append("versions: " + ", ".join(f"{d} {v}" for d, v in versions.items()))
     return lines
 
 
@@ -200,12 +212,14 @@ Pass@1: the share of tasks whose generated code passed the benchmark's tests. Er
 items whose top-K missed a labelled word of that type, or covered all of them (attended but mis-mapped)."""
 
 
-def render(records: Sequence[dict[str, Any]], ks: Sequence[int], run_lines: Sequence[str] = ()) -> str:
-    """The whole terminal summary; ``run_lines`` (runinfo.RunInfo.lines) follow the provenance header."""
+def render(records: Sequence[Record], ks: Sequence[int], run_lines: Sequence[str] = (),
+           versions: Mapping[str, str] | None = None) -> str:
+    """The whole terminal summary; ``run_lines`` (runinfo.RunInfo.lines) follow the provenance header,
+    ``versions`` (default: the installed ones) are the run's :func:`library_versions`."""
     if not records:
         return "\n".join(["pytest-attnalign: no item produced a result", *run_lines])
     recs = sort_records(records)
-    parts = ["\n".join([*header_lines(recs), *run_lines])]
+    parts = ["\n".join([*header_lines(recs, library_versions() if versions is None else versions), *run_lines])]
     parts.append("Pass@1\n" + tabulate(pass_at_1(recs), headers=["model", "benchmark", "passed", "Pass@1"],
                                        disable_numparse=True))
     scored = with_code(recs)
@@ -216,24 +230,10 @@ def render(records: Sequence[dict[str, Any]], ks: Sequence[int], run_lines: Sequ
     h3, r3 = table3(scored, ks)
     parts.append("Table 3: per method, mean over models\n" + tabulate(r3, headers=h3, disable_numparse=True))
     hp, rp = pattern_counts(scored)
-    parts.append(f"Error patterns of failing items at K={recs[0]['error_k']} (automatic; see README)\n"
+    parts.append(f"Error patterns of failing items at K={recs[0].error_k} (automatic; see README)\n"
                  + tabulate(rp, headers=hp, disable_numparse=True))
     parts.append(LEGEND)
     return "\n\n".join(parts)
-
-
-def write_json(path: Path, records: Sequence[dict[str, Any]], ks: Sequence[int], run: dict[str, Any] | None = None) -> None:
-    """Atomically write records and pooled scores, so no partial file ever looks complete; ``run``
-    (runinfo.RunInfo.as_dict) says whether every selected item ran. The directory must exist."""
-    recs = sort_records(records)
-    pooled_scores = {f"{m}|{meth}": {str(k): s.as_dict() for k, s in pooled(g, ks).items()}
-                     for (m, meth), g in _groups(with_code(recs), "model", "method").items()}
-    doc = {"header": header_lines(recs) if recs else [], "ks": list(ks), "run": run or {},
-           "pooled": pooled_scores, "records": recs}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        json.dump(doc, fh, indent=1, ensure_ascii=False)
-    os.replace(tmp, path)
 
 
 def mark_units(text: str, spans: Sequence[Sequence[int]], offset: int = 0) -> str:
@@ -247,25 +247,27 @@ def mark_units(text: str, spans: Sequence[Sequence[int]], offset: int = 0) -> st
     return "".join(out + [text[pos:]])
 
 
-def failure_message(record: dict[str, Any]) -> str:
-    """Why an item failed, next to where the model looked: the ``-k`` view of one task."""
+def failure_message(record: Record, shown_at: str | None = None) -> str:
+    """Why an item failed, next to where the model looked: the ``-k`` view of one task.
+
+    ``shown_at``: the item of the same model x task that printed the test output, if not this one.
+    """
     from .tasks import get_task
 
-    task = get_task(record["task_id"])
-    k = str(record["error_k"])
+    task = get_task(record.task_id)
+    k = str(record.error_k)
     a, _ = task.description
-    ex = record["execution"]
-    missed = ", ".join(f"{m['word']} ({m['type']})" for m in record["missed_keywords"]) or "none"
-    shown_at = record.get("output_shown_at")  # set by the plugin: another method's item of this task shows it
+    ex = record.execution
+    missed = ", ".join(f"{m['word']} ({m['type']})" for m in record.missed_keywords) or "none"
     output = ([f"test output: as under {shown_at} (same generation)"] if shown_at else
               ["test output (tail):", "    " + (ex.get("stderr_tail") or "(none)").strip().replace("\n", "\n    ")])
     return "\n".join([
-        f"{record['task_id']} failed its tests under {record['model']} ({record['prompt_format']} format); "
+        f"{record.task_id} failed its tests under {record.model} ({record.prompt_format} format); "
         f"outcome: {ex['outcome']}",
-        f"top-{k} units of {record['method']} marked [[...]] in the task description:",
-        "    " + mark_units(task.description_text, record["top_k"][k], a).replace("\n", "\n    "),
+        f"top-{k} units of {record.method} marked [[...]] in the task description:",
+        "    " + mark_units(task.description_text, record.top_k[k], a).replace("\n", "\n    "),
         f"labelled keywords missed by the top-{k}: {missed}",
-        f"error pattern: {', '.join(record['error_patterns'])}",
+        f"error pattern: {', '.join(record.error_patterns)}",
         *output,
     ])
 

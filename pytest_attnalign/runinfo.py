@@ -68,4 +68,4 @@ class RunInfo:
         return {"complete": not self.missing, "items": len(self.expected), "ran": len(self.expected) - len(self.missing),
                 "missing": self.missing, "cache_invalid": self.cache_invalid,
                 "cache_write_failures": self.cache_write_failures,
-                "threads": sorted({s["threads"] for s in self.shares})}
+                "threads": sorted({s["threads"] for s in self.shares}), "lines": self.lines()}

@@ -2,8 +2,8 @@
 
 :class:`Study` is what the plugin, the CLI and the tests call; it holds the loaded models of one
 process and the recent generations, so the twelve methods of a task share one generation (and the
-six self-attention methods one forward pass). Every result is a JSON-serialisable record, which is
-what travels from xdist workers to the controller.
+six self-attention methods one forward pass). Every result is a :class:`record.Record`, which
+travels from xdist workers to the controller as its JSON dict.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from .labels import human_spans, prompt_labels
 from .methods import AttributionContext, Method, code_identity, get_method
 from .models import LoadedModel, load_model
 from .patterns import error_patterns, missed_labels
+from .record import Record
 from .tasks import Task, get_task
 
 
@@ -130,7 +131,7 @@ class Study:
             self.cache.put("attribution", key, {"units": units, "info": info})
         return units, {**info, "cached": False}
 
-    def run_item(self, model_name: str, method_name: str, task_id: str) -> dict[str, Any]:
+    def run_item(self, model_name: str, method_name: str, task_id: str) -> Record:
         """Generate, attribute, score and execute one model x method x task; returns its record."""
         task = get_task(task_id)
         method = self.method(method_name)
@@ -154,40 +155,39 @@ class Study:
             result = {"outcome": "error", "seconds": 0.0, "returncode": None, "stderr_tail": NO_CODE}
         passed = result["outcome"] == "pass"
         error_top = top_k(located, self.config.error_k)
-        return {
-            "model": model_name,
-            "model_identity": ctx.lm.identity,
-            "method": method_name,
-            "task_id": task.task_id,
-            "benchmark": task.benchmark,
-            "prompt_format": gen.prompt_format,
-            "max_new_tokens": gen.max_new_tokens,
-            "budget_rule": budget_rule(gen.prompt_format, self.config.max_new_tokens),
-            "stop_rule": gen.stop_rule,
-            "device": ctx.lm.device,
-            "completion": gen.completion,
-            "no_code": no_code,
-            "generated_tokens": len(gen.raw_ids),
-            "explained_tokens": list(gen.explained_tokens),
-            "labels": self.config.labels,
-            "generation_cached": ctx.settings["generation_cached"],
-            "usage": getattr(gen, "usage", None),
+        return Record(
+            model=model_name,
+            model_identity=ctx.lm.identity,
+            method=method_name,
+            task_id=task.task_id,
+            benchmark=task.benchmark,
+            prompt_format=gen.prompt_format,
+            max_new_tokens=gen.max_new_tokens,
+            budget_rule=budget_rule(gen.prompt_format, self.config.max_new_tokens),
+            stop_rule=gen.stop_rule,
+            device=ctx.lm.device,
+            completion=gen.completion,
+            no_code=no_code,
+            generated_tokens=len(gen.raw_ids),
+            explained_tokens=list(gen.explained_tokens),
+            labels=self.config.labels,
+            generation_cached=ctx.settings["generation_cached"],
+            usage=getattr(gen, "usage", None),
             # the sandbox's absolute rlimits depend on how many processes the machine runs at
             # the moment (RLIMIT_NPROC counts them all), so only the configured limits are recorded
-            "execution": {**{k: v for k, v in result.items() if k != "sandbox"},
-                          "sandbox": {k: v for k, v in result.get("sandbox", {}).items() if k != "rlimits"},
-                          "limits": self.config.limits.as_dict()},
-            "passed": passed,
-            "units": units,
-            "human": human,
-            "top_k": {str(k): [list(t) for t in top_k(located, k)] for k in ks},
-            "metrics": per_k,
-            "error_k": self.config.error_k,
-            "error_patterns": error_patterns(passed, labels, error_top, task.description),
-            "missed_keywords": [dataclasses.asdict(lab) for lab in
-                                missed_labels(labels, error_top, task.description)],
-            "attribution": info,
-        }
+            execution={**{k: v for k, v in result.items() if k != "sandbox"},
+                       "sandbox": {k: v for k, v in result.get("sandbox", {}).items() if k != "rlimits"},
+                       "limits": self.config.limits.as_dict()},
+            passed=passed,
+            units=located,
+            human=[(a, b) for a, b in human],
+            top_k={str(k): [list(t) for t in top_k(located, k)] for k in ks},
+            metrics=per_k,
+            error_k=self.config.error_k,
+            error_patterns=error_patterns(passed, labels, error_top, task.description),
+            missed_keywords=[dataclasses.asdict(lab) for lab in missed_labels(labels, error_top, task.description)],
+            attribution=info,
+        )
 
 
 def has_no_code(gen: Generation) -> bool:
@@ -213,14 +213,6 @@ def budget_rule(prompt_format: str, fixed: int | None) -> str:
     if fixed is not None:
         return f"fixed {fixed}"
     return "prompt + canonical solution + 20" if prompt_format == "chat" else "canonical solution + 20"
-
-
-def record_task_units(record: dict[str, Any]) -> TaskUnits:
-    """Rebuild a record's metric input (for pooling on the controller)."""
-    task = get_task(record["task_id"])
-    return TaskUnits(task.prompt, tuple((s, e, v) for s, e, v in record["units"]),
-                     tuple((a, b) for a, b in record["human"]), 0, record["task_id"])
-
 
 
 def attribute_task(study: Study, model_name: str, task_id: str, methods: list[str], k: int = 10) -> dict[str, Any]:

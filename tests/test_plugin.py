@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 from openai_server import OpenAIStub
 
+from pytest_attnalign.cli import main
 from pytest_attnalign.patterns import PATTERNS
 from pytest_attnalign.tasks import get_task
 
@@ -122,6 +123,15 @@ def records(path: Path) -> dict[str, Any]:
         ("--attn-timeout=nan", r"--attn-timeout: must be positive seconds, got nan"),
         ("--attn-error-k=0", r"--attn-error-k: must be a positive integer, got 0"),
         ("--attn-shap-evaluations=0", r"--attn-shap-evaluations: must be a positive integer, got 0"),
+        ("--attn-pass1=maybe", r"--attn-pass1: unknown 'maybe'; use fail or report"),
+        ("--attn-gate=shap.f1@10>=40", r"--attn-gate: 'shap.f1@10>=40': F1 thresholds are written as percent \(e.g. 2%\); grammar: METHOD"),
+        ("--attn-gate=shap.f1@10=>40%", r"--attn-gate: 'shap.f1@10=>40%' is not a gate; grammar: METHOD.METRIC@K OP"),
+        ("--attn-gate=mine.f1@10>=shap.f1@10", r"--attn-gate: 'mine.f1@10>=shap.f1@10': method 'mine' is not in this run \(methods: reading_first,"),
+        ("--attn-gate=shap.alpha@7>=0.1", r"--attn-gate: 'shap.alpha@7>=0.1': K=7 is not in this run \(K: 5, 10, 20\)"),
+        ("--attn-compare-fail=f1@10:2%", r"--attn-compare-fail: no baseline: add --attn-compare"),
+        ("--attn-compare-fail=f1:2%", r"--attn-compare-fail: 'f1:2%' is not a compare-fail expression; grammar: \[METHOD.\]METRIC@K:DROP"),
+        ("--attn-save=a/b", r"--attn-save: 'a/b' is not a run name: use letters, digits"),
+        ("--attn-compare=nope", r"--attn-compare: no saved run in '.*' and no file 'nope': save one with --attn-save NAME"),
     ],
     ids=lambda v: v if v.startswith("--") else "",
 )
@@ -369,7 +379,7 @@ def test_method_settings_reach_the_methods_and_the_summary(
 
 
 def test_xdist_and_serial_print_identical_tables_and_records(
-    project: pytest.Pytester, tiny_gpt2: Path, tmp_path: Path
+    project: pytest.Pytester, tiny_gpt2: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """Same selection, serial and -n 2, each with a cold cache of its own: same summary, same records.
 
@@ -399,7 +409,15 @@ def test_xdist_and_serial_print_identical_tables_and_records(
     docs = {name: records(tmp_path / name / "run.json") for name in runs}
     assert docs["xdist"] == docs["serial"]
     assert docs["serial"]["run"] == {"complete": True, "items": 12, "ran": 12, "missing": [],
-                                     "cache_invalid": 0, "cache_write_failures": 0, "threads": [1]}
+                                     "cache_invalid": 0, "cache_write_failures": 0, "threads": [1],
+                                     "lines": ["torch threads: 1 per process (--attn-threads)"]}
+    assert (docs["serial"]["format"], docs["serial"]["version"]) == ("pytest-attnalign-run", 1)
+
+    # `attnalign report` of the run file prints the summary the run printed (less where it wrote the file)
+    capsys.readouterr()
+    assert main(["report", str(tmp_path / "serial" / "run.json")]) == 0
+    printed = section(serial, "serial").removesuffix("\nrecords written to RUN.json")
+    assert capsys.readouterr().out.rstrip("\n") == printed
 
     # the summary: provenance header, Pass@1, Table 2, Table 3, error patterns
     text = section(serial, "serial")
@@ -673,3 +691,56 @@ def test_a_failing_task_shows_its_test_output_once(
     out = result.stdout.str()
     assert out.count("test output (tail):") == 1 and out.count("AssertionError") == 1
     assert out.count("test output: as under test_alignment[openai:stub-shap-HumanEval/1] (same generation)") == 1
+
+
+# --------------------------------------------------------------------------------------- baselines and gates
+
+
+def test_saved_runs_compare_and_gates_decide_the_exit_status(
+    project: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """--attn-pass1=report lets failing code pass; a run is autosaved in pytest's cache directory, the
+    next compares with it (honest: held; doctored: failed), a gate fails with a doctored threshold,
+    and a run with other settings is refused (forcing is tested in test_gates)."""
+    opts = ["--attn-model=openai:stub", "--attn-method=shap", "--attn-shap-evaluations=4", "--attn-limit=2",
+            "--attn-benchmark=humaneval", f"--attn-cache-dir={tmp_path / 'cache'}", "--attn-pass1=report"]
+    storage = project.path / ".pytest_cache" / "d" / "attnalign"
+
+    def run(*extra: str) -> tuple[pytest.RunResult, list[str]]:
+        result = project.runpytest_subprocess(*opts, *extra, timeout=120)
+        return result, [line for line in summary(result).splitlines() if line.startswith(("gate ", "compare-fail ", "comparison "))]
+
+    with OpenAIStub(_script) as srv:
+        monkeypatch.setenv("OPENAI_BASE_URL", srv.base_url)
+        first, lines = run("--attn-autosave", "--attn-gate=shap.f1@10>=0%")
+        first.assert_outcomes(passed=2)  # HumanEval/1's code fails its tests, yet its item passes
+        assert first.ret == pytest.ExitCode.OK
+        assert re.fullmatch(r"gate shap.f1@10>=0% \[openai:stub\]: held: \S+% vs threshold 0.0%, difference "
+                            r"\+\S+ points, 95% CI \[\S+, \S+ points\] \(bootstrap over 2 tasks, 1000 resamples, fixed seed\)",
+                            lines[0]), lines
+        (saved,) = storage.glob("0001_*.json")
+        assert f"run saved as {saved}" in summary(first)
+        assert re.search(r"openai:stub\s+humaneval\s+1/2\s+50\.0%", summary(first))  # Pass@1 still reported
+
+        honest, lines = run("--attn-compare", "--attn-compare-fail=f1@10:0%,pass1:0%", "--attn-gate=shap.f1@10>=100%")
+        assert honest.ret == pytest.ExitCode.TESTS_FAILED  # the doctored gate only
+        honest.assert_outcomes(passed=2)
+        assert [line.split(": ")[1] for line in lines] == ["FAILED", "held", "held"], lines
+        assert lines[0].startswith("gate shap.f1@10>=100% [openai:stub]: FAILED: ")
+        assert [line.split(" [")[0] for line in lines[1:]] == ["compare-fail f1@10:0%", "compare-fail pass1:0%"]
+        assert f"Compared with {saved}:" in summary(honest)
+
+        doc = json.loads(saved.read_text())
+        for rec in doc["records"]:  # a baseline whose units were the labelled words, whose code passed
+            rec["units"], rec["passed"] = [[a, b, 1.0] for a, b in rec["human"]], True
+        saved.write_text(json.dumps(doc))
+        doctored, lines = run(f"--attn-compare={saved.name}", "--attn-compare-fail=f1@10:2%,pass1:1%")
+        assert doctored.ret == pytest.ExitCode.TESTS_FAILED
+        assert [line.split(": ")[1] for line in lines] == ["FAILED"] * 2, lines
+        assert lines[1].startswith("compare-fail pass1:1% [openai:stub]: FAILED: Pass@1 100.0% -> 50.0%, change -50.00 points")
+
+        other, lines = run("--attn-compare=1", "--attn-compare-fail=f1@10:2%", "--attn-labels=study")
+        assert other.ret == pytest.ExitCode.TESTS_FAILED
+        assert lines == [f"comparison refused: settings differ from {saved}: labels: 'corrected' -> 'study'; "
+                         "pass --attn-compare-force to compare anyway"]
+    assert [p.name for p in storage.iterdir()] == [saved.name]  # only --attn-save/--attn-autosave store runs

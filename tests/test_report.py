@@ -2,31 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
+from synthetic import make_record
 
 from pytest_attnalign.labels import human_spans
 from pytest_attnalign.report import pooled, render, with_code
 from pytest_attnalign.tasks import get_task
 
 
-def record(task_id: str, units: list[list[float]], no_code: bool = False) -> dict[str, Any]:
-    task = get_task(task_id)
-    return {
-        "model": "m", "model_identity": {"source": "s", "revision": "r", "dtype": "float32"}, "method": "shap",
-        "task_id": task_id, "benchmark": task.benchmark, "prompt_format": "chat", "max_new_tokens": 9,
-        "budget_rule": "prompt + canonical solution + 20", "stop_rule": "eos", "device": "cpu", "error_k": 10,
-        "passed": False, "units": units, "human": [list(h) for h in human_spans(task)], "no_code": no_code,
-        "labels": "corrected", "error_patterns": [], "attribution": {"settings": {"evaluations": 50}}, "usage": None,
-    }
-
-
 def test_a_no_code_item_is_counted_apart_and_left_out_of_the_pooled_scores() -> None:
     task = get_task("HumanEval/0")
-    hit = [[a, b, 1.0] for a, b in human_spans(task)]
-    scored = record("HumanEval/0", hit)
-    empty = record("HumanEval/2", [], no_code=True)
+    hit = [(a, b, 1.0) for a, b in human_spans(task)]
+    scored = make_record("HumanEval/0", hit)
+    empty = make_record("HumanEval/2", [], no_code=True)
     both = [scored, empty]
     assert with_code(both) == [scored]
     alone = pooled([scored], [5])[5]
@@ -40,8 +28,7 @@ def test_a_no_code_item_is_counted_apart_and_left_out_of_the_pooled_scores() -> 
 
 @pytest.mark.parametrize("mode", ["corrected", "study"])
 def test_header_names_the_label_mode(mode: str) -> None:
-    r = record("Mbpp/5", [[4, 9, 1.0]])
-    r["labels"] = mode
+    r = make_record("Mbpp/5", [(4, 9, 1.0)], labels=mode)
     assert f"labels: {mode} (" in render([r], [5])
 
 

@@ -1,0 +1,297 @@
+"""Gates on a run's alignment: thresholds within the run (``--attn-gate``) and against a saved baseline
+(``--attn-compare-fail``), each judged with a paired bootstrap CI over tasks (:mod:`bootstrap`).
+
+Grammar (README, "Baselines and gates"):
+
+- gate: ``METHOD.METRIC@K OP (METHOD.METRIC@K | NUMBER)[!]``, e.g. ``mymethod.f1@10>=coding_last.f1@10``,
+  ``mymethod.alpha@10>=0.05``; OP is ``>=``, ``>``, ``<=`` or ``<``. Checked for every model of the run.
+- compare-fail: ``[METHOD.]METRIC@K:DROP[!]`` or ``pass1:DROP[!]``, e.g. ``f1@10:2%``: fails when the
+  figure fell by more than DROP from the baseline (every model x method in both runs, or METHOD's).
+
+METRIC is p, r, f1 or alpha. P, R, F1 and Pass@1 numbers are percent (``40%``; a DROP of ``2%`` is 2
+percentage points, not 2% of the value), alpha numbers are plain (``0.05``). Without ``!`` the measured
+value decides; with ``!`` the whole 95% CI must: a gate holds only if the CI clears the threshold,
+a compare-fail fails only if the CI lies entirely below baseline - DROP (the drop is significant).
+"""
+
+from __future__ import annotations
+
+import operator
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from .alignment import pool_sums, task_sums
+from .bootstrap import Estimate, paired
+from .compare import compare_table, settings_diff
+from .errors import AttnalignError
+from .record import Record
+from .report import groups, task_order
+from .runfile import Run
+
+METRICS = {"p": "precision", "r": "recall", "f1": "f1", "alpha": "alpha"}
+LABEL = {"precision": "P", "recall": "R", "f1": "F1", "alpha": "alpha", "pass1": "Pass@1"}
+GATE_GRAMMAR = ("METHOD.METRIC@K OP (METHOD.METRIC@K | NUMBER)[!] with METRIC p, r, f1 or alpha, OP >=, >, <= or <, "
+                "P/R/F1 numbers in percent (40%), alpha plain (0.05); e.g. mymethod.f1@10>=coding_last.f1@10")
+COMPARE_GRAMMAR = ("[METHOD.]METRIC@K:DROP[!] or pass1:DROP[!] with METRIC p, r, f1 or alpha, DROP in percentage "
+                   "points for P/R/F1/Pass@1 (2%), plain for alpha (0.02); e.g. f1@10:2%")
+_OPS = {">=": operator.ge, ">": operator.gt, "<=": operator.le, "<": operator.lt}
+_TERM = r"(?:(?P<{p}method>\S+)\.)?(?P<{p}metric>[A-Za-z0-9]+)@(?P<{p}k>\d+)"
+_GATE = re.compile(rf"{_TERM.format(p='l')}\s*(?P<op>>=|<=|>|<)\s*(?:{_TERM.format(p='r')}|(?P<number>[^!]+?))\s*(?P<bang>!)?")
+_COMPARE = re.compile(rf"(?:{_TERM.format(p='l')}|(?P<pass1>pass1))\s*:\s*(?P<number>[^!]+?)\s*(?P<bang>!)?")
+
+
+@dataclass(frozen=True)
+class Term:
+    method: str
+    metric: str  # precision, recall, f1, alpha
+    k: int
+
+    def __str__(self) -> str:
+        return f"{self.method}.{self.metric}@{self.k}"
+
+
+@dataclass(frozen=True)
+class Gate:
+    text: str
+    left: Term
+    op: str
+    right: Term | float  # another figure of the run, or a threshold
+    significant: bool  # trailing "!"
+
+
+@dataclass(frozen=True)
+class CompareFail:
+    text: str
+    metric: str  # precision, recall, f1, alpha or pass1
+    k: int | None  # None for pass1
+    method: str | None  # None: every method in both runs
+    drop: float
+    significant: bool
+
+
+def _split(values: list[str] | None) -> list[str]:
+    return [v.strip() for value in values or [] for v in value.split(",") if v.strip()]
+
+
+def _number(text: str, metric: str, grammar: str, expr: str) -> float:
+    """A percent (``2%``, for P/R/F1/Pass@1) or a plain number (alpha) as a fraction."""
+    percent = text.endswith("%")
+    try:
+        value = float(text.rstrip("%").strip())
+    except ValueError:
+        raise AttnalignError(f"{expr!r}: {text!r} is not a number; grammar: {grammar}") from None
+    if percent == (metric == "alpha"):
+        want = "a plain number (e.g. 0.05)" if metric == "alpha" else "percent (e.g. 2%)"
+        raise AttnalignError(f"{expr!r}: {LABEL[metric]} thresholds are written as {want}; grammar: {grammar}")
+    return value / 100 if percent else value
+
+
+def _metric(name: str, expr: str, grammar: str) -> str:
+    if name.lower() not in METRICS:
+        raise AttnalignError(f"{expr!r}: unknown metric {name!r} (use p, r, f1 or alpha); grammar: {grammar}")
+    return METRICS[name.lower()]
+
+
+def parse_gates(values: list[str] | None) -> list[Gate]:
+    """``--attn-gate`` values (repeatable, comma lists); a malformed one raises naming the grammar."""
+    out = []
+    for expr in _split(values):
+        m = _GATE.fullmatch(expr)
+        if not m or not m["lmethod"] or (m["rmetric"] and not m["rmethod"]):
+            raise AttnalignError(f"{expr!r} is not a gate; grammar: {GATE_GRAMMAR}")
+        left = Term(m["lmethod"], _metric(m["lmetric"], expr, GATE_GRAMMAR), int(m["lk"]))
+        if m["rmetric"]:
+            right: Term | float = Term(m["rmethod"], _metric(m["rmetric"], expr, GATE_GRAMMAR), int(m["rk"]))
+            if right.metric != left.metric:
+                raise AttnalignError(f"{expr!r}: both sides must be the same metric; grammar: {GATE_GRAMMAR}")
+        else:
+            right = _number(m["number"], left.metric, GATE_GRAMMAR, expr)
+        out.append(Gate(expr, left, m["op"], right, bool(m["bang"])))
+    return out
+
+
+def parse_compare_fails(values: list[str] | None) -> list[CompareFail]:
+    """``--attn-compare-fail`` values (repeatable, comma lists); a malformed one raises naming the grammar."""
+    out = []
+    for expr in _split(values):
+        m = _COMPARE.fullmatch(expr)
+        if not m:
+            raise AttnalignError(f"{expr!r} is not a compare-fail expression; grammar: {COMPARE_GRAMMAR}")
+        metric = "pass1" if m["pass1"] else _metric(m["lmetric"], expr, COMPARE_GRAMMAR)
+        drop = _number(m["number"], metric, COMPARE_GRAMMAR, expr)
+        if drop < 0:
+            raise AttnalignError(f"{expr!r}: the allowed drop must not be negative; grammar: {COMPARE_GRAMMAR}")
+        out.append(CompareFail(expr, metric, None if m["pass1"] else int(m["lk"]), m["lmethod"], drop, bool(m["bang"])))
+    return out
+
+
+def check_names(gates: Sequence[Gate], fails: Sequence[CompareFail], methods: Sequence[str], ks: Sequence[int]) -> None:
+    """Every method and K an expression names must be in the run (checked before it starts)."""
+    for gate in gates:
+        for term in (gate.left, gate.right):
+            if isinstance(term, Term) and term.method not in methods:
+                raise AttnalignError(f"{gate.text!r}: method {term.method!r} is not in this run "
+                                     f"(methods: {', '.join(methods)})")
+            if isinstance(term, Term) and term.k not in ks:
+                raise AttnalignError(f"{gate.text!r}: K={term.k} is not in this run (K: {', '.join(map(str, ks))})")
+    for fail in fails:
+        if fail.method is not None and fail.method not in methods:
+            raise AttnalignError(f"{fail.text!r}: method {fail.method!r} is not in this run "
+                                 f"(methods: {', '.join(methods)})")
+        if fail.k is not None and fail.k not in ks:
+            raise AttnalignError(f"{fail.text!r}: K={fail.k} is not in this run (K: {', '.join(map(str, ks))})")
+
+
+# ------------------------------------------------------------------------------- evaluation
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """One summary line and whether the gate held."""
+
+    line: str
+    held: bool
+
+
+def _paired_ids(a: list[Record], b: list[Record]) -> list[str]:
+    """The task ids both sides have, in task order: the bootstrap resamples these, pairing the sides."""
+    return sorted({r.task_id for r in a} & {r.task_id for r in b}, key=task_order)
+
+
+def _matrix(records: list[Record], ids: list[str], metric: str, k: int | None) -> np.ndarray:
+    """One row per task id: its :func:`alignment.task_sums` at K, or (passed, 1) for Pass@1.
+
+    A task whose model wrote no code adds nothing to the alignment sums (as in the tables)."""
+    by_id = {r.task_id: r for r in records}
+
+    def row(r: Record) -> tuple[float, ...]:
+        if metric == "pass1":
+            return (float(r.passed), 1.0)
+        return (0.0,) * 7 if r.no_code else task_sums(r.task_units(), k)  # type: ignore[arg-type]
+
+    return np.array([row(by_id[t]) for t in ids], dtype=float).reshape(len(ids), 2 if metric == "pass1" else 7)
+
+
+def _pooled(metric: str):  # noqa: ANN202 - a bootstrap.Metric
+    if metric == "pass1":
+        return lambda s: np.asarray(s)[..., 0] / np.asarray(s)[..., 1]
+    return lambda s: pool_sums(s)[metric]
+
+
+def _fmt(x: float | None, metric: str) -> str:
+    if x is None:
+        return "undefined"
+    return f"{x:.3f}" if metric == "alpha" else f"{x:.1%}"
+
+
+def _diff(x: float | None, metric: str) -> str:
+    if x is None:
+        return "undefined"
+    return f"{x:+.3f}" if metric == "alpha" else f"{x * 100:+.2f} points"
+
+
+def _ci(est: Estimate, metric: str, shift: float = 0.0) -> str:
+    if est.low is None or est.high is None:
+        return "95% CI undefined"
+    lo, hi = est.low - shift, est.high - shift
+    bounds = f"{lo:+.3f}, {hi:+.3f}" if metric == "alpha" else f"{lo * 100:+.2f}, {hi * 100:+.2f} points"
+    kind = "bootstrap" if est.b is None else "paired bootstrap"
+    return f"95% CI [{bounds}] ({kind} over {est.tasks} tasks, {est.resamples} resamples, fixed seed)"
+
+
+def evaluate_gate(gate: Gate, run: Run) -> list[Verdict]:
+    """One verdict per model of the run."""
+    by = groups(run.records, "model", "method")
+    metric = gate.left.metric
+    if not by:
+        return [Verdict(f"gate {gate.text}: FAILED: the run has no results to judge", False)]
+    out = []
+    for model in sorted({m for m, _ in by}):
+        left = by.get((model, gate.left.method), [])
+        right = by.get((model, gate.right.method), []) if isinstance(gate.right, Term) else left
+        head = f"gate {gate.text} [{model}]"
+        if not left or not right:
+            missing = gate.left.method if not left else gate.right.method  # type: ignore[union-attr]
+            out.append(Verdict(f"{head}: FAILED: no result of {missing} to judge", False))
+            continue
+        ids = _paired_ids(left, right)
+        a = _matrix(left, ids, metric, gate.left.k)
+        if isinstance(gate.right, Term):
+            est = paired(_pooled(metric), a, _matrix(right, ids, metric, gate.right.k))
+            threshold, shift = 0.0, 0.0
+            measured = f"{_fmt(est.a, metric)} vs {_fmt(est.b, metric)}"
+        else:
+            est = paired(_pooled(metric), a)
+            threshold = shift = gate.right
+            measured = f"{_fmt(est.a, metric)} vs threshold {_fmt(gate.right, metric)}"
+        diff = None if est.diff is None else est.diff - shift
+        held = _holds(gate, est, threshold)
+        note = f"; ! needs the whole CI {gate.op} 0" if gate.significant and not held and diff is not None else ""
+        out.append(Verdict(f"{head}: {'held' if held else 'FAILED'}: {measured}, difference {_diff(diff, metric)}, "
+                           f"{_ci(est, metric, shift)}{note}", held))
+    return out
+
+
+def _holds(gate: Gate, est: Estimate, threshold: float) -> bool:
+    if est.diff is None:
+        return False
+    test = _OPS[gate.op]
+    if not gate.significant:
+        return test(est.diff, threshold)
+    if est.low is None or est.high is None:
+        return False
+    bound = est.low if gate.op in (">=", ">") else est.high
+    return test(bound, threshold)
+
+
+def evaluate_compare_fail(fail: CompareFail, run: Run, base: Run) -> list[Verdict]:
+    """One verdict per model x method in both runs (per model for pass1)."""
+    fields = ("model",) if fail.metric == "pass1" else ("model", "method")
+    mine, theirs = groups(run.records, *fields), groups(base.records, *fields)
+    keys = [key for key in mine if key in theirs and (fail.method is None or key[-1] == fail.method)]
+    if not keys:
+        return [Verdict(f"compare-fail {fail.text}: FAILED: no {'model' if fail.metric == 'pass1' else 'model x method'} "
+                        "in both runs to compare", False)]
+    out = []
+    name = LABEL[fail.metric] + (f"@{fail.k}" if fail.k else "")
+    for key in keys:
+        ids = _paired_ids(mine[key], theirs[key])
+        est = paired(_pooled(fail.metric), _matrix(mine[key], ids, fail.metric, fail.k),
+                     _matrix(theirs[key], ids, fail.metric, fail.k))
+        if est.diff is None:
+            held = False
+        elif fail.significant:
+            held = est.high is None or est.high >= -fail.drop
+        else:
+            held = est.diff >= -fail.drop
+        out.append(Verdict(
+            f"compare-fail {fail.text} [{' '.join(key)}]: {'held' if held else 'FAILED'}: {name} "
+            f"{_fmt(est.b, fail.metric)} -> {_fmt(est.a, fail.metric)}, change {_diff(est.diff, fail.metric)}, "
+            f"{_ci(est, fail.metric)}; allowed drop {_diff(fail.drop, fail.metric).lstrip('+')}"
+            + (" (only a significant drop fails)" if fail.significant else ""), held))
+    return out
+
+
+def judge(run: Run, gates: Sequence[Gate], base: Run | None = None, fails: Sequence[CompareFail] = (),
+          force: bool = False, base_name: str = "the baseline", force_flag: str = "--compare-force") -> tuple[bool, list[str]]:
+    """Whether every gate and compare-fail held, and the lines to print: the comparison with ``base``
+    (refused when settings differ, unless ``force``), then one line per verdict."""
+    lines: list[str] = []
+    verdicts = [v for gate in gates for v in evaluate_gate(gate, run)]
+    refused = False
+    if base is not None:
+        differ = settings_diff(run.settings(), base.settings())
+        if differ and not force:
+            refused = bool(fails)
+            lines.append(f"comparison refused: settings differ from {base_name}: {'; '.join(differ)}; "
+                         f"pass {force_flag} to compare anyway")
+        else:
+            lines.append(f"Compared with {base_name}" + (f" (settings differ, compared as forced: {'; '.join(differ)})"
+                                                         if differ else "") + ":")
+            lines.append(compare_table(run, base))
+            verdicts += [v for fail in fails for v in evaluate_compare_fail(fail, run, base)]
+    lines += [v.line for v in verdicts]
+    return not refused and all(v.held for v in verdicts), lines

@@ -1,0 +1,72 @@
+"""One item's result: the contract between the study, xdist, the run JSON and the report.
+
+A :class:`Record` is built by :meth:`study.Study.run_item`, travels from an xdist worker to the
+controller as the plain JSON dict of :meth:`Record.to_dict` (on the test report), and is read back
+from a run file with :meth:`Record.from_dict`, which checks every field's shape: a hand-edited or
+foreign file fails with one line instead of a KeyError inside the report.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from .alignment import Located, Span, TaskUnits
+from .jsonshape import from_json
+
+
+@dataclass(frozen=True)
+class Record:
+    """Model x method x task: generation, attribution, scores against the labels and the tests' verdict."""
+
+    model: str
+    model_identity: dict[str, Any]  # models.LoadedModel.identity: source, revision, dtype
+    method: str
+    task_id: str
+    benchmark: str
+    prompt_format: str
+    max_new_tokens: int
+    budget_rule: str
+    stop_rule: str
+    device: str
+    completion: str
+    no_code: bool  # no function body: left out of the alignment tables, a failure in Pass@1
+    generated_tokens: int
+    explained_tokens: list[str]
+    labels: str  # label mode, labels.LABEL_MODES
+    generation_cached: bool
+    usage: dict[str, Any] | None  # API models: tokens and the served model
+    execution: dict[str, Any]  # execution.ExecutionResult.as_dict without the machine-dependent rlimits
+    passed: bool
+    units: list[Located]  # (start, end, score) in task.prompt coordinates
+    human: list[Span]  # the labelled spans that were scored
+    top_k: dict[str, list[list[int]]]  # str(K) -> spans of the top-K units
+    metrics: dict[str, dict[str, Any]]  # str(K) -> alignment.KScore.as_dict of this task alone
+    error_k: int
+    error_patterns: list[str]
+    missed_keywords: list[dict[str, Any]]  # labels.Label as dicts
+    attribution: dict[str, Any]  # seconds, settings, cached (and a note for no-code items)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON types (lists, not tuples), so xdist ships it and ``from_dict`` reads it back equal."""
+        return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str = "record") -> Record:
+        """The record, every field checked; raises :class:`jsonshape.ShapeError` naming the field."""
+        return from_json(cls, data, where)
+
+    def task_units(self) -> TaskUnits:
+        """The metric input of this item (for pooling over tasks)."""
+        from .tasks import get_task
+
+        return TaskUnits(get_task(self.task_id).prompt, tuple(self.units), tuple(self.human), 0, self.task_id)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value

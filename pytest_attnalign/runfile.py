@@ -1,0 +1,113 @@
+"""The run file (``--attn-json``, saved runs): a versioned JSON document of one run.
+
+``{"format": "pytest-attnalign-run", "version": 1, "settings", "environment", "ks", "run",
+"tables", "records"}``. Records are the source of truth: the tables are written for readers and
+other tools and recomputed on reading, and the summary is rendered from the records with the run's
+own library versions and run lines, so ``attnalign report RUN.json`` prints what the run printed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import AttnalignError
+from .jsonshape import ShapeError, check
+from .record import Record
+from .report import groups, library_versions, pass_counts, pooled, render, sort_records, with_code
+
+FORMAT = "pytest-attnalign-run"
+VERSION = 1
+
+
+@dataclass
+class Run:
+    """One run's records with what the summary needs besides them."""
+
+    records: list[Record]
+    ks: tuple[int, ...]
+    info: dict[str, Any] = field(default_factory=dict)  # runinfo.RunInfo.as_dict (complete, missing, lines, ...)
+    versions: dict[str, str] = field(default_factory=library_versions)
+
+    def summary(self) -> str:
+        """The terminal summary the run printed."""
+        return render(self.records, self.ks, self.info.get("lines", []), self.versions)
+
+    def settings(self) -> dict[str, Any]:
+        """What determines the numbers besides the tasks: compared before two runs are compared."""
+        recs = sort_records(self.records)
+        joined = lambda values: ", ".join(sorted({str(v) for v in values}))  # noqa: E731
+        models = {m: {**{k: v for k, v in g[0].model_identity.items() if k != "model"},
+                      "prompt_format": joined(r.prompt_format for r in g), "budget_rule": joined(r.budget_rule for r in g)}
+                  for (m,), g in groups(recs, "model").items()}
+        methods = {m: dict(g[0].attribution.get("settings", {}))
+                   for (m,), g in groups(recs, "method").items()}
+        return {"ks": list(self.ks), "labels": joined(r.labels for r in recs),
+                "stop_rule": joined(r.stop_rule for r in recs),
+                "execution_limits": recs[0].execution.get("limits", {}) if recs else {},
+                "models": models, "methods": methods}
+
+    def tables(self) -> dict[str, Any]:
+        """Pass@1 per model x benchmark and, per K, pooled P/R/F1/alpha per model x method."""
+        pass1 = [{"model": m, "benchmark": b, "passed": p, "tasks": n, "pass1": p / n}
+                 for (m, b), (p, n) in pass_counts(self.records, "model", "benchmark").items()]
+        alignment: dict[str, list[dict[str, Any]]] = {str(k): [] for k in self.ks}
+        for (model, method), group in groups(with_code(self.records), "model", "method").items():
+            for k, s in pooled(group, self.ks).items():
+                alignment[str(k)].append({"model": model, "method": method, "tasks": len(group),
+                                          "precision": s.precision, "recall": s.recall, "f1": s.f1, "alpha": s.alpha})
+        return {"pass1": pass1, "alignment": alignment}
+
+    def to_json(self) -> dict[str, Any]:
+        return {"format": FORMAT, "version": VERSION, "settings": self.settings(),
+                "environment": {"versions": self.versions, "python": platform.python_version()},
+                "ks": list(self.ks), "run": self.info, "tables": self.tables(),
+                "records": [r.to_dict() for r in sort_records(self.records)]}
+
+    @classmethod
+    def from_json(cls, doc: Any, where: str = "run file") -> Run:
+        """The run in ``doc``; a foreign or damaged document raises one :class:`AttnalignError` line."""
+        if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+            raise AttnalignError(f"{where} is not a pytest-attnalign run (no \"format\": \"{FORMAT}\"): "
+                                 "give a file written by --attn-json or --attn-save")
+        if doc.get("version") != VERSION:
+            raise AttnalignError(f"{where} has run format version {doc.get('version')!r}; this pytest-attnalign "
+                                 f"reads version {VERSION}: re-run the study or use the version that wrote it")
+        try:
+            records = [Record.from_dict(r, f"records[{i}]")
+                       for i, r in enumerate(check(doc.get("records"), list, "records"))]
+            ks = tuple(check(doc.get("ks"), list[int], "ks"))
+            info = check(doc.get("run"), dict, "run")
+            env = check(doc.get("environment"), dict, "environment")
+            versions = check(env.get("versions"), dict, "environment.versions")
+        except ShapeError as exc:
+            raise AttnalignError(f"{where} is damaged: {exc}") from None
+        return cls(records, ks, info, versions)
+
+
+def write_run(path: Path, run: Run) -> None:
+    """Atomically (temp file + rename), so no partial file ever looks complete. The directory must exist."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(run.to_json(), fh, indent=1, ensure_ascii=False)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_run(path: Path) -> Run:
+    """The run written at ``path``; errors are one line naming the file."""
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise AttnalignError(f"cannot read run file {str(path)!r}: {exc.strerror or exc}") from None
+    except ValueError as exc:
+        raise AttnalignError(f"run file {str(path)!r} is not JSON ({exc}): give a file written by --attn-json") from None
+    return Run.from_json(doc, f"run file {str(path)!r}")

@@ -1,0 +1,240 @@
+"""Run files, saved runs, comparisons and gates, on synthetic records (no model): the library alone."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from synthetic import make_record, study_records, word_units
+
+from pytest_attnalign.alignment import pool_sums, score_k, task_sums
+from pytest_attnalign.bootstrap import paired, resample_counts
+from pytest_attnalign.cli import main
+from pytest_attnalign.errors import AttnalignError
+from pytest_attnalign.gates import judge, parse_compare_fails, parse_gates
+from pytest_attnalign.jsonshape import ShapeError
+from pytest_attnalign.record import Record
+from pytest_attnalign.report import pooled, sort_records
+from pytest_attnalign.runfile import Run, read_run, write_run
+from pytest_attnalign.storage import find_run, save_path
+
+KS = (5, 10, 20)
+
+
+def run_of(records: list[Record]) -> Run:
+    return Run(records, KS, {"complete": True, "lines": ["torch threads: 1 per process (--attn-threads)"]},
+               {"pytest-attnalign": "0.1.0", "torch": "2.0"})
+
+
+# ------------------------------------------------------------------------------- records and run files
+
+
+def test_a_record_round_trips_through_json_and_a_wrong_field_is_named() -> None:
+    (rec,) = study_records(1, {"shap": 2.0})
+    back = Record.from_dict(json.loads(json.dumps(rec.to_dict())))
+    assert back == rec and back.units[0] == tuple(rec.units[0])
+    bad = {**rec.to_dict(), "units": [["a", 1, 0.5]]}
+    with pytest.raises(ShapeError, match=r"record\.units\[0\]\[0\]: expected int"):
+        Record.from_dict(bad)
+    with pytest.raises(ShapeError, match="missing 'passed'"):
+        Record.from_dict({k: v for k, v in rec.to_dict().items() if k != "passed"})
+
+
+def test_the_run_file_round_trips_and_renders_the_same_summary(tmp_path: Path) -> None:
+    run = run_of(study_records(6, {"shap": 2.0, "coding_last": 0.0}))
+    path = tmp_path / "run.json"
+    write_run(path, run)
+    assert [p.name for p in tmp_path.iterdir()] == ["run.json"]  # the temp file was renamed, none left
+    doc = json.loads(path.read_text())
+    assert (doc["format"], doc["version"]) == ("pytest-attnalign-run", 1)
+    back = read_run(path)
+    assert back.records == sort_records(run.records) and back.ks == KS and back.info == run.info
+    assert back.summary() == run.summary()
+    assert "versions: pytest-attnalign 0.1.0, torch 2.0" in back.summary()  # the run's, not this process's
+    # the tables are the report's pooled figures
+    shap = [r for r in run.records if r.method == "shap"]
+    row = next(t for t in doc["tables"]["alignment"]["10"] if t["method"] == "shap")
+    assert row["f1"] == pooled(shap, [10])[10].f1 and row["tasks"] == 6
+    assert doc["tables"]["pass1"] == [{"model": "m", "benchmark": "humaneval", "passed": 3, "tasks": 6, "pass1": 0.5}]
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    ("{", r"is not JSON .*: give a file written by --attn-json"),
+    ('{"records": []}', r'is not a pytest-attnalign run \(no "format": "pytest-attnalign-run"\)'),
+    ('{"format": "pytest-attnalign-run", "version": 2}', r"has run format version 2; this pytest-attnalign reads version 1"),
+    ('{"format": "pytest-attnalign-run", "version": 1, "records": [{}], "ks": [5], "run": {}, "environment": {"versions": {}}}',
+     r"is damaged: records\[0\]: missing 'model'"),
+])
+def test_a_foreign_or_damaged_run_file_is_one_line(tmp_path: Path, content: str, message: str) -> None:
+    path = tmp_path / "x.json"
+    path.write_text(content)
+    with pytest.raises(AttnalignError, match=message) as info:
+        read_run(path)
+    assert "\n" not in str(info.value)
+
+
+# ------------------------------------------------------------------------------- bootstrap
+
+
+def test_pooling_task_sums_equals_the_scored_figures() -> None:
+    records = study_records(12, {"shap": 1.0})
+    tasks = [r.task_units() for r in records]
+    for k in KS:
+        pooled_sums = pool_sums(np.sum([task_sums(t, k) for t in tasks], axis=0))
+        s = score_k(tasks, k)
+        for name in ("precision", "recall", "f1", "alpha"):
+            assert float(pooled_sums[name]) == pytest.approx(getattr(s, name), abs=1e-9), (k, name)
+
+
+def test_the_paired_bootstrap_is_reproducible_and_brackets_the_difference() -> None:
+    counts = resample_counts(7)
+    assert counts.shape == (1000, 7) and (counts.sum(axis=1) == 7).all()
+    assert (resample_counts(7) == counts).all()  # fixed seed
+    records = study_records(20, {"good": 1.5, "weak": 0.2})
+    a = np.array([task_sums(r.task_units(), 10) for r in records if r.method == "good"])
+    b = np.array([task_sums(r.task_units(), 10) for r in records if r.method == "weak"])
+    f1 = lambda s: pool_sums(s)["f1"]  # noqa: E731
+    est = paired(f1, a, b)
+    assert est == paired(f1, a, b)
+    good = score_k([r.task_units() for r in records if r.method == "good"], 10).f1
+    weak = score_k([r.task_units() for r in records if r.method == "weak"], 10).f1
+    assert est.a == pytest.approx(good) and est.b == pytest.approx(weak) and est.diff == pytest.approx(good - weak)
+    assert est.low < est.diff < est.high and est.low > 0  # a clear gap is significant
+    # resampling every task once (weights all 1) is the measured value
+    assert float(f1(np.ones(20) @ a) - f1(np.ones(20) @ b)) == pytest.approx(est.diff)
+    # pairing: the same rows on both sides differ by exactly 0 in every resample
+    same = paired(f1, a, a)
+    assert (same.diff, same.low, same.high) == (0.0, 0.0, 0.0)
+
+
+def test_the_bootstrap_of_164_tasks_and_two_methods_takes_seconds() -> None:
+    """A gate over all of HumanEval: scoring the tasks once and 1000 resamples, every K."""
+    records = study_records(164, {"mine": 1.0, "coding_last": 0.5})
+    run = run_of(records)
+    gates = parse_gates(["mine.f1@5>=coding_last.f1@5,mine.f1@10>=coding_last.f1@10,mine.alpha@20>=coding_last.alpha@20"])
+    started = time.perf_counter()
+    held, lines = judge(run, gates)
+    assert time.perf_counter() - started < 10, lines
+    assert held and len(lines) == 3
+
+
+# ------------------------------------------------------------------------------- gates
+
+
+def test_a_gate_holds_and_fails_with_a_doctored_threshold() -> None:
+    run = run_of(study_records(20, {"mine": 1.5, "coding_last": 0.2}))
+    f1 = pooled([r for r in run.records if r.method == "mine"], [10])[10].f1
+    held, lines = judge(run, parse_gates(["mine.f1@10>=coding_last.f1@10!"]))
+    assert held, lines
+    (line,) = lines
+    assert line.startswith(f"gate mine.f1@10>=coding_last.f1@10! [m]: held: {f1:.1%} vs ")
+    assert "difference +" in line and "95% CI [+" in line and "paired bootstrap over 20 tasks, 1000 resamples" in line
+    assert judge(run, parse_gates(["mine.f1@10>=coding_last.f1@10!"]))[1] == lines  # line for line
+
+    above = f"{(f1 + 0.005) * 100:.2f}%"
+    held, (line,) = judge(run, parse_gates([f"mine.f1@10>={above}"]))
+    assert not held and f": FAILED: {f1:.1%} vs threshold" in line and "difference -0.50 points" in line
+    below = f"{(f1 - 0.005) * 100:.2f}%"
+    assert judge(run, parse_gates([f"mine.f1@10>={below}"]))[0]
+    # "!" asks for the whole CI: just below the measured value is not significantly below it
+    held, (line,) = judge(run, parse_gates([f"mine.f1@10>={below}!"]))
+    assert not held and "! needs the whole CI >= 0" in line
+
+
+def test_a_gate_on_a_method_without_results_fails() -> None:
+    run = run_of(study_records(3, {"mine": 1.0}))
+    held, (line,) = judge(run, parse_gates(["mine.alpha@5>=other.alpha@5"]))
+    assert not held and line == "gate mine.alpha@5>=other.alpha@5 [m]: FAILED: no result of other to judge"
+    held, (line,) = judge(run_of([]), parse_gates(["mine.alpha@5>=0.1"]))
+    assert not held and "no results" in line
+
+
+# ------------------------------------------------------------------------------- compare
+
+
+def doctored(records: list[Record], skill: float) -> list[Record]:
+    """The same tasks with units scored by another skill (a baseline that was better or worse)."""
+    return [make_record(r.task_id, word_units(r.task_id, skill, 1), method=r.method, passed=r.passed) for r in records]
+
+
+def test_compare_fail_passes_an_honest_baseline_and_fails_a_doctored_one() -> None:
+    now = run_of(study_records(20, {"shap": 0.5}))
+    fails = parse_compare_fails(["f1@10:2%", "pass1:1%"])
+    held, lines = judge(now, [], run_of(study_records(20, {"shap": 0.5})), fails)
+    assert held, lines
+    assert lines[0] == "Compared with the baseline:"
+    assert "shap" in lines[1] and "(+0.0)" in lines[1]  # the table: no change
+    assert [line.split(":")[0] for line in lines[2:]] == ["compare-fail f1@10", "compare-fail pass1"]
+    assert "change +0.00 points" in lines[2] and "allowed drop 2.00 points" in lines[2]
+
+    better = run_of(doctored(now.records, 3.0))
+    held, lines = judge(now, [], better, fails)
+    assert not held
+    line = next(l for l in lines if l.startswith("compare-fail f1@10:2% [m shap]"))
+    base_f1, now_f1 = pooled(better.records, [10])[10].f1, pooled(now.records, [10])[10].f1
+    assert f"FAILED: F1@10 {base_f1:.1%} -> {now_f1:.1%}, change {(now_f1 - base_f1) * 100:+.2f} points" in line
+    assert any(l.startswith("compare-fail pass1:1% [m]: held") for l in lines)
+
+
+def test_differing_settings_refuse_the_comparison_unless_forced() -> None:
+    now = run_of(study_records(4, {"shap": 0.5}))
+    other = [make_record(r.task_id, list(r.units), method="shap", labels="study",
+                         model_identity={**r.model_identity, "revision": "r2"},
+                         attribution={**r.attribution, "settings": {"evaluations": 10}}) for r in now.records]
+    base = Run(other, (5, 10), now.info, now.versions)
+    fails = parse_compare_fails(["f1@10:2%"])
+    held, (line,) = judge(now, [], base, fails, base_name="0001_base.json")
+    assert not held
+    assert line == ("comparison refused: settings differ from 0001_base.json: ks: [5, 10] -> [5, 10, 20]; "
+                    "labels: 'study' -> 'corrected'; method shap evaluations: 10 -> 50; "
+                    "model m revision: 'r2' -> 'r'; pass --compare-force to compare anyway")
+    held, lines = judge(now, [], base, fails, force=True)
+    assert lines[0].startswith("Compared with the baseline (settings differ, compared as forced: ks:")
+    assert any(l.startswith("compare-fail f1@10:2% [m shap]") for l in lines)
+    # no compare-fail: the refusal is reported, the session is not failed for it
+    assert judge(now, [], base)[0]
+
+
+# ------------------------------------------------------------------------------- storage and the CLI
+
+
+def test_saved_runs_are_numbered_and_found_by_name_counter_or_path(tmp_path: Path) -> None:
+    with pytest.raises(AttnalignError, match="no saved run in .*: save one with --attn-save NAME or --attn-autosave"):
+        find_run(tmp_path, "")
+    first = save_path(tmp_path, "base")
+    assert first.name == "0001_base.json"
+    first.write_text("{}")
+    second = save_path(tmp_path, "base")
+    assert second.name == "0002_base.json"
+    second.write_text("{}")
+    (tmp_path / "notes.json").write_text("{}")
+    assert find_run(tmp_path, "") == second  # the newest
+    assert find_run(tmp_path, "1") == find_run(tmp_path, "0001") == first
+    assert find_run(tmp_path, "base") == second and find_run(tmp_path, "0001_base.json") == first
+    assert find_run(tmp_path, str(tmp_path / "notes.json")) == tmp_path / "notes.json"
+    with pytest.raises(AttnalignError, match=r"no saved run 'nope' in .* \(latest: 0001_base, 0002_base\)"):
+        find_run(tmp_path, "nope")
+
+
+def test_report_command_compares_and_gates(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    records = study_records(10, {"mine": 1.5, "coding_last": 0.2})
+    write_run(tmp_path / "now.json", run_of(records))
+    write_run(tmp_path / "base.json", run_of(doctored(records, 3.0)))
+    now = str(tmp_path / "now.json")
+    assert main(["report", now, "--gate", "mine.f1@10>=coding_last.f1@10"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(run_of(records).summary()) and "gate mine.f1@10>=coding_last.f1@10 [m]: held" in out
+    assert main(["report", now, "--compare", str(tmp_path / "base.json"), "--compare-fail", "coding_last.f1@10:1%"]) == 1
+    assert "compare-fail coding_last.f1@10:1% [m coding_last]: FAILED" in capsys.readouterr().out
+    for argv, message in (
+        (["--gate", "mine.f1@10>=40"], "--gate: 'mine.f1@10>=40': F1 thresholds are written as percent"),
+        (["--gate", "nope.f1@10>=40%"], "--gate: 'nope.f1@10>=40%': method 'nope' is not in this run"),
+        (["--gate", "mine.f1@7>=40%"], "--gate: 'mine.f1@7>=40%': K=7 is not in this run (K: 5, 10, 20)"),
+        (["--compare-fail", "f1@10:2%"], "--compare-fail: no baseline: add --compare OTHER.json"),
+    ):
+        assert main(["report", now, *argv]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"attnalign: error: {message}") and err.count("\n") == 1, err
