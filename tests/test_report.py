@@ -6,6 +6,7 @@ import pytest
 from synthetic import make_record
 
 from pytest_attnalign.labels import human_spans
+from pytest_attnalign.record import Record
 from pytest_attnalign.report import pooled, render, with_code
 from pytest_attnalign.tasks import get_task
 
@@ -33,10 +34,9 @@ def test_header_names_the_label_mode(mode: str) -> None:
 
 
 def test_header_says_how_the_restated_copy_was_treated() -> None:
-    def attn(method: str, mode: str) -> dict[str, Any]:
-        r = record("HumanEval/0", [[4, 9, 1.0]])
-        r["method"], r["attribution"] = method, {"settings": {"heads": "sum", "restated_copy": mode}}
-        return r
+    def attn(method: str, mode: str) -> Record:
+        return make_record("HumanEval/0", [(4, 9, 1.0)], method=method,
+                           attribution={"seconds": 0.5, "settings": {"heads": "sum", "restated_copy": mode}, "cached": False})
 
     text = render([attn("coding_all", "ignore"), attn("saliency_coding", "ignore")], [5])
     assert "restated copy (a chat reply's copy of the description): ignore (2 methods)" in text

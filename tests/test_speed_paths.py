@@ -45,7 +45,8 @@ def test_chunked_detached_gradients_equal_one_full_pass(contexts: dict[str, Attr
             got = gradient_norms(model, gen.prompt_ids, gen.generated_ids, steps, from_token=F, chunk=chunk)
             for kind in ("saliency", "inputxgradient"):
                 a, b = getattr(got, kind), getattr(full, kind)
-                assert a.shape == b.shape == (len(steps), len(gen.prompt_ids))
+                # the prompt's columns and those of the generated tokens before the first step (restated_copy)
+                assert a.shape == b.shape == (len(steps), len(gen.prompt_ids) + steps.start)
                 assert bool(a[:, :F].isnan().all())  # not computed, never a silent 0
                 torch.testing.assert_close(a[:, F:], b[:, F:], rtol=1e-4, atol=1e-7)
         # the raw per-step gradients too, not only their norms
