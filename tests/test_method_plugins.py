@@ -130,3 +130,41 @@ def test_installed_method_runs_like_a_builtin_one(pytester: pytest.Pytester, mon
     assert re.search(rf"{re.escape(str(tiny_gpt2))}\s+ig_reading\s+1\s+\d", table2), table2
     (ig,) = [r for r in json.loads(out.read_text())["records"] if r["method"] == "ig_reading" and not r["no_code"]]
     assert ig["attribution"]["settings"]["n_steps"] == 8 and ig["units"]
+
+
+def test_a_gate_rerun_computes_only_the_new_method(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch,
+                                                   tiny_gpt2: Path, tmp_path: Path) -> None:
+    """CI gating from a method's repository: the baseline method ran before (saved), so a re-run that adds
+    the new method and gates it against the baseline generates nothing and attributes only the new method;
+    the gate line decides the exit status (held, then FAILED with a doctored threshold)."""
+    import shutil
+
+    target = pytester.path / "benchmarks" / "humaneval"
+    target.mkdir(parents=True)
+    shutil.copy(Path(__file__).resolve().parent.parent / "benchmarks" / "humaneval" / "test_humaneval.py", target)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(EXAMPLE), *filter(None, [os.environ.get("PYTHONPATH")])]))
+    opts = [f"--attn-model={tiny_gpt2}", "--attn-benchmark=humaneval", "--attn-limit=3", "--attn-max-new-tokens=8",
+            "--attn-device=cpu", "--attn-threads=1", f"--attn-cache-dir={tmp_path / 'cache'}", "--attn-pass1=report",
+            f"--attn-storage={tmp_path / 'runs'}", "-p", "no:cacheprovider"]
+    base = pytester.runpytest_subprocess(*opts, "--attn-method=saliency_reading", "--attn-save=base", timeout=300)
+    assert base.ret == pytest.ExitCode.OK, base.stdout.str()
+
+    def gated(threshold: str, out: Path) -> tuple[pytest.RunResult, list[dict], list[str]]:
+        result = pytester.runpytest_subprocess(
+            *opts, "--attn-method=saliency_reading,ig_reading", "--attn-method-option=ig_reading.n_steps=4",
+            f"--attn-gate=ig_reading.f1@10>={threshold}", f"--attn-json={out}", timeout=300)
+        lines = [line for line in result.stdout.lines if line.startswith("gate ")]
+        return result, json.loads(out.read_text())["records"], lines
+
+    first, recs, lines = gated("0%", tmp_path / "first.json")
+    assert first.ret == pytest.ExitCode.OK and len(lines) == 1 and ": held: " in lines[0], first.stdout.str()
+    scored = [r for r in recs if not r["no_code"]]  # an item with no code attributes nothing, cached or not
+    computed = sorted((r["method"], r["task_id"]) for r in scored if not r["attribution"]["cached"])
+    assert computed == sorted(("ig_reading", r["task_id"]) for r in scored if r["method"] == "ig_reading") != []
+    assert all(r["generation_cached"] for r in recs)  # the baseline run generated every task once
+
+    again, recs, lines = gated("saliency_reading.f1@10", tmp_path / "again.json")
+    assert not [r for r in recs if not r["attribution"]["cached"] and not r["no_code"]]  # nothing new: all cached
+    assert len(lines) == 1 and lines[0].startswith("gate ig_reading.f1@10>=saliency_reading.f1@10 [")
+    doctored, _, lines = gated("100%", tmp_path / "doctored.json")
+    assert doctored.ret == pytest.ExitCode.TESTS_FAILED and ": FAILED: " in lines[0], lines
