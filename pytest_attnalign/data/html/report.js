@@ -59,7 +59,7 @@ function renderTask(details) {
     body.append(view);
   }
   body.append(el("h4", {}, "completion (", el("span", { class: "outcome-" + gen.outcome }, gen.outcome), ")"),
-    el("pre", { class: "code" }, gen.no_code ? "(no code)" : gen.completion));
+    el("pre", { class: "code" }, gen.no_code ? "(no code)" : gen.completion.replace(/^\n+/, "")));
   if (!gen.passed) body.append(el("h4", {}, "test output (tail)"), el("pre", { class: "tail" }, gen.tail || "(none)"));
   details.querySelector(".body")?.remove();
   details.append(body);
