@@ -13,6 +13,7 @@ import os
 import select
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -34,9 +35,12 @@ class Browser:
         self._from_browser, from_browser_w = os.pipe()
         args = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--remote-debugging-pipe",
                 f"--user-data-dir={self._profile.name}", f"--window-size={width},{height}", "about:blank"]
-        # the shell moves the pipe ends to the fds the protocol uses, then becomes the browser
+        # a Python trampoline moves the pipe ends to the fds the protocol uses, then becomes the browser
+        # (sh cannot: dash redirects only fds 0-9, and pytest has more open)
+        trampoline = ("import os, sys; os.dup2(int(sys.argv[1]), 3); os.dup2(int(sys.argv[2]), 4); "
+                      "os.execv(sys.argv[3], sys.argv[3:])")
         self.proc = subprocess.Popen(
-            ["sh", "-c", f'exec "$0" "$@" 3<&{to_browser_r} 4>&{from_browser_w}', executable, *args],
+            [sys.executable, "-c", trampoline, str(to_browser_r), str(from_browser_w), executable, *args],
             pass_fds=(to_browser_r, from_browser_w), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         os.close(to_browser_r)
         os.close(from_browser_w)
