@@ -15,10 +15,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from .alignment import SUMS, pool_sums, task_sums
+from .bootstrap import Estimate, paired
 from .labels import LABEL_TYPES, prompt_labels
 from .patterns import PATTERNS
 from .record import Record
-from .report import (LEGEND, header_lines, method_order, pass_at_1, pattern_counts, sort_records, table2,
+from .report import (LEGEND, groups, header_lines, method_order, pass_at_1, pattern_counts, sort_records, table2,
                      table3, with_code)
 from .runfile import Run, write_atomic
 from .tasks import DATA, get_task
@@ -35,36 +39,51 @@ def _table(caption: str, headers: Sequence[str], rows: Sequence[Sequence[Any]], 
             f"<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
 
 
-def _bar(x0: float, x1: float, y: float, h: float, cls: str, title: str) -> str:
-    left, width = min(x0, x1), abs(x1 - x0)
-    return (f'<rect class="{cls}" x="{left:.1f}" y="{y:.1f}" width="{width:.1f}" height="{h:.1f}">'
-            f"<title>{html.escape(title)}</title></rect>")
+def estimates(records: Sequence[Record], k: int) -> list[tuple[str, str, dict[str, Estimate]]]:
+    """Per model x method (tasks with code, as in Table 2): pooled F1 and alpha at K with a 95% CI from
+    a bootstrap over its tasks (:mod:`bootstrap`, the gates' resampling)."""
+    out = []
+    for (model, method), group in groups(with_code(records), "model", "method").items():
+        rows = np.array([task_sums(r.task_units(), k) for r in group], dtype=float).reshape(len(group), len(SUMS))
+        out.append((model, method, {m: paired(lambda s, m=m: pool_sums(s)[m], rows) for m in ("f1", "alpha")}))
+    return out
 
 
-def chart(k: int, rows: Sequence[dict[str, Any]]) -> str:
-    """F1 (0..1) and alpha (up to 1, down to the lowest alpha below 0, zero marked) per model x method."""
+def chart(k: int, rows: Sequence[tuple[str, str, dict[str, Estimate]]]) -> str:
+    """F1 (0..1) and alpha (up to 1, down to the lowest value below 0, zero marked) per model x method,
+    each bar with its 95% bootstrap interval."""
     label_w, panel_w, row_h, top = 190, 240, 18, 22
-    alphas = [r["alpha"] for r in rows if r["alpha"] is not None]
+    alphas = [v for *_, e in rows for v in (e["alpha"].a, e["alpha"].low) if v is not None]
     lo, hi = min([0.0, *alphas]), 1.0
     height = top + row_h * len(rows) + 6
-    f1_x = lambda v: label_w + v * panel_w  # noqa: E731
-    a_x = lambda v: label_w + panel_w + 60 + (v - lo) / (hi - lo) * panel_w  # noqa: E731
-    parts = [f'<svg class="chart" role="img" viewBox="0 0 {label_w + 2 * panel_w + 120} {height}" '
-             f'width="{label_w + 2 * panel_w + 120}" height="{height}" aria-label="F1 and alpha at K={k}">',
+    axes = {"f1": lambda v: label_w + v * panel_w,
+            "alpha": lambda v: label_w + panel_w + 80 + (v - lo) / (hi - lo) * panel_w}
+    parts = [f'<svg class="chart" role="img" viewBox="0 0 {label_w + 2 * panel_w + 140} {height}" '
+             f'width="{label_w + 2 * panel_w + 140}" height="{height}" aria-label="F1 and alpha at K={k}">',
              f'<text x="{label_w}" y="14" class="axis">F1@{k} (0 to 100%)</text>',
-             f'<text x="{a_x(lo):.1f}" y="14" class="axis">alpha@{k} ({lo:.2f} to {hi:.2f})</text>',
-             f'<line class="zero" x1="{a_x(0):.1f}" x2="{a_x(0):.1f}" y1="{top - 4}" y2="{height}"/>']
-    for i, r in enumerate(rows):
-        y = top + i * row_h
-        name = f"{r['model']} {r['method']}"
+             f'<text x="{axes["alpha"](lo):.1f}" y="14" class="axis">alpha@{k} ({lo:.2f} to {hi:.2f})</text>',
+             f'<line class="zero" x1="{axes["alpha"](0):.1f}" x2="{axes["alpha"](0):.1f}" y1="{top - 4}" y2="{height}"/>']
+    for i, (model, method, est) in enumerate(rows):
+        y, name = top + i * row_h, f"{model} {method}"
         parts.append(f'<text x="{label_w - 6}" y="{y + 12}" class="name">{html.escape(name)}</text>')
-        for value, x, zero, cls, what in ((r["f1"], f1_x, 0.0, "f1", "F1"), (r["alpha"], a_x, 0.0, "alpha", "alpha")):
-            if value is None:
-                parts.append(f'<text x="{x(zero) + 4:.1f}" y="{y + 12}" class="value">undefined</text>')
+        for metric, x in axes.items():
+            e = est[metric]
+            if e.a is None:
+                parts.append(f'<text x="{x(0) + 4:.1f}" y="{y + 12}" class="value">undefined</text>')
                 continue
-            shown = f"{value:.1%}" if cls == "f1" else f"{value:.2f}"
-            parts.append(_bar(x(zero), x(value), y + 2, row_h - 5, cls, f"{name}: {what}@{k} = {shown}"))
-            parts.append(f'<text x="{max(x(value), x(zero)) + 4:.1f}" y="{y + 12}" class="value">{shown}</text>')
+            fmt = (lambda v: f"{v:.1%}") if metric == "f1" else (lambda v: f"{v:.2f}")
+            ci = (f"95% CI {fmt(e.low)} to {fmt(e.high)}, bootstrap over {e.tasks} tasks" if e.low is not None
+                  else "95% CI undefined")
+            left, right = sorted((x(0), x(e.a)))
+            title = f"{name}: {'F1' if metric == 'f1' else 'alpha'}@{k} = {fmt(e.a)} ({ci})"
+            parts.append(f'<rect class="{metric}" x="{left:.1f}" y="{y + 2}" width="{right - left:.1f}" '
+                         f'height="{row_h - 5}"><title>{html.escape(title)}</title></rect>')
+            end = x(e.a)
+            if e.low is not None and e.high is not None:
+                a, b, mid = x(e.low), x(e.high), y + row_h / 2 - 1
+                parts.append(f'<path class="ci" d="M{a:.1f} {mid - 4}v8M{a:.1f} {mid}H{b:.1f}M{b:.1f} {mid - 4}v8"/>')
+                end = max(end, b)
+            parts.append(f'<text x="{max(end, x(0)) + 4:.1f}" y="{y + 12}" class="value">{fmt(e.a)}</text>')
     return "".join(parts) + "</svg>"
 
 
@@ -116,7 +135,6 @@ def render_html(run: Run) -> str:
         return f'<!DOCTYPE html><html lang="en"><meta charset="utf-8"><title>attnalign</title><body>{body}</body></html>'
     header = [*header_lines(recs, run.versions), *run.info.get("lines", [])]
     scored = with_code(recs)
-    alignment = run.tables()["alignment"]
     parts = ["<h2>Pass@1</h2>", _table("Pass@1 per model x benchmark", ["model", "benchmark", "passed", "Pass@1"],
                                        pass_at_1(recs), "pass1")]
     for k in run.ks:
@@ -124,7 +142,7 @@ def render_html(run: Run) -> str:
         parts.append(f"<h2>Table 2, K={k}</h2>")
         parts.append(_table(f"Table 2 (K={k}): alignment per model x method, pooled over tasks", h2, r2,
                             f"table2 k{k}"))
-        parts.append(chart(k, alignment[str(k)]))
+        parts.append(chart(k, estimates(recs, k)))
     h3, r3 = table3(scored, run.ks)
     parts += ["<h2>Table 3</h2>", _table("Table 3: per method, mean over models", h3, r3, "table3")]
     hp, rp = pattern_counts(scored)

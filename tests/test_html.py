@@ -148,10 +148,17 @@ def test_tables_hold_the_runs_numbers(browser: Browser, page: Path) -> None:
     assert cells("table.pass1") == [[str(c) for c in row] for row in pass_at_1(RECORDS)]
     for k in KS:
         assert cells(f"table.table2.k{k}") == [[str(c) for c in row] for row in table2(scored, k)[1]]
-        titles = browser.js(f"[...document.querySelectorAll('svg[aria-label=\"F1 and alpha at K={k}\"] rect.f1 title')]"
-                            ".map(t => t.textContent)")
-        assert titles == [f"{row['model']} {row['method']}: F1@{k} = {row['f1']:.1%}"
-                          for row in RUN.tables()["alignment"][str(k)]]
+        bars = browser.js(f"[...document.querySelectorAll('svg[aria-label=\"F1 and alpha at K={k}\"] rect title')]"
+                          ".map(t => t.textContent)")
+        expected = []
+        for row in RUN.tables()["alignment"][str(k)]:  # the tables' pooled figures, each inside its interval
+            for metric, shown in (("F1", f"{row['f1']:.1%}"), ("alpha", f"{row['alpha']:.2f}")):
+                expected.append(f"{row['model']} {row['method']}: {metric}@{k} = {shown}")
+        assert [b.split(" (95% CI ")[0] for b in bars] == expected
+        for b in bars:
+            value, low, high = (float(v.rstrip("%")) for v in re.search(
+                r"= (\S+) \(95% CI (\S+) to (\S+), bootstrap over \d+ tasks\)", b).groups())
+            assert low <= value <= high, b
     assert cells("table.table3") == [[str(c) for c in row] for row in table3(scored, KS)[1]]
 
 
