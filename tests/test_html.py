@@ -61,6 +61,11 @@ def test_page_is_self_contained() -> None:
         assert needle not in page, needle
 
 
+def test_a_run_without_records_is_a_page_that_says_so() -> None:
+    page = render_html(Run([], KS))
+    assert "no item produced a result" in page and "attn-data" not in page
+
+
 def test_data_holds_each_records_top_k_relative_to_the_description() -> None:
     data = _blob(render_html(RUN))
     gens = {(g["model"], g["task"]): g for g in data["gens"]}
