@@ -114,7 +114,8 @@ def page_data(records: Sequence[Record], ks: Sequence[int]) -> dict[str, Any]:
                     for k, spans in r.top_k.items() if int(k) in VIEW_KS or int(k) in ks},
             "scores": {k: {"f1": m.get("f1"), "alpha": m.get("alpha")} for k, m in r.metrics.items()},
             "patterns": r.error_patterns}
-    view_ks = sorted({int(k) for g in gens.values() for m in g["methods"].values() for k in m["top"]})
+    view_ks = (sorted({int(k) for g in gens.values() for m in g["methods"].values() for k in m["top"]})
+               or list(VIEW_KS))  # records without top-K (no code anywhere) still get a switch
     return {"models": models, "methods": methods, "types": list(LABEL_TYPES), "patterns": list(PATTERNS),
             "ks": view_ks, "k": 10 if 10 in view_ks else view_ks[0], "error_k": recs[0].error_k,
             "tasks": tasks, "gens": list(gens.values())}
