@@ -80,6 +80,8 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--compare-fail", action="append", metavar="EXPR",
                    help="repeatable or comma list, e.g. f1@10:2%% (2 percentage points), alpha@5:0.02, pass1:1%%")
     r.add_argument("--compare-force", action="store_true", help="compare even when the runs' settings differ")
+    r.add_argument("--html", metavar="PATH", help="also write the run as one self-contained web page (tables, charts "
+                                                  "and each task's description with the top-K units marked)")
     r.set_defaults(func=cmd_report)
     return p
 
@@ -145,6 +147,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from .gates import check_names, judge, parse_compare_fails, parse_gates
+    from .html import write_html
+    from .preflight import output_file
     from .runfile import read_run
 
     run = read_run(Path(args.run))
@@ -156,8 +160,12 @@ def cmd_report(args: argparse.Namespace) -> int:
     if fails and not args.compare:
         raise AttnalignError("--compare-fail: no baseline: add --compare OTHER.json")
     base = _flag("--compare", read_run, Path(args.compare)) if args.compare else None
+    page = _flag("--html", output_file, Path(args.html).expanduser()) if args.html else None
     held, lines = judge(run, gates, base, fails, args.compare_force, args.compare or "", "--compare-force")
     print("\n".join([run.summary(), *lines]))
+    if page is not None:
+        write_html(page, run)
+        print(f"page written to {page}")
     return 0 if held else 1
 
 

@@ -58,13 +58,14 @@ class Options:
     compare_force: bool
     storage: Path | None  # where this run is saved (None: not saved)
     save_name: str | None
+    html_path: Path | None = None  # the page of --attn-html
 
 
 #: Option defaults, also used to tell whether a run asked for the study (see :func:`_given`).
 _DEFAULTS: dict[str, Any] = {
     "attn_model": None, "attn_method": "all", "attn_benchmark": "all", "attn_k": "5,10,20", "attn_limit": None,
     "attn_device": "auto", "attn_dtype": "auto", "attn_prompt_format": None, "attn_max_new_tokens": None,
-    "attn_cache_dir": None, "attn_timeout": 10.0, "attn_error_k": 10, "attn_json": None,
+    "attn_cache_dir": None, "attn_timeout": 10.0, "attn_error_k": 10, "attn_json": None, "attn_html": None,
     "attn_shap_evaluations": None, "attn_fill_mask_model": None, "attn_threads": None, "attn_method_option": None,
     "attn_labels": "corrected", "attn_pass1": "fail", "attn_save": None, "attn_autosave": False,
     "attn_storage": None, "attn_compare": None, "attn_compare_fail": None, "attn_compare_force": False,
@@ -104,6 +105,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     g.addoption("--attn-json", default=_DEFAULTS["attn_json"], metavar="PATH",
                 help="write the run file: versioned JSON of the settings, every item's record and the tables "
                      "(attnalign report PATH prints the summary again)")
+    g.addoption("--attn-html", default=_DEFAULTS["attn_html"], metavar="PATH",
+                help="write one self-contained web page of the run (no network needed): the tables, a chart per K "
+                     "and per task the description with the labelled keywords and each method's top-K units marked")
     g.addoption("--attn-shap-evaluations", type=int, default=_DEFAULTS["attn_shap_evaluations"], metavar="N",
                 help=f"model evaluations per task for shap (default: {SHAP_EVALUATIONS}, as in the study)")
     g.addoption("--attn-fill-mask-model", default=_DEFAULTS["attn_fill_mask_model"], metavar="ID",
@@ -234,6 +238,7 @@ def parse_options(config: pytest.Config) -> Options:
         autosave_name() if get("attn_autosave") else None)
     # paths last: the end of a long run must not be where a typo shows
     json_path = usage("--attn-json", output_file, Path(get("attn_json")).expanduser()) if get("attn_json") else None
+    html_path = usage("--attn-html", output_file, Path(get("attn_html")).expanduser()) if get("attn_html") else None
     cache = get("attn_cache_dir")
     cache_dir = usage("--attn-cache-dir", cache_directory, Path(cache).expanduser() if cache else default_cache_dir())
     save_dir = compare = None
@@ -250,7 +255,7 @@ def parse_options(config: pytest.Config) -> Options:
         cache_dir=cache_dir, timeout=get("attn_timeout"), error_k=get("attn_error_k"), json_path=json_path,
         method_options=settings, labels=get("attn_labels"),
         threads=get("attn_threads"), pass1=get("attn_pass1"), gates=gates, compare_fails=fails, compare=compare,
-        compare_force=get("attn_compare_force"), storage=save_dir, save_name=save_name,
+        compare_force=get("attn_compare_force"), storage=save_dir, save_name=save_name, html_path=html_path,
     )
 
 
@@ -362,6 +367,7 @@ class AttnSession:
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         if not self._controller() or not (self.run.expected or self.records):
             return  # e.g. only users' own tests that use the attn_* fixtures: no study to summarise
+        from .html import write_html
         from .runfile import write_run
         from .storage import save_path
 
@@ -371,17 +377,18 @@ class AttnSession:
         terminalreporter.write_line(run.summary())
         for line in self.verdicts:
             terminalreporter.write_line(line, red=" FAILED" in line or line.startswith("comparison refused"))
-        targets = [("--attn-json", o.json_path, "records written to")]
+        targets = [("--attn-json", o.json_path, "records written to", write_run),
+                   ("--attn-html", o.html_path, "page written to", write_html)]
         if o.storage is not None and o.save_name is not None:
-            targets.append(("--attn-save", save_path(o.storage, o.save_name), "run saved as"))
-        for flag, path, done in targets:
+            targets.append(("--attn-save", save_path(o.storage, o.save_name), "run saved as", write_run))
+        for flag, path, done, write in targets:
             if path is None:
                 continue
             try:
-                write_run(path, run)
+                write(path, run)
             except OSError as exc:  # checked at start-up, so the directory changed during the run
                 terminalreporter.write_line(f"{flag}: cannot write {path} ({exc.strerror or exc}): "
-                                            "records not saved; the cache keeps them for a re-run", red=True)
+                                            "not saved; the cache keeps the records for a re-run", red=True)
             else:
                 terminalreporter.write_line(f"{done} {path}")
 

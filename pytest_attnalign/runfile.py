@@ -12,9 +12,10 @@ import json
 import os
 import platform
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from .errors import AttnalignError
 from .jsonshape import ShapeError, check
@@ -90,16 +91,22 @@ class Run:
         return cls(records, ks, info, versions)
 
 
-def write_run(path: Path, run: Run) -> None:
-    """Atomically (temp file + rename), so no partial file ever looks complete. The directory must exist."""
+def write_atomic(path: Path, write: Callable[[TextIO], Any]) -> None:
+    """``write(fh)`` to a temp file renamed to ``path``, so no partial file ever looks complete.
+    The directory must exist."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(run.to_json(), fh, indent=1, ensure_ascii=False)
+            write(fh)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_run(path: Path, run: Run) -> None:
+    """Atomically (:func:`write_atomic`). The directory must exist."""
+    write_atomic(path, lambda fh: json.dump(run.to_json(), fh, indent=1, ensure_ascii=False))
 
 
 def read_run(path: Path) -> Run:

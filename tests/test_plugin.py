@@ -267,8 +267,13 @@ def test_passing_and_failing_programs_give_passing_and_failing_items(
         result = project.runpytest_subprocess(
             "--attn-model=openai:stub", "--attn-method=bert_masking,saliency_reading,crashing",
             "--attn-benchmark=humaneval", "--attn-limit=2", f"--attn-cache-dir={tmp_path / 'cache'}",
-            f"--attn-json={out}", "-rfEs", *NO_CACHE, timeout=240)  # seconds alone; minutes on a loaded machine
+            f"--attn-json={out}", f"--attn-html={tmp_path / 'run.html'}", "-rfEs", *NO_CACHE,
+            timeout=240)  # seconds alone; minutes on a loaded machine
     result.assert_outcomes(passed=1, failed=1, skipped=2, errors=2)
+    result.stdout.fnmatch_lines([f"page written to {tmp_path / 'run.html'}"])
+    page = (tmp_path / "run.html").read_text(encoding="utf-8")
+    blob = json.loads(page.split('<script type="application/json" id="attn-data">')[1].split("</script>")[0])
+    shown = {(g["task"], m): v["top"]["10"] for g in blob["gens"] for m, v in g["methods"].items()}
 
     # pass / fail follow the generated program's tests
     result.stdout.fnmatch_lines([f"FAILED {HE}[[]openai:stub-bert_masking-HumanEval/1[]]*"])
@@ -279,6 +284,9 @@ def test_passing_and_failing_programs_give_passing_and_failing_items(
     assert ok["passed"] is True and ok["execution"]["outcome"] == "pass" and ok["error_patterns"] == []
     assert bad["passed"] is False and bad["execution"]["outcome"] == "fail"
     assert max(v for _, _, v in ok["units"]) > 0  # the scripted reply reacts to "closer"
+    for (method, task_id), rec in recs.items():  # the page marks each record's top-K in its description
+        a = get_task(task_id).description[0]
+        assert shown[task_id, method] == [[s - a, e - a] for s, e in rec["top_k"]["10"]]
 
     # the failing item's message: marked description, missed keywords with types, pattern, test output
     task = get_task("HumanEval/1")
@@ -461,8 +469,10 @@ def test_model_path_that_is_no_directory_is_a_usage_error(project: pytest.Pytest
         "ERROR: --attn-model: no such directory '/nonexistent/dir': give an existing model directory or a hub id like org/name"]
 
 
+@pytest.mark.parametrize("flag", ["--attn-json", "--attn-html"])
 @pytest.mark.parametrize("where", ["missing", "file", "directory", "read-only"])
-def test_unusable_json_path_fails_before_any_item_runs(project: pytest.Pytester, tmp_path: Path, where: str) -> None:
+def test_unusable_output_path_fails_before_any_item_runs(project: pytest.Pytester, tmp_path: Path, where: str,
+                                                         flag: str) -> None:
     (tmp_path / "a-file").write_text("")
     path, expected = {
         "missing": (tmp_path / "nonexistent" / "x.json", f"directory '{tmp_path / 'nonexistent'}' does not exist: create it first or choose another path"),
@@ -471,10 +481,10 @@ def test_unusable_json_path_fails_before_any_item_runs(project: pytest.Pytester,
         "directory": (tmp_path, f"'{tmp_path}' is a directory: give a file path such as '{tmp_path / 'run.json'}'"),
         "read-only": (Path("/proc/x.json"), "directory '/proc' is not writable: choose a directory you can write to"),
     }[where]
-    result = project.runpytest("--attn-model=openai:stub", "--attn-method=shap", f"--attn-json={path}",
+    result = project.runpytest("--attn-model=openai:stub", "--attn-method=shap", f"{flag}={path}",
                                f"--attn-cache-dir={tmp_path / 'cache'}", *NO_CACHE)
     assert result.ret == pytest.ExitCode.USAGE_ERROR
-    assert [line for line in result.errlines if line.strip()] == [f"ERROR: --attn-json: {expected}"]
+    assert [line for line in result.errlines if line.strip()] == [f"ERROR: {flag}: {expected}"]
     assert "collected" not in result.stdout.str()
     assert not (tmp_path / "nonexistent").exists()  # never created silently
 

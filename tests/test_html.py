@@ -1,0 +1,256 @@
+"""The run's web page (html.py), checked in a real headless Chromium where one is installed.
+
+Records are synthetic (real tasks and labels, units scored by a rule): no model is loaded.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from browser import Browser, find_chromium
+from pytest_attnalign.cli import main
+from pytest_attnalign.html import render_html, write_html
+from pytest_attnalign.labels import prompt_labels
+from pytest_attnalign.methods import BUILTIN
+from pytest_attnalign.record import Record
+from pytest_attnalign.report import pass_at_1, table2, table3, with_code
+from pytest_attnalign.runfile import Run, write_run
+from pytest_attnalign.tasks import get_task, load_tasks
+from synthetic import make_record, word_units
+
+KS = (5, 10, 20)
+
+
+def _records() -> list[Record]:
+    """Two models, two methods (m2 has no shap), both benchmarks, passing and failing tasks, two patterns."""
+    out = []
+    for task_id in [f"HumanEval/{i}" for i in range(6)] + ["Mbpp/1", "Mbpp/2"]:
+        n = int(task_id.split("/")[1])
+        for model, methods in (("m", {"coding_last": 2.0, "shap": 0.5}), ("m2", {"coding_last": 1.0})):
+            passed = (n + (model == "m2")) % 2 == 0
+            for method, skill in methods.items():
+                extra = {"error_patterns": ["missed conditional"]} if (not passed and n == 3) else {}
+                out.append(make_record(task_id, word_units(task_id, skill, n), method=method, model=model,
+                                       passed=passed, **extra))
+    return out
+
+
+RECORDS = _records()
+RUN = Run(RECORDS, KS)
+
+
+def _blob(page: str) -> dict:
+    return json.loads(re.search(r'<script type="application/json" id="attn-data">(.*?)</script>', page, re.S)
+                      .group(1).replace("<\\/", "</"))
+
+
+def _chars(spans: list[list[int]] | list[tuple[int, int]]) -> set[int]:
+    return {i for s, e in spans for i in range(s, e)}
+
+
+def test_page_is_self_contained() -> None:
+    page = render_html(RUN)
+    for needle in ("src=", "href=", "<link", "@import", "http://", "https://"):
+        assert needle not in page, needle
+
+
+def test_a_run_without_records_is_a_page_that_says_so() -> None:
+    page = render_html(Run([], KS))
+    assert "no item produced a result" in page and "attn-data" not in page
+
+
+def test_data_holds_each_records_top_k_relative_to_the_description() -> None:
+    data = _blob(render_html(RUN))
+    gens = {(g["model"], g["task"]): g for g in data["gens"]}
+    assert len(gens) == len({(r.model, r.task_id) for r in RECORDS})
+    for r in RECORDS:
+        a, _ = get_task(r.task_id).description
+        rec = gens[r.model, r.task_id]["methods"][r.method]
+        for k in KS:
+            assert rec["top"][str(k)] == [[s - a, e - a] for s, e in r.top_k[str(k)]]
+        assert rec["patterns"] == r.error_patterns
+    text = data["tasks"]["HumanEval/0"]["text"]
+    assert [(text[s:e], t) for s, e, t, _ in data["tasks"]["HumanEval/0"]["labels"]] == [
+        (lab.word, lab.type) for lab in prompt_labels(get_task("HumanEval/0"))]
+
+
+def test_a_script_end_tag_in_a_completion_cannot_break_the_page() -> None:
+    rec = dataclasses.replace(RECORDS[0], completion='    return "</script><b>x"\n')
+    page = render_html(Run([rec], KS))
+    assert page.count("</script>") == 2  # the data's and the code's own
+    assert _blob(page)["gens"][0]["completion"] == rec.completion
+
+
+def test_report_html_writes_the_page_and_checks_the_path_first(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    write_run(tmp_path / "run.json", RUN)
+    assert main(["report", str(tmp_path / "run.json"), "--html", str(tmp_path / "run.html")]) == 0
+    assert capsys.readouterr().out.rstrip().endswith(f"page written to {tmp_path / 'run.html'}")
+    assert _blob((tmp_path / "run.html").read_text(encoding="utf-8")) == _blob(render_html(RUN))
+    assert main(["report", str(tmp_path / "run.json"), "--html", str(tmp_path / "no" / "x.html")]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.strip() == (f"attnalign: error: --html: directory '{tmp_path / 'no'}' does not exist: "
+                                         "create it first or choose another path")
+
+
+# ---------------------------------------------------------------- in Chromium
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    exe = find_chromium()
+    if exe is None:
+        pytest.skip("no Chromium found (chromium, chromium-browser, google-chrome): the page is not tested in a "
+                    "browser; install Debian's chromium (apt-get install chromium), as .ci/run does")
+    b = Browser(exe)
+    yield b
+    b.close()
+
+
+@pytest.fixture(scope="module")
+def page(browser: Browser, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("html") / "run.html"
+    write_html(path, RUN)
+    browser.open(path)
+    return path
+
+
+def _set(browser: Browser, name: str, value: str) -> None:
+    """Choose a filter value as a user would (the change / input event the page listens to)."""
+    event = "input" if name == "q" else "change"
+    browser.js(f"(() => {{ const e = document.getElementById('f-{name}'); e.value = {json.dumps(value)};"
+               f" e.dispatchEvent(new Event('{event}')); }})()")
+
+
+def _reset(browser: Browser) -> None:
+    for name in ("model", "method", "benchmark", "outcome", "pattern", "q"):
+        _set(browser, name, "")
+    _set(browser, "k", "10")
+
+
+def _visible(browser: Browser) -> set[tuple[str, str]]:
+    return {tuple(x) for x in browser.js(
+        "[...document.querySelectorAll('details.task')].filter(d => !d.hidden)"
+        ".map(d => [d.dataset.model, d.dataset.task])")}
+
+
+def _open(browser: Browser, model: str, task: str) -> None:
+    browser.js(f"(() => {{ const d = document.querySelector('details.task[data-model=\"{model}\"][data-task=\"{task}\"]');"
+               " d.open = true; return new Promise(r => setTimeout(r, 50)); })()")
+
+
+def test_tables_hold_the_runs_numbers(browser: Browser, page: Path) -> None:
+    def cells(selector: str) -> list[list[str]]:
+        return browser.js(f"[...document.querySelectorAll('{selector} tbody tr')]"
+                          ".map(tr => [...tr.cells].map(td => td.textContent))")
+
+    scored = with_code(RECORDS)
+    assert cells("table.pass1") == [[str(c) for c in row] for row in pass_at_1(RECORDS)]
+    for k in KS:
+        assert cells(f"table.table2.k{k}") == [[str(c) for c in row] for row in table2(scored, k)[1]]
+        bars = browser.js(f"[...document.querySelectorAll('svg[aria-label=\"F1 and alpha at K={k}\"] rect title')]"
+                          ".map(t => t.textContent)")
+        expected = []
+        for row in RUN.tables()["alignment"][str(k)]:  # the tables' pooled figures, each inside its interval
+            for metric, shown in (("F1", f"{row['f1']:.1%}"), ("alpha", f"{row['alpha']:.2f}")):
+                expected.append(f"{row['model']} {row['method']}: {metric}@{k} = {shown}")
+        assert [b.split(" (95% CI ")[0] for b in bars] == expected
+        for b in bars:
+            value, low, high = (float(v.rstrip("%")) for v in re.search(
+                r"= (\S+) \(95% CI (\S+) to (\S+), bootstrap over \d+ tasks\)", b).groups())
+            assert low <= value <= high, b
+    assert cells("table.table3") == [[str(c) for c in row] for row in table3(scored, KS)[1]]
+
+
+def test_a_task_view_marks_exactly_the_records_top_k_and_labels(browser: Browser, page: Path) -> None:
+    _reset(browser)
+    task = get_task("HumanEval/3")
+    a, _ = task.description
+    labels = prompt_labels(task)
+    for k in KS:
+        _set(browser, "k", str(k))
+        _open(browser, "m", task.task_id)
+        views = browser.js(
+            "[...document.querySelectorAll('details.task[data-model=\"m\"][data-task=\"HumanEval/3\"] .view')]"
+            ".map(v => ({method: v.dataset.method, text: v.querySelector('pre.desc').textContent,"
+            " top: [...v.querySelectorAll('.top')].map(s => [+s.dataset.s, +s.dataset.e]),"
+            " labs: [...v.querySelectorAll('.lab')].map(s => [+s.dataset.s, +s.dataset.e, s.className])}))")
+        recs = {r.method: r for r in RECORDS if r.model == "m" and r.task_id == task.task_id}
+        assert [v["method"] for v in views] == list(recs)
+        for v in views:
+            assert v["text"] == task.description_text  # marking adds no text
+            assert _chars(v["top"]) == _chars([(s - a, e - a) for s, e in recs[v["method"]].top_k[str(k)]])
+            for t in {lab.type for lab in labels}:
+                marked = [(s, e) for s, e, cls in v["labs"] if f"lab-{t}" in cls.split()]
+                assert _chars(marked) == _chars([(lab.start - a, lab.end - a) for lab in labels if lab.type == t])
+    _set(browser, "method", "shap")  # the method switch re-renders the open view
+    assert browser.js("[...document.querySelectorAll('details.task[data-model=\"m\"][data-task=\"HumanEval/3\"] .view')]"
+                      ".map(v => v.dataset.method)") == ["shap"]
+    _reset(browser)
+
+
+def test_filters_hide_and_show_the_right_tasks(browser: Browser, page: Path) -> None:
+    gens = {(r.model, r.task_id): r for r in RECORDS}
+    _reset(browser)
+    assert _visible(browser) == set(gens)
+    cases = [
+        ("model", "m2", lambda model, task, rs: model == "m2"),
+        ("benchmark", "mbpp", lambda model, task, rs: task.startswith("Mbpp/")),
+        ("outcome", "pass", lambda model, task, rs: rs[0].passed),
+        ("method", "shap", lambda model, task, rs: any(r.method == "shap" for r in rs)),
+        ("pattern", "missed conditional", lambda model, task, rs: any("missed conditional" in r.error_patterns for r in rs)),
+        ("q", "humaneval/1", lambda model, task, rs: task == "HumanEval/1"),
+    ]
+    for name, value, keep in cases:
+        _set(browser, name, value)
+        expected = {(m, t) for m, t in gens if keep(m, t, [r for r in RECORDS if (r.model, r.task_id) == (m, t)])}
+        assert expected and expected != set(gens), name  # a filter that hides some and shows some
+        assert _visible(browser) == expected, name
+        assert browser.js("document.getElementById('count').textContent") == \
+            f"{len(expected)} of {len(gens)} model x task views shown"
+        _set(browser, name, "")
+    _set(browser, "model", "m")
+    _set(browser, "outcome", "fail")
+    assert _visible(browser) == {(m, t) for (m, t), r in gens.items() if m == "m" and not r.passed}
+    _reset(browser)
+
+
+def test_the_page_makes_no_network_request(browser: Browser, page: Path) -> None:
+    browser.open(page)
+    _open(browser, "m", "HumanEval/1")
+    assert browser.requests() == [page.resolve().as_uri()]
+
+
+def test_screenshot_of_a_task_view(browser: Browser, page: Path, tmp_path: Path) -> None:
+    _reset(browser)
+    _open(browser, "m", "HumanEval/1")
+    shot = tmp_path / "task-view.png"
+    browser.screenshot('details.task[data-model="m"][data-task="HumanEval/1"]', shot)
+    png = shot.read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    width, height = int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")
+    assert width > 400 and height > 150, (width, height)
+
+
+def test_full_size_page_stays_small_and_opens_fast(browser: Browser, tmp_path: Path) -> None:
+    """The study's size: 1,138 tasks x 12 methods (issue 11's budget: under 30 MB, open in under 3 s)."""
+    base = [make_record(t.task_id, word_units(t.task_id, 1.0, 0), passed=i % 3 == 0,
+                        completion="    x = compute(y)\n" * 6 + "    return x\n")
+            for i, t in enumerate(load_tasks("all"))]
+    records = [dataclasses.replace(r, method=m) for r in base for m in BUILTIN]
+    path = tmp_path / "full.html"
+    write_html(path, Run(records, KS))
+    size = path.stat().st_size
+    start = time.monotonic()
+    load = browser.open(path)
+    wall = time.monotonic() - start
+    shown = browser.js("document.getElementById('count').textContent")
+    print(f"full-size page: {size / 1e6:.1f} MB, load event after {load:.2f} s ({wall:.2f} s wall)")
+    assert shown == f"{len(base)} of {len(base)} model x task views shown"
+    assert size < 30e6
+    assert load < 3.0
