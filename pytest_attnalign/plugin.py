@@ -29,6 +29,7 @@ if TYPE_CHECKING:  # numpy and the report load only when a study runs
 
 PROPERTY = "attnalign"
 RUN_PROPERTY = "attnalign-run"  # an item's facts about the run (threads, cache), see runinfo.RunInfo
+STUDY_OUTPUT = "attnalign-study"  # an xdist worker's workeroutput: a shard's whole-study item ids
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,7 @@ class Options:
     compare_force: bool
     storage: Path | None  # where this run is saved (None: not saved)
     save_name: str | None
+    shard: tuple[int, int] | None  # --attn-shard (index, count)
 
 
 #: Option defaults, also used to tell whether a run asked for the study (see :func:`_given`).
@@ -68,7 +70,7 @@ _DEFAULTS: dict[str, Any] = {
     "attn_shap_evaluations": None, "attn_fill_mask_model": None, "attn_threads": None, "attn_method_option": None,
     "attn_labels": "corrected", "attn_pass1": "fail", "attn_save": None, "attn_autosave": False,
     "attn_storage": None, "attn_compare": None, "attn_compare_fail": None, "attn_compare_force": False,
-    "attn_gate": None,
+    "attn_gate": None, "attn_shard": None,
 }
 
 
@@ -146,6 +148,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                 help="fail the session unless the run meets it, repeatable or comma list: "
                      "mymethod.f1@10>=coding_last.f1@10, mymethod.alpha@10>=0.05, coding_last.p@5<40%%; "
                      "a trailing ! requires the whole 95%% CI (paired bootstrap over tasks) to meet it")
+    g.addoption("--attn-shard", default=_DEFAULTS["attn_shard"], metavar="I/N",
+                help="run shard I of N (0 <= I < N) of the study's items, balanced by the tasks' token budgets, all "
+                     "methods of a model x task in one shard (job arrays: --attn-shard $SLURM_ARRAY_TASK_ID/N); "
+                     "attnalign merge combines the shards' --attn-json files into the unsharded run's file")
 
 
 def _given(config: pytest.Config) -> bool:
@@ -178,6 +184,7 @@ def parse_options(config: pytest.Config) -> Options:
     from .methods import resolve_methods
     from .models import check_dtype, default_cache_dir, resolve_model
     from .preflight import cache_directory, local_directory, output_file
+    from .sharding import parse_shard
     from .storage import autosave_name, check_name, find_run, usable_storage
 
     get = config.getoption
@@ -251,6 +258,7 @@ def parse_options(config: pytest.Config) -> Options:
         method_options=settings, labels=get("attn_labels"),
         threads=get("attn_threads"), pass1=get("attn_pass1"), gates=gates, compare_fails=fails, compare=compare,
         compare_force=get("attn_compare_force"), storage=save_dir, save_name=save_name,
+        shard=usage("--attn-shard", parse_shard, get("attn_shard")) if get("attn_shard") is not None else None,
     )
 
 
@@ -285,11 +293,37 @@ class AttnSession:
         self.records: list[Record] = []
         self.baseline: Run | None = None  # the --attn-compare run (controller only)
         self.verdicts: list[str] = []  # compare and gate lines, decided at session finish
-        self.run = RunInfo()
+        self.run = RunInfo(shard=options.shard)
         self.cores = CoreShare(options.cache_dir / "runs", options.threads)
         self.unavailable_since: dict[str, str] = {}  # model -> the item that showed why
         self.output_shown: dict[tuple[str, str], str] = {}  # (model, task) -> the item showing its test output
         self._study: Any = None
+
+    def pytest_collection_modifyitems(self, config: pytest.Config, items: list[pytest.Item]) -> None:
+        """--attn-shard: deselect other shards' model x task groups (each collecting process computes
+        the same assignment); the whole study's ids go into the run file for ``attnalign merge``."""
+        if self.options.shard is None:
+            return
+        from .sharding import assign, task_cost
+
+        found = [(item, m) for item in items if (m := _ITEM_ID.search(item.nodeid))]
+        index, count = self.options.shard
+        shard_of = assign(((f"{m['model']}@{m['task']}", task_cost(m["task"], self.options.max_new_tokens))
+                           for _, m in found), count)
+        dropped = [item for item, m in found if shard_of[f"{m['model']}@{m['task']}"] != index]
+        self.run.study = [item.nodeid for item, _ in found]
+        if hasattr(config, "workeroutput"):  # the controller collects nothing: see pytest_testnodedown
+            config.workeroutput[STUDY_OUTPUT] = self.run.study
+        if dropped:
+            config.hook.pytest_deselected(items=dropped)
+            gone = set(map(id, dropped))
+            items[:] = [item for item in items if id(item) not in gone]
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_testnodedown(self, node: Any, error: Any) -> None:
+        """Under -n, a shard's whole-study ids come from a worker that collected them."""
+        if not self.run.study:
+            self.run.study = list(getattr(node, "workeroutput", {}).get(STUDY_OUTPUT, []))
 
     def pytest_collection_finish(self, session: pytest.Session) -> None:
         self.run.expected = [i.nodeid for i in session.items if _ITEM_ID.search(i.nodeid)]
