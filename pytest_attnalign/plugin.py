@@ -24,6 +24,7 @@ pytest_plugins = ["pytest_attnalign.fixtures"]  # attn_model, attn_task, ... for
 
 if TYPE_CHECKING:  # numpy and the report load only when a study runs
     from .gates import CompareFail, Gate
+    from .progress import Progress
     from .record import Record
     from .runfile import Run
 
@@ -298,6 +299,9 @@ class AttnSession:
         self.unavailable_since: dict[str, str] = {}  # model -> the item that showed why
         self.output_shown: dict[tuple[str, str], str] = {}  # (model, task) -> the item showing its test output
         self._study: Any = None
+        self.progress: Progress | None = None  # the controller's, once the items are known
+        self.item_seconds: dict[str, float] = {}  # setup + call + teardown so far, per item
+        self.workers: set[str] = set()  # xdist workers up
 
     def pytest_collection_modifyitems(self, config: pytest.Config, items: list[pytest.Item]) -> None:
         """--attn-shard: deselect other shards' model x task groups (each collecting process computes
@@ -322,19 +326,48 @@ class AttnSession:
     @pytest.hookimpl(optionalhook=True)
     def pytest_testnodedown(self, node: Any, error: Any) -> None:
         """Under -n, a shard's whole-study ids come from a worker that collected them."""
+        self.workers.discard(node.gateway.id)
         if not self.run.study:
             self.run.study = list(getattr(node, "workeroutput", {}).get(STUDY_OUTPUT, []))
 
     def pytest_collection_finish(self, session: pytest.Session) -> None:
         self.run.expected = [i.nodeid for i in session.items if _ITEM_ID.search(i.nodeid)]
+        self.start_progress()
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_xdist_node_collection_finished(self, node: Any, ids: list[str]) -> None:
         """Under -n the controller collects nothing; every worker reports the same ids."""
         self.run.expected = [i for i in ids if _ITEM_ID.search(i)]
+        self.start_progress()
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_testnodeready(self, node: Any) -> None:
+        """Under xdist the ETA divides by the workers running items."""
+        self.workers.add(node.gateway.id)
+
+    def start_progress(self) -> None:
+        """The controller's progress over the study's items (once they are known)."""
+        from .progress import Progress
+
+        if self.progress is None and self._controller():
+            self.progress = Progress({i: m["method"] for i in self.run.expected if (m := _ITEM_ID.search(i))})
+
+    def show_progress(self, nodeid: str) -> None:
+        """A progress line when one is due (none under -q: the final line only)."""
+        seconds = self.item_seconds.pop(nodeid, 0.0)
+        if self.progress is None:
+            return
+        self.progress.workers = max(1, len(self.workers))
+        reporter = self.config.pluginmanager.get_plugin("terminalreporter")
+        if self.progress.finish(nodeid, seconds) and self.config.get_verbosity() >= 0 and reporter is not None:
+            reporter.write_line(self.progress.line())
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         """Collect records from call reports (xdist replays workers' reports here)."""
+        if self._controller():
+            self.item_seconds[report.nodeid] = self.item_seconds.get(report.nodeid, 0.0) + report.duration
+            if report.when == "teardown":
+                self.show_progress(report.nodeid)
         if report.when == "call":
             from .record import Record
 
@@ -401,6 +434,8 @@ class AttnSession:
 
         o = self.options
         run = self.result()
+        if self.progress is not None:
+            terminalreporter.write_line(self.progress.final_line())
         terminalreporter.write_sep("=", "attention alignment (pytest-attnalign)")
         terminalreporter.write_line(run.summary())
         for line in self.verdicts:

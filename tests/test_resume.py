@@ -25,8 +25,10 @@ def test_a_rerun_after_ctrl_c_computes_only_what_was_missing(
     first = project.runpytest_subprocess(*opts, f"--attn-json={tmp_path / 'first.json'}", timeout=120)
     assert first.ret == pytest.ExitCode.INTERRUPTED
     conftest.unlink()
-    again = project.runpytest_subprocess(*opts, f"--attn-json={tmp_path / 'again.json'}", timeout=120)
+    again = project.runpytest_subprocess(*opts, f"--attn-json={tmp_path / 'again.json'}", "-q", timeout=120)
     assert again.ret in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED), again.stdout.str()
+    progress = [line for line in again.outlines if "attnalign progress" in line]
+    assert len(progress) == 1 and progress[0].startswith("attnalign progress: 4/4 items in ")  # -q: the final line
 
     done = {(r["method"], r["task_id"]) for r in json.loads((tmp_path / "first.json").read_text())["records"]}
     records = json.loads((tmp_path / "again.json").read_text())["records"]

@@ -59,6 +59,9 @@ def test_shards_merge_into_the_unsharded_run(
     shards = [run("shard0", "--attn-shard=0/2"), run("shard1", "--attn-shard=1/2", "-n", "2")]  # xdist too
     for result in (whole, *shards):
         assert result.ret in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED), result.stdout.str()
+    # progress: a line per finished item (a tenth of 8 rounds up to one), then the final line
+    lines = re.findall(r"attnalign progress: (\d)/8 items \(\d+%\) after [\dhms]+, ETA [\dhms]+\n", whole.stdout.str())
+    assert lines == [str(n) for n in range(1, 8)] and "attnalign progress: 8/8 items in " in whole.stdout.str()
     ran = [set(json.loads((tmp_path / f"shard{i}" / "run.json").read_text())["run"]["shard"]["expected"])
            for i in range(2)]
     for i, result in enumerate(shards):  # what pytest ran is the shard's items
