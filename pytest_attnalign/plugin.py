@@ -482,9 +482,13 @@ _SESSION = pytest.StashKey[AttnSession]()
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_cmdline_main(config: pytest.Config) -> None:
-    """Under ``-n``, keep a model x task's items on one worker (before xdist picks ``load``)."""
-    if _given(config) and getattr(config.option, "numprocesses", None) and config.option.dist == "no":
-        config.option.dist = "loadgroup"
+    """Under ``-n`` or ``-d --tx ...`` (other hosts), keep a model x task's items on one worker
+    (before xdist picks ``load``; ``-d`` is xdist's shortcut for ``--dist load``)."""
+    if not _given(config):
+        return
+    o = config.option
+    if (getattr(o, "numprocesses", None) and o.dist == "no") or (getattr(o, "distload", False) and o.dist in ("no", "load")):
+        o.dist, o.distload = "loadgroup", False
 
 
 _PREFIXES = "|".join(re.escape(b.prefix) for b in BENCHMARKS)
@@ -507,6 +511,21 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
         def _split_scope(self, nodeid: str) -> str:
             m = _ITEM_ID.search(nodeid)
             return f"{m['model']}@{m['task']}" if m else super()._split_scope(nodeid)
+
+        def remove_node(self, node: Any) -> str | None:
+            """As xdist's, except that the item a crashed worker was running is not run again: xdist's
+            scope schedulers queue it anew, so a crash that repeats (out of memory, a native library)
+            took down every restarted worker. It is reported as that item's error; its group goes on."""
+            workload = self.assigned_work.pop(node)
+            pending = [(unit, nodeid) for unit in workload.values() for nodeid, done in unit.items() if not done]
+            if not pending:
+                return None
+            unit, crashed = pending[0]
+            unit[crashed] = True
+            self.workqueue.update({scope: u for scope, u in workload.items() if not all(u.values())})
+            for other in self.assigned_work:
+                self._reschedule(other)
+            return crashed
 
     return ModelTaskScheduling(config, log)
 
