@@ -413,6 +413,8 @@ class AttnSession:
                                     str(o.compare), "--attn-compare-force")
         if session.exitstatus == pytest.ExitCode.OK and ((self.run.finished and not self.records) or not held):
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
+        if session.exitstatus == pytest.ExitCode.NO_TESTS_COLLECTED and self.run.study and not self.run.expected:
+            session.exitstatus = pytest.ExitCode.OK  # a shard left empty (more shards than models x tasks)
 
     def pytest_unconfigure(self) -> None:
         self.cores.leave()
@@ -427,7 +429,7 @@ class AttnSession:
         return not hasattr(self.config, "workerinput") and not self.config.option.collectonly
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
-        if not self._controller() or not (self.run.expected or self.records):
+        if not self._controller() or not (self.run.expected or self.records or self.run.study):
             return  # e.g. only users' own tests that use the attn_* fixtures: no study to summarise
         from .runfile import write_run
         from .storage import save_path

@@ -102,3 +102,13 @@ def test_shards_merge_into_the_unsharded_run(
     doc = json.loads((tmp_path / "part.json").read_text())
     assert sorted(doc["run"]["missing"]) == sorted(ran[1])
     assert doc["run"]["complete"] is False and f"partial: 4 of 8 items ran; missing: " in out
+
+
+def test_an_empty_shard_writes_its_run_file_and_succeeds(project: pytest.Pytester, tmp_path: Path) -> None:
+    """More shards than models x tasks: a job array's extra task must not fail or leave no file to merge."""
+    out = tmp_path / "run.json"
+    result = project.runpytest("--attn-model=openai:stub", "--attn-method=shap", "--attn-limit=1",
+                               "--attn-shard=5/6", f"--attn-cache-dir={tmp_path}", f"--attn-json={out}", *NO_CACHE)
+    assert result.ret == pytest.ExitCode.OK, result.stdout.str()
+    shard = json.loads(out.read_text())["run"]["shard"]
+    assert shard["expected"] == [] and len(shard["study"]) == 2 and (shard["index"], shard["count"]) == (5, 6)
