@@ -45,7 +45,7 @@ def merge_runs(paths: list[Path], allow_missing: bool = False) -> Run:
         raise AttnalignError(f"shard{'s' if len(absent) > 1 else ''} {names} missing: give every shard's run file, "
                              "or --allow-missing to merge without them (the summary then names the absent items)")
     info = RunInfo(expected=list(first_shard["study"]),
-                   finished={i for _, run, s in shards for i in s["expected"] if i not in set(run.info["missing"])},
+                   finished={i for _, run, s in shards for i in set(s["expected"]) - set(run.info["missing"])},
                    shares=[share for _, _, s in shards for share in s["shares"]],
                    cache_invalid=sum(run.info["cache_invalid"] for _, run, _ in shards),
                    cache_write_failures=sum(run.info["cache_write_failures"] for _, run, _ in shards))

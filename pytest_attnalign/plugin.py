@@ -308,13 +308,11 @@ class AttnSession:
         the same assignment); the whole study's ids go into the run file for ``attnalign merge``."""
         if self.options.shard is None:
             return
-        from .sharding import assign, task_cost
+        from .sharding import in_shard
 
         found = [(item, m) for item in items if (m := _ITEM_ID.search(item.nodeid))]
-        index, count = self.options.shard
-        shard_of = assign(((f"{m['model']}@{m['task']}", task_cost(m["task"], self.options.max_new_tokens))
-                           for _, m in found), count)
-        dropped = [item for item, m in found if shard_of[f"{m['model']}@{m['task']}"] != index]
+        keep = in_shard([(m["model"], m["task"]) for _, m in found], self.options.shard, self.options.max_new_tokens)
+        dropped = [item for (item, _), kept in zip(found, keep) if not kept]
         self.run.study = [item.nodeid for item, _ in found]
         if hasattr(config, "workeroutput"):  # the controller collects nothing: see pytest_testnodedown
             config.workeroutput[STUDY_OUTPUT] = self.run.study

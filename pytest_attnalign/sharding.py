@@ -49,3 +49,9 @@ def assign(groups: Iterable[tuple[str, int]], count: int) -> dict[str, int]:
         shard_of[group] = target
         loads[target] += cost
     return shard_of
+
+
+def in_shard(items: list[tuple[str, str]], shard: tuple[int, int], max_new_tokens: int | None) -> list[bool]:
+    """Whether each ``(model, task_id)`` item belongs to ``shard`` (index, count)."""
+    shard_of = assign(((f"{m}@{t}", task_cost(t, max_new_tokens)) for m, t in items), shard[1])
+    return [shard_of[f"{m}@{t}"] == shard[0] for m, t in items]
