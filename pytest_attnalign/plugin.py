@@ -358,6 +358,9 @@ class AttnSession:
         self.progress.workers = max(1, len(self.workers))
         reporter = self.config.pluginmanager.get_plugin("terminalreporter")
         if self.progress.finish(nodeid, seconds) and self.config.get_verbosity() >= 0 and reporter is not None:
+            reporter.ensure_newline()  # ends a module's line of dots
+            if reporter._tw.width_of_current_line:  # xdist's dots belong to no module line
+                reporter.write_line("")
             reporter.write_line(self.progress.line())
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
