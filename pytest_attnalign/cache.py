@@ -71,10 +71,16 @@ class ResultCache:
             return
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
+            # a unique name in the entry's directory: concurrent writers (workers, shards, hosts on a
+            # shared filesystem) each rename a complete file over the entry, the last one wins whole
             fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                json.dump({"key": key, "value": value}, fh, ensure_ascii=False)
-            os.replace(tmp, path)
+            try:
+                with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                    json.dump({"key": key, "value": value}, fh, ensure_ascii=False)
+                os.replace(tmp, path)
+            except BaseException:  # no orphaned temporary file, whatever stopped the write
+                Path(tmp).unlink(missing_ok=True)
+                raise
         except OSError as exc:
             self.write_failures += 1
             if self.write_failures == 1:

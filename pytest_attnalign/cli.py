@@ -83,6 +83,14 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--html", metavar="PATH", help="also write the run as one self-contained web page (tables, charts "
                                                   "and each task's description with the top-K units marked)")
     r.set_defaults(func=cmd_report)
+
+    m = sub.add_parser("merge", help="combine the run files of --attn-shard shards into the unsharded run's file "
+                                     "and print its summary")
+    m.add_argument("shards", nargs="+", metavar="SHARD.json", help="each shard's --attn-json file")
+    m.add_argument("-o", "--output", required=True, metavar="RUN.json", help="the merged run file to write")
+    m.add_argument("--allow-missing", action="store_true",
+                   help="merge even when shards are absent: the run is partial and its summary names the absent items")
+    m.set_defaults(func=cmd_merge)
     return p
 
 
@@ -167,6 +175,20 @@ def cmd_report(args: argparse.Namespace) -> int:
         write_html(page, run)
         print(f"page written to {page}")
     return 0 if held else 1
+
+
+def cmd_merge(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .merge import merge_runs
+    from .preflight import output_file
+    from .runfile import write_run
+
+    output = _flag("--output", output_file, Path(args.output))
+    run = merge_runs([Path(p) for p in args.shards], args.allow_missing)
+    write_run(output, run)
+    print(f"{run.summary()}\nmerged {len(args.shards)} shard files into {output}")
+    return 0
 
 
 def _flag(flag: str, check: Callable[..., T], *args: Any) -> T:

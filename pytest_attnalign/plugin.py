@@ -24,11 +24,13 @@ pytest_plugins = ["pytest_attnalign.fixtures"]  # attn_model, attn_task, ... for
 
 if TYPE_CHECKING:  # numpy and the report load only when a study runs
     from .gates import CompareFail, Gate
+    from .progress import Progress
     from .record import Record
     from .runfile import Run
 
 PROPERTY = "attnalign"
 RUN_PROPERTY = "attnalign-run"  # an item's facts about the run (threads, cache), see runinfo.RunInfo
+STUDY_OUTPUT = "attnalign-study"  # an xdist worker's workeroutput: a shard's whole-study item ids
 
 
 @dataclass(frozen=True)
@@ -58,6 +60,7 @@ class Options:
     compare_force: bool
     storage: Path | None  # where this run is saved (None: not saved)
     save_name: str | None
+    shard: tuple[int, int] | None  # --attn-shard (index, count)
     html_path: Path | None = None  # the page of --attn-html
 
 
@@ -69,7 +72,7 @@ _DEFAULTS: dict[str, Any] = {
     "attn_shap_evaluations": None, "attn_fill_mask_model": None, "attn_threads": None, "attn_method_option": None,
     "attn_labels": "corrected", "attn_pass1": "fail", "attn_save": None, "attn_autosave": False,
     "attn_storage": None, "attn_compare": None, "attn_compare_fail": None, "attn_compare_force": False,
-    "attn_gate": None,
+    "attn_gate": None, "attn_shard": None,
 }
 
 
@@ -150,6 +153,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                 help="fail the session unless the run meets it, repeatable or comma list: "
                      "mymethod.f1@10>=coding_last.f1@10, mymethod.alpha@10>=0.05, coding_last.p@5<40%%; "
                      "a trailing ! requires the whole 95%% CI (paired bootstrap over tasks) to meet it")
+    g.addoption("--attn-shard", default=_DEFAULTS["attn_shard"], metavar="I/N",
+                help="run shard I of N (0 <= I < N) of the study's items, balanced by the tasks' token budgets, all "
+                     "methods of a model x task in one shard (job arrays: --attn-shard $SLURM_ARRAY_TASK_ID/N); "
+                     "attnalign merge combines the shards' --attn-json files into the unsharded run's file")
 
 
 def _given(config: pytest.Config) -> bool:
@@ -182,6 +189,7 @@ def parse_options(config: pytest.Config) -> Options:
     from .methods import resolve_methods
     from .models import check_dtype, default_cache_dir, resolve_model
     from .preflight import cache_directory, local_directory, output_file
+    from .sharding import parse_shard
     from .storage import autosave_name, check_name, find_run, usable_storage
 
     get = config.getoption
@@ -256,6 +264,7 @@ def parse_options(config: pytest.Config) -> Options:
         method_options=settings, labels=get("attn_labels"),
         threads=get("attn_threads"), pass1=get("attn_pass1"), gates=gates, compare_fails=fails, compare=compare,
         compare_force=get("attn_compare_force"), storage=save_dir, save_name=save_name, html_path=html_path,
+        shard=usage("--attn-shard", parse_shard, get("attn_shard")) if get("attn_shard") is not None else None,
     )
 
 
@@ -290,22 +299,81 @@ class AttnSession:
         self.records: list[Record] = []
         self.baseline: Run | None = None  # the --attn-compare run (controller only)
         self.verdicts: list[str] = []  # compare and gate lines, decided at session finish
-        self.run = RunInfo()
+        self.run = RunInfo(shard=options.shard)
         self.cores = CoreShare(options.cache_dir / "runs", options.threads)
         self.unavailable_since: dict[str, str] = {}  # model -> the item that showed why
         self.output_shown: dict[tuple[str, str], str] = {}  # (model, task) -> the item showing its test output
         self._study: Any = None
+        self.progress: Progress | None = None  # the controller's, once the items are known
+        self.item_seconds: dict[str, float] = {}  # setup + call + teardown so far, per item
+        self.workers: set[str] = set()  # xdist workers up
+
+    def pytest_collection_modifyitems(self, config: pytest.Config, items: list[pytest.Item]) -> None:
+        """--attn-shard: deselect other shards' model x task groups (each collecting process computes
+        the same assignment); the whole study's ids go into the run file for ``attnalign merge``."""
+        if self.options.shard is None:
+            return
+        from .sharding import in_shard
+
+        found = [(item, m) for item in items if (m := _ITEM_ID.search(item.nodeid))]
+        keep = in_shard([(m["model"], m["task"]) for _, m in found], self.options.shard, self.options.max_new_tokens)
+        dropped = [item for (item, _), kept in zip(found, keep) if not kept]
+        self.run.study = [item.nodeid for item, _ in found]
+        if hasattr(config, "workeroutput"):  # the controller collects nothing: see pytest_testnodedown
+            config.workeroutput[STUDY_OUTPUT] = self.run.study
+        if dropped:
+            config.hook.pytest_deselected(items=dropped)
+            gone = set(map(id, dropped))
+            items[:] = [item for item in items if id(item) not in gone]
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_testnodedown(self, node: Any, error: Any) -> None:
+        """Under -n, a shard's whole-study ids come from a worker that collected them."""
+        self.workers.discard(node.gateway.id)
+        if not self.run.study:
+            self.run.study = list(getattr(node, "workeroutput", {}).get(STUDY_OUTPUT, []))
 
     def pytest_collection_finish(self, session: pytest.Session) -> None:
         self.run.expected = [i.nodeid for i in session.items if _ITEM_ID.search(i.nodeid)]
+        self.start_progress()
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_xdist_node_collection_finished(self, node: Any, ids: list[str]) -> None:
         """Under -n the controller collects nothing; every worker reports the same ids."""
         self.run.expected = [i for i in ids if _ITEM_ID.search(i)]
+        self.start_progress()
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_testnodeready(self, node: Any) -> None:
+        """Under xdist the ETA divides by the workers running items."""
+        self.workers.add(node.gateway.id)
+
+    def start_progress(self) -> None:
+        """The controller's progress over the study's items (once they are known)."""
+        from .progress import Progress
+
+        if self.progress is None and self._controller():
+            self.progress = Progress({i: m["method"] for i in self.run.expected if (m := _ITEM_ID.search(i))})
+
+    def show_progress(self, nodeid: str) -> None:
+        """A progress line when one is due (none under -q: the final line only)."""
+        seconds = self.item_seconds.pop(nodeid, 0.0)
+        if self.progress is None:
+            return
+        self.progress.workers = max(1, len(self.workers))
+        reporter = self.config.pluginmanager.get_plugin("terminalreporter")
+        if self.progress.finish(nodeid, seconds) and self.config.get_verbosity() >= 0 and reporter is not None:
+            reporter.ensure_newline()  # ends a module's line of dots
+            if reporter._tw.width_of_current_line:  # xdist's dots belong to no module line
+                reporter.write_line("")
+            reporter.write_line(self.progress.line())
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         """Collect records from call reports (xdist replays workers' reports here)."""
+        if self._controller():
+            self.item_seconds[report.nodeid] = self.item_seconds.get(report.nodeid, 0.0) + report.duration
+            if report.when == "teardown":
+                self.show_progress(report.nodeid)
         if report.when == "call":
             from .record import Record
 
@@ -351,6 +419,8 @@ class AttnSession:
                                     str(o.compare), "--attn-compare-force")
         if session.exitstatus == pytest.ExitCode.OK and ((self.run.finished and not self.records) or not held):
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
+        if session.exitstatus == pytest.ExitCode.NO_TESTS_COLLECTED and self.run.study and not self.run.expected:
+            session.exitstatus = pytest.ExitCode.OK  # a shard left empty (more shards than models x tasks)
 
     def pytest_unconfigure(self) -> None:
         self.cores.leave()
@@ -365,7 +435,7 @@ class AttnSession:
         return not hasattr(self.config, "workerinput") and not self.config.option.collectonly
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
-        if not self._controller() or not (self.run.expected or self.records):
+        if not self._controller() or not (self.run.expected or self.records or self.run.study):
             return  # e.g. only users' own tests that use the attn_* fixtures: no study to summarise
         from .html import write_html
         from .runfile import write_run
@@ -373,6 +443,8 @@ class AttnSession:
 
         o = self.options
         run = self.result()
+        if self.progress is not None:
+            terminalreporter.write_line(self.progress.final_line())
         terminalreporter.write_sep("=", "attention alignment (pytest-attnalign)")
         terminalreporter.write_line(run.summary())
         for line in self.verdicts:
@@ -420,9 +492,13 @@ _SESSION = pytest.StashKey[AttnSession]()
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_cmdline_main(config: pytest.Config) -> None:
-    """Under ``-n``, keep a model x task's items on one worker (before xdist picks ``load``)."""
-    if _given(config) and getattr(config.option, "numprocesses", None) and config.option.dist == "no":
-        config.option.dist = "loadgroup"
+    """Under ``-n`` or ``-d --tx ...`` (other hosts), keep a model x task's items on one worker
+    (before xdist picks ``load``; ``-d`` is xdist's shortcut for ``--dist load``)."""
+    if not _given(config):
+        return
+    o = config.option
+    if (getattr(o, "numprocesses", None) and o.dist == "no") or (getattr(o, "distload", False) and o.dist in ("no", "load")):
+        o.dist, o.distload = "loadgroup", False
 
 
 _PREFIXES = "|".join(re.escape(b.prefix) for b in BENCHMARKS)
@@ -445,6 +521,21 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
         def _split_scope(self, nodeid: str) -> str:
             m = _ITEM_ID.search(nodeid)
             return f"{m['model']}@{m['task']}" if m else super()._split_scope(nodeid)
+
+        def remove_node(self, node: Any) -> str | None:
+            """As xdist's, except that the item a crashed worker was running is not run again: xdist's
+            scope schedulers queue it anew, so a crash that repeats (out of memory, a native library)
+            took down every restarted worker. It is reported as that item's error; its group goes on."""
+            workload = self.assigned_work.pop(node)
+            pending = [(unit, nodeid) for unit in workload.values() for nodeid, done in unit.items() if not done]
+            if not pending:
+                return None
+            unit, crashed = pending[0]
+            unit[crashed] = True
+            self.workqueue.update({scope: u for scope, u in workload.items() if not all(u.values())})
+            for other in self.assigned_work:
+                self._reschedule(other)
+            return crashed
 
     return ModelTaskScheduling(config, log)
 

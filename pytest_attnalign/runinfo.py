@@ -21,6 +21,8 @@ class RunInfo:
     shares: list[dict[str, Any]] = field(default_factory=list)  # threads.Share per item
     cache_invalid: int = 0
     cache_write_failures: int = 0
+    shard: tuple[int, int] | None = None  # --attn-shard (index, count)
+    study: list[str] = field(default_factory=list)  # a shard's: every item of the unsharded run, in order
 
     def add(self, item_facts: dict[str, Any]) -> None:
         """One item's facts (the plugin's per-item report property)."""
@@ -68,4 +70,11 @@ class RunInfo:
         return {"complete": not self.missing, "items": len(self.expected), "ran": len(self.expected) - len(self.missing),
                 "missing": self.missing, "cache_invalid": self.cache_invalid,
                 "cache_write_failures": self.cache_write_failures,
-                "threads": sorted({s["threads"] for s in self.shares}), "lines": self.lines()}
+                "threads": sorted({s["threads"] for s in self.shares}), "lines": self.lines(),
+                **({"shard": self.shard_dict()} if self.shard else {})}
+
+    def shard_dict(self) -> dict[str, Any]:
+        """What ``attnalign merge`` needs to rebuild the unsharded run's facts (merge.py)."""
+        assert self.shard is not None
+        return {"index": self.shard[0], "count": self.shard[1], "study": self.study, "expected": self.expected,
+                "shares": self.shares}

@@ -1,0 +1,88 @@
+"""``attnalign merge``: the run files of ``--attn-shard`` shards combined into the unsharded run's.
+
+Records are the union of the shards'; the run facts (items expected, finished, threads, cache) are
+rebuilt from each shard's ``run.shard`` section, so a complete merge writes the file and prints the
+summary one unsharded run gives. Shards of different runs (other items, settings or library
+versions), the same item twice and absent shards are refused with the reason; absent shards may be
+allowed, and the merged run is then partial and names the absent items.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from .errors import AttnalignError
+from .runfile import Run, read_run
+from .runinfo import RunInfo
+
+
+def merge_runs(paths: list[Path], allow_missing: bool = False) -> Run:
+    """The unsharded run of the shards' run files at ``paths``."""
+    runs = [(str(p), read_run(p)) for p in paths]
+    shards = [(where, run, _shard(where, run)) for where, run in runs]
+    first_where, first, first_shard = shards[0]
+    count = first_shard["count"]
+    by_index: dict[int, str] = {}
+    for where, run, shard in shards:
+        for name, value, expected in (("shard count", shard["count"], count), ("K", run.ks, first.ks),
+                                      ("library versions", run.versions, first.versions),
+                                      ("items of the study", shard["study"], first_shard["study"])):
+            if value != expected:
+                raise AttnalignError(f"{where} and {first_where} are shards of different runs ({name} differ): "
+                                     "merge the shards of one run, each run with the same options")
+        if shard["index"] in by_index:
+            raise AttnalignError(f"shard {shard['index']}/{count} given twice ({by_index[shard['index']]} and {where})")
+        by_index[shard["index"]] = where
+    records = [r for _, run, _ in shards for r in run.records]
+    _check_overlap(shards)
+    merged = Run(records, first.ks, versions=first.versions)
+    for where, run, _ in shards:
+        _check_settings(where, run, merged)
+    absent = [i for i in range(count) if i not in by_index]
+    if absent and not allow_missing:
+        names = ", ".join(f"{i}/{count}" for i in absent)
+        raise AttnalignError(f"shard{'s' if len(absent) > 1 else ''} {names} missing: give every shard's run file, "
+                             "or --allow-missing to merge without them (the summary then names the absent items)")
+    info = RunInfo(expected=list(first_shard["study"]),
+                   finished={i for _, run, s in shards for i in set(s["expected"]) - set(run.info["missing"])},
+                   shares=[share for _, _, s in shards for share in s["shares"]],
+                   cache_invalid=sum(run.info["cache_invalid"] for _, run, _ in shards),
+                   cache_write_failures=sum(run.info["cache_write_failures"] for _, run, _ in shards))
+    merged.info = info.as_dict()
+    return merged
+
+
+def _shard(where: str, run: Run) -> dict[str, Any]:
+    shard = run.info.get("shard")
+    if not isinstance(shard, dict) or not {"index", "count", "study", "expected", "shares"} <= shard.keys():
+        raise AttnalignError(f"{where} is not a shard's run file (written without --attn-shard I/N): "
+                             "merge the --attn-json files of --attn-shard runs")
+    return shard
+
+
+def _check_overlap(shards: list[tuple[str, Run, dict[str, Any]]]) -> None:
+    """The same item in two files (two runs of one shard, or shards of different N) is refused."""
+    seen: dict[str, str] = {}
+    for where, run, shard in shards:
+        items = [*shard["expected"], *(f"{r.model}-{r.method}-{r.task_id}" for r in run.records)]
+        for item in dict.fromkeys(items):
+            if item in seen and seen[item] != where:
+                raise AttnalignError(f"{item} is in both {seen[item]} and {where}: merge each shard once")
+            seen[item] = where
+
+
+def _check_settings(where: str, run: Run, merged: Run) -> None:
+    """Each shard's settings must be the merged run's: a model, method or rule set differently is refused."""
+    mine, union = run.settings(), merged.settings()
+    if not run.records:
+        return
+    for part in ("models", "methods"):
+        for name, value in mine[part].items():
+            if union[part][name] != value:
+                raise AttnalignError(f"{where} ran {part[:-1]} {name} with other settings than the other shards "
+                                     f"({value} vs {union[part][name]}): merge the shards of one run")
+    for key in ("labels", "stop_rule", "execution_limits"):
+        if mine[key] != union[key]:
+            raise AttnalignError(f"{where} has {key} {mine[key]!r}, the other shards {union[key]!r}: "
+                                 "merge the shards of one run")

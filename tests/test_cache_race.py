@@ -1,0 +1,63 @@
+"""Concurrent writers and readers of one cache entry (xdist workers, shards, hosts sharing a directory)."""
+
+from __future__ import annotations
+
+import multiprocessing
+from pathlib import Path
+from typing import Any
+
+from pytest_attnalign.cache import ResultCache
+
+KEY = {"task": "HumanEval/0", "method": "shap"}
+WRITERS, ROUNDS, SIZE = 4, 30, 40_000  # entries of ~200 kB: a non-atomic write is seen half-written
+
+
+def value(writer: int, round_: int) -> dict[str, Any]:
+    return {"writer": writer, "round": round_, "payload": [writer * 1000 + round_] * SIZE}
+
+
+def decode(v: Any) -> tuple[int, int]:
+    """The entry's writer and round; a mixed entry (payload of another write) is a wrong shape."""
+    if len(v["payload"]) != SIZE or set(v["payload"]) != {v["writer"] * 1000 + v["round"]}:
+        raise ValueError("mixed entry")
+    return v["writer"], v["round"]
+
+
+def write(directory: Path, writer: int) -> None:
+    cache = ResultCache(directory)
+    for r in range(ROUNDS):
+        cache.put("results", KEY, value(writer, r))
+    assert cache.write_failures == 0
+
+
+def read(directory: Path, stop: Any, out: Any) -> None:
+    cache = ResultCache(directory)
+    seen, misses = set(), 0
+    while not stop.is_set() or not seen:
+        got = cache.get("results", KEY, decode)
+        if got is None:
+            misses += 1
+        else:
+            seen.add(got)
+    out.put((len(seen), misses, cache.invalid))
+
+
+def test_racing_writers_never_leave_a_torn_or_mixed_entry(tmp_path: Path) -> None:
+    ctx = multiprocessing.get_context("fork")
+    stop, out = ctx.Event(), ctx.Queue()
+    readers = [ctx.Process(target=read, args=(tmp_path, stop, out)) for _ in range(2)]
+    writers = [ctx.Process(target=write, args=(tmp_path, w)) for w in range(WRITERS)]
+    for p in (*readers, *writers):
+        p.start()
+    for p in writers:
+        p.join(120)
+        assert p.exitcode == 0
+    stop.set()
+    results = [out.get(timeout=60) for _ in readers]
+    for p in readers:
+        p.join(60)
+    assert all(invalid == 0 for _, _, invalid in results), results  # every read was a complete entry or none
+    assert sum(seen for seen, _, _ in results) > 1, results  # the readers did see the entry change
+    final = ResultCache(tmp_path)
+    assert final.get("results", KEY, decode) is not None and final.invalid == 0
+    assert [p.name for p in tmp_path.rglob(".tmp-*")] == []  # every writer's temporary file was renamed

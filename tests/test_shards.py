@@ -1,0 +1,114 @@
+"""``--attn-shard I/N`` and ``attnalign merge``: shards of a real run merge into the unsharded run."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+from test_plugin import NO_CACHE, _isolated_env, project, records, tiny_gpt2  # noqa: F401 (fixtures)
+
+from pytest_attnalign.cli import main
+from pytest_attnalign.errors import AttnalignError
+from pytest_attnalign.sharding import assign, parse_shard
+
+ITEM = re.compile(r"test_alignment\[(?P<model>\S+)-(?P<method>[^-\]]+)-(?P<task>\w+/\d+)\]")
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("1/4", r"^$"), ("4/4", r"shard '4/4' does not exist: I/N needs N >= 1 and I from 0 to N-1"),
+    ("0/0", r"shard '0/0' does not exist"), ("a/4", r"'a/4' is not I/N \(e.g. 0/16"), ("-1/4", r"is not I/N"),
+])
+def test_shard_text_is_checked(text: str, expected: str) -> None:
+    if expected == r"^$":
+        assert parse_shard(text) == (1, 4)
+        return
+    with pytest.raises(AttnalignError, match=expected):
+        parse_shard(text)
+
+
+def test_bad_shard_is_a_usage_error(project: pytest.Pytester) -> None:
+    result = project.runpytest("--attn-model=openai:stub", "--attn-shard=3/3", *NO_CACHE)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["ERROR: --attn-shard: shard '3/3' does not exist: *"])
+
+
+def test_groups_are_balanced_longest_first_and_deterministically() -> None:
+    costs = [("a", 1), ("b", 9), ("c", 4), ("d", 5), ("e", 3), ("f", 3)]
+    shard_of = assign(costs, 2)
+    loads = [sum(c for g, c in costs if shard_of[g] == i) for i in range(2)]
+    assert loads == [13, 12]  # 9+3+1 vs 5+4+3: no shard gets both long groups
+    assert assign(costs, 1) == dict.fromkeys("abcdef", 0)
+    assert set(assign(costs, 10).values()) == set(range(6))  # more shards than groups: some stay empty
+
+
+def test_shards_merge_into_the_unsharded_run(
+    project: pytest.Pytester, tiny_gpt2: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Two shards (one under -n 2) and one unsharded run of the same selection, each with a cold cache
+    of its own; one torch thread everywhere, as float sums differ between thread counts."""
+    def run(name: str, *extra: str) -> pytest.RunResult:
+        (tmp_path / name).mkdir()
+        return project.runpytest_subprocess(
+            f"--attn-model={tiny_gpt2}", "--attn-method=reading_last,coding_all", "--attn-limit=2",
+            "--attn-max-new-tokens=8", "--attn-device=cpu", f"--attn-cache-dir={tmp_path / name / 'cache'}",
+            f"--attn-json={tmp_path / name / 'run.json'}", "--attn-threads=1", "-v", *extra, *NO_CACHE, timeout=120)
+
+    whole = run("whole")
+    shards = [run("shard0", "--attn-shard=0/2"), run("shard1", "--attn-shard=1/2", "-n", "2")]  # xdist too
+    for result in (whole, *shards):
+        assert result.ret in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED), result.stdout.str()
+    # progress: a line per finished item (a tenth of 8 rounds up to one), then the final line
+    lines = re.findall(r"attnalign progress: (\d)/8 items \(\d+%\) after [\dhms]+, ETA [\dhms]+\n", whole.stdout.str())
+    assert lines == [str(n) for n in range(1, 8)] and "attnalign progress: 8/8 items in " in whole.stdout.str()
+    ran = [set(json.loads((tmp_path / f"shard{i}" / "run.json").read_text())["run"]["shard"]["expected"])
+           for i in range(2)]
+    for i, result in enumerate(shards):  # what pytest ran is the shard's items
+        assert {m.group(0) for m in ITEM.finditer(result.stdout.str())} == {ITEM.search(x).group(0) for x in ran[i]}
+    groups = [{(m["model"], m["task"]) for m in map(ITEM.search, items)} for items in ran]
+    assert groups[0] and groups[1] and not groups[0] & groups[1]  # a model x task lives in one shard
+    assert len(groups[0] | groups[1]) == 4 and len(ran[0] | ran[1]) == 8
+
+    capsys.readouterr()
+    merged = tmp_path / "merged.json"
+    assert main(["merge", str(tmp_path / "shard1" / "run.json"), str(tmp_path / "shard0" / "run.json"),
+                 "-o", str(merged)]) == 0
+    printed = capsys.readouterr().out
+    assert records(merged) == records(tmp_path / "whole" / "run.json")  # records sorted, tables, run facts
+    assert main(["report", str(tmp_path / "whole" / "run.json")]) == 0
+    assert printed == capsys.readouterr().out + f"merged 2 shard files into {merged}\n"
+
+    # refusals: a shard twice, a missing shard, another run's shard
+    one = str(tmp_path / "shard0" / "run.json")
+    for argv, error in (
+        ([one, one], "shard 0/2 given twice"),
+        ([one], r"shard 1/2 missing: give every shard's run file, or --allow-missing"),
+        ([one, str(tmp_path / "whole" / "run.json")], "is not a shard's run file"),
+    ):
+        assert main(["merge", *argv, "-o", str(tmp_path / "x.json")]) == 2
+        assert re.search(error, capsys.readouterr().err), error
+    other = json.loads(Path(one).read_text())
+    for record in other["records"]:
+        record["labels"] = "study"
+    (tmp_path / "other.json").write_text(json.dumps(other))
+    assert main(["merge", str(tmp_path / "other.json"), str(tmp_path / "shard1" / "run.json"), "-o",
+                 str(tmp_path / "x.json")]) == 2
+    assert "other.json has labels 'study', the other shards 'corrected, study'" in capsys.readouterr().err
+
+    # --allow-missing: a partial run naming the absent shard's items
+    assert main(["merge", one, "-o", str(tmp_path / "part.json"), "--allow-missing"]) == 0
+    out = capsys.readouterr().out
+    doc = json.loads((tmp_path / "part.json").read_text())
+    assert sorted(doc["run"]["missing"]) == sorted(ran[1])
+    assert doc["run"]["complete"] is False and f"partial: 4 of 8 items ran; missing: " in out
+
+
+def test_an_empty_shard_writes_its_run_file_and_succeeds(project: pytest.Pytester, tmp_path: Path) -> None:
+    """More shards than models x tasks: a job array's extra task must not fail or leave no file to merge."""
+    out = tmp_path / "run.json"
+    result = project.runpytest("--attn-model=openai:stub", "--attn-method=shap", "--attn-limit=1",
+                               "--attn-shard=5/6", f"--attn-cache-dir={tmp_path}", f"--attn-json={out}", *NO_CACHE)
+    assert result.ret == pytest.ExitCode.OK, result.stdout.str()
+    shard = json.loads(out.read_text())["run"]["shard"]
+    assert shard["expected"] == [] and len(shard["study"]) == 2 and (shard["index"], shard["count"]) == (5, 6)
