@@ -47,7 +47,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 def _state(config: pytest.Config) -> tuple[list[str], Any]:
     """The models and Study of the run: the study's when it runs, else the lazily made defaults."""
-    from .plugin import _session, parse_options, study_config
+    from .options import parse_options, study_config
+    from .plugin import _session
 
     session = _session(config)
     if session is not None:
