@@ -7,8 +7,8 @@ continued the prompt, so no copy existed), and by default neither does this tool
 (``restated_copy=ignore``). With ``restated_copy=credit`` (a setting of every self-attention and
 gradient method) each generated token before the body that copies description characters verbatim
 gives its score to the description tokens it copies, split equally among them. Measured on
-HumanEval/0 with smollm2 (scripts/measure_restated_copy.py): 9-35% of a method's score mass sits on
-the copy and crediting it changes 2-9 of the top-10 units, so the choice is offered, not hidden.
+HumanEval/0 with smollm2 (scripts/measure_restated_copy.py): 37-96% of a method's credited scores
+come from the copy and crediting it changes 2-9 of the top-10 units, so the choice is offered, not hidden.
 """
 
 from __future__ import annotations
