@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
+
+from .atomic import write_atomic
 
 T = TypeVar("T")
 
@@ -71,16 +71,8 @@ class ResultCache:
             return
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            # a unique name in the entry's directory: concurrent writers (workers, shards, hosts on a
-            # shared filesystem) each rename a complete file over the entry, the last one wins whole
-            fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
-            try:
-                with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                    json.dump({"key": key, "value": value}, fh, ensure_ascii=False)
-                os.replace(tmp, path)
-            except BaseException:  # no orphaned temporary file, whatever stopped the write
-                Path(tmp).unlink(missing_ok=True)
-                raise
+            # concurrent writers (workers, shards, hosts on a shared filesystem): the last one wins whole
+            write_atomic(path, lambda fh: json.dump({"key": key, "value": value}, fh, ensure_ascii=False), prefix=".tmp-")
         except OSError as exc:
             self.write_failures += 1
             if self.write_failures == 1:

@@ -24,7 +24,8 @@ from .patterns import PATTERNS
 from .record import Record
 from .report import (LEGEND, groups, header_lines, method_order, pass_at_1, pattern_counts, sort_records, table2,
                      table3, with_code)
-from .runfile import Run, write_atomic
+from .atomic import write_atomic
+from .runfile import Run
 from .tasks import DATA, get_task
 
 ASSETS = DATA / "html"

@@ -9,14 +9,12 @@ own library versions and run lines, so ``attnalign report RUN.json`` prints what
 from __future__ import annotations
 
 import json
-import os
 import platform
-import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
+from .atomic import write_atomic
 from .errors import AttnalignError
 from .jsonshape import ShapeError, check
 from .record import Record
@@ -89,19 +87,6 @@ class Run:
         except ShapeError as exc:
             raise AttnalignError(f"{where} is damaged: {exc}") from None
         return cls(records, ks, info, versions)
-
-
-def write_atomic(path: Path, write: Callable[[TextIO], Any]) -> None:
-    """``write(fh)`` to a temp file renamed to ``path``, so no partial file ever looks complete.
-    The directory must exist."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            write(fh)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def write_run(path: Path, run: Run) -> None:
