@@ -56,6 +56,7 @@ class AttnSession:
         self._study: Any = None
         self.progress: Progress | None = None  # the controller's, once the items are known
         self.item_seconds: dict[str, float] = {}  # setup + call + teardown so far, per item
+        self.item_computed: dict[str, bool] = {}  # whether an item's record says it computed (see Record.computed)
         self.workers: set[str] = set()  # xdist workers up
 
     def pytest_collection_modifyitems(self, config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -106,13 +107,24 @@ class AttnSession:
             self.progress = Progress({i: m["method"] for i in self.run.expected if (m := _ITEM_ID.search(i))})
 
     def show_progress(self, nodeid: str) -> None:
-        """A progress line when one is due (none under -q: the final line only)."""
+        """The progress line: redrawn in place in a terminal, a plain line when due elsewhere or under -v
+        (none under -q: the final line only)."""
         seconds = self.item_seconds.pop(nodeid, 0.0)
         if self.progress is None:
             return
         self.progress.workers = max(1, len(self.workers))
+        due = self.progress.finish(nodeid, seconds, self.item_computed.pop(nodeid, False))
         reporter = self.config.pluginmanager.get_plugin("terminalreporter")
-        if self.progress.finish(nodeid, seconds) and self.config.get_verbosity() >= 0 and reporter is not None:
+        verbosity = self.config.get_verbosity()
+        if reporter is None or verbosity < 0:
+            return
+        if verbosity == 0 and reporter.isatty():
+            if len(self.progress.done) < len(self.progress.method_of):
+                line = self.progress.line()[: reporter._tw.fullwidth - 1]
+                reporter.rewrite(line, erase=True)  # over the result letters of the items that just finished
+                reporter._tw._current_line = line  # rewrite() leaves the writer counting the old line too
+            return
+        if due:
             reporter.ensure_newline()  # ends a module's line of dots
             if reporter._tw.width_of_current_line:  # xdist's dots belong to no module line
                 reporter.write_line("")
@@ -127,7 +139,10 @@ class AttnSession:
         if report.when == "call":
             from .record import Record
 
-            self.records += [Record.from_dict(value) for name, value in report.user_properties if name == PROPERTY]
+            new = [Record.from_dict(value) for name, value in report.user_properties if name == PROPERTY]
+            if self._controller():
+                self.item_computed[report.nodeid] = any(r.computed for r in new)
+            self.records += new
         elif report.when == "setup":
             for name, value in report.user_properties:
                 if name == RUN_PROPERTY:

@@ -57,6 +57,14 @@ class Record:
         """The record, every field checked; raises :class:`jsonshape.ShapeError` naming the field."""
         return from_json(cls, data, where)
 
+    @property
+    def computed(self) -> bool:
+        """Whether the item computed its result rather than reading it from the cache: an attribution,
+        or, with no code to attribute, the generation (the progress ETA measures computed items only)."""
+        if self.no_code:
+            return not self.generation_cached
+        return not self.attribution.get("cached", False)
+
     def task_units(self) -> TaskUnits:
         """The metric input of this item (for pooling over tasks)."""
         from .tasks import get_task
