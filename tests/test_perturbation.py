@@ -248,16 +248,6 @@ def test_shap_with_few_words_enumerates_exactly(models: dict) -> None:
 
 
 # ------------------------------------------------------------------------------------ BERT masking
-@pytest.fixture()
-def offline(monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    pt._fill_mask_pipeline.cache_clear()
-    pt.substitute_source.cache_clear()
-    yield
-    pt._fill_mask_pipeline.cache_clear()
-    pt.substitute_source.cache_clear()
-
-
 def test_bert_masking_offline_substitutes_are_real_words(models: dict, offline: None) -> None:
     method = get_method("bert_masking")
     source = method.settings()["substitute_source"]
