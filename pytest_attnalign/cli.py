@@ -116,7 +116,8 @@ def cmd_attribute(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from .methods import method_options, resolve_methods
-    from .models import default_cache_dir, resolve_model
+    from .model_spec import resolve_model
+    from .models import default_cache_dir
     from .preflight import cache_directory, local_directory
     from .tasks import get_task
 

@@ -80,7 +80,7 @@ def _model_name(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture
 def attn_model(request: pytest.FixtureRequest) -> Any:
-    """The loaded model (``models.LoadedModel``) of the study item, else of the first ``--attn-model``
+    """The loaded model (``lm.LanguageModel``) of the study item, else of the first ``--attn-model``
     (default smollm2), on this process's device; loaded once per process (xdist worker)."""
     return _one_line(_state(request.config)[1].model, _model_name(request))
 

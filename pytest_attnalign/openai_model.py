@@ -1,4 +1,4 @@
-"""OpenAI-compatible chat models (the study's GPT-4) behind the same surface as a local model.
+"""OpenAI-compatible chat models (the study's GPT-4), a backend of :class:`lm.LanguageModel`.
 
 An API model has no weights, tokenizer or attention, so only generation and the perturbation
 methods (which need nothing but generations) run on it. Rules, recorded like a local model's:
@@ -29,12 +29,12 @@ import ipaddress
 import math
 import os
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Sequence
 from urllib.parse import urlsplit
 
 from .errors import AttnalignError, ModelUnavailable
-from .generation import BUDGET_SLACK, STOP_RULE, Generation, Prompt, chat_user_message, completion_from_reply
-from .models import ModelSpec
+from .generation import BUDGET_SLACK, STOP_RULE, Generation, Prompt, chat_user_message, completion_from_reply, completion_of
+from .model_spec import ModelSpec
 from .tasks import Task
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
@@ -77,15 +77,13 @@ def _env_number(name: str, default: float, kind: type) -> Any:
 
 @dataclass
 class OpenAIModel:
-    """An API chat model with :class:`models.LoadedModel`'s public surface (no weights, no tokenizer)."""
+    """An API chat model (a :class:`lm.LanguageModel` without internals: no weights, no tokenizer)."""
 
     spec: ModelSpec
     client: Any  # openai.OpenAI
     base_url: str
     max_retries: int
     timeout: float
-    model: Any = None
-    tokenizer: Any = None
     device: str = "api"
     dtype: str = "n/a"
     revision: str = ""  # the requested model name: stable, so cache keys do not change mid-run
@@ -108,6 +106,10 @@ class OpenAIModel:
         """Given up after :data:`FAILURE_LIMIT` consecutive failed requests."""
         return self.consecutive_failures >= FAILURE_LIMIT
 
+    @property
+    def has_internals(self) -> bool:
+        return False
+
     def generate(self, task: Task, fmt: str, max_new_tokens: int | None = None) -> tuple[Prompt, Generation]:
         """One greedy reply for ``task``, its fenced code turned into a continuation of the prompt."""
         if fmt != "chat":
@@ -123,6 +125,11 @@ class OpenAIModel:
             completion = ""
         gen = Generation(task.task_id, "chat", budget, STOP_RULE, raw, completion, (), (), usage=self.usage_for_last_call)
         return prompt, gen
+
+    def regenerate(self, task: Task, generation: Generation, task_prompts: Sequence[str], **_speed: Any) -> list[str]:
+        """One request per prompt (the speed options concern token verification: there are no tokens here)."""
+        return [completion_of(task, generation.prompt_format, self.complete_task_prompt(p, task, generation.max_new_tokens))
+                for p in task_prompts]
 
     def complete_task_prompt(self, task_prompt: str, task: Task, max_new_tokens: int | None = None) -> str:
         """The raw reply for a (possibly perturbed) task prompt: what perturbation methods regenerate."""

@@ -178,7 +178,8 @@ def parse_options(config: pytest.Config) -> Options:
     from .gates import check_names, parse_compare_fails, parse_gates
     from .generation import PROMPT_FORMATS
     from .methods import resolve_methods
-    from .models import check_dtype, default_cache_dir, resolve_model
+    from .model_spec import resolve_model
+    from .models import check_dtype, default_cache_dir
     from .preflight import cache_directory, local_directory, output_file
     from .sharding import parse_shard
     from .storage import autosave_name, check_name, find_run, usable_storage

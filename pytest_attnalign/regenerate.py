@@ -40,7 +40,8 @@ from typing import Any, Callable, Sequence
 from .decoding import Row as _Pending
 from .decoding import LOOKAHEAD, StopRule, decode, decode_pooled, row_cache, top
 from .forward import accepts, cache_kwarg, cache_of, step
-from .generation import build_prompt, completion_from_text, has_ended
+from .generation import Generation, build_prompt, has_ended
+from .tasks import Task
 
 #: Near-tie margin = factor x machine epsilon x max(1, largest |logit| of the row). Measured on CPU
 #: fp32, the longer/batched pass differs from incremental decoding by up to ~30 eps x scale
@@ -66,30 +67,22 @@ def regenerate(ctx: Any, task_prompts: Sequence[str], *, verify: bool = True, ba
 
     Same model, prompt format and token budget (``ctx.generation.max_new_tokens``) as the original
     generation. ``verify=False`` decodes each prompt from its start (the speed baseline).
-    Identical prompts are decoded once. API models (``spec.kind == "openai"``) are asked through
-    ``complete_task_prompt``; they have no tokens to verify.
+    Identical prompts are decoded once. The model regenerates (:meth:`lm.LanguageModel.regenerate`):
+    a local model through :func:`regenerate_ids`, an API model with one request per prompt (it has
+    no tokens to verify and ignores the speed options).
     """
-    task, gen = ctx.task, ctx.generation
-    fmt = gen.prompt_format
     unique = list(dict.fromkeys(task_prompts))
-    if getattr(ctx.lm.spec, "kind", "hf") == "openai":
-        raws = {p: ctx.lm.complete_task_prompt(p, task, gen.max_new_tokens) for p in unique}
-    else:
-        ids = regenerate_ids(ctx, unique, verify=verify, batch_size=batch_size, pool_size=pool_size, tie_tol=tie_tol,
-                             stats=stats, lookahead=lookahead)
-        tok = ctx.lm.tokenizer
-        raws = {p: tok.decode(i, skip_special_tokens=True) for p, i in zip(unique, ids)}
-    out = {}
-    for p, raw in raws.items():
-        completion = completion_from_text(task, fmt, raw)
-        out[p] = completion if completion.strip() else ""
+    completions = ctx.lm.regenerate(ctx.task, ctx.generation, unique, verify=verify, batch_size=batch_size,
+                                    pool_size=pool_size, tie_tol=tie_tol, stats=stats, lookahead=lookahead)
+    out = dict(zip(unique, completions))
     return [out[p] for p in task_prompts]
 
 
-def regenerate_ids(ctx: Any, task_prompts: Sequence[str], *, verify: bool = True, batch_size: int | None = None,
-                   pool_size: int | None = None, tie_tol: float | None = None,
+def regenerate_ids(lm: Any, task: Task, gen: Generation, task_prompts: Sequence[str], *, verify: bool = True,
+                   batch_size: int | None = None, pool_size: int | None = None, tie_tol: float | None = None,
                    stats: dict[str, int] | None = None, lookahead: int | None = None) -> list[list[int]]:
-    """Raw generated token ids (before the cut) for each perturbed task prompt of a local model.
+    """Raw generated token ids (before the cut) for each perturbed task prompt of a local model
+    (:class:`models.LoadedModel`) whose original generation of ``task`` is ``gen``.
 
     ``batch_size``: prompts per verification pass (default 1 on CPU, where a prompt-length pass is
     bound by arithmetic so batching buys nothing, and a single row can instead reuse the original
@@ -104,7 +97,6 @@ def regenerate_ids(ctx: Any, task_prompts: Sequence[str], *, verify: bool = True
     """
     import torch
 
-    lm, task, gen = ctx.lm, ctx.task, ctx.generation
     tok, fmt, budget = lm.tokenizer, gen.prompt_format, gen.max_new_tokens
     ended = _ended(task, fmt, tok)
     prompts = [_prompt_ids(lm, task, fmt, p) for p in task_prompts]

@@ -23,7 +23,8 @@ from .generation import Generation, Prompt, generate
 from .jsonshape import check, from_json
 from .labels import human_spans, prompt_labels
 from .methods import AttributionContext, Method, code_identity, get_method
-from .models import LoadedModel, load_model
+from .lm import LanguageModel
+from .models import load_model
 from .patterns import error_patterns, missed_labels
 from .record import Record
 from .tasks import Task, get_task
@@ -55,11 +56,11 @@ class Study:
     def __init__(self, config: StudyConfig, cache: ResultCache | None = None) -> None:
         self.config = config
         self.cache = cache or ResultCache(config.cache_dir / "results" if config.cache_dir else None)
-        self._models: dict[str, LoadedModel] = {}
+        self._models: dict[str, LanguageModel] = {}
         self._load_errors: dict[str, str] = {}
         self._contexts: OrderedDict[tuple[str, str], AttributionContext] = OrderedDict()
 
-    def model(self, name: str) -> LoadedModel:
+    def model(self, name: str) -> LanguageModel:
         """The loaded model; a model that failed to load is tried once per process, never again."""
         if name in self._load_errors:
             raise ModelUnavailable(f"model {name!r} failed to load ({self._load_errors[name]}): not retried")

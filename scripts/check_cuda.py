@@ -161,12 +161,12 @@ def check_regeneration(lm: Any, budget: int) -> tuple[bool, str]:
     p = task.prompt
     prompts = [p] + [p[:a] + "value" + p[b:] for a, b in words[::3]]
     prompts += [mask_words(p, words, [i % 2 == 0 for i in range(len(words))]), mask_words(p, words, [False] * len(words))]
-    plain = regenerate_ids(ctx, prompts, verify=False)
+    plain = regenerate_ids(ctx.lm, ctx.task, ctx.generation, prompts, verify=False)
     lines, ok = [], plain[0] == list(gen.raw_ids)
     for batch in (8, 1):
         stats: dict[str, int] = {}
         t0 = time.perf_counter()
-        got = regenerate_ids(ctx, prompts, batch_size=batch, stats=stats)
+        got = regenerate_ids(ctx.lm, ctx.task, ctx.generation, prompts, batch_size=batch, stats=stats)
         same = got == plain
         ok &= same
         lines.append(f"batch {batch}: {'identical' if same else 'DIFFERENT'} on {len(prompts)} prompts in "

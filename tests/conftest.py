@@ -22,3 +22,16 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture()
+def offline(monkeypatch: pytest.MonkeyPatch):
+    """No hub: BERT masking's default substitutes come from the embedded embeddings (nearest neighbours)."""
+    from pytest_attnalign.methods import perturbation as pt
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    pt._fill_mask_pipeline.cache_clear()
+    pt.substitute_source.cache_clear()
+    yield
+    pt._fill_mask_pipeline.cache_clear()
+    pt.substitute_source.cache_clear()

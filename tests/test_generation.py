@@ -14,6 +14,8 @@ import torch
 from tiny_models import VOCAB, gpt2_tokenizer
 
 from pytest_attnalign.generation import PREFILL, body_span, build_prompt, explained_range, generate, token_budget
+from pytest_attnalign.model_spec import ModelSpec
+from pytest_attnalign.models import LoadedModel
 from pytest_attnalign.tasks import get_task
 
 HE0 = get_task("HumanEval/0")
@@ -50,12 +52,12 @@ class ScriptedLM(torch.nn.Module):
         return SimpleNamespace(logits=logits, past_key_values=seen, get=lambda key, default=None: default)
 
 
-def scripted(reply: str, fmt: str) -> SimpleNamespace:
+def scripted(reply: str, fmt: str) -> LoadedModel:
     tok = gpt2_tokenizer()
     tok.chat_template = TEMPLATE
     ids = tok(reply, add_special_tokens=False)["input_ids"]
-    return SimpleNamespace(spec=SimpleNamespace(kind="hf", prompt_format=fmt), tokenizer=tok,
-                           model=ScriptedLM(ids, tok.eos_token_id).eval(), device="cpu")
+    return LoadedModel(ModelSpec("scripted", "scripted", prompt_format=fmt), ScriptedLM(ids, tok.eos_token_id).eval(),
+                       tok, "cpu", "float32", "scripted")
 
 
 def explained_text(reply: str, fmt: str, task: Any = HE0) -> str:

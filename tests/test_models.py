@@ -6,40 +6,40 @@ from pathlib import Path
 
 import pytest
 
-from pytest_attnalign import models
+from pytest_attnalign import model_spec, models
 from pytest_attnalign.errors import AttnalignError
 
 
 def test_aliases_hub_ids_and_directories_resolve_without_loading(tmp_path: Path) -> None:
-    assert models.resolve_model("incoder").source == "facebook/incoder-1B"
-    assert models.resolve_model("smollm2").prompt_format == "chat"
-    assert models.resolve_model("gpt4").kind == "openai"
-    assert models.resolve_model("bigcode/santacoder").source == "bigcode/santacoder"
+    assert model_spec.resolve_model("incoder").source == "facebook/incoder-1B"
+    assert model_spec.resolve_model("smollm2").prompt_format == "chat"
+    assert model_spec.resolve_model("gpt4").kind == "openai"
+    assert model_spec.resolve_model("bigcode/santacoder").source == "bigcode/santacoder"
     (tmp_path / "config.json").write_text("{}")
-    assert models.resolve_model(str(tmp_path)).source == str(tmp_path.resolve())
+    assert model_spec.resolve_model(str(tmp_path)).source == str(tmp_path.resolve())
 
 
 @pytest.mark.parametrize("name", ["nosuchmodel", "openai:"])
 def test_unknown_model_names_list_the_aliases(name: str) -> None:
     with pytest.raises(AttnalignError, match=r"unknown model .*smollm2.*org/name.*local model directory"):
-        models.resolve_model(name)
+        model_spec.resolve_model(name)
 
 
 @pytest.mark.parametrize("name", ["/nonexistent/dir", "./models/mine", "~/no-such-model", "a/b/c"])
 def test_a_name_written_as_a_path_must_be_a_directory(name: str) -> None:
     with pytest.raises(AttnalignError, match=rf"^no such directory '{name}': give an existing model directory or a hub id"):
-        models.resolve_model(name)
+        model_spec.resolve_model(name)
 
 
 def test_a_file_is_not_a_model_directory(tmp_path: Path) -> None:
     (tmp_path / "model.bin").write_text("")
     with pytest.raises(AttnalignError, match="is a file, not a model directory"):
-        models.resolve_model(str(tmp_path / "model.bin"))
+        model_spec.resolve_model(str(tmp_path / "model.bin"))
 
 
 def test_directory_without_config_is_refused(tmp_path: Path) -> None:
     with pytest.raises(AttnalignError, match="has no config.json"):
-        models.resolve_model(str(tmp_path))
+        model_spec.resolve_model(str(tmp_path))
 
 
 @pytest.fixture

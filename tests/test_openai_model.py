@@ -12,7 +12,8 @@ from openai_server import OpenAIStub
 from pytest_attnalign.errors import AttnalignError
 from pytest_attnalign.generation import CHAT_INSTRUCTION, generate
 from pytest_attnalign.methods.base import Method, MethodNotApplicable
-from pytest_attnalign.models import load_model, resolve_model
+from pytest_attnalign.model_spec import resolve_model
+from pytest_attnalign.models import load_model
 from pytest_attnalign.openai_model import api_budget, load_openai_model
 from pytest_attnalign.tasks import get_task
 
@@ -41,8 +42,8 @@ def test_generation_over_http() -> None:
     task = get_task("HumanEval/0")
     with OpenAIStub(_reply, reported_model="gpt-4-0613") as srv:
         lm = load_openai_model(resolve_model("openai:gpt-4"), base_url=srv.base_url, max_retries=0, timeout=5)
-        assert lm.revision == "gpt-4" and lm.device == "api" and lm.tokenizer is None and lm.model is None
-        prompt, gen = generate(lm, task)  # dispatches on spec.kind; default format is chat
+        assert lm.revision == "gpt-4" and lm.device == "api" and not lm.has_internals and not hasattr(lm, "tokenizer")
+        prompt, gen = generate(lm, task)  # the model's own generate; default format is chat
     assert len(srv.requests) == 1
     body = srv.requests[0].body
     assert body["temperature"] == 0 and body["seed"] == 0 and body["model"] == "gpt-4"

@@ -20,7 +20,9 @@ from pytest_attnalign.errors import AttnalignError
 from pytest_attnalign.generation import build_prompt, completion_from_text, generate, greedy_decode, has_ended
 from pytest_attnalign.methods import AttributionContext, get_method
 from pytest_attnalign.methods import perturbation as pt
+from pytest_attnalign.model_spec import resolve_model
 from pytest_attnalign.models import load_model
+from pytest_attnalign.openai_model import OpenAIModel
 from pytest_attnalign.regenerate import regenerate, regenerate_ids
 from pytest_attnalign.tasks import get_task
 
@@ -74,11 +76,13 @@ def test_verified_regeneration_equals_plain_greedy(models: dict, family: str) ->
     assert expected[0] == list(ctx.generation.raw_ids)  # the reference reproduces the original
     for batch_size, pool_size in ((1, 1), (3, 1), (1, 2), (3, 4), (None, None)):
         stats: dict[str, int] = {}
-        got = regenerate_ids(ctx, prompts, batch_size=batch_size, pool_size=pool_size, stats=stats)
+        got = regenerate_ids(ctx.lm, ctx.task, ctx.generation, prompts,
+                             batch_size=batch_size, pool_size=pool_size, stats=stats)
         assert got == expected, f"{family} batch_size={batch_size} pool_size={pool_size}"
         assert stats["verified"] > 0  # the original prompt at least is verified, not decoded
     for pool_size in (1, None):
-        assert regenerate_ids(ctx, prompts, verify=False, pool_size=pool_size) == expected
+        assert regenerate_ids(ctx.lm, ctx.task, ctx.generation, prompts,
+                              verify=False, pool_size=pool_size) == expected
     completions = regenerate(ctx, prompts)
     assert completions[0] == ctx.generation.completion
     cuts = [completion_from_text(TASK, "completion", ctx.lm.tokenizer.decode(e, skip_special_tokens=True)) for e in expected]
@@ -90,7 +94,8 @@ def test_verified_regeneration_stops_like_greedy_decode(models: dict) -> None:
     ctx = context(models["gpt2"], 24)
     assert len(ctx.generation.raw_ids) < ctx.generation.max_new_tokens  # stopped by the rule, not the budget
     prompts = perturbed_prompts(ctx)
-    assert regenerate_ids(ctx, prompts, batch_size=4) == [plain_ids(ctx, p) for p in prompts]
+    assert regenerate_ids(ctx.lm, ctx.task, ctx.generation, prompts,
+                          batch_size=4) == [plain_ids(ctx, p) for p in prompts]
 
 
 def test_diverged_rows_are_decoded_in_one_batch_per_step(models: dict) -> None:
@@ -105,7 +110,8 @@ def test_diverged_rows_are_decoded_in_one_batch_per_step(models: dict) -> None:
         for pool_size in (1, None):
             calls.clear()
             stats: dict[str, int] = {}
-            assert regenerate_ids(ctx, prompts, verify=False, pool_size=pool_size, stats=stats) == expected
+            assert regenerate_ids(ctx.lm, ctx.task, ctx.generation, prompts,
+                                  verify=False, pool_size=pool_size, stats=stats) == expected
             counts[pool_size], fallbacks[pool_size] = len(calls), stats["fallbacks"]
     finally:
         hook.remove()
@@ -119,7 +125,8 @@ def test_near_tie_falls_back_to_plain_decoding(models: dict) -> None:
     ctx = context(models["llama"], 8)
     prompts = perturbed_prompts(ctx)[:3]
     stats: dict[str, int] = {}
-    assert regenerate_ids(ctx, prompts, tie_tol=1e9, stats=stats) == [plain_ids(ctx, p) for p in prompts]
+    assert regenerate_ids(ctx.lm, ctx.task, ctx.generation, prompts,
+                          tie_tol=1e9, stats=stats) == [plain_ids(ctx, p) for p in prompts]
     assert stats["fallbacks"] == 3 and stats["verified"] == 0
 
 
@@ -128,7 +135,8 @@ def test_half_precision_decodes_plainly_without_a_measured_margin(tmp_path: Path
     ctx = context(lm, 6)
     prompts = perturbed_prompts(ctx)[:3]
     stats: dict[str, int] = {}
-    assert regenerate_ids(ctx, prompts, stats=stats) == [plain_ids(ctx, p) for p in prompts]
+    assert regenerate_ids(ctx.lm, ctx.task, ctx.generation, prompts,
+                          stats=stats) == [plain_ids(ctx, p) for p in prompts]
     assert stats["verified"] == 0 and stats["fallbacks"] == 0
 
 
@@ -142,7 +150,7 @@ def test_verified_regeneration_on_embedded_model() -> None:
                pt.mask_words(p, words, [i < 6 for i in range(len(words))])]
     expected = [plain_ids(ctx, q) for q in prompts]
     assert expected[0] == list(ctx.generation.raw_ids)
-    assert regenerate_ids(ctx, prompts, batch_size=3) == expected
+    assert regenerate_ids(ctx.lm, ctx.task, ctx.generation, prompts, batch_size=3) == expected
 
 
 def test_api_models_regenerate_through_complete_task_prompt() -> None:
@@ -152,7 +160,8 @@ def test_api_models_regenerate_through_complete_task_prompt() -> None:
         seen.append((task_prompt, max_new_tokens))
         return "Sure:\n```python\ndef has_close_elements(numbers, threshold):\n    return False\n```\nDone."
 
-    lm = SimpleNamespace(spec=SimpleNamespace(kind="openai"), complete_task_prompt=complete_task_prompt)
+    lm = OpenAIModel(resolve_model("openai:stub"), None, "http://127.0.0.1:9/v1", 0, 1.0)
+    lm.complete_task_prompt = complete_task_prompt  # no server: the request is stubbed
     gen = SimpleNamespace(prompt_format="chat", max_new_tokens=77, completion="")
     ctx = SimpleNamespace(lm=lm, task=TASK, generation=gen)
     out = regenerate(ctx, ["a", "b", "a"])
@@ -239,16 +248,6 @@ def test_shap_with_few_words_enumerates_exactly(models: dict) -> None:
 
 
 # ------------------------------------------------------------------------------------ BERT masking
-@pytest.fixture()
-def offline(monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    pt._fill_mask_pipeline.cache_clear()
-    pt.substitute_source.cache_clear()
-    yield
-    pt._fill_mask_pipeline.cache_clear()
-    pt.substitute_source.cache_clear()
-
-
 def test_bert_masking_offline_substitutes_are_real_words(models: dict, offline: None) -> None:
     method = get_method("bert_masking")
     source = method.settings()["substitute_source"]

@@ -124,10 +124,11 @@ def test_every_decoding_path_equals_plain_greedy(regen_contexts: dict[str, Attri
     assert expected[0] == list(ctx.generation.raw_ids)
     for batch_size, pool_size in ((1, 1), (1, 8), (8, None), (3, 2), (8, 1)):
         stats: dict[str, int] = {}
-        got = regenerate_ids(ctx, prompts, batch_size=batch_size, pool_size=pool_size, stats=stats)
+        got = regenerate_ids(ctx.lm, ctx.task, ctx.generation, prompts,
+                             batch_size=batch_size, pool_size=pool_size, stats=stats)
         assert got == expected, f"{family} batch_size={batch_size} pool_size={pool_size} {stats}"
         assert stats["verified"] > 0 and (pool_size != 8 or stats["decoded"] > 0)
-    assert regenerate_ids(ctx, prompts, verify=False) == expected
+    assert regenerate_ids(ctx.lm, ctx.task, ctx.generation, prompts, verify=False) == expected
     lm = ctx.lm
     from pytest_attnalign.regenerate import _ended, _prompt_ids
 

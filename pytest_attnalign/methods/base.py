@@ -29,7 +29,7 @@ class MethodNotApplicable(AttnalignError):
 class AttributionContext:
     """One task's generation, shared by every method run on it."""
 
-    lm: Any  # models.LoadedModel
+    lm: Any  # lm.LanguageModel (methods needing internals get a models.LoadedModel)
     task: Task
     prompt: Prompt
     generation: Generation
@@ -96,5 +96,5 @@ class Method:
         raise NotImplementedError  # abstract
 
     def check_applicable(self, lm: Any) -> None:
-        if self.needs_internals and getattr(lm.spec, "kind", "hf") != "hf":
+        if self.needs_internals and not lm.has_internals:
             raise MethodNotApplicable(f"{self.name} needs model internals; {lm.spec.name} is an API model")
