@@ -15,7 +15,8 @@ the completion holds the reply's code verbatim (stripped of leading newlines and
 whitespace; a chat reply's code starts after the fence and the completion adds a leading newline),
 so one shift maps reply characters to completion characters. A token belongs to the line of its
 first non-whitespace character; a whitespace-only token to the line of its first character (so a
-newline token belongs to the line it ends, indentation to the line it indents). A character outside
+newline token belongs to the line it ends, indentation to the line it indents), except on a blank
+line, where it goes with the token before it (a blank line is never a line of the map). A character outside
 the completion's code (a fence, a token that straddles the body's start) counts as its nearest code
 character. A completion whose code is not found in the reply gets no map.
 
@@ -77,11 +78,23 @@ def _code_lines(ctx: Any) -> CodeLines:
         text = gen.raw[a : ends[j]]
         ink = len(text) - len(text.lstrip())
         c = a + (ink if ink < len(text) else 0) - shift
-        lines.append(bisect_left(newlines, min(max(c, lead), lead + len(code) - 1)))
+        line = bisect_left(newlines, min(max(c, lead), lead + len(code) - 1))
+        if ink == len(text) and lines and not _line_text(comp, newlines, line).strip():
+            line = lines[-1]  # whitespace on a blank line: nothing to show there, it goes with the token before
+        lines.append(line)
     order = sorted(set(lines))
-    spans = tuple((newlines[n - 1] + 1 if n else 0, newlines[n] if n < len(newlines) else len(comp)) for n in order)
     index = {n: i for i, n in enumerate(order)}
-    return CodeLines(spans, tuple(index[n] for n in lines))
+    return CodeLines(tuple(_line_span(comp, newlines, n) for n in order), tuple(index[n] for n in lines))
+
+
+def _line_span(text: str, newlines: Sequence[int], n: int) -> tuple[int, int]:
+    """``[start, end)`` of line ``n`` of ``text`` (``newlines``: the positions of its newlines)."""
+    return newlines[n - 1] + 1 if n else 0, newlines[n] if n < len(newlines) else len(text)
+
+
+def _line_text(text: str, newlines: Sequence[int], n: int) -> str:
+    start, end = _line_span(text, newlines, n)
+    return text[start:end]
 
 
 def sum_by_line(scores: Any, line_of: Sequence[int], lines: int, dim: int) -> Any:

@@ -70,6 +70,22 @@ def test_each_body_line_is_a_line_of_the_completion(tiny: object, fmt: str) -> N
             assert token.startswith("\n") or comp[s:e].startswith(token), (token, comp[s:e])
 
 
+def test_whitespace_on_a_blank_line_goes_with_the_token_before(tiny: object) -> None:
+    """A tokenizer that writes a blank line as its own newline token: the map has no blank line."""
+    ctx = context(tiny, "completion", CASES["completion"])
+    tok = ctx.lm.tokenizer
+    pieces = [("    x = 1", 0), ("\n", 0), ("\n", 0), ("    return", 1), (" x", 1), ("\n", 1)]  # text, map line
+    encoded = [(tok(p, add_special_tokens=False)["input_ids"], line) for p, line in pieces]
+    assert [len(e) for e, _ in encoded[1:3]] == [1, 1]  # the blank line is a token of its own
+    ids = tuple(i for e, _ in encoded for i in e)
+    raw = tok.decode(list(ids))
+    gen = dataclasses.replace(ctx.generation, raw=raw, completion=raw, generated_ids=ids, raw_ids=ids,
+                              explained=(0, len(ids)))
+    lines = code_lines(AttributionContext(lm=ctx.lm, task=HE0, prompt=ctx.prompt, generation=gen))
+    assert [raw[s:e] for s, e in lines.spans] == ["    x = 1", "    return x"]
+    assert lines.of_step == tuple(line for e, line in encoded for _ in e)
+
+
 @pytest.mark.parametrize("fmt", list(CASES))
 @pytest.mark.parametrize("mode", ["ignore", "credit"])
 def test_lines_sum_to_the_methods_unit_scores(tiny: object, fmt: str, mode: str) -> None:
