@@ -81,7 +81,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="repeatable or comma list, e.g. f1@10:2%% (2 percentage points), alpha@5:0.02, pass1:1%%")
     r.add_argument("--compare-force", action="store_true", help="compare even when the runs' settings differ")
     r.add_argument("--html", metavar="PATH", help="also write the run as one self-contained web page (tables, charts "
-                                                  "and each task's description with the top-K units marked)")
+                                                  "and each task's description with the top-K units marked, and the "
+                                                  "CODING methods' code-to-words map)")
     r.set_defaults(func=cmd_report)
 
     m = sub.add_parser("merge", help="combine the run files of --attn-shard shards into the unsharded run's file "

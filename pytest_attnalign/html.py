@@ -3,7 +3,8 @@
 People look at attention; they do not read lists of spans. The page shows the summary's tables (the
 very rows the terminal prints), an inline-SVG chart per K, and per task the study's Figure 3 view:
 the description with the labelled keywords marked by type and a method's top-K units marked, next to
-the completion and its test verdict. Everything is inline (CSS, JS, SVG, the data as one JSON blob),
+the completion and its test verdict, and the code-to-words map of the CODING methods (a code line
+lights the description units its steps leaned on; a unit lights the lines). Everything is inline (CSS, JS, SVG, the data as one JSON blob),
 so the page opens from disk and makes no network request. The JS and CSS live in ``data/html/``.
 """
 
@@ -20,6 +21,7 @@ import numpy as np
 from .alignment import SUMS, pool_sums, task_sums
 from .bootstrap import Estimate, paired
 from .labels import LABEL_TYPES, prompt_labels
+from .linemap import DIGITS, LINE_TOP
 from .patterns import PATTERNS
 from .record import Record
 from .report import (LEGEND, groups, header_lines, method_order, pass_at_1, pattern_counts, sort_records, table2,
@@ -88,16 +90,35 @@ def chart(k: int, rows: Sequence[tuple[str, str, dict[str, Estimate]]]) -> str:
     return "".join(parts) + "</svg>"
 
 
+def _code_map(r: Record, a: int, b: int, units: dict[tuple[int, int], int]) -> list[list[Any]]:
+    """``r``'s code-to-words map for the page: per line ``[start, end, [unit, weight, unit, weight, ...]]``,
+    a unit as an index into its generation's table of description-relative spans (``units``, extended
+    here: the CODING methods of one model share their token units), a weight 1..100 relative to the
+    map's highest score. Units outside the description (none today) are left out."""
+    top = max((v for *_, kept in r.line_units for _, v in kept), default=0.0)
+    out = []
+    for start, end, kept in r.line_units:
+        flat: list[int] = []
+        for u, v in kept:
+            s, e, _ = r.units[u]
+            if e > a and s < b:
+                flat += [units.setdefault((max(s, a) - a, min(e, b) - a), len(units)), max(1, round(100 * v / top))]
+        out.append([start, end, flat])
+    return out
+
+
 def page_data(records: Sequence[Record], ks: Sequence[int]) -> dict[str, Any]:
     """The JSON the page's script renders: tasks once, generations per model x task, spans per method.
 
-    Spans are relative to the task's description (the scored region), the only text shown.
+    Spans are relative to the task's description (the scored region), the only text shown; a code
+    map's lines are in the completion's characters.
     """
     recs = sort_records(records)
     models = list(dict.fromkeys(r.model for r in recs))
     methods = sorted({r.method for r in recs}, key=method_order)
     tasks: dict[str, Any] = {}
     gens: dict[tuple[str, str], dict[str, Any]] = {}
+    units: dict[tuple[str, str], dict[tuple[int, int], int]] = {}  # per generation: span -> index
     for r in recs:
         if r.task_id not in tasks:
             task = get_task(r.task_id)
@@ -115,10 +136,15 @@ def page_data(records: Sequence[Record], ks: Sequence[int]) -> dict[str, Any]:
                     for k, spans in r.top_k.items() if int(k) in VIEW_KS or int(k) in ks},
             "scores": {k: {"f1": m.get("f1"), "alpha": m.get("alpha")} for k, m in r.metrics.items()},
             "patterns": r.error_patterns}
+        if r.line_units:
+            gen["methods"][r.method]["lines"] = _code_map(r, a, b, units.setdefault((r.model, r.task_id), {}))
+    for key, gen in gens.items():
+        gen["units"] = [list(span) for span in units.get(key, {})]
     view_ks = (sorted({int(k) for g in gens.values() for m in g["methods"].values() for k in m["top"]})
                or list(VIEW_KS))  # records without top-K (no code anywhere) still get a switch
     return {"models": models, "methods": methods, "types": list(LABEL_TYPES), "patterns": list(PATTERNS),
             "ks": view_ks, "k": 10 if 10 in view_ks else view_ks[0], "error_k": recs[0].error_k,
+            "line_top": LINE_TOP, "digits": DIGITS,
             "tasks": tasks, "gens": list(gens.values())}
 
 

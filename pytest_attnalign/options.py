@@ -101,7 +101,8 @@ def add_options(parser: pytest.Parser) -> None:
                      "(attnalign report PATH prints the summary again)")
     g.addoption("--attn-html", default=_DEFAULTS["attn_html"], metavar="PATH",
                 help="write one self-contained web page of the run (no network needed): the tables, a chart per K "
-                     "and per task the description with the labelled keywords and each method's top-K units marked")
+                     "and per task the description with the labelled keywords and each method's top-K units marked, "
+                     "and the CODING methods' code-to-words map (a code line lights the words it leaned on)")
     g.addoption("--attn-shap-evaluations", type=int, default=_DEFAULTS["attn_shap_evaluations"], metavar="N",
                 help=f"model evaluations per task for shap (default: {SHAP_EVALUATIONS}, as in the study)")
     g.addoption("--attn-fill-mask-model", default=_DEFAULTS["attn_fill_mask_model"], metavar="ID",

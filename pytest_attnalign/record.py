@@ -9,11 +9,12 @@ foreign file fails with one line instead of a KeyError inside the report.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from .alignment import Located, Span, TaskUnits
 from .jsonshape import from_json
+from .linemap import LineUnits
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,10 @@ class Record:
     error_patterns: list[str]
     missed_keywords: list[dict[str, Any]]  # labels.Label as dicts
     attribution: dict[str, Any]  # seconds, settings, cached (and a note for no-code items)
+    #: The code-to-words map of a CODING method (:mod:`linemap`): per code line ``[start, end)`` in
+    #: ``completion`` and its top units ``(index into units, score)``; empty for the other methods.
+    #: Optional, so run files written before it existed still read.
+    line_units: list[LineUnits] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON types (lists, not tuples), so xdist ships it and ``from_dict`` reads it back equal."""

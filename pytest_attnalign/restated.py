@@ -69,3 +69,11 @@ def credited(scores: Sequence[float], credit: dict[int, tuple[int, ...]]) -> lis
         for t in tokens:
             out[t] += out[column] / len(tokens)
     return out
+
+
+def unit_scores(ctx: Any, columns: Sequence[float], mode: str) -> list[float]:
+    """The scores of ``ctx.description_tokens()`` read from per-column ``columns`` (prompt tokens, then
+    generated ones), a copy's columns credited when ``mode`` is ``credit``."""
+    if mode == "credit":
+        columns = credited(columns, copy_credit(ctx))
+    return [float(columns[i]) for _, _, i in ctx.description_tokens()]

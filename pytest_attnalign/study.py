@@ -22,6 +22,7 @@ from .execution import Limits, run_completion
 from .generation import Generation, Prompt, generate
 from .jsonshape import check, from_json
 from .labels import human_spans, prompt_labels
+from .linemap import LineUnits, compact
 from .methods import AttributionContext, Method, code_identity, get_method
 from .lm import LanguageModel
 from .models import load_model
@@ -31,6 +32,9 @@ from .tasks import Task, get_task
 
 
 NO_CODE = "the model emitted no code (no function body after the stop rule)"
+#: Bump when the attribution cache entry's shape changes: old entries then miss (are recomputed)
+#: instead of being read without the new part. 2: the code-to-words map (``lines``).
+ATTRIBUTION_ENTRY = 2
 
 
 @dataclass(frozen=True)
@@ -112,25 +116,32 @@ class Study:
         ``method``: a registered name (with this study's settings for it) or an instance. A method
         defined outside this package is cached under a digest of its module's source as well.
         """
+        units, _, info = self.attribute_lines(ctx, method)
+        return units, info
+
+    def attribute_lines(self, ctx: AttributionContext, method: str | Method
+                        ) -> tuple[list[list[float]], list[LineUnits], dict[str, Any]]:
+        """:meth:`attribute` with the method's code-to-words map as the record keeps it (:func:`linemap.compact`)."""
         method = self.method(method) if isinstance(method, str) else method
         method.check_applicable(ctx.lm)
         code = code_identity(method)
         key = {**ctx.lm.identity, "device_type": ctx.lm.device.split(":")[0], "task": ctx.task.task_id, "prompt": ctx.task.prompt,
                "format": ctx.prompt.format, "completion": ctx.generation.completion,
                "generated_ids": list(ctx.generation.generated_ids), "explained": list(ctx.generation.explained),
-               "method": method.name,
+               "method": method.name, "entry": ATTRIBUTION_ENTRY,
                "settings": method.settings(), **({"code": code} if code else {})}
         cacheable = code.get("module_sha256", "") is not None  # no source to hash: a stale result could be served
         cached = self.cache.get("attribution", key, _decode_attribution) if cacheable else None
         if cached is not None:
-            units, info = cached
-            return units, {**info, "cached": True}
+            units, lines, info = cached
+            return units, lines, {**info, "cached": True}
         started = time.perf_counter()
         units = [[int(s), int(e), float(v)] for s, e, v in method.attribute(ctx)]
+        lines = compact(method.line_units(ctx) or [])
         info = {"seconds": time.perf_counter() - started, "settings": method.settings()}
         if cacheable:
-            self.cache.put("attribution", key, {"units": units, "info": info})
-        return units, {**info, "cached": False}
+            self.cache.put("attribution", key, {"units": units, "lines": lines, "info": info})
+        return units, lines, {**info, "cached": False}
 
     def run_item(self, model_name: str, method_name: str, task_id: str) -> Record:
         """Generate, attribute, score and execute one model x method x task; returns its record."""
@@ -141,9 +152,9 @@ class Study:
         gen = ctx.generation
         no_code = has_no_code(gen)
         if not no_code:
-            units, info = self.attribute(ctx, method_name)
+            units, lines, info = self.attribute_lines(ctx, method_name)
         else:  # left out of the alignment tables; the item still counts in Pass@1 as a failure
-            units, info = [], {"seconds": 0.0, "settings": method.settings(), "cached": False, "note": NO_CODE}
+            units, lines, info = [], [], {"seconds": 0.0, "settings": method.settings(), "cached": False, "note": NO_CODE}
         labels = prompt_labels(task)
         human = [list(span) for span in human_spans(task, self.config.labels)]
         located = [(s, e, v) for s, e, v in units]
@@ -188,6 +199,7 @@ class Study:
             error_patterns=error_patterns(passed, labels, error_top, task.description),
             missed_keywords=[dataclasses.asdict(lab) for lab in missed_labels(labels, error_top, task.description)],
             attribution=info,
+            line_units=lines,
         )
 
 
@@ -202,11 +214,12 @@ def _decode_generation(value: Any) -> tuple[Prompt, Generation]:
     return from_json(Prompt, value["prompt"], "prompt"), from_json(Generation, value["generation"], "generation")
 
 
-def _decode_attribution(value: Any) -> tuple[list[list[float]], dict[str, Any]]:
-    """A cached attribution entry: units ``[start, end, score]`` and the run's facts."""
+def _decode_attribution(value: Any) -> tuple[list[list[float]], list[LineUnits], dict[str, Any]]:
+    """A cached attribution entry: units ``[start, end, score]``, the code-to-words map and the run's facts."""
     value = check(value, dict[str, Any], "attribution entry")
     units = check(value["units"], list[tuple[int, int, float]], "units")
-    return [list(u) for u in units], check(value["info"], dict[str, Any], "info")
+    lines = check(value["lines"], list[LineUnits], "lines")
+    return [list(u) for u in units], lines, check(value["info"], dict[str, Any], "info")
 
 
 def budget_rule(prompt_format: str, fixed: int | None) -> str:

@@ -8,6 +8,7 @@ from typing import Any
 
 from pytest_attnalign.alignment import DEFAULT_KS, TaskUnits, score_tasks, top_k
 from pytest_attnalign.labels import human_spans
+from pytest_attnalign.linemap import LineUnits, compact
 from pytest_attnalign.record import Record
 from pytest_attnalign.tasks import get_task
 
@@ -57,3 +58,15 @@ def study_records(n_tasks: int, methods: dict[str, float], model: str = "m", see
     return [make_record(f"HumanEval/{i}", word_units(f"HumanEval/{i}", skill, seed), method=method, model=model,
                         passed=i % passed_every == 0)
             for i in range(n_tasks) for method, skill in methods.items()]
+
+
+def line_map(n_units: int, completion: str, seed: str) -> list[LineUnits]:
+    """A code-to-words map as a record keeps it (:func:`linemap.compact`): every non-blank line of
+    ``completion`` scores each of ``n_units`` units at random, at the scale of attention sums."""
+    rng = random.Random(seed)
+    lines, start = [], 0
+    for line in completion.split("\n"):
+        if line.strip():
+            lines.append((start, start + len(line), [rng.expovariate(10.0) for _ in range(n_units)]))
+        start += len(line) + 1
+    return compact(lines)

@@ -80,7 +80,7 @@ def test_every_method_scores_every_description_token(contexts: dict[str, Attribu
         assert all(type(v) is float and math.isfinite(v) and v >= 0 for _, _, v in got), name
     # one attention pass; one gradient pass for the READING pair, one for the CODING pair
     G = len(ctx.generation.generated_ids)
-    assert {k for k in ctx._memo if k != "description_tokens"} == {"attention", "gradients:steps=0-1", f"gradients:steps=0-{G}"}
+    assert {k for k in ctx._memo if k not in ("description_tokens", "code_lines")} == {"attention", "gradients:steps=0-1", f"gradients:steps=0-{G}"}
 
 
 # (b) + (f) layer and head views against an independent forward pass ------------------------------

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import random
 import re
 import time
 from collections.abc import Iterator
@@ -23,13 +24,16 @@ from pytest_attnalign.record import Record
 from pytest_attnalign.report import pass_at_1, table2, table3, with_code
 from pytest_attnalign.runfile import Run, write_run
 from pytest_attnalign.tasks import get_task, load_tasks
-from synthetic import make_record, word_units
+from synthetic import line_map, make_record, word_units
 
 KS = (5, 10, 20)
+#: A chat-style completion (a leading newline, a blank line): the map's lines are in its characters.
+CODE = "\ndef f(numbers):\n    total = sum(numbers)\n\n    if total > 3:\n        return total\n    return 0\n"
 
 
 def _records() -> list[Record]:
-    """Two models, two methods (m2 has no shap), both benchmarks, passing and failing tasks, two patterns."""
+    """Two models, two methods (m2 has no shap), both benchmarks, passing and failing tasks, two patterns;
+    coding_last with a code-to-words map."""
     out = []
     for task_id in [f"HumanEval/{i}" for i in range(6)] + ["Mbpp/1", "Mbpp/2"]:
         n = int(task_id.split("/")[1])
@@ -37,8 +41,11 @@ def _records() -> list[Record]:
             passed = (n + (model == "m2")) % 2 == 0
             for method, skill in methods.items():
                 extra = {"error_patterns": ["missed conditional"]} if (not passed and n == 3) else {}
-                out.append(make_record(task_id, word_units(task_id, skill, n), method=method, model=model,
-                                       passed=passed, **extra))
+                units = word_units(task_id, skill, n)
+                if method == "coding_last":
+                    extra["line_units"] = line_map(len(units), CODE, f"{model}/{task_id}")
+                out.append(make_record(task_id, units, method=method, model=model, passed=passed,
+                                       completion=CODE, **extra))
     return out
 
 
@@ -79,6 +86,29 @@ def test_data_holds_each_records_top_k_relative_to_the_description() -> None:
     text = data["tasks"]["HumanEval/0"]["text"]
     assert [(text[s:e], t) for s, e, t, _ in data["tasks"]["HumanEval/0"]["labels"]] == [
         (lab.word, lab.type) for lab in prompt_labels(get_task("HumanEval/0"))]
+
+
+def _line_words(r: Record, line: tuple[int, int, list[tuple[int, float]]]) -> list[tuple[int, int, float]]:
+    """A map line's units as description-relative spans with their scores, best first."""
+    a, _ = get_task(r.task_id).description
+    return [(r.units[u][0] - a, r.units[u][1] - a, v) for u, v in line[2]]
+
+
+def test_data_holds_each_records_code_map() -> None:
+    data = _blob(render_html(RUN))
+    assert data["line_top"] == 10
+    gens = {(g["model"], g["task"]): g for g in data["gens"]}
+    mapped = [r for r in RECORDS if r.line_units]
+    assert mapped and all(r.method == "coding_last" for r in mapped)
+    for r in RECORDS:
+        gen, rec = gens[r.model, r.task_id], gens[r.model, r.task_id]["methods"][r.method]
+        assert ("lines" in rec) == bool(r.line_units)
+        top = max(v for *_, kept in r.line_units for _, v in kept) if r.line_units else 0
+        for got, line in zip(rec.get("lines", []), r.line_units, strict=True):
+            assert got[:2] == list(line[:2]) and CODE[got[0]:got[1]].strip()
+            pairs = list(zip(got[2][::2], got[2][1::2]))
+            assert [tuple(gen["units"][u]) for u, _ in pairs] == [(s, e) for s, e, _ in _line_words(r, line)]
+            assert [w for _, w in pairs] == [max(1, round(100 * v / top)) for *_, v in _line_words(r, line)]
 
 
 def test_a_script_end_tag_in_a_completion_cannot_break_the_page() -> None:
@@ -220,6 +250,63 @@ def test_filters_hide_and_show_the_right_tasks(browser: Browser, page: Path) -> 
     _reset(browser)
 
 
+VIEW = 'details.task[data-model="m"][data-task="HumanEval/3"]'
+
+
+def _lit(browser: Browser) -> dict[str, list[list[float]]]:
+    """Per view (method) the lit description pieces [s, e, w]; under "code" the lit code lines [start, w]."""
+    return browser.js(
+        f"(() => {{ const d = document.querySelector('{VIEW}'); const out = {{}};"
+        " for (const v of d.querySelectorAll('.view')) out[v.dataset.method] = [...v.querySelectorAll('.lit')]"
+        "  .map(n => [+n.dataset.s, +n.dataset.e, +n.style.getPropertyValue('--w')]);"
+        " out.code = [...d.querySelectorAll('.code .line.lit')].map(n => [+n.dataset.s, +n.style.getPropertyValue('--w')]);"
+        " return out; })()")
+
+
+def _fire(browser: Browser, selector: str, script: str) -> None:
+    browser.js(f"(() => {{ const n = document.querySelector('{VIEW} {selector}'); {script} }})()")
+
+
+def test_a_code_line_lights_its_words_and_a_word_its_lines(browser: Browser, page: Path) -> None:
+    """Hover or select line N: exactly the record's units of that line light up in the coding_last view
+    (none in shap's), the line's best unit at full intensity; select a word: exactly the lines whose
+    kept units hold it light up."""
+    _reset(browser)
+    _open(browser, "m", "HumanEval/3")
+    rec = next(r for r in RECORDS if (r.model, r.task_id, r.method) == ("m", "HumanEval/3", "coding_last"))
+    shown = browser.js(f"document.querySelector('{VIEW} pre.code').textContent")
+    assert shown == CODE.lstrip("\n")  # the line spans add no text
+    for line in rec.line_units:
+        words = _line_words(rec, line)
+        _fire(browser, f'.code .line[data-s="{line[0]}"]', "n.dispatchEvent(new MouseEvent('mouseover', {bubbles: true}));")
+        lit = _lit(browser)
+        assert _chars([p[:2] for p in lit["coding_last"]]) == _chars([w[:2] for w in words])
+        assert lit["shap"] == [] and lit["code"] == []
+        best = [p[2] for p in lit["coding_last"] if words[0][0] <= p[0] and p[1] <= words[0][1]]
+        assert best and set(best) == {1.0}
+        _fire(browser, f'.code .line[data-s="{line[0]}"]', "n.dispatchEvent(new MouseEvent('mouseout', {bubbles: true}));")
+        assert _lit(browser) == {"coding_last": [], "shap": [], "code": []}
+    # keyboard: focus a line and press Enter: selected, and it stays lit after the focus moves on
+    line = rec.line_units[1]
+    _fire(browser, f'.code .line[data-s="{line[0]}"]',
+          "n.focus(); n.dispatchEvent(new KeyboardEvent('keydown', {key: 'Enter', bubbles: true})); n.blur();")
+    assert _chars([p[:2] for p in _lit(browser)["coding_last"]]) == _chars([w[:2] for w in _line_words(rec, line)])
+    assert browser.js(f"document.querySelector('{VIEW} .code .line[data-s=\"{line[0]}\"]').getAttribute('aria-pressed')") == "true"
+    # select a word: the lines whose kept units hold it
+    a, _ = get_task(rec.task_id).description
+    u = rec.line_units[0][2][0][0]
+    s, e = rec.units[u][0] - a, rec.units[u][1] - a
+    _fire(browser, f'.view[data-method="coding_last"] .unit[data-s="{s}"]', "n.click();")
+    lines = _lit(browser)["code"]
+    assert sorted(p[0] for p in lines) == sorted(start for start, _, kept in rec.line_units if any(x == u for x, _ in kept))
+    assert max(w for _, w in lines) == 1.0
+    assert _lit(browser)["coding_last"] == []  # the word is outlined (selected), not lit
+    _fire(browser, f'.view[data-method="coding_last"] .unit[data-s="{s}"]',
+          "n.dispatchEvent(new KeyboardEvent('keydown', {key: ' ', bubbles: true}));")  # Space clears it
+    assert _lit(browser) == {"coding_last": [], "shap": [], "code": []}
+    _reset(browser)
+
+
 def test_the_page_makes_no_network_request(browser: Browser, page: Path) -> None:
     browser.open(page)
     _open(browser, "m", "HumanEval/1")
@@ -229,6 +316,8 @@ def test_the_page_makes_no_network_request(browser: Browser, page: Path) -> None
 def test_screenshot_of_a_task_view(browser: Browser, page: Path, tmp_path: Path) -> None:
     _reset(browser)
     _open(browser, "m", "HumanEval/1")
+    browser.js("document.querySelectorAll('details.task[data-model=\"m\"][data-task=\"HumanEval/1\"] .code .line.mapped')[1]"
+               ".click()")  # the code-to-words map of the second line, lit
     shot = tmp_path / "task-view.png"
     browser.screenshot('details.task[data-model="m"][data-task="HumanEval/1"]', shot)
     png = shot.read_bytes()
@@ -238,11 +327,16 @@ def test_screenshot_of_a_task_view(browser: Browser, page: Path, tmp_path: Path)
 
 
 def test_full_size_page_stays_small_and_opens_fast(browser: Browser, tmp_path: Path) -> None:
-    """The study's size: 1,138 tasks x 12 methods (issue 11's budget: under 30 MB, open in under 3 s)."""
+    """The study's size: 1,138 tasks x 12 methods, the five CODING methods with a code-to-words map of
+    10 to 40 lines (issue 11's budget: under 30 MB, open in under 3 s)."""
+    rng = random.Random(0)
     base = [make_record(t.task_id, word_units(t.task_id, 1.0, 0), passed=i % 3 == 0,
-                        completion="    x = compute(y)\n" * 6 + "    return x\n")
+                        completion="    x = compute(y)\n" * rng.randint(9, 39) + "    return x\n")
             for i, t in enumerate(load_tasks("all"))]
-    records = [dataclasses.replace(r, method=m) for r in base for m in BUILTIN]
+    records = [dataclasses.replace(r, method=m, line_units=line_map(len(r.units), r.completion, f"{r.task_id}/{m}")
+                                   if "coding" in m else [])
+               for r in base for m in BUILTIN]
+    assert sum(bool(r.line_units) for r in records) == 5 * len(base)  # the five CODING methods have a map
     path = tmp_path / "full.html"
     write_html(path, Run(records, KS))
     size = path.stat().st_size

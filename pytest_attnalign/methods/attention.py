@@ -18,6 +18,8 @@ heads and only the columns of prompt tokens are kept):
   (:mod:`..restated`).
 - first = layer 0, last = layer ``L - 1``, all = the sum over layers.
 - A unit's score is the attention mass on its token's column.
+- The code-to-words map (:mod:`..linemap`): the CODING rows summed per code line instead of over
+  all steps, from the same pass; the lines' rows sum to the CODING scores.
 
 ``compat_{reading,coding}_{head0,lasthead,allheads}`` reproduce a DEFECT of the study's own code
 (METRICS.md, "Known defects"): its "first/last/all layer" in fact took head 0, the last head and
@@ -31,7 +33,8 @@ from typing import Any, Sequence
 
 from ..errors import AttnalignError
 from ..forward import run_model
-from ..restated import check_mode, copy_credit, credited
+from ..linemap import LineScores, code_lines, line_scores, sum_by_line
+from ..restated import check_mode, unit_scores
 from .base import AttributionContext, Method, Unit
 
 #: view name -> (layers, heads) selected from the per-layer, per-head rows.
@@ -60,10 +63,15 @@ class AttentionRows:
 
     reading: Any  # row P-1+first (P-1 when nothing is explained)
     coding: Any  # rows P-1+j of the explained steps, summed over rows (zeros when there are none)
+    lines: Any = None  # the same rows summed per code line, [L, H, N, C] float64 (None without ``line_of``)
 
 
-def attention_rows(model: Any, prompt_ids: Sequence[int], generated_ids: Sequence[int], steps: range) -> AttentionRows:
-    """One forward pass with attentions, reduced layer by layer on the model's device."""
+def attention_rows(model: Any, prompt_ids: Sequence[int], generated_ids: Sequence[int], steps: range,
+                   line_of: Sequence[int] = ()) -> AttentionRows:
+    """One forward pass with attentions, reduced layer by layer on the model's device.
+
+    ``line_of``: the code line (0..N-1) of each explained step, to keep the CODING rows per line too.
+    """
     import torch
 
     P = len(prompt_ids)
@@ -82,13 +90,17 @@ def attention_rows(model: Any, prompt_ids: Sequence[int], generated_ids: Sequenc
                 "the model returned no attention weights: load it with attn_implementation='eager' "
                 "(sdpa/flash attention kernels do not expose them)"
             )
-        reading, coding = [], []
+        reading, coding, lines = [], [], []
+        n = max(line_of, default=-1) + 1
         for att in atts:  # [1, H, T, T]
             layer = att[0, :, :, :columns].float()
             reading.append(layer[:, first])
             coding.append(layer[:, rows].sum(dim=1))
+            if n:
+                lines.append(sum_by_line(layer[:, rows], line_of, n, dim=1))
         del out, atts
-        return AttentionRows(torch.stack(reading).cpu(), torch.stack(coding).cpu())
+        return AttentionRows(torch.stack(reading).cpu(), torch.stack(coding).cpu(),
+                             torch.stack(lines).cpu() if lines else None)
 
 
 class SelfAttention(Method):
@@ -116,14 +128,25 @@ class SelfAttention(Method):
         return {"rows": rows, "layers": layers, "heads": heads, "dtype": "float32", "restated_copy": self.restated_copy}
 
     def attribute(self, ctx: AttributionContext) -> list[Unit]:
-        gen = ctx.generation
-        steps = gen.explained_steps
-        if self.phase == "coding" and not steps:
+        if self.phase == "coding" and not ctx.generation.explained_steps:
             raise AttnalignError(NO_CODE)
-        rows: AttentionRows = ctx.memo(
-            "attention", lambda: attention_rows(ctx.lm.model, gen.prompt_ids, gen.generated_ids, steps))
+        rows = _rows(ctx)
         table = rows.reading if self.phase == "reading" else rows.coding
-        scores = table[self.layers, self.heads].sum(dim=(0, 1)).tolist()
-        if self.restated_copy == "credit":
-            scores = credited(scores, copy_credit(ctx))
-        return [(s, e, float(scores[i])) for s, e, i in ctx.description_tokens()]
+        scores = unit_scores(ctx, table[self.layers, self.heads].sum(dim=(0, 1)).tolist(), self.restated_copy)
+        return [(s, e, v) for (s, e, _), v in zip(ctx.description_tokens(), scores)]
+
+    def line_units(self, ctx: AttributionContext) -> list[LineScores] | None:
+        """CODING views: the per-line rows of the shared pass, viewed like :meth:`attribute`'s."""
+        if self.phase != "coding":
+            return None
+        rows = _rows(ctx)
+        if rows.lines is None:
+            return []
+        return line_scores(ctx, rows.lines[self.layers, self.heads].sum(dim=(0, 1)), self.restated_copy)
+
+
+def _rows(ctx: AttributionContext) -> AttentionRows:
+    """The context's one attention pass, shared by every view (with the CODING rows per code line)."""
+    gen = ctx.generation
+    return ctx.memo("attention", lambda: attention_rows(ctx.lm.model, gen.prompt_ids, gen.generated_ids,
+                                                        gen.explained_steps, code_lines(ctx).of_step))

@@ -14,6 +14,7 @@ from typing import Any, Callable
 
 from ..errors import AttnalignError
 from ..generation import Generation, Prompt
+from ..linemap import LineScores
 from ..tasks import Task
 
 Unit = tuple[int, int, float]
@@ -94,6 +95,12 @@ class Method:
 
     def attribute(self, ctx: AttributionContext) -> list[Unit]:
         raise NotImplementedError  # abstract
+
+    def line_units(self, ctx: AttributionContext) -> list[LineScores] | None:
+        """The code-to-words map (:mod:`..linemap`): per line of the completion that holds explained
+        steps, its ``[start, end)`` and a score per unit of :meth:`attribute` (same order), the lines
+        summing to those scores. ``None``: the method has no per-line view (all but the CODING ones)."""
+        return None
 
     def check_applicable(self, lm: Any) -> None:
         if self.needs_internals and not lm.has_internals:

@@ -18,6 +18,8 @@ Definitions (``P`` prompt tokens, generated tokens ``y_0 .. y_{G-1}``):
 - Only the prompt's tokens are attributed: gradients reaching earlier generated tokens (a chat
   reply's restated signature) are gradients to generated text, which the study never scored;
   ``restated_copy=credit`` credits a verbatim copy's norms to the words it copies (:mod:`..restated`).
+- The code-to-words map (:mod:`..linemap`): CODING's per-step norms summed per code line instead of
+  over all steps; the lines' rows sum to the CODING scores.
 
 Efficiency (the same numbers as one backward pass per step over a full forward pass, to float
 rounding; tests/test_attention_gradient.py checks them against captum's per-prefix reference):
@@ -45,7 +47,8 @@ from typing import Any, Iterator, Sequence
 
 from ..errors import AttnalignError
 from ..forward import accepts, cache_kwarg, cache_of
-from ..restated import check_mode, copy_credit, credited
+from ..linemap import LineScores, code_lines, line_scores, sum_by_line
+from ..restated import check_mode, unit_scores
 from .base import AttributionContext, Method, Unit
 
 NO_TARGET = "the model generated no code: gradient methods have no generated token to explain"
@@ -190,6 +193,25 @@ class GradientMethod(Method):
                 "max_steps": self.max_steps, "restated_copy": self.restated_copy}
 
     def attribute(self, ctx: AttributionContext) -> list[Unit]:
+        _, table = self._norms(ctx)
+        columns = table[0] if self.phase == "reading" else table.sum(dim=0)
+        scores = unit_scores(ctx, columns.tolist(), self.restated_copy)
+        return [(s, e, v) for (s, e, _), v in zip(ctx.description_tokens(), scores)]
+
+    def line_units(self, ctx: AttributionContext) -> list[LineScores] | None:
+        """CODING: the per-step norms of :meth:`attribute`'s pass, summed per code line."""
+        if self.phase != "coding":
+            return None
+        steps, table = self._norms(ctx)
+        lines = code_lines(ctx)
+        if not lines.spans:
+            return []
+        first = ctx.generation.explained[0]
+        line_of = lines.of_step[steps.start - first : steps.stop - first]
+        return line_scores(ctx, sum_by_line(table, line_of, len(lines.spans), dim=0), self.restated_copy)
+
+    def _norms(self, ctx: AttributionContext) -> tuple[range, Any]:
+        """The steps this method explains and this kind's per-step norms ``[S, C]`` (memoised pass)."""
         gen = ctx.generation
         first, end = gen.explained
         if end <= first:
@@ -208,8 +230,4 @@ class GradientMethod(Method):
             f"gradients:steps={steps.start}-{steps.stop}",
             lambda: gradient_norms(ctx.lm.model, gen.prompt_ids, gen.generated_ids, steps, from_token=from_token),
         )
-        table = getattr(norms, self.kind)
-        scores = (table[0] if self.phase == "reading" else table.sum(dim=0)).tolist()
-        if self.restated_copy == "credit":
-            scores = credited(scores, copy_credit(ctx))
-        return [(s, e, float(scores[i])) for s, e, i in cols]
+        return steps, getattr(norms, self.kind)

@@ -21,20 +21,24 @@ function select(name, label, options, value) {
 }
 
 // The description with labelled keywords (class lab lab-TYPE) and top-K units (class top) marked;
-// every marked piece carries its offsets in the description (data-s, data-e).
-function marked(text, labels, spans) {
+// every marked piece carries its offsets in the description (data-s, data-e). With a code map,
+// the map's units ([s, e, index]) are pieces too (class unit, data-u), focusable and selectable.
+function marked(text, labels, spans, units) {
   const cuts = new Set([0, text.length]);
-  for (const [s, e] of [...labels, ...spans]) { cuts.add(s); cuts.add(e); }
+  for (const [s, e] of [...labels, ...spans, ...units]) { cuts.add(s); cuts.add(e); }
   const points = [...cuts].filter((x) => x >= 0 && x <= text.length).sort((a, b) => a - b);
   const out = el("pre", { class: "desc" });
   for (let i = 0; i + 1 < points.length; i++) {
     const a = points[i], b = points[i + 1];
     const lab = labels.find(([s, e]) => s <= a && b <= e);
     const top = spans.some(([s, e]) => s <= a && b <= e);
-    if (!lab && !top) { out.append(text.slice(a, b)); continue; }
-    const classes = [lab ? "lab lab-" + lab[2] : "", top ? "top" : ""].join(" ").trim();
+    const unit = units.find(([s, e]) => s <= a && b <= e);
+    if (!lab && !top && !unit) { out.append(text.slice(a, b)); continue; }
+    const classes = [lab ? "lab lab-" + lab[2] : "", top ? "top" : "", unit ? "unit" : ""].join(" ").trim();
     const title = [lab ? "labelled " + lab[2].replace("_", " ") : "", top ? "top-" + state.k : ""].filter(Boolean);
-    out.append(el("span", { class: classes, "data-s": a, "data-e": b, title: title.join(", ") }, text.slice(a, b)));
+    const attrs = { class: classes, "data-s": a, "data-e": b, title: title.join(", ") };
+    if (unit) Object.assign(attrs, { "data-u": unit[2], tabindex: 0, role: "button", "aria-pressed": "false" });
+    out.append(el("span", attrs, text.slice(a, b)));
   }
   return out;
 }
@@ -45,24 +49,96 @@ function shownMethods(gen) {
   return D.methods.filter((m) => m in gen.methods && (!state.method || m === state.method));
 }
 
+// The completion as shown (leading newlines dropped), one span per line (class line, data-s/data-e:
+// its characters in the completion); a line some shown code map covers is focusable and selectable.
+function codeLines(gen, methods) {
+  const out = el("pre", { class: "code" });
+  if (gen.no_code) { out.append("(no code)"); return out; }
+  const mapped = new Set(methods.flatMap((m) => (gen.methods[m].lines || []).map((l) => l[0])));
+  const text = gen.completion;
+  let start = text.length - text.replace(/^\n+/, "").length;
+  for (const line of text.slice(start).split("\n")) {
+    if (out.childNodes.length) out.append("\n");
+    const attrs = { class: "line", "data-s": start, "data-e": start + line.length };
+    if (mapped.has(start)) Object.assign(attrs, { class: "line mapped", tabindex: 0, role: "button", "aria-pressed": "false" });
+    out.append(el("span", attrs, line));
+    start += line.length + 1;
+  }
+  return out;
+}
+
+// The code-to-words map of a task view: a code line lights, in each CODING view, the units that view's
+// map attributes to the line; a unit lights the code lines that leaned on it (that view's map). Hover or
+// focus previews; click, Enter or Space selects (again: clears), and the selection returns after a preview.
+// Intensity (--w) is a weight relative to the strongest lit one.
+function wireMap(body, gen) {
+  let selected = null;
+  const target = (ev) => ev.target.closest && ev.target.closest(".code .line.mapped, .view .unit");
+  const lit = (node, w, top) => { node.classList.add("lit"); node.style.setProperty("--w", (w / top).toFixed(2)); };
+  const pairs = (flat) => flat.flatMap((x, i) => (i % 2 ? [] : [[x, flat[i + 1]]]));
+  function light(node) {
+    for (const n of body.querySelectorAll(".lit, .sel")) { n.classList.remove("lit", "sel"); n.style.removeProperty("--w"); }
+    if (!node) return;
+    if (node.classList.contains("line")) {
+      node.classList.add("sel");
+      for (const view of body.querySelectorAll(".view[data-map]")) {
+        const entry = gen.methods[view.dataset.method].lines.find((l) => l[0] === +node.dataset.s);
+        const units = entry ? pairs(entry[2]) : [];
+        const top = Math.max(...units.map(([, w]) => w));
+        for (const [u, w] of units) for (const n of view.querySelectorAll(`.unit[data-u="${u}"]`)) lit(n, w, top);
+      }
+      return;
+    }
+    const view = node.closest(".view");
+    const u = +node.dataset.u;
+    for (const n of view.querySelectorAll(`.unit[data-u="${u}"]`)) n.classList.add("sel");
+    const lines = gen.methods[view.dataset.method].lines
+      .map((l) => [l[0], (pairs(l[2]).find(([x]) => x === u) || [])[1]]).filter(([, w]) => w);
+    const top = Math.max(...lines.map(([, w]) => w));
+    for (const [s, w] of lines) lit(body.querySelector(`.code .line[data-s="${s}"]`), w, top);
+  }
+  function choose(node) {
+    selected = selected === node ? null : node;
+    for (const n of body.querySelectorAll("[aria-pressed]")) n.setAttribute("aria-pressed", String(n === selected));
+    light(selected);
+  }
+  const preview = (ev) => { const t = target(ev); if (t) light(t); };
+  const restore = (ev) => { const t = target(ev); if (t && !t.contains(ev.relatedTarget)) light(selected); };
+  body.addEventListener("mouseover", preview);
+  body.addEventListener("focusin", preview);
+  body.addEventListener("mouseout", restore);
+  body.addEventListener("focusout", restore);
+  body.addEventListener("click", (ev) => { const t = target(ev); if (t) choose(t); });
+  body.addEventListener("keydown", (ev) => {
+    const t = target(ev);
+    if (t && (ev.key === "Enter" || ev.key === " ")) { ev.preventDefault(); choose(t); }
+  });
+}
+
 function renderTask(details) {
   const gen = D.gens[details.dataset.index];
   const task = D.tasks[gen.task];
   const body = el("div", { class: "body" });
-  for (const m of shownMethods(gen)) {
+  const methods = shownMethods(gen);
+  for (const m of methods) {
     const rec = gen.methods[m];
     const spans = rec.top[state.k] || [];
     const sc = rec.scores[state.k] || {};
-    const head = el("h4", {}, `${m}: top-${state.k} units marked; F1 ${fmt(sc.f1, true)}, alpha ${fmt(sc.alpha, false)}`);
-    const view = el("div", { class: "view", "data-method": m }, head, marked(task.text, task.labels, spans));
+    const units = [...new Set((rec.lines || []).flatMap((l) => l[2].filter((_, i) => i % 2 === 0)))]
+      .map((u) => [...gen.units[u], u]);
+    const head = el("h4", {}, `${m}: top-${state.k} units marked; F1 ${fmt(sc.f1, true)}, alpha ${fmt(sc.alpha, false)}`,
+      rec.lines ? "; code-to-words map" : "");
+    const view = el("div", { class: "view", "data-method": m }, head, marked(task.text, task.labels, spans, units));
+    if (rec.lines) view.dataset.map = "1";
     if (rec.patterns.length) view.append(el("div", { class: "patterns-list" }, `error patterns (K=${D.error_k}): ${rec.patterns.join(", ")}`));
     body.append(view);
   }
   body.append(el("h4", {}, "completion (", el("span", { class: "outcome-" + gen.outcome }, gen.outcome), ")"),
-    el("pre", { class: "code" }, gen.no_code ? "(no code)" : gen.completion.replace(/^\n+/, "")));
+    codeLines(gen, methods));
   if (!gen.passed) body.append(el("h4", {}, "test output (tail)"), el("pre", { class: "tail" }, gen.tail || "(none)"));
   details.querySelector(".body")?.remove();
   details.append(body);
+  wireMap(body, gen);
 }
 
 function matches(gen) {
@@ -99,7 +175,12 @@ function build() {
     select("k", "top-K", D.ks.map((k) => [String(k), String(k)]), state.k), el("label", {}, "task id", search));
   document.getElementById("legend").append("Labelled keywords: ",
     ...D.types.map((t) => el("span", { class: "lab lab-" + t }, t.replace("_", " "))),
-    el("span", { class: "top" }, "a method's top-K unit"));
+    el("span", { class: "top" }, "a method's top-K unit"),
+    el("p", { class: "map-legend" }, el("span", { class: "lit", style: "--w: 1" }, "Code-to-words map"),
+      " (CODING methods): hover, focus or select (click, Enter, Space) a line of the code and each CODING view " +
+      "lights the description units its per-step scores of that line's tokens add up to (darker: more, relative " +
+      "to the strongest lit unit); select a unit to light the code lines that leaned on it. The selection is " +
+      `outlined. Each line keeps only its top ${D.line_top} units (scores rounded to ${D.digits} significant digits).`));
   const list = document.getElementById("list");
   D.gens.forEach((gen, i) => {
     const patterns = [...new Set(Object.values(gen.methods).flatMap((r) => r.patterns))];
