@@ -14,9 +14,10 @@ offsets without the newline. A step's token is located by its characters in the 
 the completion holds the reply's code verbatim (stripped of leading newlines and trailing
 whitespace; a chat reply's code starts after the fence and the completion adds a leading newline),
 so one shift maps reply characters to completion characters. A token belongs to the line of its
-first non-whitespace character; a whitespace-only token to the line of its first character (so a
-newline token belongs to the line it ends, indentation to the line it indents), except on a blank
-line, where it goes with the token before it (a blank line is never a line of the map). A character outside
+first non-whitespace character; a whitespace-only token to the line of its last character (so a
+newline token belongs to the line it ends, indentation, also a newline merged with the next line's
+indentation as SmolLM2 writes it, to the line it indents), except on a blank line, where it goes
+with the token before it (a blank line is never a line of the map). A character outside
 the completion's code (a fence, a token that straddles the body's start) counts as its nearest code
 character. A completion whose code is not found in the reply gets no map.
 
@@ -77,7 +78,7 @@ def _code_lines(ctx: Any) -> CodeLines:
         a = ends[j - 1] if j else 0
         text = gen.raw[a : ends[j]]
         ink = len(text) - len(text.lstrip())
-        c = a + (ink if ink < len(text) else 0) - shift
+        c = a + (ink if ink < len(text) else len(text) - 1) - shift
         line = bisect_left(newlines, min(max(c, lead), lead + len(code) - 1))
         if ink == len(text) and lines and not _line_text(comp, newlines, line).strip():
             line = lines[-1]  # whitespace on a blank line: nothing to show there, it goes with the token before

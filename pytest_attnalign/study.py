@@ -32,9 +32,10 @@ from .tasks import Task, get_task
 
 
 NO_CODE = "the model emitted no code (no function body after the stop rule)"
-#: Bump when the attribution cache entry's shape changes: old entries then miss (are recomputed)
-#: instead of being read without the new part. 2: the code-to-words map (``lines``).
-ATTRIBUTION_ENTRY = 2
+#: Bump when the attribution cache entry's shape or content changes: old entries then miss (are
+#: recomputed) instead of being read without the new part. 2: the code-to-words map (``lines``);
+#: 3: a newline merged with indentation maps to the line it indents.
+ATTRIBUTION_ENTRY = 3
 
 
 @dataclass(frozen=True)

@@ -67,7 +67,7 @@ def test_each_body_line_is_a_line_of_the_completion(tiny: object, fmt: str) -> N
         if token.strip():
             assert token.strip() in comp[s:e], (token, comp[s:e])
         else:  # whitespace only: a newline closes the line it ends, indentation opens its line
-            assert token.startswith("\n") or comp[s:e].startswith(token), (token, comp[s:e])
+            assert token.endswith("\n") or comp[s:e].startswith(token.rsplit("\n", 1)[-1]), (token, comp[s:e])
 
 
 def test_whitespace_on_a_blank_line_goes_with_the_token_before(tiny: object) -> None:
@@ -84,6 +84,31 @@ def test_whitespace_on_a_blank_line_goes_with_the_token_before(tiny: object) -> 
     lines = code_lines(AttributionContext(lm=ctx.lm, task=HE0, prompt=ctx.prompt, generation=gen))
     assert [raw[s:e] for s, e in lines.spans] == ["    x = 1", "    return x"]
     assert lines.of_step == tuple(line for e, line in encoded for _ in e)
+
+
+class Pieces:
+    """A tokenizer whose tokens are the given strings."""
+
+    def __init__(self, pieces: list[str]) -> None:
+        self.pieces = pieces
+
+    def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
+        return "".join(self.pieces[i] for i in ids)
+
+
+def test_a_newline_merged_with_indentation_goes_to_the_line_it_indents(tiny: object) -> None:
+    """SmolLM2 writes a body's first token as a newline plus the indentation: it belongs to the body's
+    line (the one it indents), not to the line the newline ends (a signature outside the body)."""
+    ctx = context(tiny, "completion", CASES["completion"])
+    pieces = ["    x = 1", "\n    ", "return x", "\n"]
+    ids = tuple(range(len(pieces)))
+    raw = "".join(pieces)
+    gen = dataclasses.replace(ctx.generation, raw=raw, completion=raw, generated_ids=ids, raw_ids=ids,
+                              explained=(0, len(ids)))
+    lines = code_lines(AttributionContext(lm=SimpleNamespace(tokenizer=Pieces(pieces)), task=HE0, prompt=ctx.prompt,
+                                          generation=gen))
+    assert [raw[s:e] for s, e in lines.spans] == ["    x = 1", "    return x"]
+    assert lines.of_step == (0, 1, 1, 1)  # the closing newline stays with the line it ends
 
 
 @pytest.mark.parametrize("fmt", list(CASES))
