@@ -114,7 +114,8 @@ def test_methods_needing_internals_are_not_applicable(keyword_model: list[Keywor
                           ("keywords", "reading_all")):
         with pytest.raises(MethodNotApplicable) as info:
             study.run_item(model, method, "HumanEval/0")
-        assert str(info.value) == f"{method} needs model internals; {model} is an API model"
+        assert str(info.value) == (f"{method} needs model internals; {model} exposes none (an API model): "
+                                   "use the perturbation methods (shap, bert_masking) with it")
     assert keyword_model[0].prompts == []
 
 

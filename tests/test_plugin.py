@@ -310,7 +310,7 @@ def test_passing_and_failing_programs_give_passing_and_failing_items(
     assert "AssertionError" in "\n".join(lines[head + 5 + n: head + 40 + n])
 
     # a gradient method cannot apply to an API model: skipped with the reason
-    result.stdout.fnmatch_lines(["SKIPPED [[]2[]] *saliency_reading needs model internals; openai:stub is an API model"])
+    result.stdout.fnmatch_lines(["SKIPPED [[]2[]] *saliency_reading needs model internals; openai:stub exposes none (an API model): use the perturbation methods*"])
     # a crash inside a method is an error of its own items only; the summary still prints
     for i in (0, 1):
         result.stdout.fnmatch_lines([f"ERROR {HE}[[]openai:stub-crashing-HumanEval/{i}[]]*"])

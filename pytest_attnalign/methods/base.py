@@ -104,4 +104,5 @@ class Method:
 
     def check_applicable(self, lm: Any) -> None:
         if self.needs_internals and not lm.has_internals:
-            raise MethodNotApplicable(f"{self.name} needs model internals; {lm.spec.name} is an API model")
+            raise MethodNotApplicable(f"{self.name} needs model internals; {lm.spec.name} exposes none (an API model): "
+                                      "use the perturbation methods (shap, bert_masking) with it")
