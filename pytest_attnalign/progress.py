@@ -40,7 +40,9 @@ class Progress:
         self.clock = clock
         self.started = self.last_line = clock()
         self.done: set[str] = set()
-        self.seconds: dict[str, list[float]] = defaultdict(list)  # method -> computed items' seconds
+        self.left: Counter[str] = Counter(self.method_of.values())  # method -> items still to run
+        self.seconds: dict[str, float] = defaultdict(float)  # method -> computed items' seconds, summed
+        self.computed: Counter[str] = Counter()  # method -> computed items
         self.lines_at = 0  # items done at the last line
         self.workers = 1
 
@@ -48,9 +50,12 @@ class Progress:
         """Count a finished item (``computed``: not served from the cache); whether a plain line is due."""
         if item not in self.method_of or item in self.done:
             return False
+        method = self.method_of[item]
         self.done.add(item)
+        self.left[method] -= 1
         if computed:
-            self.seconds[self.method_of[item]].append(seconds)
+            self.seconds[method] += seconds
+            self.computed[method] += 1
         step = max(1, int(len(self.method_of) * EVERY_SHARE))
         due = len(self.done) - self.lines_at >= step or self.clock() - self.last_line >= EVERY_SECONDS
         if due and len(self.done) < len(self.method_of):
@@ -60,9 +65,9 @@ class Progress:
 
     def estimate(self) -> tuple[float, list[str]]:
         """Seconds left for the methods measured so far, and the methods left with no measurement."""
-        left = Counter(m for i, m in self.method_of.items() if i not in self.done)
-        known = sum(n * sum(self.seconds[m]) / len(self.seconds[m]) for m, n in left.items() if self.seconds.get(m))
-        return known / max(1, self.workers), sorted(m for m in left if not self.seconds.get(m))
+        left = +self.left  # methods with items still to run
+        known = sum(n * self.seconds[m] / self.computed[m] for m, n in left.items() if self.computed[m])
+        return known / max(1, self.workers), sorted(m for m in left if not self.computed[m])
 
     def eta(self) -> str:
         seconds, unmeasured = self.estimate()
@@ -70,7 +75,7 @@ class Progress:
             return duration(seconds)
         names = ", ".join(unmeasured[:NAMED]) + (f" and {len(unmeasured) - NAMED} more" if len(unmeasured) > NAMED else "")
         if not seconds:
-            return "unknown (no item computed yet)" if not any(self.seconds.values()) else f"unknown ({names} not measured yet)"
+            return "unknown (no item computed yet)" if not self.computed else f"unknown ({names} not measured yet)"
         return f"over {duration(seconds)} ({names} not measured yet)"
 
     def line(self) -> str:
