@@ -4,8 +4,9 @@ People look at attention; they do not read lists of spans. The page shows the su
 very rows the terminal prints), an inline-SVG chart per K, and per task the study's Figure 3 view:
 the description with the labelled keywords marked by type and a method's top-K units marked, next to
 the completion and its test verdict, and the code-to-words map of the CODING methods (a code line
-lights the description units its steps leaned on; a unit lights the lines). Everything is inline (CSS, JS, SVG, the data as one JSON blob),
-so the page opens from disk and makes no network request. The JS and CSS live in ``data/html/``.
+lights the description units its steps leaned on; a unit lights the lines). Everything is inline
+(CSS, JS, SVG, the data as one JSON blob), so the page opens from disk and makes no network request.
+The JS and CSS live in ``data/html/``.
 """
 
 from __future__ import annotations
