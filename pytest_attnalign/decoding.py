@@ -11,6 +11,9 @@ the same step counts:
 
 :func:`decode` is plain greedy decoding of one row (the reference every shortcut must reproduce
 token for token); :func:`decode_pooled` continues several rows in one left-padded batch per step.
+A shortcut that meets a near-tie returns :class:`NearTie`; :func:`replay` then decodes that prompt
+plainly through the tied step only (the reference's own choice there) and hands the row back
+(pooled rows rejoin their batch).
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import copy
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
-from .forward import accepts, cache_kwarg, cache_of, step
+from .forward import accepts, cache_kwarg, cache_of, reference_attention, step
 
 
 #: Guessed tokens checked per pass when one row decodes alone (:func:`decode_lookahead`).
@@ -57,20 +60,49 @@ def top(logits: Any, tol: float) -> tuple[list[int], list[bool]]:
     return top2.indices[..., 0].tolist(), (margin > need).tolist()
 
 
+@dataclass(frozen=True)
+class NearTie:
+    """A shortcut stopped at step ``step`` (0-based), where the top two logits nearly tie; ``None``:
+    the shortcut could not go on for another reason (a cache layout it cannot cut)."""
+
+    step: int | None
+
+
 def decode(model: Any, prompt_ids: Any, rule: StopRule) -> list[int]:
     """Plain greedy decoding of one row with a KV cache: the reference for every shortcut."""
+    got = _decode_plain(model, prompt_ids, rule, rule.budget - 1)
+    assert isinstance(got, list)
+    return got
+
+
+def replay(model: Any, prompt_ids: Any, rule: StopRule, tie: NearTie) -> list[int] | Row:
+    """Plain decoding through the tied step, so that step's token is the reference's own choice.
+
+    Every step is :func:`decode`'s, computed the same way (the prompt in one pass, then one token a
+    step), so the tokens are plain decoding's. Returns the finished output when the stop rule ends
+    it by then, else a :class:`Row` that a shortcut continues (its later near-ties come back here).
+    A tie at an unknown step (``None``) is decoded plainly to the end.
+    """
+    last = rule.budget - 1 if tie.step is None else tie.step
+    return _decode_plain(model, prompt_ids, rule, last)
+
+
+def _decode_plain(model: Any, prompt_ids: Any, rule: StopRule, last: int) -> list[int] | Row:
+    """:func:`decode`'s loop through step ``last``: the output if it ended, else the row to continue."""
     import torch
 
     out: list[int] = []
     past = None
     inputs = prompt_ids
-    with torch.no_grad():
+    with torch.no_grad(), reference_attention(model):
         for i in range(rule.budget):
             res = step(model, inputs, past)
             past = cache_of(res)
             nxt = int(res.logits[0, -1].argmax())
             if not rule.emit(out, i, nxt):
                 break
+            if i == last:
+                return Row(prompt_ids[0].tolist(), out, past, i + 1, replayed=True)
             inputs = torch.tensor([[nxt]], device=prompt_ids.device)
     return out
 
@@ -85,20 +117,23 @@ class Row:
     past: Any
     step: int
     index: int = -1  # the caller's position for it
+    replayed: bool = False  # decoded plainly through a near-tie already (:func:`replay`)
 
 
 def decode_pooled(model: Any, rows: list[Row], rule: StopRule, tol: float, device: Any,
-                  counter: dict[str, int] | None = None, lookahead: int = LOOKAHEAD) -> list[list[int] | None]:
-    """Go on decoding several rows in one left-padded batch per step; ``None`` for a row that met a near-tie.
+                  counter: dict[str, int] | None = None, lookahead: int = LOOKAHEAD) -> list[list[int]]:
+    """Go on decoding several rows in one left-padded batch per step, to the end of each.
 
     The caches are padded on the left to a common width (masked out), each row gets its own
     position ids, and every step feeds each row's last token. A row leaves the batch where
-    :meth:`StopRule.emit` stops it. A decoding step is bound by reading the weights, so on CPU 16
-    rows a step decode at ~5x the tokens per second of one row.
+    :meth:`StopRule.emit` stops it. A row that meets a near-tie is replayed plainly through it
+    (:func:`replay`) and joins the batch again, so a tie costs plain steps up to the tie only and
+    the rest still decodes batched. The last row left decodes alone with :func:`decode_lookahead`.
     """
     import torch
 
-    out: list[list[int] | None] = [r.out if r.step >= rule.budget else None for r in rows]
+    rows = list(rows)  # replayed rows replace their entries
+    out: list[list[int]] = [r.out for r in rows]
     live = [i for i, r in enumerate(rows) if r.step < rule.budget]
     if not live:
         return out
@@ -120,14 +155,20 @@ def decode_pooled(model: Any, rows: list[Row], rule: StopRule, tol: float, devic
             res = model(input_ids=feed, attention_mask=mask, position_ids=pos, **{cache_kw: cache}, **kwargs)
             cache = cache_of(res)
             tokens, safe = top(res.logits[:, -1, :], tol)
-            keep = []
+            keep, joining = [], []
             for j, i in enumerate(live):
                 r = rows[i]
                 if counter is not None:
                     counter["decoded"] = counter.get("decoded", 0) + 1
                 r.step += 1
                 if not safe[j]:
-                    continue  # out[i] stays None: the caller redoes this row plainly
+                    got = replay_row(model, r, NearTie(r.step - 1), rule, device, counter)
+                    if isinstance(got, Row):
+                        rows[i] = got
+                        joining.append(i)
+                    else:
+                        out[i] = got
+                    continue
                 if not rule.emit(r.out, r.step - 1, tokens[j]):
                     out[i] = r.out
                     continue
@@ -138,21 +179,78 @@ def decode_pooled(model: Any, rows: list[Row], rule: StopRule, tol: float, devic
                     layer.keys, layer.values = layer.keys.index_select(0, idx), layer.values.index_select(0, idx)
                 mask, pos = mask.index_select(0, idx), pos.index_select(0, idx)
                 live = [live[j] for j in keep]
+            mask = torch.cat([mask, mask.new_ones((len(live), 1))], dim=1)
+            pos = pos + 1
+            for i in joining:
+                cache, mask, pos = _join(cache, mask, pos, rows[i], device)
+                live.append(i)
             if len(live) == 1 and lookahead > 0:
                 r = rows[live[0]]
                 pad = int((mask[0] == 0).sum())
-                r.past = row_cache(cache, 0, pad, mask.shape[1])  # the cache without its padding
+                r.past = row_cache(cache, 0, pad, mask.shape[1] - 1)  # the cache without its padding
                 if r.past is not None:
-                    out[live[0]] = decode_lookahead(model, r, rule, tol, device, counter, lookahead)
+                    out[live[0]] = _alone(model, r, rule, tol, device, counter, lookahead)
                     return out
-            mask = torch.cat([mask, mask.new_ones((len(live), 1))], dim=1)
-            pos = pos + 1
     return out
 
 
+def replay_row(model: Any, row: Row, tie: NearTie, rule: StopRule, device: Any,
+               counter: dict[str, int] | None = None) -> list[int] | Row:
+    """:func:`replay` a row's prompt through ``tie``; a row's second tie plainly to the end (bounds its cost).
+
+    ``counter`` accumulates ``fallbacks`` (replays), ``replayed`` and ``decoded`` (tokens they decoded).
+    """
+    import torch
+
+    got = replay(model, torch.tensor([list(row.prompt)], device=device), rule, NearTie(None) if row.replayed else tie)
+    if isinstance(got, Row):
+        got.index = row.index
+    if counter is not None:
+        n = len(got.out if isinstance(got, Row) else got)
+        for key, add in (("fallbacks", 1), ("replayed", n), ("decoded", n)):
+            counter[key] = counter.get(key, 0) + add
+    return got
+
+
+def _alone(model: Any, row: Row, rule: StopRule, tol: float, device: Any, counter: dict[str, int] | None,
+           lookahead: int) -> list[int]:
+    """Decode one row to its end with :func:`decode_lookahead`, replaying it through a near-tie."""
+    got = decode_lookahead(model, row, rule, tol, device, counter, lookahead)
+    while isinstance(got, NearTie):
+        again = replay_row(model, row, got, rule, device, counter)
+        if not isinstance(again, Row):
+            return again
+        row = again
+        got = decode_lookahead(model, row, rule, tol, device, counter, lookahead)
+    return got
+
+
+def _join(cache: Any, mask: Any, pos: Any, row: Row, device: Any) -> tuple[Any, Any, Any]:
+    """Add ``row`` (its cache over prompt + out[:-1]) to a pooled batch whose ``mask`` also covers the next feed."""
+    import torch
+
+    length = len(row.prompt) + len(row.out) - 1
+    width = mask.shape[1] - 1
+    if length > width:  # widen the batch on the left
+        grow = length - width
+        for layer in cache.layers:
+            for name in ("keys", "values"):
+                t = getattr(layer, name)
+                setattr(layer, name, torch.cat([t.new_zeros((t.shape[0], t.shape[1], grow, t.shape[3])), t], dim=2))
+        mask = torch.cat([mask.new_zeros((mask.shape[0], grow)), mask], dim=1)
+        width = length
+    single = stack_caches([row.past], [length], width)
+    for layer, extra in zip(cache.layers, single.layers):
+        layer.keys = torch.cat([layer.keys, extra.keys], dim=0)
+        layer.values = torch.cat([layer.values, extra.values], dim=0)
+    mask = torch.cat([mask, torch.tensor([[0] * (width - length) + [1] * (length + 1)], device=device)], dim=0)
+    pos = torch.cat([pos, torch.tensor([[length]], device=device)], dim=0)
+    return cache, mask, pos
+
+
 def decode_lookahead(model: Any, row: Row, rule: StopRule, tol: float, device: Any,
-                     counter: dict[str, int] | None = None, draft: int = 0) -> list[int] | None:
-    """Go on decoding one row, checking up to ``draft`` guessed tokens per forward pass; ``None`` at a near-tie.
+                     counter: dict[str, int] | None = None, draft: int = 0) -> list[int] | NearTie:
+    """Go on decoding one row, checking up to ``draft`` guessed tokens per forward pass; :class:`NearTie` at a near-tie.
 
     One row alone is bound by reading the weights, so a pass over a few tokens costs about one
     step. The guesses continue the most recent earlier occurrence of the row's last 3 (else 2,
@@ -183,7 +281,7 @@ def decode_lookahead(model: Any, row: Row, rule: StopRule, tol: float, device: A
                 if counter is not None:
                     counter["decoded"] = counter.get("decoded", 0) + 1
                 if not safe[m]:
-                    return None
+                    return NearTie(i)
                 go = rule.emit(out, i, tok)
                 i += 1
                 if not go:
@@ -198,7 +296,7 @@ def decode_lookahead(model: Any, row: Row, rule: StopRule, tol: float, device: A
             if kept < len(guess):
                 past = row_cache(past, 0, 0, len(row.prompt) + len(out) - 1)
                 if past is None:
-                    return None
+                    return NearTie(None)
     return out
 
 

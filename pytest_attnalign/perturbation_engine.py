@@ -27,7 +27,8 @@ class PerturbationEngine:
     def __init__(self, ctx: AttributionContext) -> None:
         self.ctx = ctx
         #: totals over calls: prompts, verified (tokens confirmed by verification passes),
-        #: decoded (tokens decoded step by step), fallbacks (prompts redone plainly at a near-tie)
+        #: decoded (tokens decoded step by step), fallbacks (near-ties replayed plainly), replayed
+        #: (tokens those replays decoded)
         self.stats: dict[str, int] = {}
 
     @property

@@ -9,7 +9,9 @@ the *verified* path exploits that without changing a single token of the result:
    the row's cache while they keep matching, so an early divergence wastes few tokens). On CPU prompts go one at a time and each reuses the original
    prompt's KV cache over the tokens it shares with it (the chat template and the words before
    the first change), so only the rest is run; with ``batch_size > 1`` (the GPU default) several
-   prompts share one left-padded pass with an attention mask and explicit position ids;
+   prompts share one left-padded pass with an attention mask and explicit position ids. The
+   shortcuts run with torch's fused attention (:func:`forward.fast_attention`: SDPA, where the
+   model can switch), plain decoding with the model's own;
 2. the argmax at every position says what greedy decoding of the perturbed prompt would emit there;
    walking the original tokens, the first position where the argmax differs is where the perturbed
    generation diverges (all earlier tokens are, by induction, exactly what greedy decoding emits);
@@ -28,8 +30,10 @@ is used) but decodes the same way; it is the baseline that shows what verificati
 Floating point: a batched, cached or longer forward pass computes the same logits as incremental
 decoding only up to rounding, so an argmax can flip where the top two logits nearly tie. Every argmax this
 module takes (verified and continued) is therefore checked against a margin (``tie_tol``, far above
-the measured rounding noise); a prompt meeting a near-tie is redone with plain
-:func:`generation.greedy_decode`, so the result is token-for-token that of plain decoding.
+the measured rounding noise); a prompt meeting a near-tie is decoded plainly (as
+:func:`generation.greedy_decode` does) through the tied step, so that token is plain decoding's own
+choice, and then rejoins the shortcuts (:func:`decoding.replay`): the result is token-for-token
+that of plain decoding, and a tie costs plain steps up to the tie, not to the end of the output.
 """
 
 from __future__ import annotations
@@ -38,19 +42,18 @@ from dataclasses import replace
 from typing import Any, Callable, Sequence
 
 from .decoding import Row as _Pending
-from .decoding import LOOKAHEAD, StopRule, decode, decode_pooled, row_cache, top
-from .forward import accepts, cache_kwarg, cache_of, step
+from .decoding import LOOKAHEAD, NearTie, StopRule, decode, decode_pooled, replay_row, row_cache, top
+from .forward import accepts, cache_kwarg, cache_of, fast_attention, step
 from .generation import Generation, build_prompt, has_ended
 from .tasks import Task
 
 #: Near-tie margin = factor x machine epsilon x max(1, largest |logit| of the row). Measured on CPU
-#: fp32, the longer/batched pass differs from incremental decoding by up to ~30 eps x scale
-#: (SmolLM2-135M: 9e-5 at logit scale 44; tiny random models: 2e-7 at scale 0.6), and a pooled
-#: decoding step (16 left-padded rows) from one row's step by up to 23.4 eps x scale (SmolLM2-135M,
-#: HumanEval/0, 2 and 4, 24 steps), so 1024 leaves a ~35x safety factor and still flags only real
-#: near-ties (5e-3 logits at scale 44). Half
-#: precisions are not listed: their rounding noise was not measured (no GPU here), so with
-#: float16/bfloat16 weights regeneration decodes plainly unless the caller passes ``tie_tol``.
+#: fp32 by ``scripts/measure_tie_noise.py`` (SmolLM2-135M, HumanEval/0, 2 and 4, 16 one-word
+#: deletions each, 24 teacher-forced steps against plain eager decoding): a verification pass on a
+#: reused prefix strays by up to 20.4 eps x scale and a step of the 16-row pool by up to 33.1 with
+#: the shortcuts' SDPA attention (18.2 and 26.8 with eager attention; tiny random models: 2e-7 at
+#: scale 0.6), so 1024 leaves a ~31x safety factor and still flags only real near-ties (5e-3
+#: logits at scale 44). Half
 TIE_EPS_FACTOR = {"float32": 1024.0, "float64": 1024.0}
 #: Original tokens checked by the first verification pass; later passes double the checked length,
 #: so an early divergence wastes few tokens and a late one costs a handful of passes.
@@ -92,8 +95,9 @@ def regenerate_ids(lm: Any, task: Task, gen: Generation, task_prompts: Sequence[
     ``tie_tol``: absolute near-tie margin in logits (default: :data:`TIE_EPS_FACTOR` x eps x scale;
     half-precision models have no default and are decoded plainly unless it is given).
     ``stats`` (optional) accumulates ``prompts``, ``verified`` (tokens taken from verification
-    passes), ``decoded`` (tokens decoded step by step, alone or pooled) and ``fallbacks`` (prompts
-    redone plainly).
+    passes), ``decoded`` (tokens decoded step by step, alone, pooled or replayed plainly),
+    ``fallbacks`` (near-ties replayed plainly) and ``replayed`` (tokens those replays decoded). A
+    row's second near-tie is replayed to the end of its output (bounds a tie-ridden row's cost).
     """
     import torch
 
@@ -101,7 +105,7 @@ def regenerate_ids(lm: Any, task: Task, gen: Generation, task_prompts: Sequence[
     ended = _ended(task, fmt, tok)
     prompts = [_prompt_ids(lm, task, fmt, p) for p in task_prompts]
     st = stats if stats is not None else {}
-    for key in ("prompts", "verified", "decoded", "fallbacks"):
+    for key in ("prompts", "verified", "decoded", "fallbacks", "replayed"):
         st.setdefault(key, 0)
     st["prompts"] += len(prompts)
     dtype = lm.model.dtype
@@ -121,7 +125,7 @@ def regenerate_ids(lm: Any, task: Task, gen: Generation, task_prompts: Sequence[
     prefix = _Prefix(lm, list(gen.prompt_ids)) if verify else None
     results: list[list[int] | None] = [None] * len(prompts)
     group = max(pool, step)  # rows verified, then decoded together; bounds the KV caches held at once
-    with torch.no_grad():
+    with torch.no_grad(), fast_attention(lm.model):  # plain replays inside switch back to the reference's
         for lo in range(0, len(prompts), group):
             pending: list[_Pending] = []
             for blo in range(lo, min(lo + group, len(prompts)), step):
@@ -137,7 +141,7 @@ def regenerate_ids(lm: Any, task: Task, gen: Generation, task_prompts: Sequence[
                 rows = pending[lo_pool : lo_pool + pool]
                 for row, got in zip(rows, decode_pooled(lm.model, rows, _rule(lm, budget, ended), tol, lm.device, st,
                                                        LOOKAHEAD if lookahead is None else lookahead)):
-                    results[row.index] = got if got is not None else _redo_plainly(lm, row.prompt, budget, ended, st)
+                    results[row.index] = got
     assert all(r is not None for r in results)
     return results  # type: ignore[return-value]
 
@@ -239,22 +243,22 @@ def _continue_or_plain(lm: Any, cache: Any, row: int, pad: int, prompt: list[int
                        safe: list[bool], budget: int, ended: Callable[[list[int]], bool], tol: float,
                        st: dict[str, int], hand_off: bool = False) -> list[int] | _Pending:
     got = _continue(lm, cache, row, pad, prompt, ref, preds, safe, budget, ended, tol, st, hand_off=hand_off)
-    return got if got is not None else _redo_plainly(lm, prompt, budget, ended, st)
+    if not isinstance(got, NearTie):
+        return got
+    # Without a pool to hand the row to (``hand_off`` false) the replay runs plainly to the end.
+    return _replay(lm, prompt, got if hand_off else NearTie(None), budget, ended, st)
 
 
-def _redo_plainly(lm: Any, prompt: list[int], budget: int, ended: Callable[[list[int]], bool],
-                  st: dict[str, int]) -> list[int]:
-    """A near-tie made a shortcut unsafe: decode this prompt the reference way."""
-    st["fallbacks"] += 1
-    got = _plain(lm, prompt, budget, ended)
-    st["decoded"] += len(got)
-    return got
+def _replay(lm: Any, prompt: list[int], tie: NearTie, budget: int, ended: Callable[[list[int]], bool],
+            st: dict[str, int]) -> list[int] | _Pending:
+    """A near-tie made a shortcut unsafe: decode this prompt the reference way through the tied step."""
+    return replay_row(lm.model, _Pending(prompt, [], None, 0), tie, _rule(lm, budget, ended), lm.device, st)
 
 
 def _continue(lm: Any, cache: Any, row: int, pad: int, prompt: list[int], ref: list[int], preds: list[int],
               safe: list[bool], budget: int, ended: Callable[[list[int]], bool], tol: float,
-              st: dict[str, int], hand_off: bool = False) -> list[int] | _Pending | None:
-    """Replay ``greedy_decode``'s loop for one row; ``None`` when a near-tie makes the shortcut unsafe.
+              st: dict[str, int], hand_off: bool = False) -> list[int] | _Pending | NearTie:
+    """Replay ``greedy_decode``'s loop for one row; :class:`NearTie` where the shortcut is unsafe.
 
     ``cache`` holds the row's prompt + ``ref[:covered]`` (``covered = len(preds) - 1``) from column
     ``pad`` on. While the output equals ``ref[:step]`` the next token is a verification argmax,
@@ -277,7 +281,7 @@ def _continue(lm: Any, cache: Any, row: int, pad: int, prompt: list[int], ref: l
             if past is None:
                 past = row_cache(cache, row, pad, pad + p + covered)
                 if past is None:
-                    return None
+                    return NearTie(None)
             end = min(len(ref), covered + max(FIRST_CHUNK, covered))
             res = lm.model(input_ids=torch.tensor([ref[covered:end]], device=lm.device), use_cache=True,
                            **{cache_kw: past})
@@ -295,14 +299,14 @@ def _continue(lm: Any, cache: Any, row: int, pad: int, prompt: list[int], ref: l
             (nxt,), (ok,) = top(res.logits[:, -1, :], tol)
             decoded += 1
         if not ok:
-            return None
+            return NearTie(step)
         if not rule.emit(out, step, nxt):
             break
         if following and (step >= len(ref) or nxt != ref[step]):
             following = False  # diverged: keep the cache of prompt + ref[:step], then feed nxt
             past = row_cache(cache, row, pad, pad + p + step) if past is None else row_cache(past, 0, 0, p + step)
             if past is None:
-                return None
+                return NearTie(None)
             if hand_off:
                 st["verified"] += verified
                 st["decoded"] += decoded

@@ -16,12 +16,13 @@ per method so both see the same machine load:
   (:func:`generation.greedy_decode`: no verification, pooling or prefix reuse).
 - ``--baseline previous``: this code's algorithms before the throughput work (issue 9): the
   gradient pass over the whole sequence in one chunk with no detached prefix, and regeneration
-  with 16-row groups and pools and no lookahead for a pool's last row (the keywords in
-  :data:`PREVIOUS_REGENERATION`).
+  with 16-row groups and pools, no lookahead for a pool's last row (the keywords in
+  :data:`PREVIOUS_REGENERATION`), the model's eager attention in the shortcuts and a prompt that
+  meets a near-tie redone plainly from its start to its end.
 - ``floor`` (perturbation methods): one forward pass per distinct perturbed prompt over only the
   tokens from its first difference with the original prompt plus all the original's generated
-  tokens, on the original prompt's KV cache (computed once): the cost if every perturbed prompt
-  confirmed the original completion with no decoding at all.
+  tokens, on the original prompt's KV cache (computed once), with the shortcuts' attention (SDPA):
+  the cost if every perturbed prompt confirmed the original completion with no decoding at all.
 
 "scores" says whether baseline and new agree: perturbation and self-attention scores exactly,
 gradient scores to float rounding (the largest relative difference is printed). CPU by default;
@@ -38,7 +39,8 @@ import io
 import pstats
 import sys
 import time
-from typing import Any
+from contextlib import contextmanager
+from typing import Any, Iterator
 
 
 def _parse() -> argparse.Namespace:
@@ -109,6 +111,19 @@ def previous_regenerate(ctx: Any, task_prompts: Any, **kw: Any) -> list[str]:
     return _REAL["regenerate"](ctx, task_prompts, **kw, **PREVIOUS_REGENERATION)
 
 
+def previous_replay(model: Any, prompt_ids: Any, rule: Any, tie: Any) -> Any:
+    """A near-tie before issue 9: the prompt decoded plainly from its start to its end."""
+    from pytest_attnalign.decoding import NearTie
+
+    return _REAL["replay"](model, prompt_ids, rule, NearTie(None))
+
+
+@contextmanager
+def eager_attention(model: Any) -> Iterator[None]:
+    """The shortcuts before issue 9 ran with the model's own (eager) attention."""
+    yield
+
+
 #: regenerate() keywords that reproduce its behaviour before issue 9.
 PREVIOUS_REGENERATION: dict[str, Any] = {"pool_size": 16, "lookahead": 0}
 
@@ -134,7 +149,7 @@ def floor_seconds(ctx: Any, task_prompts: list[str]) -> float:
     """The perturbation floor (see the module docstring) for these prompts, in seconds."""
     import torch
 
-    from pytest_attnalign.forward import cache_kwarg, cache_of, step
+    from pytest_attnalign.forward import cache_kwarg, cache_of, fast_attention, step
     from pytest_attnalign.decoding import row_cache as _row_cache
     from pytest_attnalign.regenerate import _prompt_ids
 
@@ -143,7 +158,7 @@ def floor_seconds(ctx: Any, task_prompts: list[str]) -> float:
     original = list(gen.prompt_ids)
     rows = [_prompt_ids(lm, ctx.task, gen.prompt_format, p) for p in dict.fromkeys(task_prompts)]
     t0 = time.perf_counter()
-    with torch.no_grad():
+    with torch.no_grad(), fast_attention(lm.model):
         full = cache_of(step(lm.model, torch.tensor([original], device=lm.device), None))
         for ids in rows:
             n = 0
@@ -161,14 +176,17 @@ def main() -> int:
     import torch
     from tabulate import tabulate
 
+    import pytest_attnalign.decoding as decoding_mod
     import pytest_attnalign.methods.gradient as gradient_mod
     import pytest_attnalign.methods.perturbation as perturbation_mod
+    import pytest_attnalign.regenerate as regenerate_mod
     from pytest_attnalign.generation import generate
     from pytest_attnalign.methods import AttributionContext, available, get_method, resolve_methods
     from pytest_attnalign.models import load_model
     from pytest_attnalign.tasks import load_tasks
 
-    _REAL.update(gradient_norms=gradient_mod.gradient_norms, regenerate=perturbation_mod.regenerate)
+    _REAL.update(gradient_norms=gradient_mod.gradient_norms, regenerate=perturbation_mod.regenerate,
+                 replay=decoding_mod.replay)
     if args.threads:
         torch.set_num_threads(args.threads)
     started = time.perf_counter()
@@ -186,7 +204,8 @@ def main() -> int:
     swap = {
         "study": [(gradient_mod, "gradient_norms", study_gradient_norms), (perturbation_mod, "regenerate", study_regenerate)],
         "previous": [(gradient_mod, "gradient_norms", previous_gradient_norms),
-                     (perturbation_mod, "regenerate", previous_regenerate)],
+                     (perturbation_mod, "regenerate", previous_regenerate), (decoding_mod, "replay", previous_replay),
+                     (regenerate_mod, "fast_attention", eager_attention)],
     }.get(args.baseline)
 
     all_tasks = load_tasks("humaneval")

@@ -121,13 +121,51 @@ def test_diverged_rows_are_decoded_in_one_batch_per_step(models: dict) -> None:
 
 
 def test_near_tie_falls_back_to_plain_decoding(models: dict) -> None:
-    """A margin larger than any logit gap marks every step unsafe: each prompt is decoded plainly."""
+    """A margin larger than any logit gap marks every step unsafe: each prompt is replayed plainly
+    through its first step (the verification pass's tie), then, at its second tie (the first pooled
+    step), plainly to the end."""
     ctx = context(models["llama"], 8)
     prompts = perturbed_prompts(ctx)[:3]
     stats: dict[str, int] = {}
-    assert regenerate_ids(ctx.lm, ctx.task, ctx.generation, prompts,
-                          tie_tol=1e9, stats=stats) == [plain_ids(ctx, p) for p in prompts]
-    assert stats["fallbacks"] == 3 and stats["verified"] == 0
+    expected = [plain_ids(ctx, p) for p in prompts]
+    assert regenerate_ids(ctx.lm, ctx.task, ctx.generation, prompts, tie_tol=1e9, stats=stats) == expected
+    assert stats["fallbacks"] == 6 and stats["verified"] == 0
+    assert stats["replayed"] == sum(1 + len(e) for e in expected)
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_a_pooled_near_tie_is_replayed_through_the_tie_only_and_rejoins_the_pool(models: dict, family: str,
+                                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """One row flagged at its first pooled step (step 1) is decoded plainly through step 1 (2 tokens),
+    then decodes on in the batch with the others: still plain decoding's tokens for every prompt."""
+    import pytest_attnalign.decoding as decoding
+
+    ctx = context(models[family], 24)
+    prompts = perturbed_prompts(ctx)
+    expected = [plain_ids(ctx, p) for p in prompts]
+    assert all(len(e) > 2 for e in expected)
+    real_top, flagged = decoding.top, []
+
+    def top(logits: torch.Tensor, tol: float) -> tuple[list[int], list[bool]]:
+        tokens, safe = real_top(logits, tol)
+        if not flagged and len(safe) > 1:  # the first pooled step: flag its first row
+            flagged.append(tokens[0])
+            safe = [False] + safe[1:]
+        return tokens, safe
+
+    monkeypatch.setattr(decoding, "top", top)
+    passes: list[str] = []  # the attention each forward pass ran with
+    hook = ctx.lm.model.register_forward_hook(lambda module, args, out: passes.append(module.config._attn_implementation))
+    try:
+        stats: dict[str, int] = {}
+        assert regenerate_ids(ctx.lm, ctx.task, ctx.generation, prompts, verify=False, stats=stats) == expected
+    finally:
+        hook.remove()
+    assert flagged and stats["fallbacks"] == 1 and stats["replayed"] == 2
+    # the shortcuts ran with SDPA; the replay alone with the model's own eager attention, for two
+    # passes (the prompt, then step 1), not to the end of the row's output
+    assert ctx.lm.model.config._attn_implementation == "eager"
+    assert "sdpa" in passes and passes.count("eager") == 2
 
 
 def test_half_precision_decodes_plainly_without_a_measured_margin(tmp_path: Path) -> None:
