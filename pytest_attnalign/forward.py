@@ -73,11 +73,15 @@ def fast_attention(model: Any) -> Iterator[None]:
     current = getattr(model.config, "_attn_implementation", None)
     switch = (current not in (None, "sdpa") and id(model) not in _REFERENCE and getattr(model, "_supports_sdpa", False)
               and model._can_set_attn_implementation())
-    if not switch:
+    if switch:
+        try:
+            model.set_attn_implementation("sdpa")
+        except (ValueError, ImportError):  # transformers refuses it for this model or torch: stay eager
+            switch = False
+    if not switch or model.config._attn_implementation != "sdpa":
         yield
         return
     _REFERENCE[id(model)] = current
-    model.set_attn_implementation("sdpa")
     try:
         yield
     finally:

@@ -177,3 +177,34 @@ def test_lookahead_guesses_were_taken() -> None:
     if len(GUESSED) < len(FAMILIES):
         pytest.skip("runs after the per-family lookahead tests")
     assert sum(GUESSED.values()) > 0, GUESSED
+
+
+#: Families whose transformers classes can switch to SDPA at run time (XGLM cannot: it stays eager).
+SDPA_FAMILIES = ("gpt2", "codegen", "gptj", "gpt_neox", "llama")
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_the_shortcuts_attention_switches_and_always_switches_back(regen_contexts: dict[str, AttributionContext],
+                                                                   family: str) -> None:
+    """The shortcuts run with SDPA where the model allows it; plain decoding inside them, everything
+    after them (the attention methods read eager weights) and a failure inside them get eager back."""
+    from pytest_attnalign.forward import fast_attention, reference_attention
+
+    model = regen_contexts[family].lm.model
+    impl = lambda: model.config._attn_implementation  # noqa: E731
+    assert impl() == "eager"
+    with fast_attention(model):
+        inside = impl()
+        with fast_attention(model):  # nested: no second switch, nothing restored too early
+            assert impl() == inside
+        assert impl() == inside
+        with reference_attention(model):
+            assert impl() == "eager"
+        assert impl() == inside
+    assert impl() == "eager"
+    assert inside == ("sdpa" if family in SDPA_FAMILIES else "eager")
+    with pytest.raises(RuntimeError), fast_attention(model):
+        raise RuntimeError("inside the shortcuts")
+    assert impl() == "eager"
+    with reference_attention(model):  # outside the shortcuts: nothing to switch
+        assert impl() == "eager"
