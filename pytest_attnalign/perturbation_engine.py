@@ -3,7 +3,7 @@
 SHAP and BERT masking spend their time regenerating code. :class:`PerturbationEngine` gives a new
 perturbation method their path (:func:`.regenerate.regenerate`: greedy decoding in the original's
 format and budget, each perturbed prompt first checked against the original tokens in one forward
-pass, the prompts that diverge decoded together, near-ties redone plainly, so the tokens are those
+pass, the prompts that diverge decoded together, a near-tie replayed plainly through the tie, so the tokens are those
 of plain greedy decoding) and their units, masking and similarity, without their internals.
 """
 
