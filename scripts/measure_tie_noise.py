@@ -1,6 +1,6 @@
 """Measure how far the regeneration shortcuts' logits stray from plain greedy decoding's (the tie margin).
 
-    python scripts/measure_tie_noise.py --tasks 0,2,4 [--prompts 16] [--steps 24] [--attention fast|eager]
+    python scripts/measure_tie_noise.py --tasks 0,2,4 [--prompts 16] [--steps 24] [--attention fast|eager] [--device cuda]
 
 Regeneration (:mod:`pytest_attnalign.regenerate`) takes an argmax from a shortcut (a verification
 pass over a perturbed prompt plus known tokens on a reused prefix cache, or a step of a left-padded
@@ -36,6 +36,7 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=24, help="decoding steps compared per prompt")
     ap.add_argument("--attention", choices=("fast", "eager"), default="fast")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (the margin was measured on CPU)")
     args = ap.parse_args()
     import torch
 
@@ -49,7 +50,8 @@ def main() -> int:
     from pytest_attnalign.tasks import load_tasks
 
     torch.set_num_threads(args.threads)
-    lm = load_model(args.model, device="cpu", dtype="float32")
+    lm = load_model(args.model, device=args.device, dtype="float32")
+    dev = lm.device
     model, eps = lm.model, torch.finfo(torch.float32).eps
     shortcut = (lambda: fast_attention(model)) if args.attention == "fast" else nullcontext
     worst = {"verify": 0.0, "pooled": 0.0}
@@ -70,35 +72,35 @@ def main() -> int:
         plain_tokens, plain_logits = [], []
         with torch.no_grad():
             for ids in prompts:  # the reference: plain decoding, eager, one row
-                past, feed, toks, logs = None, torch.tensor([ids]), [], []
+                past, feed, toks, logs = None, torch.tensor([ids], device=dev), [], []
                 for _ in range(args.steps):
                     res = step(model, feed, past)
                     past = cache_of(res)
                     logs.append(res.logits[0, -1])
                     toks.append(int(res.logits[0, -1].argmax()))
-                    feed = torch.tensor([[toks[-1]]])
+                    feed = torch.tensor([[toks[-1]]], device=dev)
                 plain_tokens.append(toks)
                 plain_logits.append(torch.stack(logs))
             with shortcut():
-                full = cache_of(step(model, torch.tensor([original]), None))
+                full = cache_of(step(model, torch.tensor([original], device=dev), None))
                 task_verify = task_pooled = 0.0
                 rows, lengths = [], []
                 for ids, toks, logs in zip(prompts, plain_tokens, plain_logits):
                     n = 0
                     while n < min(len(ids), len(original)) - 1 and ids[n] == original[n]:
                         n += 1
-                    res = model(input_ids=torch.tensor([ids[n:] + toks[:-1]]), use_cache=True,
+                    res = model(input_ids=torch.tensor([ids[n:] + toks[:-1]], device=dev), use_cache=True,
                                 **{cache_kwarg(model): row_cache(full, 0, 0, n)})
                     task_verify = max(task_verify, stray(res.logits[0, -args.steps:], logs))
                     rows.append(row_cache(cache_of(res), 0, 0, len(ids)))  # the prompt only
                     lengths.append(len(ids))
                 width = max(lengths)
                 cache = stack_caches(rows, lengths, width)
-                mask = torch.zeros((len(rows), width), dtype=torch.long)
+                mask = torch.zeros((len(rows), width), dtype=torch.long, device=dev)
                 for j, n in enumerate(lengths):
                     mask[j, width - n :] = 1
-                pos = torch.tensor([[n - 1] for n in lengths])
-                feed = torch.tensor([[ids[-1]] for ids in prompts])
+                pos = torch.tensor([[n - 1] for n in lengths], device=dev)
+                feed = torch.tensor([[ids[-1]] for ids in prompts], device=dev)
                 cache = _drop_last(cache)  # the prompts' last tokens are fed as the first pooled step
                 for s in range(args.steps):
                     res = model(input_ids=feed, attention_mask=mask, position_ids=pos, use_cache=True,
@@ -106,7 +108,7 @@ def main() -> int:
                     cache = cache_of(res)
                     for j in range(len(rows)):
                         task_pooled = max(task_pooled, stray(res.logits[j, -1], plain_logits[j][s]))
-                    feed = torch.tensor([[toks[s]] for toks in plain_tokens])
+                    feed = torch.tensor([[toks[s]] for toks in plain_tokens], device=dev)
                     mask = torch.cat([mask, mask.new_ones((len(rows), 1))], dim=1)
                     pos = pos + 1
         worst["verify"] = max(worst["verify"], task_verify)
