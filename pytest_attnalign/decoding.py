@@ -234,9 +234,7 @@ def _join(cache: Any, mask: Any, pos: Any, row: Row, device: Any) -> tuple[Any, 
     if length > width:  # widen the batch on the left
         grow = length - width
         for layer in cache.layers:
-            for name in ("keys", "values"):
-                t = getattr(layer, name)
-                setattr(layer, name, torch.cat([t.new_zeros((t.shape[0], t.shape[1], grow, t.shape[3])), t], dim=2))
+            layer.keys, layer.values = _pad_left(layer.keys, grow), _pad_left(layer.values, grow)
         mask = torch.cat([mask.new_zeros((mask.shape[0], grow)), mask], dim=1)
         width = length
     single = stack_caches([row.past], [length], width)
@@ -323,15 +321,19 @@ def stack_caches(pasts: list[Any], lengths: list[int], width: int) -> Any:
     for n, layer in enumerate(pasts[0].layers):
         piece = copy.copy(layer)
         for name in ("keys", "values"):
-            rows = []
-            for past, length in zip(pasts, lengths):
-                t = getattr(past.layers[n], name)
-                if width > length:
-                    t = torch.cat([t.new_zeros((1, t.shape[1], width - length, t.shape[3])), t], dim=2)
-                rows.append(t)
+            rows = [_pad_left(getattr(past.layers[n], name), width - length) for past, length in zip(pasts, lengths)]
             setattr(piece, name, torch.cat(rows, dim=0))
         new.layers.append(piece)
     return new
+
+
+def _pad_left(t: Any, n: int) -> Any:
+    """Keys or values (batch x heads x time x dim) with ``n`` zero columns in front (masked-out padding)."""
+    import torch
+
+    if n <= 0:
+        return t
+    return torch.cat([t.new_zeros((t.shape[0], t.shape[1], n, t.shape[3])), t], dim=2)
 
 
 def row_cache(cache: Any, row: int, start: int, end: int) -> Any:

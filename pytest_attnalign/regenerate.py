@@ -53,7 +53,9 @@ from .tasks import Task
 #: reused prefix strays by up to 20.4 eps x scale and a step of the 16-row pool by up to 33.1 with
 #: the shortcuts' SDPA attention (18.2 and 26.8 with eager attention; tiny random models: 2e-7 at
 #: scale 0.6), so 1024 leaves a ~31x safety factor and still flags only real near-ties (5e-3
-#: logits at scale 44). Half
+#: logits at scale 44). Half precisions are not listed: their rounding noise was not measured (no
+#: GPU here), so with float16/bfloat16 weights regeneration decodes plainly unless the caller passes
+#: ``tie_tol``.
 TIE_EPS_FACTOR = {"float32": 1024.0, "float64": 1024.0}
 #: Original tokens checked by the first verification pass; later passes double the checked length,
 #: so an early divergence wastes few tokens and a late one costs a handful of passes.
