@@ -5,8 +5,10 @@ goes. Decoding is greedy, so most perturbed prompts reproduce a long prefix of t
 the *verified* path exploits that without changing a single token of the result:
 
 1. one forward pass runs ``perturbed prompt + original generated tokens`` (``Generation.raw_ids``,
-   every token before the cut; the first :data:`FIRST_CHUNK` of them, then doubling chunks on
-   the row's cache while they keep matching, so an early divergence wastes few tokens). On CPU prompts go one at a time and each reuses the original
+   every token before the cut; the first chunk of them, then further chunks on the row's cache
+   while they keep matching: see :class:`_Chunks`, which plans the chunks from where the rows
+   before diverged, so an early divergence wastes few tokens and a late one few passes). On CPU
+   prompts go one at a time and each reuses the original
    prompt's KV cache over the tokens it shares with it (the chat template and the words before
    the first change), so only the rest is run; with ``batch_size > 1`` (the GPU default) several
    prompts share one left-padded pass with an attention mask and explicit position ids. The
@@ -38,6 +40,7 @@ that of plain decoding, and a tie costs plain steps up to the tie, not to the en
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from dataclasses import replace
 from typing import Any, Callable, Sequence
 
@@ -57,9 +60,12 @@ from .tasks import Task
 #: GPU here), so with float16/bfloat16 weights regeneration decodes plainly unless the caller passes
 #: ``tie_tol``.
 TIE_EPS_FACTOR = {"float32": 1024.0, "float64": 1024.0}
-#: Original tokens checked by the first verification pass; later passes double the checked length,
-#: so an early divergence wastes few tokens and a late one costs a handful of passes.
+#: Original tokens checked by the first verification pass until :class:`_Chunks` has rows to learn
+#: from; later passes double the checked length.
 FIRST_CHUNK = 16
+#: What one more verification pass costs, in checked tokens: one row's pass over n tokens took
+#: ~100 ms + 5 ms x n (SmolLM2-135M, CPU, 1 thread, 150-token cache; its logits at every position).
+PASS_COST = 20
 #: Rows decoded together after verification (batched decoding steps; see the module docstring). 64
 #: (all of SHAP's evaluations in one pool) vs 16: 1.14x on SHAP, SmolLM2 CPU, HumanEval/0, same tokens.
 POOL = 64
@@ -116,7 +122,7 @@ def regenerate_ids(lm: Any, task: Task, gen: Generation, task_prompts: Sequence[
         results = [_plain(lm, ids, budget, ended) for ids in prompts]
         st["decoded"] += sum(len(r) for r in results)
         return results
-    ref = list(getattr(gen, "raw_ids", ()) or gen.generated_ids)[:budget] if verify else []
+    ref = _Chunks(list(getattr(gen, "raw_ids", ()) or gen.generated_ids)[:budget] if verify else [])
     tol = float(tie_tol) if tie_tol is not None else -float(factor) * torch.finfo(dtype).eps
     if batch_size is None:
         batch_size = 1 if str(lm.device).startswith("cpu") else 8
@@ -172,6 +178,46 @@ class _Prefix:
         return row_cache(self.cache, 0, 0, n)
 
 
+class _Chunks:
+    """The original tokens and where each verification pass over them ends.
+
+    A row needs the argmax at every step up to its divergence ``d`` (or through the end of the
+    original tokens), so it costs one pass per chunk it reaches plus the tokens checked. Until
+    :attr:`MIN_SEEN` rows have been verified the chunks double from :data:`FIRST_CHUNK`; after
+    that each pass ends where the expected cost over the divergences seen so far (of rows that got
+    this far) is least, with a pass costing :data:`PASS_COST` tokens more than its length: BERT's
+    one-word changes mostly diverge at a few shared points or not at all, so a row that passes the
+    first point gets the rest in one pass instead of three or four doubling ones. The chunking
+    changes which passes run, never a token: every argmax is checked against the original.
+    """
+
+    MIN_SEEN = 4
+
+    def __init__(self, ids: list[int]) -> None:
+        self.ids = ids
+        self.seen: list[int] = []  # steps through which a verified row needed the argmax
+
+    def saw(self, need: int) -> None:
+        self.seen.append(need)
+
+    def end(self, covered: int) -> int:
+        """How many original tokens the pass after ``covered`` of them should cover."""
+        size = len(self.ids)
+        rest = sorted(n for n in self.seen if n > covered)
+        if len(self.seen) < self.MIN_SEEN or len(rest) < 2:
+            return min(size, covered + (FIRST_CHUNK if covered == 0 else max(FIRST_CHUNK, covered)))
+        ends = sorted({min(n, size) for n in rest} | {size})
+
+        def left(x: int) -> int:  # rows seen that a pass through x would not have finished
+            return len(rest) - bisect_right(rest, x)
+
+        # to_go[x]: least expected cost, summed over rows seen, of the passes after covering x
+        to_go: dict[int, float] = {}
+        for x in reversed(ends):
+            to_go[x] = min((left(x) * (PASS_COST + e - x) + to_go[e] for e in ends if e > x), default=0.0)
+        return min(ends, key=lambda e: left(covered) * (PASS_COST + e - covered) + to_go[e])
+
+
 def _ended(task: Any, fmt: str, tok: Any) -> Callable[[list[int]], bool]:
     return lambda new: has_ended(task, fmt, tok.decode(new, skip_special_tokens=True))
 
@@ -193,7 +239,7 @@ def _rule(lm: Any, budget: int, ended: Callable[[list[int]], bool]) -> StopRule:
     return StopRule(budget, lm.tokenizer.eos_token_id, ended)
 
 
-def _verified_batch(lm: Any, prompts: list[list[int]], ref: list[int], budget: int,
+def _verified_batch(lm: Any, prompts: list[list[int]], ref: _Chunks, budget: int,
                     ended: Callable[[list[int]], bool], tol: float, st: dict[str, int],
                     prefix: _Prefix | None = None, hand_off: bool = False) -> list[list[int] | _Pending]:
     """One left-padded forward pass over ``prompt + ref`` for each prompt, then per-row continuation.
@@ -205,8 +251,8 @@ def _verified_batch(lm: Any, prompts: list[list[int]], ref: list[int], budget: i
     """
     import torch
 
-    k = min(len(ref), FIRST_CHUNK)  # original tokens checked by this pass; _continue checks the rest
-    chunk = ref[:k]
+    k = ref.end(0)  # original tokens checked by this pass; _continue checks the rest
+    chunk = ref.ids[:k]
     kwargs: dict[str, Any] = {"use_cache": True}
     if accepts(lm.model, "logits_to_keep"):
         kwargs["logits_to_keep"] = k + 1  # only the positions that predict generated tokens (memory)
@@ -241,7 +287,7 @@ def _verified_batch(lm: Any, prompts: list[list[int]], ref: list[int], budget: i
             for i, p in enumerate(prompts)]
 
 
-def _continue_or_plain(lm: Any, cache: Any, row: int, pad: int, prompt: list[int], ref: list[int], preds: list[int],
+def _continue_or_plain(lm: Any, cache: Any, row: int, pad: int, prompt: list[int], ref: _Chunks, preds: list[int],
                        safe: list[bool], budget: int, ended: Callable[[list[int]], bool], tol: float,
                        st: dict[str, int], hand_off: bool = False) -> list[int] | _Pending:
     got = _continue(lm, cache, row, pad, prompt, ref, preds, safe, budget, ended, tol, st, hand_off=hand_off)
@@ -257,7 +303,7 @@ def _replay(lm: Any, prompt: list[int], tie: NearTie, budget: int, ended: Callab
     return replay_row(lm.model, _Pending(prompt, [], None, 0), tie, _rule(lm, budget, ended), lm.device, st)
 
 
-def _continue(lm: Any, cache: Any, row: int, pad: int, prompt: list[int], ref: list[int], preds: list[int],
+def _continue(lm: Any, cache: Any, row: int, pad: int, prompt: list[int], ref: _Chunks, preds: list[int],
               safe: list[bool], budget: int, ended: Callable[[list[int]], bool], tol: float,
               st: dict[str, int], hand_off: bool = False) -> list[int] | _Pending | NearTie:
     """Replay ``greedy_decode``'s loop for one row; :class:`NearTie` where the shortcut is unsafe.
@@ -284,8 +330,8 @@ def _continue(lm: Any, cache: Any, row: int, pad: int, prompt: list[int], ref: l
                 past = row_cache(cache, row, pad, pad + p + covered)
                 if past is None:
                     return NearTie(None)
-            end = min(len(ref), covered + max(FIRST_CHUNK, covered))
-            res = lm.model(input_ids=torch.tensor([ref[covered:end]], device=lm.device), use_cache=True,
+            end = ref.end(covered)
+            res = lm.model(input_ids=torch.tensor([ref.ids[covered:end]], device=lm.device), use_cache=True,
                            **{cache_kw: past})
             past = cache_of(res)
             more, more_safe = top(res.logits[0], tol)
@@ -303,9 +349,12 @@ def _continue(lm: Any, cache: Any, row: int, pad: int, prompt: list[int], ref: l
         if not ok:
             return NearTie(step)
         if not rule.emit(out, step, nxt):
+            if following:
+                ref.saw(step)
             break
-        if following and (step >= len(ref) or nxt != ref[step]):
+        if following and (step >= len(ref.ids) or nxt != ref.ids[step]):
             following = False  # diverged: keep the cache of prompt + ref[:step], then feed nxt
+            ref.saw(step)
             past = row_cache(cache, row, pad, pad + p + step) if past is None else row_cache(past, 0, 0, p + step)
             if past is None:
                 return NearTie(None)

@@ -23,7 +23,7 @@ from pytest_attnalign.methods import perturbation as pt
 from pytest_attnalign.model_spec import resolve_model
 from pytest_attnalign.models import load_model
 from pytest_attnalign.openai_model import OpenAIModel
-from pytest_attnalign.regenerate import regenerate, regenerate_ids
+from pytest_attnalign.regenerate import PASS_COST, _Chunks, regenerate, regenerate_ids
 from pytest_attnalign.tasks import get_task
 
 TASK = get_task("HumanEval/0")
@@ -118,6 +118,40 @@ def test_diverged_rows_are_decoded_in_one_batch_per_step(models: dict) -> None:
     assert fallbacks[1] == fallbacks[None] <= 1  # a near-tie of the random model is redone plainly
     assert stats["decoded"] > 2 * ctx.generation.max_new_tokens  # several rows really decoded
     assert counts[None] < counts[1] / 2, counts
+
+
+def test_verification_chunks_end_where_the_rows_seen_diverged() -> None:
+    chunks = _Chunks(list(range(239)))
+    assert [chunks.end(0), chunks.end(16), chunks.end(32)] == [16, 32, 64]  # nothing seen yet: doubling
+    for need in (25, 239) * 3:
+        chunks.saw(need)
+    # Expected cost over the six rows seen (PASS_COST 20): through 25, then the rest for the three
+    # that got that far, 6 x (20 + 25) + 3 x (20 + 214) = 972, beats all 239 at once, 6 x 259 = 1554.
+    assert PASS_COST == 20 and chunks.end(0) == 25
+    assert chunks.end(25) == 239  # a row past the shared divergence gets the rest in one pass
+    assert chunks.end(239 - 1) == 239
+    few = _Chunks(list(range(100)))
+    for need in (10, 10, 10, 90):
+        few.saw(need)
+    assert few.end(10) == 26  # one row seen beyond: too little to plan on, so 16 more as before
+
+
+def test_planned_verification_chunks_still_equal_plain_greedy(models: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Many one-word changes, so the chunks are planned from the rows before; tokens as plain decoding."""
+    ctx = context(models["llama"], 40)
+    p, words = TASK.prompt, ctx.description_words()
+    prompts = [p[:a] + "value" + p[b:] for a, b in words[:12]]
+    ends: list[tuple[int, int, int]] = []
+    planned = _Chunks.end
+
+    def spy(self: _Chunks, covered: int) -> int:
+        got = planned(self, covered)
+        ends.append((len(self.seen), covered, got))
+        return got
+
+    monkeypatch.setattr(_Chunks, "end", spy)
+    assert regenerate_ids(ctx.lm, ctx.task, ctx.generation, prompts) == [plain_ids(ctx, q) for q in prompts]
+    assert any(seen >= _Chunks.MIN_SEEN for seen, _, _ in ends)  # the plan was consulted, not just doubling
 
 
 def test_near_tie_falls_back_to_plain_decoding(models: dict) -> None:
