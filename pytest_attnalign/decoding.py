@@ -126,11 +126,14 @@ def decode_pooled(model: Any, rows: list[Row], rule: StopRule, tol: float, devic
 
     The caches are padded on the left to a common width (masked out), each row gets its own
     position ids, and every step feeds each row's last token. A row leaves the batch where
-    :meth:`StopRule.emit` stops it. A row that meets a near-tie is replayed plainly through it
+    :meth:`StopRule.emit` stops it; the batch's cache grows in place (:mod:`.growing_cache`: the
+    same values, without re-copying it every step). A row that meets a near-tie is replayed plainly through it
     (:func:`replay`) and joins the batch again, so a tie costs plain steps up to the tie only and
     the rest still decodes batched. The last row left decodes alone with :func:`decode_lookahead`.
     """
     import torch
+
+    from .growing_cache import growing
 
     rows = list(rows)  # replayed rows replace their entries
     out: list[list[int]] = [r.out for r in rows]
@@ -139,7 +142,7 @@ def decode_pooled(model: Any, rows: list[Row], rule: StopRule, tol: float, devic
         return out
     lengths = [len(rows[i].prompt) + len(rows[i].out) - 1 for i in live]
     width = max(lengths)
-    cache = stack_caches([rows[i].past for i in live], lengths, width)
+    cache = growing(stack_caches([rows[i].past for i in live], lengths, width))
     mask = torch.zeros((len(live), width + 1), dtype=torch.long)
     for j, n in enumerate(lengths):
         mask[j, width - n :] = 1
@@ -344,8 +347,10 @@ def row_cache(cache: Any, row: int, start: int, end: int) -> Any:
     """
     from transformers.cache_utils import DynamicLayer
 
+    from .growing_cache import GrowingLayer
+
     layers = getattr(cache, "layers", None)
-    if not layers or any(type(layer) is not DynamicLayer for layer in layers):
+    if not layers or any(type(layer) not in (DynamicLayer, GrowingLayer) for layer in layers):
         return None
     new = copy.copy(cache)
     new.layers = []

@@ -136,6 +136,49 @@ def test_every_decoding_path_equals_plain_greedy(regen_contexts: dict[str, Attri
     assert greedy_decode(lm.model, ids, 20, lm.tokenizer.eos_token_id, _ended(TASK, "completion", lm.tokenizer)) == expected[1]
 
 
+def test_a_growing_cache_layer_equals_the_concatenating_one_and_copies_once_per_room() -> None:
+    from transformers.cache_utils import DynamicLayer
+
+    from pytest_attnalign.growing_cache import ROOM, GrowingLayer
+
+    torch.manual_seed(0)
+    plain, grow = DynamicLayer(), GrowingLayer()
+    buffers: list[torch.Tensor] = []  # kept alive, so that each new one is told apart by identity
+    for i in range(2 * ROOM + 10):
+        shape = (3 if i < ROOM else 2, 2, 7 if i == 0 else 1, 4)
+        k, v = torch.randn(shape), torch.randn(shape)
+        if i == ROOM:  # a row leaves the batch: both layers' tensors are replaced from outside
+            for layer in (plain, grow):
+                layer.keys, layer.values = layer.keys[[0, 2]], layer.values[[0, 2]]
+        got, want = grow.update(k, v), plain.update(k, v)
+        assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1]), i
+        if grow.buffers and not any(b is grow.buffers[0] for b in buffers):
+            buffers.append(grow.buffers[0])
+    assert 2 <= len(buffers) <= 4  # a fresh buffer at the first step, when full and after the row left
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_pooled_steps_write_into_a_growing_cache(regen_contexts: dict[str, AttributionContext], family: str) -> None:
+    from pytest_attnalign.growing_cache import GrowingLayer
+    from pytest_attnalign.regenerate import regenerate_ids
+
+    ctx = regen_contexts[family]
+    prompts = perturbed(ctx)
+    kinds: list[set[str]] = []
+
+    def seen(module: object, args: tuple, kwargs: dict) -> None:
+        ids, cache = kwargs.get("input_ids"), kwargs.get("cache", kwargs.get("past_key_values"))
+        if ids is not None and ids.shape[0] > 1 and ids.shape[1] == 1 and cache is not None:
+            kinds.append({type(layer).__name__ for layer in cache.layers})
+
+    hook = ctx.lm.model.register_forward_pre_hook(seen, with_kwargs=True)
+    try:
+        assert regenerate_ids(ctx.lm, ctx.task, ctx.generation, prompts, verify=False) == expected_ids(ctx, prompts)
+    finally:
+        hook.remove()
+    assert kinds and all(k == {GrowingLayer.__name__} for k in kinds), kinds
+
+
 @pytest.mark.parametrize("family", FAMILIES)
 def test_lookahead_decoding_equals_plain_greedy(regen_contexts: dict[str, AttributionContext], family: str) -> None:
     """One row decoded with guessed tokens (prompt lookup) from any step, with the shortcuts' attention:
