@@ -58,6 +58,33 @@ def test_chunked_detached_gradients_equal_one_full_pass(contexts: dict[str, Attr
             assert not math.isnan(float(n[F:].sum()))
 
 
+def _graph_size(t: torch.Tensor) -> int:
+    """Autograd nodes a backward pass from ``t`` would visit."""
+    seen, todo = set(), [t.grad_fn]
+    while todo:
+        node = todo.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        todo += [n for n, _ in node.next_functions]
+    return len(seen)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_an_early_steps_backward_pass_stops_at_its_own_chunk(contexts: dict[str, AttributionContext], family: str) -> None:
+    """The point of chunking: step j's graph holds the chunks up to its own only (a slice of one
+    concatenated target tensor would lead every step's backward pass through every chunk)."""
+    ctx = contexts[family]
+    gen = ctx.generation
+    steps = range(0, len(gen.generated_ids))
+    sg = step_gradients(ctx.lm.model, gen.prompt_ids, gen.generated_ids, steps, chunk=2)
+    sizes = [_graph_size(t) for t in sg.targets]
+    assert len(sizes) == len(steps) >= 4
+    per_chunk = sizes[::2]
+    assert sizes == [n for n in per_chunk for _ in (0, 1)][: len(sizes)], sizes  # the same within a chunk
+    assert per_chunk == sorted(set(per_chunk)), sizes  # and larger with every chunk
+
+
 # --------------------------------------------------------------------------------- regeneration
 def reference_greedy(lm: object, ids: list[int], budget: int, ended: object) -> list[int]:
     """Plain greedy decoding written out here, independent of the library's decoding core."""

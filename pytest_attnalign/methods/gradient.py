@@ -62,10 +62,11 @@ def _wide(t: Any) -> Any:
 
 
 #: Explained steps per chunk of the forward pass (a backward pass spans the chunks up to its step's).
-#: Measured on SmolLM2 (CPU, HumanEval/0 and 2, 12-15 body steps after a ~150-token prompt): chunks
-#: of 4 or 8 cost 1.2-1.4x MORE than one chunk (more graph nodes, little truncated), 16 about the
-#: same; chunking pays only for long bodies, where late steps skip many positions.
-CHUNK = 32
+#: Measured on SmolLM2 (CPU, 1 thread, HumanEval/1: 218 body steps after a 173-token prompt; mean
+#: of 10 sampled steps' backward passes): one chunk 2.02 s a step, chunks of 32 1.65 s (early steps
+#: 0.8 s, late ones 2.4 s: every chunk adds graph nodes that late steps traverse), 64 1.47 s, 96
+#: 1.44 s. Bodies of up to 64 steps (most of HumanEval) are one chunk.
+CHUNK = 64
 
 
 @dataclass
@@ -76,7 +77,7 @@ class StepGradients:
     """
 
     embeds: Any  # [1, T0, D], requires grad: positions from_token .. (the prompt and the tokens before the first step lie in the first chunk)
-    targets: Any  # [S] log p(y_j | prefix) for the S explained steps, float32 (or wider)
+    targets: list[Any]  # log p(y_j | prefix) per explained step, float32 (or wider), each from its own chunk
     columns: int  # positions attributed: the prompt and the generated tokens before the first explained step
     from_token: int = 0  # prompt positions before it have no gradient (NaN rows)
 
@@ -130,9 +131,11 @@ def step_gradients(model: Any, prompt_ids: Sequence[int], generated_ids: Sequenc
             cache = cache_of(res)
             logits = res.logits[0, -(hi - lo) :]
             logp = torch.log_softmax(_wide(logits), dim=-1)
-            logps.append(logp[torch.arange(hi - lo, device=device), targets[lo - steps.start : hi - steps.start]])
+            # One scalar per step, split off its own chunk: a slice of one concatenated tensor would
+            # send (zero) gradients back through EVERY chunk and undo the truncation.
+            logps += logp[torch.arange(hi - lo, device=device), targets[lo - steps.start : hi - steps.start]].unbind(0)
             begin = stop
-        return StepGradients(leaf, torch.cat(logps), P + steps.start, F)
+        return StepGradients(leaf, logps, P + steps.start, F)
 
 
 def _run(model: Any, keep: int, cache: Any, **inputs: Any) -> Any:
