@@ -17,8 +17,9 @@ per method so both see the same machine load:
 - ``--baseline previous``: this code's algorithms before the throughput work (issue 9): the
   gradient pass over the whole sequence in one chunk with no detached prefix, and regeneration
   with 16-row groups and pools, no lookahead for a pool's last row (the keywords in
-  :data:`PREVIOUS_REGENERATION`), the model's eager attention in the shortcuts and a prompt that
-  meets a near-tie redone plainly from its start to its end.
+  :data:`PREVIOUS_REGENERATION`), the model's eager attention in the shortcuts, a prompt that
+  meets a near-tie redone plainly from its start to its end, verification chunks that only double
+  and pooled KV caches re-concatenated every step.
 - ``floor`` (perturbation methods): one forward pass per distinct perturbed prompt over only the
   tokens from its first difference with the original prompt plus all the original's generated
   tokens, on the original prompt's KV cache (computed once), with the shortcuts' attention (SDPA):
@@ -126,6 +127,13 @@ def eager_attention(model: Any) -> Iterator[None]:
 
 #: regenerate() keywords that reproduce its behaviour before issue 9.
 PREVIOUS_REGENERATION: dict[str, Any] = {"pool_size": 16, "lookahead": 0}
+#: Verification chunks before issue 9 only doubled: never planned from the rows seen.
+PREVIOUS_CHUNKS_PLANNED_AFTER = 10**9
+
+
+def concatenating(cache: Any) -> Any:
+    """Pooled caches before issue 9: transformers' own layers, re-concatenated every step."""
+    return cache
 
 
 class _Swap:
@@ -177,6 +185,7 @@ def main() -> int:
     from tabulate import tabulate
 
     import pytest_attnalign.decoding as decoding_mod
+    import pytest_attnalign.growing_cache as growing_mod
     import pytest_attnalign.methods.gradient as gradient_mod
     import pytest_attnalign.methods.perturbation as perturbation_mod
     import pytest_attnalign.regenerate as regenerate_mod
@@ -205,7 +214,9 @@ def main() -> int:
         "study": [(gradient_mod, "gradient_norms", study_gradient_norms), (perturbation_mod, "regenerate", study_regenerate)],
         "previous": [(gradient_mod, "gradient_norms", previous_gradient_norms),
                      (perturbation_mod, "regenerate", previous_regenerate), (decoding_mod, "replay", previous_replay),
-                     (regenerate_mod, "fast_attention", eager_attention)],
+                     (regenerate_mod, "fast_attention", eager_attention),
+                     (regenerate_mod._Chunks, "MIN_SEEN", PREVIOUS_CHUNKS_PLANNED_AFTER),
+                     (growing_mod, "growing", concatenating)],
     }.get(args.baseline)
 
     all_tasks = load_tasks("humaneval")
