@@ -8,9 +8,9 @@ the *verified* path exploits that without changing a single token of the result:
    every token before the cut; the first chunk of them, then further chunks on the row's cache
    while they keep matching: see :class:`_Chunks`, which plans the chunks from where the rows
    before diverged, so an early divergence wastes few tokens and a late one few passes). On CPU
-   prompts go one at a time and each reuses the original
-   prompt's KV cache over the tokens it shares with it (the chat template and the words before
-   the first change), so only the rest is run; with ``batch_size > 1`` (the GPU default) several
+   prompts go one at a time and each reuses the original prompt's KV cache over the tokens it
+   shares with it (the chat template and the words before the first change), so only the rest is
+   run; with ``batch_size > 1`` (the GPU default) several
    prompts share one left-padded pass with an attention mask and explicit position ids. The
    shortcuts run with torch's fused attention (:func:`forward.fast_attention`: SDPA, where the
    model can switch), plain decoding with the model's own;
