@@ -10,8 +10,8 @@ the *verified* path exploits that without changing a single token of the result:
    before diverged, so an early divergence wastes few tokens and a late one few passes). On CPU
    prompts go one at a time and each reuses the original prompt's KV cache over the tokens it
    shares with it (the chat template and the words before the first change), so only the rest is
-   run; with ``batch_size > 1`` (the GPU default) several
-   prompts share one left-padded pass with an attention mask and explicit position ids. The
+   run; with ``batch_size > 1`` (the GPU default) several prompts share one left-padded pass with
+   an attention mask and explicit position ids. The
    shortcuts run with torch's fused attention (:func:`forward.fast_attention`: SDPA, where the
    model can switch), plain decoding with the model's own;
 2. the argmax at every position says what greedy decoding of the perturbed prompt would emit there;
@@ -205,7 +205,7 @@ class _Chunks:
         size = len(self.ids)
         rest = sorted(n for n in self.seen if n > covered)
         if len(self.seen) < self.MIN_SEEN or len(rest) < 2:
-            return min(size, covered + (FIRST_CHUNK if covered == 0 else max(FIRST_CHUNK, covered)))
+            return min(size, covered + max(FIRST_CHUNK, covered))
         ends = sorted({min(n, size) for n in rest} | {size})
 
         def left(x: int) -> int:  # rows seen that a pass through x would not have finished
