@@ -25,6 +25,12 @@ per method so both see the same machine load:
   tokens, on the original prompt's KV cache (computed once), with the shortcuts' attention (SDPA):
   the cost if every perturbed prompt confirmed the original completion with no decoding at all.
 
+``--workers N`` measures the tasks in N processes side by side, each loading the model once and
+pulling the next task when it is done; with ``--threads 1`` and N = the cores this is how the
+README's table was measured (as two such processes by hand). After the per-method means comes a per-task
+table (all methods, CODING, shap and bert_masking: baseline -> new (floor)); ``--json FILE`` keeps
+the raw per-task records.
+
 "scores" says whether baseline and new agree: perturbation and self-attention scores exactly,
 gradient scores to float rounding (the largest relative difference is printed). CPU by default;
 times are wall-clock seconds. ``--profile`` prints the top 10 costs (cProfile, internal time) of
@@ -37,10 +43,12 @@ from __future__ import annotations
 import argparse
 import cProfile
 import io
+import json
 import pstats
 import sys
 import time
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, Iterator
 
 
@@ -56,6 +64,9 @@ def _parse() -> argparse.Namespace:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads (0: torch's default)")
     ap.add_argument("--profile", action="store_true", help="cProfile the new methods: top 10 internal costs")
+    ap.add_argument("--workers", type=int, default=1,
+                    help="processes measuring the tasks side by side, each pulling the next task (use --threads 1)")
+    ap.add_argument("--json", default="", help="also write the per-task records to this file")
     return ap.parse_args()
 
 
@@ -181,123 +192,231 @@ def floor_seconds(ctx: Any, task_prompts: list[str]) -> float:
 
 def main() -> int:
     args = _parse()
-    import torch
-    from tabulate import tabulate
-
-    import pytest_attnalign.decoding as decoding_mod
-    import pytest_attnalign.growing_cache as growing_mod
-    import pytest_attnalign.methods.gradient as gradient_mod
-    import pytest_attnalign.methods.perturbation as perturbation_mod
-    import pytest_attnalign.regenerate as regenerate_mod
-    from pytest_attnalign.generation import generate
-    from pytest_attnalign.methods import AttributionContext, available, get_method, resolve_methods
-    from pytest_attnalign.models import load_model
+    if args.profile and args.workers > 1:
+        raise SystemExit("--profile needs --workers 1 (one process to profile)")
+    from pytest_attnalign.methods import available, resolve_methods
     from pytest_attnalign.tasks import load_tasks
 
-    _REAL.update(gradient_norms=gradient_mod.gradient_norms, regenerate=perturbation_mod.regenerate,
-                 replay=decoding_mod.replay)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    started = time.perf_counter()
-    lm = load_model(args.model, device=args.device, dtype="float32")
-    print(f"model {args.model} ({lm.revision}) loaded in {time.perf_counter() - started:.1f}s on {lm.device}, "
-          f"{torch.get_num_threads()} threads, baseline {args.baseline}", flush=True)
     methods = resolve_methods(args.methods)
     kinds = {n: available().get(n) for n in methods}
+    all_tasks = load_tasks("humaneval")
+    if args.tasks:
+        indices = [int(i) for i in args.tasks.split(",")]
+    else:
+        indices = list(range(args.offset, min(args.offset + args.limit, len(all_tasks))))
+    if args.workers > 1 and len(indices) > 1:
+        records = _in_workers(args, indices)
+    else:
+        records = measure(args, methods, kinds, [all_tasks[i] for i in indices])
+    if args.json:
+        Path(args.json).write_text(json.dumps(records))
+    return report(args, methods, kinds, records)
+
+
+def _in_workers(args: argparse.Namespace, indices: list[int]) -> list[dict[str, Any]]:
+    """Measure the tasks in ``args.workers`` processes, each loading the model once and pulling the
+    next task when it is done (a long task does not hold the others back); records in ``indices``' order."""
+    import multiprocessing
+
+    with multiprocessing.get_context("spawn").Pool(args.workers, initializer=_start_worker, initargs=(args,)) as pool:
+        return list(pool.imap(_worker_task, indices, chunksize=1))
+
+
+_WORKER: dict[str, Any] = {}  # a worker process's Bench and tasks
+
+
+def _start_worker(args: argparse.Namespace) -> None:
+    from pytest_attnalign.methods import available, resolve_methods
+    from pytest_attnalign.tasks import load_tasks
+
+    methods = resolve_methods(args.methods)
+    _WORKER.update(bench=Bench(args, methods, {n: available().get(n) for n in methods}), tasks=load_tasks("humaneval"))
+
+
+def _worker_task(index: int) -> dict[str, Any]:
+    return _WORKER["bench"].run(_WORKER["tasks"][index])
+
+
+def measure(args: argparse.Namespace, methods: list[str], kinds: dict[str, Any], tasks: list[Any]) -> list[dict[str, Any]]:
+    """Time every method on every task in this process; one record per task."""
+    bench = Bench(args, methods, kinds)
+    records = [bench.run(task) for task in tasks]
+    if bench.prof:
+        buf = io.StringIO()
+        pstats.Stats(bench.prof, stream=buf).sort_stats("tottime").print_stats(10)
+        print(buf.getvalue())
+    return records
+
+
+class Bench:
+    """The loaded model and the baseline's swaps; :meth:`run` times every method on one task."""
+
+    def __init__(self, args: argparse.Namespace, methods: list[str], kinds: dict[str, Any]) -> None:
+        import torch
+
+        import pytest_attnalign.decoding as decoding_mod
+        import pytest_attnalign.growing_cache as growing_mod
+        import pytest_attnalign.methods.gradient as gradient_mod
+        import pytest_attnalign.methods.perturbation as perturbation_mod
+        import pytest_attnalign.regenerate as regenerate_mod
+        from pytest_attnalign.models import load_model
+
+        _REAL.update(gradient_norms=gradient_mod.gradient_norms, regenerate=perturbation_mod.regenerate,
+                     replay=decoding_mod.replay)
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        started = time.perf_counter()
+        self.lm = load_model(args.model, device=args.device, dtype="float32")
+        print(f"model {args.model} ({self.lm.revision}) loaded in {time.perf_counter() - started:.1f}s on {self.lm.device}, "
+              f"{torch.get_num_threads()} threads, baseline {args.baseline}", flush=True)
+        self.args, self.methods, self.kinds = args, methods, kinds
+        self.perturbation = perturbation_mod
+        self.swap = {
+            "study": [(gradient_mod, "gradient_norms", study_gradient_norms),
+                      (perturbation_mod, "regenerate", study_regenerate)],
+            "previous": [(gradient_mod, "gradient_norms", previous_gradient_norms),
+                         (perturbation_mod, "regenerate", previous_regenerate), (decoding_mod, "replay", previous_replay),
+                         (regenerate_mod, "fast_attention", eager_attention),
+                         (regenerate_mod._Chunks, "MIN_SEEN", PREVIOUS_CHUNKS_PLANNED_AFTER),
+                         (growing_mod, "growing", concatenating)],
+        }.get(args.baseline)
+        self.prof = cProfile.Profile() if args.profile else None
+        # The first backward pass of a process pays one-time setup (seconds under load), which
+        # would be charged to whichever method runs first: pay it here, untimed.
+        with torch.enable_grad():
+            x = self.lm.model.get_input_embeddings()(torch.tensor([[1, 2, 3]], device=self.lm.device))
+            x = x.detach().requires_grad_(True)
+            torch.autograd.grad(self.lm.model(inputs_embeds=x).logits[0, -1, 0], x)
+
+    def run(self, task: Any) -> dict[str, Any]:
+        """Generation, then per method the baseline and the new code (and the floor); prints a line per method."""
+        from pytest_attnalign.generation import generate
+        from pytest_attnalign.methods import AttributionContext, get_method
+
+        args, lm, prof = self.args, self.lm, self.prof
+        if prof:
+            prof.enable()
+        t0 = time.perf_counter()
+        prompt, gen = generate(lm, task)
+        rec: dict[str, Any] = {"task_id": task.task_id, "generated": len(gen.raw_ids),
+                               "explained": len(gen.explained_steps), "generation_s": time.perf_counter() - t0,
+                               "methods": {}}
+        if prof:
+            prof.disable()
+        shared_ctx = AttributionContext(lm=lm, task=task, prompt=prompt, generation=gen)
+        base_ctx = AttributionContext(lm=lm, task=task, prompt=prompt, generation=gen)
+        for name in self.methods:
+            m: dict[str, Any] = {"baseline_s": None, "new_s": None, "floor_s": None}
+            # baseline first: the study's code shared nothing (a fresh context per method); the
+            # previous code shared passes through the context's memo as this code does
+            base_scores = None
+            if self.swap is not None:
+                ctx = AttributionContext(lm=lm, task=task, prompt=prompt, generation=gen) if args.baseline == "study" else base_ctx
+                with _Swap(self.swap):
+                    t0 = time.perf_counter()
+                    base_scores = _scores(get_method(name), ctx)
+                    m["baseline_s"] = time.perf_counter() - t0
+            asked: list[str] = []
+            original = self.perturbation.regenerate
+
+            def recording(ctx: Any, prompts: Any, **kw: Any) -> Any:
+                asked.extend(prompts)
+                return original(ctx, prompts, **kw)
+
+            with _Swap([(self.perturbation, "regenerate", recording)]):
+                if prof:
+                    prof.enable()
+                t0 = time.perf_counter()
+                new_scores = _scores(get_method(name), shared_ctx)
+                m["new_s"] = time.perf_counter() - t0
+                if prof:
+                    prof.disable()
+            if asked and not args.no_floor:
+                m["floor_s"] = floor_seconds(shared_ctx, asked)
+            m["verdict"] = _compare(self.kinds[name], base_scores, new_scores)
+            rec["methods"][name] = m
+            line = f"{task.task_id:14} {name:24} new {m['new_s']:8.2f}s"
+            if m["baseline_s"] is not None:
+                line += f"  {args.baseline} {m['baseline_s']:8.2f}s ({m['baseline_s'] / max(m['new_s'], 1e-9):5.1f}x)"
+            if m["floor_s"] is not None:
+                line += f"  floor {m['floor_s']:7.2f}s (new/floor {m['new_s'] / m['floor_s']:4.2f})"
+            print(f"{line}  {m['verdict']}  [{rec['generated']} generated, {rec['explained']} explained]", flush=True)
+        return rec
+
+
+#: The per-task table's method groups (methods that share one pass are timed together).
+GROUPS = {"CODING": ("saliency_coding", "inputxgradient_coding"), "shap": ("shap",), "bert_masking": ("bert_masking",)}
+
+
+def report(args: argparse.Namespace, methods: list[str], kinds: dict[str, Any], records: list[dict[str, Any]]) -> int:
+    """Print the per-method means, the per-task table and the verdict; exit status 1 if scores differ."""
+    from tabulate import tabulate
+
     shared: set[str] = set()
     for i, name in enumerate(methods):
         if kinds[name] == "self_attention" and any(kinds[m] == "self_attention" for m in methods[:i]):
             shared.add(name)
         if name.startswith("inputxgradient_") and name.replace("inputxgradient", "saliency") in methods[:i]:
             shared.add(name)
-    swap = {
-        "study": [(gradient_mod, "gradient_norms", study_gradient_norms), (perturbation_mod, "regenerate", study_regenerate)],
-        "previous": [(gradient_mod, "gradient_norms", previous_gradient_norms),
-                     (perturbation_mod, "regenerate", previous_regenerate), (decoding_mod, "replay", previous_replay),
-                     (regenerate_mod, "fast_attention", eager_attention),
-                     (regenerate_mod._Chunks, "MIN_SEEN", PREVIOUS_CHUNKS_PLANNED_AFTER),
-                     (growing_mod, "growing", concatenating)],
-    }.get(args.baseline)
-
-    all_tasks = load_tasks("humaneval")
-    if args.tasks:
-        tasks = [all_tasks[int(i)] for i in args.tasks.split(",")]
-    else:
-        tasks = all_tasks[args.offset : args.offset + args.limit]
-    new_t: dict[str, list[float]] = {m: [] for m in methods}
-    base_t: dict[str, list[float]] = {m: [] for m in methods}
-    floor_t: dict[str, list[float]] = {m: [] for m in methods}
-    verdict: dict[str, list[str]] = {m: [] for m in methods}
-    gen_times: list[float] = []
-    prof = cProfile.Profile() if args.profile else None
-    for task in tasks:
-        if prof:
-            prof.enable()
-        t0 = time.perf_counter()
-        prompt, gen = generate(lm, task)
-        gen_times.append(time.perf_counter() - t0)
-        if prof:
-            prof.disable()
-        shared_ctx = AttributionContext(lm=lm, task=task, prompt=prompt, generation=gen)
-        base_ctx = AttributionContext(lm=lm, task=task, prompt=prompt, generation=gen)
-        for name in methods:
-            # baseline first: the study's code shared nothing (a fresh context per method); the
-            # previous code shared passes through the context's memo as this code does
-            base_scores = None
-            if swap is not None:
-                ctx = AttributionContext(lm=lm, task=task, prompt=prompt, generation=gen) if args.baseline == "study" else base_ctx
-                with _Swap(swap):
-                    t0 = time.perf_counter()
-                    base_scores = _scores(get_method(name), ctx)
-                    base_t[name].append(time.perf_counter() - t0)
-            asked: list[str] = []
-            original = perturbation_mod.regenerate
-
-            def recording(ctx: Any, prompts: Any, **kw: Any) -> Any:
-                asked.extend(prompts)
-                return original(ctx, prompts, **kw)
-
-            with _Swap([(perturbation_mod, "regenerate", recording)]):
-                if prof:
-                    prof.enable()
-                t0 = time.perf_counter()
-                new_scores = _scores(get_method(name), shared_ctx)
-                new_t[name].append(time.perf_counter() - t0)
-                if prof:
-                    prof.disable()
-            if asked and not args.no_floor:
-                floor_t[name].append(floor_seconds(shared_ctx, asked))
-            verdict[name].append(_compare(kinds[name], base_scores, new_scores))
-            line = f"{task.task_id:14} {name:24} new {new_t[name][-1]:8.2f}s"
-            if base_t[name]:
-                line += f"  {args.baseline} {base_t[name][-1]:8.2f}s ({base_t[name][-1] / max(new_t[name][-1], 1e-9):5.1f}x)"
-            if floor_t[name]:
-                line += f"  floor {floor_t[name][-1]:7.2f}s (new/floor {new_t[name][-1] / floor_t[name][-1]:4.2f})"
-            print(f"{line}  {verdict[name][-1]}  [{len(gen.raw_ids)} generated, {len(gen.explained_steps)} explained]",
-                  flush=True)
-
-    n = len(tasks)
+    n, has_base = len(records), args.baseline != "none"
     mean = lambda xs: sum(xs) / len(xs) if xs else None  # noqa: E731
-    rows = [["generation", None, mean(gen_times), None, None, None, ""]]
+    col = lambda name, key: [r["methods"][name][key] for r in records if r["methods"][name][key] is not None]  # noqa: E731
+    rows = [["generation", None, mean([r["generation_s"] for r in records]), None, None, None, ""]]
     for name in methods:
-        b, w, f = mean(base_t[name]), mean(new_t[name]), mean(floor_t[name])
-        same = sum(v.startswith("identical") or v.startswith("equal") for v in verdict[name])
+        b, w, f = mean(col(name, "baseline_s")), mean(col(name, "new_s")), mean(col(name, "floor_s"))
+        same = sum(r["methods"][name]["verdict"].startswith(("identical", "equal")) for r in records)
         rows.append([name + (" (shared)" if name in shared else ""), b, w, f,
                      b / w if b and w else None, w / f if f and w else None,
-                     f"{same}/{n}" + ("" if swap else " (no baseline)")])
-    tb, tw = sum(sum(base_t[m]) for m in methods), sum(sum(new_t[m]) for m in methods)
-    rows.append(["all methods", tb / n if swap else None, tw / n, None, tb / tw if swap and tw else None, None, ""])
+                     f"{same}/{n}" + ("" if has_base else " (no baseline)")])
+    tb = sum(sum(col(m, "baseline_s")) for m in methods)
+    tw = sum(sum(col(m, "new_s")) for m in methods)
+    rows.append(["all methods", tb / n if has_base else None, tw / n, None, tb / tw if has_base and tw else None, None, ""])
     print()
     print(tabulate(rows, headers=["method", f"{args.baseline} s/task", "new s/task", "floor s/task", f"{args.baseline}/new",
                                   "new/floor", "scores identical"], floatfmt=".2f", missingval="-"))
-    bad = [f"{t.task_id} {m}: {verdict[m][i]}" for m in methods for i, t in enumerate(tasks)
-           if not verdict[m][i].startswith(("identical", "equal", "no baseline"))]
+    print()
+    headers, per_task = _per_task(records, methods, args.baseline)
+    print(tabulate(per_task, headers=headers, tablefmt="github", disable_numparse=True))
+    bad = [f"{r['task_id']} {m}: {r['methods'][m]['verdict']}" for r in records for m in methods
+           if not r["methods"][m]["verdict"].startswith(("identical", "equal", "no baseline"))]
     print(f"{n} tasks; scores: " + ("identical (gradients: equal to float rounding)" if not bad else "DIFFER: " + "; ".join(bad)))
-    if prof:
-        buf = io.StringIO()
-        pstats.Stats(prof, stream=buf).sort_stats("tottime").print_stats(10)
-        print(buf.getvalue())
     return 1 if bad else 0
+
+
+def _per_task(records: list[dict[str, Any]], methods: list[str], baseline: str) -> tuple[list[str], list[list[str]]]:
+    """Headers and rows, one per task and a mean row: all methods, then each group of :data:`GROUPS`
+    that ran, as ``baseline -> new (floor)`` (just ``new (floor)`` without a baseline)."""
+    groups = [g for g in GROUPS if set(GROUPS[g]) & set(methods)]
+    has_base = baseline != "none"
+    fmt = lambda x: "-" if x is None else f"{x:.2f}"  # noqa: E731
+
+    def total(rec: dict[str, Any], names: Any, key: str) -> float | None:
+        vals = [rec["methods"][m][key] for m in names if m in rec["methods"]]
+        return None if not vals or any(v is None for v in vals) else sum(vals)
+
+    def cells(recs: list[dict[str, Any]]) -> list[str]:
+        avg = lambda names, key: (None if any(total(r, names, key) is None for r in recs)  # noqa: E731
+                                  else sum(total(r, names, key) for r in recs) / len(recs))
+        b, w = avg(methods, "baseline_s"), avg(methods, "new_s")
+        out = [fmt(b), fmt(w), fmt(b / w if b and w else None)] if has_base else [fmt(w)]
+        for g in groups:
+            gb, gw, gf = avg(GROUPS[g], "baseline_s"), avg(GROUPS[g], "new_s"), avg(GROUPS[g], "floor_s")
+            out.append((f"{fmt(gb)} -> " if has_base else "") + fmt(gw) + (f" ({fmt(gf)})" if gf is not None else ""))
+        return out
+
+    rows = []
+    for r in records:
+        ok = all(m["verdict"].startswith(("identical", "equal")) for m in r["methods"].values())
+        rows.append([f"{r['task_id']} ({r['generated']} / {r['explained']})", *cells([r])] + (["yes" if ok else "NO"] if has_base else []))
+    same = sum(row[-1] == "yes" for row in rows)
+    rows.append([f"mean of {len(records)}", *cells(records)] + ([f"{same}/{len(records)}"] if has_base else []))
+    arrow = f"{baseline} -> new" if has_base else "new"
+    headers = ["task (generated / explained)"]
+    headers += [f"{baseline} s", "new s", f"{baseline}/new"] if has_base else ["new s"]
+    floored = {g for g in groups if any(total(r, GROUPS[g], "floor_s") is not None for r in records)}
+    headers += [f"{g} {arrow}" + (" (floor)" if g in floored else "") for g in groups]
+    headers += ["scores identical"] if has_base else []
+    return headers, rows
 
 
 def _scores(method: Any, ctx: Any) -> list[float] | str:
