@@ -201,9 +201,15 @@ def main() -> int:
     kinds = {n: available().get(n) for n in methods}
     all_tasks = load_tasks("humaneval")
     if args.tasks:
-        indices = [int(i) for i in args.tasks.split(",")]
+        try:
+            indices = [int(i) for i in args.tasks.split(",")]
+        except ValueError:
+            raise SystemExit(f"--tasks {args.tasks!r}: give comma-separated HumanEval indices, e.g. --tasks 0,2") from None
     else:
         indices = list(range(args.offset, min(args.offset + args.limit, len(all_tasks))))
+    if not indices or not all(0 <= i < len(all_tasks) for i in indices):
+        raise SystemExit(f"no such HumanEval tasks: {args.tasks or f'--offset {args.offset} --limit {args.limit}'} "
+                         f"(indices run from 0 to {len(all_tasks) - 1})")
     if args.workers > 1 and len(indices) > 1:
         records = _in_workers(args, indices)
     else:
