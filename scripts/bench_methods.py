@@ -401,8 +401,10 @@ def _per_task(records: list[dict[str, Any]], methods: list[str], baseline: str) 
         return None if not vals or any(v is None for v in vals) else sum(vals)
 
     def cells(recs: list[dict[str, Any]]) -> list[str]:
-        avg = lambda names, key: (None if any(total(r, names, key) is None for r in recs)  # noqa: E731
-                                  else sum(total(r, names, key) for r in recs) / len(recs))
+        def avg(names: Any, key: str) -> float | None:
+            vals = [total(r, names, key) for r in recs]
+            return None if None in vals else sum(vals) / len(vals)  # type: ignore[arg-type]
+
         b, w = avg(methods, "baseline_s"), avg(methods, "new_s")
         out = [fmt(b), fmt(w), fmt(b / w if b and w else None)] if has_base else [fmt(w)]
         for g in groups:
