@@ -12,7 +12,8 @@ the same step counts:
 :func:`decode` is plain greedy decoding of one row (the reference every shortcut must reproduce
 token for token); :func:`decode_pooled` continues several rows in one left-padded batch per step.
 A shortcut that meets a near-tie returns :class:`NearTie`; :func:`replay` then decodes that prompt
-plainly through the tied step only (the reference's own choice there) and hands the row back
+plainly through the tied step only (the reference's own choice there; the known tokens before it
+in one forced pass with plain decoding's bits, :mod:`.teacher_forcing`) and hands the row back
 (pooled rows rejoin their batch).
 """
 
@@ -23,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 from .forward import accepts, cache_kwarg, cache_of, reference_attention, step
+from .teacher_forcing import exact, forced_steps
 
 
 #: Guessed tokens checked per pass when one row decodes alone (:func:`decode_lookahead`).
@@ -66,6 +68,7 @@ class NearTie:
     the shortcut could not go on for another reason (a cache layout it cannot cut)."""
 
     step: int | None
+    known: tuple[int, ...] = ()  # the tokens emitted before it (safe argmaxes: plain decoding's own)
 
 
 def decode(model: Any, prompt_ids: Any, rule: StopRule) -> list[int]:
@@ -75,35 +78,40 @@ def decode(model: Any, prompt_ids: Any, rule: StopRule) -> list[int]:
     return got
 
 
-def replay(model: Any, prompt_ids: Any, rule: StopRule, tie: NearTie) -> list[int] | Row:
+def replay(model: Any, prompt_ids: Any, rule: StopRule, tie: NearTie, known: Sequence[int] = ()) -> list[int] | Row:
     """Plain decoding through the tied step, so that step's token is the reference's own choice.
 
     Every step is :func:`decode`'s, computed the same way (the prompt in one pass, then one token a
-    step), so the tokens are plain decoding's. Returns the finished output when the stop rule ends
-    it by then, else a :class:`Row` that a shortcut continues (its later near-ties come back here).
-    A tie at an unknown step (``None``) is decoded plainly to the end.
+    step), so the tokens are plain decoding's. ``known``: tokens the shortcut emitted before the tie
+    (safe argmaxes, so plain decoding's own); where :func:`teacher_forcing.exact` holds for the model
+    their steps run as one forced pass (:func:`teacher_forcing.forced_steps`: the same bits), else
+    one step each. Returns the finished output when the stop rule ends it by then, else a
+    :class:`Row` that a shortcut continues (its later near-ties come back here). A tie at an
+    unknown step (``None``) is decoded plainly to the end.
     """
     last = rule.budget - 1 if tie.step is None else tie.step
-    return _decode_plain(model, prompt_ids, rule, last)
+    return _decode_plain(model, prompt_ids, rule, last, known if known and exact(model) else ())
 
 
-def _decode_plain(model: Any, prompt_ids: Any, rule: StopRule, last: int) -> list[int] | Row:
-    """:func:`decode`'s loop through step ``last``: the output if it ended, else the row to continue."""
+def _decode_plain(model: Any, prompt_ids: Any, rule: StopRule, last: int,
+                  forced: Sequence[int] = ()) -> list[int] | Row:
+    """:func:`decode`'s loop through step ``last``, its first ``len(forced)`` steps in one forced pass:
+    the output if it ended, else the row to continue."""
     import torch
 
-    out: list[int] = []
-    past = None
-    inputs = prompt_ids
+    out = list(forced)
     with torch.no_grad(), reference_attention(model):
-        for i in range(rule.budget):
-            res = step(model, inputs, past)
+        res = step(model, prompt_ids, None)
+        if out:
+            res = forced_steps(model, out, cache_of(res))
+        for i in range(len(out), rule.budget):
             past = cache_of(res)
             nxt = int(res.logits[0, -1].argmax())
             if not rule.emit(out, i, nxt):
                 break
             if i == last:
                 return Row(prompt_ids[0].tolist(), out, past, i + 1, replayed=True)
-            inputs = torch.tensor([[nxt]], device=prompt_ids.device)
+            res = step(model, torch.tensor([[nxt]], device=prompt_ids.device), past)
     return out
 
 
@@ -201,16 +209,21 @@ def replay_row(model: Any, row: Row, tie: NearTie, rule: StopRule, device: Any,
                counter: dict[str, int] | None = None) -> list[int] | Row:
     """:func:`replay` a row's prompt through ``tie``; a row's second tie plainly to the end (bounds its cost).
 
-    ``counter`` accumulates ``fallbacks`` (replays), ``replayed`` and ``decoded`` (tokens they decoded).
+    ``row.out`` holds the tokens emitted before the tie (:func:`replay`'s ``known``). ``counter``
+    accumulates ``fallbacks`` (replays), ``replayed`` and ``decoded`` (tokens they decoded) and
+    ``forced`` (those of them run in one forced pass).
     """
     import torch
 
-    got = replay(model, torch.tensor([list(row.prompt)], device=device), rule, NearTie(None) if row.replayed else tie)
+    known = row.out if tie.step is None or len(row.out) == tie.step else []
+    got = replay(model, torch.tensor([list(row.prompt)], device=device), rule, NearTie(None) if row.replayed else tie,
+                 known)
     if isinstance(got, Row):
         got.index = row.index
     if counter is not None:
         n = len(got.out if isinstance(got, Row) else got)
-        for key, add in (("fallbacks", 1), ("replayed", n), ("decoded", n)):
+        forced = len(known) if known and exact(model) else 0
+        for key, add in (("fallbacks", 1), ("replayed", n), ("decoded", n), ("forced", forced)):
             counter[key] = counter.get(key, 0) + add
     return got
 

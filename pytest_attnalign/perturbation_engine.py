@@ -28,7 +28,7 @@ class PerturbationEngine:
         self.ctx = ctx
         #: totals over calls: prompts, verified (tokens confirmed by verification passes),
         #: decoded (tokens decoded step by step), fallbacks (near-ties replayed plainly), replayed
-        #: (tokens those replays decoded)
+        #: (tokens those replays decoded), forced (of those, tokens run in one forced pass)
         self.stats: dict[str, int] = {}
 
     @property

@@ -36,6 +36,9 @@ the measured rounding noise); a prompt meeting a near-tie is decoded plainly (as
 :func:`generation.greedy_decode` does) through the tied step, so that token is plain decoding's own
 choice, and then rejoins the shortcuts (:func:`decoding.replay`): the result is token-for-token
 that of plain decoding, and a tie costs plain steps up to the tie, not to the end of the output.
+The tokens before the tie are known (safe argmaxes), so where the model allows it the replay runs
+them in one forced pass that computes plain decoding's one-token steps bit for bit
+(:mod:`.teacher_forcing`) instead of one step each.
 """
 
 from __future__ import annotations
@@ -104,8 +107,10 @@ def regenerate_ids(lm: Any, task: Task, gen: Generation, task_prompts: Sequence[
     half-precision models have no default and are decoded plainly unless it is given).
     ``stats`` (optional) accumulates ``prompts``, ``verified`` (tokens taken from verification
     passes), ``decoded`` (tokens decoded step by step, alone, pooled or replayed plainly),
-    ``fallbacks`` (near-ties replayed plainly) and ``replayed`` (tokens those replays decoded). A
-    row's second near-tie is replayed to the end of its output (bounds a tie-ridden row's cost).
+    ``fallbacks`` (near-ties replayed plainly), ``replayed`` (tokens those replays decoded) and
+    ``forced`` (of those, the tokens before a tie run in one forced pass:
+    :mod:`.teacher_forcing`). A row's second near-tie is replayed to the end of its output (bounds
+    a tie-ridden row's cost).
     """
     import torch
 
@@ -294,13 +299,14 @@ def _continue_or_plain(lm: Any, cache: Any, row: int, pad: int, prompt: list[int
     if not isinstance(got, NearTie):
         return got
     # Without a pool to hand the row to (``hand_off`` false) the replay runs plainly to the end.
-    return _replay(lm, prompt, got if hand_off else NearTie(None), budget, ended, st)
+    return _replay(lm, prompt, got if hand_off else NearTie(None, got.known), budget, ended, st)
 
 
 def _replay(lm: Any, prompt: list[int], tie: NearTie, budget: int, ended: Callable[[list[int]], bool],
             st: dict[str, int]) -> list[int] | _Pending:
     """A near-tie made a shortcut unsafe: decode this prompt the reference way through the tied step."""
-    return replay_row(lm.model, _Pending(prompt, [], None, 0), tie, _rule(lm, budget, ended), lm.device, st)
+    return replay_row(lm.model, _Pending(prompt, list(tie.known), None, len(tie.known)), tie, _rule(lm, budget, ended),
+                      lm.device, st)
 
 
 def _continue(lm: Any, cache: Any, row: int, pad: int, prompt: list[int], ref: _Chunks, preds: list[int],
@@ -329,7 +335,7 @@ def _continue(lm: Any, cache: Any, row: int, pad: int, prompt: list[int], ref: _
             if past is None:
                 past = row_cache(cache, row, pad, pad + p + covered)
                 if past is None:
-                    return NearTie(None)
+                    return NearTie(None, tuple(out))
             end = ref.end(covered)
             res = lm.model(input_ids=torch.tensor([ref.ids[covered:end]], device=lm.device), use_cache=True,
                            **{cache_kw: past})
@@ -347,7 +353,7 @@ def _continue(lm: Any, cache: Any, row: int, pad: int, prompt: list[int], ref: _
             (nxt,), (ok,) = top(res.logits[:, -1, :], tol)
             decoded += 1
         if not ok:
-            return NearTie(step)
+            return NearTie(step, tuple(out))
         if not rule.emit(out, step, nxt):
             if following:
                 ref.saw(step)
@@ -357,7 +363,7 @@ def _continue(lm: Any, cache: Any, row: int, pad: int, prompt: list[int], ref: _
             ref.saw(step)
             past = row_cache(cache, row, pad, pad + p + step) if past is None else row_cache(past, 0, 0, p + step)
             if past is None:
-                return NearTie(None)
+                return NearTie(None, tuple(out))
             if hand_off:
                 st["verified"] += verified
                 st["decoded"] += decoded

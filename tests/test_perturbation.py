@@ -25,6 +25,7 @@ from pytest_attnalign.models import load_model
 from pytest_attnalign.openai_model import OpenAIModel
 from pytest_attnalign.regenerate import PASS_COST, _Chunks, regenerate, regenerate_ids
 from pytest_attnalign.tasks import get_task
+from pytest_attnalign.teacher_forcing import ROWS_ATTENTION, exact
 
 TASK = get_task("HumanEval/0")
 
@@ -154,28 +155,34 @@ def test_planned_verification_chunks_still_equal_plain_greedy(models: dict, monk
     assert any(seen >= _Chunks.MIN_SEEN for seen, _, _ in ends)  # the plan was consulted, not just doubling
 
 
-def test_near_tie_falls_back_to_plain_decoding(models: dict) -> None:
+@pytest.mark.parametrize("family", ["llama", "xglm"])
+def test_near_tie_falls_back_to_plain_decoding(models: dict, family: str) -> None:
     """A margin larger than any logit gap marks every step unsafe: each prompt is replayed plainly
     through its first step (the verification pass's tie), then, at its second tie (the first pooled
-    step), plainly to the end."""
-    ctx = context(models["llama"], 8)
+    step), plainly to the end: step 0's token forced where the model allows it (llama), else one
+    plain step (xglm, whose attention is its own module code: :func:`teacher_forcing.exact` fails)."""
+    ctx = context(models[family], 8)
+    assert exact(ctx.lm.model) is (family == "llama")
     prompts = perturbed_prompts(ctx)[:3]
     stats: dict[str, int] = {}
     expected = [plain_ids(ctx, p) for p in prompts]
     assert regenerate_ids(ctx.lm, ctx.task, ctx.generation, prompts, tie_tol=1e9, stats=stats) == expected
     assert stats["fallbacks"] == 6 and stats["verified"] == 0
     assert stats["replayed"] == sum(1 + len(e) for e in expected)
+    assert stats["forced"] == (3 if family == "llama" else 0)
 
 
 @pytest.mark.parametrize("family, alone", [("llama", False), ("gpt2", False), ("llama", True)])
 def test_a_pooled_near_tie_is_replayed_through_the_tie_only_and_rejoins_the_pool(models: dict, family: str, alone: bool,
                                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    """One row flagged at its first pooled step (step 1) is decoded plainly through step 1 (2 tokens),
-    then decodes on in the batch with the others (``alone``: it rejoins an empty batch and goes on
-    with lookahead): still plain decoding's tokens for every prompt."""
+    """One row flagged at its first pooled step (step 1) is decoded plainly through step 1 (2 tokens:
+    the prompt pass, then step 0's known token forced), then decodes on in the batch with the others
+    (``alone``: it rejoins an empty batch and goes on with lookahead): still plain decoding's tokens
+    for every prompt."""
     import pytest_attnalign.decoding as decoding
 
     ctx = context(models[family], 24)
+    assert exact(ctx.lm.model)  # (checked before the hook below counts passes)
     prompts = perturbed_prompts(ctx)[1:2] if alone else perturbed_prompts(ctx)
     expected = [plain_ids(ctx, p) for p in prompts]
     assert all(len(e) > 2 for e in expected)
@@ -196,11 +203,11 @@ def test_a_pooled_near_tie_is_replayed_through_the_tie_only_and_rejoins_the_pool
         assert regenerate_ids(ctx.lm, ctx.task, ctx.generation, prompts, verify=False, stats=stats) == expected
     finally:
         hook.remove()
-    assert flagged and stats["fallbacks"] == 1 and stats["replayed"] == 2
-    # the shortcuts ran with SDPA; the replay alone with the model's own eager attention, for two
-    # passes (the prompt, then step 1), not to the end of the row's output
+    assert flagged and stats["fallbacks"] == 1 and stats["replayed"] == 2 and stats["forced"] == 1
+    # the shortcuts ran with SDPA; the replay alone with the model's own eager attention (the prompt)
+    # and its one-position-at-a-time form (step 0's token forced), not to the end of the row's output
     assert ctx.lm.model.config._attn_implementation == "eager"
-    assert "sdpa" in passes and passes.count("eager") == 2
+    assert "sdpa" in passes and passes.count("eager") == 1 and passes.count(ROWS_ATTENTION) == 1
     assert "guessed" in stats or not alone  # alone, the rejoined row went on with lookahead decoding
 
 
