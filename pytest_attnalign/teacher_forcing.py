@@ -15,7 +15,7 @@ arithmetic per position is a one-token step's:
   step would see (softmax sums round differently over a longer, masked row);
 - norms, activations and rotary embeddings work per element or per position anyway.
 
-That is ~3.5x cheaper than the steps (one pass reads the weights once; the products run from
+That is ~3x cheaper than the steps (one pass reads the weights once; the products run from
 cache), but it holds only where the kernels behave as above, so :func:`exact` checks it once per
 model against real plain steps, keys, values and logits compared bit for bit, and replays fall back
 to plain steps wherever it fails (other architectures, devices or libraries).

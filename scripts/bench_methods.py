@@ -1,6 +1,6 @@
 """Time each attribution method per task on the embedded model, against a baseline and a floor.
 
-    python scripts/bench_methods.py --limit 3 [--methods perturbation] [--baseline study|previous]
+    python scripts/bench_methods.py --limit 3 [--methods perturbation] [--baseline study|previous|plain-replays]
 
 For each of the first N HumanEval tasks: one greedy generation (the model's default prompt format,
 timed apart), then, method by method in the study's order, the baseline and this code, interleaved
@@ -20,6 +20,9 @@ per method so both see the same machine load:
   :data:`PREVIOUS_REGENERATION`), the model's eager attention in the shortcuts, a prompt that
   meets a near-tie redone plainly from its start to its end, verification chunks that only double
   and pooled KV caches re-concatenated every step.
+- ``--baseline plain-replays``: this code with a near-tie's replay stepping through the tokens
+  before the tie one plain step each instead of one forced pass (:mod:`pytest_attnalign.teacher_forcing`):
+  what forced replays save (the perturbation methods only differ).
 - ``floor`` (perturbation methods): one forward pass per distinct perturbed prompt over only the
   tokens from its first difference with the original prompt plus all the original's generated
   tokens, on the original prompt's KV cache (computed once), with the shortcuts' attention (SDPA):
@@ -59,7 +62,7 @@ def _parse() -> argparse.Namespace:
     ap.add_argument("--offset", type=int, default=0, help="skip this many tasks first (resume a long run)")
     ap.add_argument("--tasks", default="", help="comma-separated HumanEval indices (instead of offset/limit)")
     ap.add_argument("--methods", default="all", help="all, a category or comma-separated names")
-    ap.add_argument("--baseline", choices=("study", "previous", "none"), default="study")
+    ap.add_argument("--baseline", choices=("study", "previous", "plain-replays", "none"), default="study")
     ap.add_argument("--no-floor", action="store_true", help="skip the floor of the perturbation methods")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads (0: torch's default)")
@@ -128,6 +131,11 @@ def previous_replay(model: Any, prompt_ids: Any, rule: Any, tie: Any, known: Any
     from pytest_attnalign.decoding import NearTie
 
     return _REAL["replay"](model, prompt_ids, rule, NearTie(None))
+
+
+def never_exact(model: Any) -> bool:
+    """Forced replays refused: a replay steps through the tokens before its tie plainly."""
+    return False
 
 
 @contextmanager
@@ -285,6 +293,7 @@ class Bench:
                          (regenerate_mod, "fast_attention", eager_attention),
                          (regenerate_mod._Chunks, "MIN_SEEN", PREVIOUS_CHUNKS_PLANNED_AFTER),
                          (growing_mod, "growing", concatenating)],
+            "plain-replays": [(decoding_mod, "exact", never_exact)],
         }.get(args.baseline)
         self.prof = cProfile.Profile() if args.profile else None
         # The first backward pass of a process pays one-time setup (seconds under load), which
