@@ -78,19 +78,19 @@ def decode(model: Any, prompt_ids: Any, rule: StopRule) -> list[int]:
     return got
 
 
-def replay(model: Any, prompt_ids: Any, rule: StopRule, tie: NearTie, known: Sequence[int] = ()) -> list[int] | Row:
+def replay(model: Any, prompt_ids: Any, rule: StopRule, tie: NearTie, forced: Sequence[int] = ()) -> list[int] | Row:
     """Plain decoding through the tied step, so that step's token is the reference's own choice.
 
     Every step is :func:`decode`'s, computed the same way (the prompt in one pass, then one token a
-    step), so the tokens are plain decoding's. ``known``: tokens the shortcut emitted before the tie
-    (safe argmaxes, so plain decoding's own); where :func:`teacher_forcing.exact` holds for the model
-    their steps run as one forced pass (:func:`teacher_forcing.forced_steps`: the same bits), else
-    one step each. Returns the finished output when the stop rule ends it by then, else a
-    :class:`Row` that a shortcut continues (its later near-ties come back here). A tie at an
-    unknown step (``None``) is decoded plainly to the end.
+    step), so the tokens are plain decoding's. ``forced``: tokens the shortcut emitted before the tie
+    (safe argmaxes, so plain decoding's own), run as one forced pass
+    (:func:`teacher_forcing.forced_steps`: the same bits); pass them only where
+    :func:`teacher_forcing.exact` holds for the model (:func:`replay_row` does). Returns the finished
+    output when the stop rule ends it by then, else a :class:`Row` that a shortcut continues (its
+    later near-ties come back here). A tie at an unknown step (``None``) is decoded plainly to the end.
     """
     last = rule.budget - 1 if tie.step is None else tie.step
-    return _decode_plain(model, prompt_ids, rule, last, known if known and exact(model) else ())
+    return _decode_plain(model, prompt_ids, rule, last, forced)
 
 
 def _decode_plain(model: Any, prompt_ids: Any, rule: StopRule, last: int,
@@ -209,21 +209,22 @@ def replay_row(model: Any, row: Row, tie: NearTie, rule: StopRule, device: Any,
                counter: dict[str, int] | None = None) -> list[int] | Row:
     """:func:`replay` a row's prompt through ``tie``; a row's second tie plainly to the end (bounds its cost).
 
-    ``row.out`` holds the tokens emitted before the tie (:func:`replay`'s ``known``). ``counter``
-    accumulates ``fallbacks`` (replays), ``replayed`` and ``decoded`` (tokens they decoded) and
-    ``forced`` (those of them run in one forced pass).
+    ``row.out`` holds the tokens emitted before the tie: :func:`replay` forces them where
+    :func:`teacher_forcing.exact` holds. ``counter`` accumulates ``fallbacks`` (replays),
+    ``replayed`` and ``decoded`` (tokens they decoded) and ``forced`` (those of them run in one
+    forced pass).
     """
     import torch
 
-    known = row.out if tie.step is None or len(row.out) == tie.step else []
+    all_before_tie = tie.step is None or len(row.out) == tie.step
+    forced = row.out if all_before_tie and row.out and exact(model) else []
     got = replay(model, torch.tensor([list(row.prompt)], device=device), rule, NearTie(None) if row.replayed else tie,
-                 known)
+                 forced)
     if isinstance(got, Row):
         got.index = row.index
     if counter is not None:
         n = len(got.out if isinstance(got, Row) else got)
-        forced = len(known) if known and exact(model) else 0
-        for key, add in (("fallbacks", 1), ("replayed", n), ("decoded", n), ("forced", forced)):
+        for key, add in (("fallbacks", 1), ("replayed", n), ("decoded", n), ("forced", len(forced))):
             counter[key] = counter.get(key, 0) + add
     return got
 

@@ -27,7 +27,7 @@ import sys
 from contextlib import contextmanager
 from typing import Any, Iterator, Sequence
 
-from .forward import cache_of, step
+from .forward import cache_of, reference_attention, step
 
 #: The attention implementation name under which :func:`_rows_attention` is registered.
 ROWS_ATTENTION = "attnalign_rows"
@@ -64,8 +64,6 @@ def exact(model: Any) -> bool:
 
 def _check(model: Any) -> bool:
     import torch
-
-    from .forward import reference_attention
 
     vocab = int(model.get_input_embeddings().weight.shape[0])
     gen = torch.Generator().manual_seed(0)
