@@ -14,7 +14,8 @@ token for token); :func:`decode_pooled` continues several rows in one left-padde
 A shortcut that meets a near-tie returns :class:`NearTie`; :func:`replay` then decodes that prompt
 plainly through the tied step only (the reference's own choice there; the known tokens before it
 in one forced pass with plain decoding's bits, :mod:`.teacher_forcing`) and hands the row back
-(pooled rows rejoin their batch).
+(pooled rows rejoin their batch) with a :class:`Checkpoint`, plain decoding's own cache there, from
+which the row's next tie resumes.
 """
 
 from __future__ import annotations
@@ -78,41 +79,79 @@ def decode(model: Any, prompt_ids: Any, rule: StopRule) -> list[int]:
     return got
 
 
-def replay(model: Any, prompt_ids: Any, rule: StopRule, tie: NearTie, forced: Sequence[int] = ()) -> list[int] | Row:
+def replay(model: Any, prompt_ids: Any, rule: StopRule, tie: NearTie, forced: Sequence[int] = (),
+           start: Checkpoint | None = None) -> list[int] | Row:
     """Plain decoding through the tied step, so that step's token is the reference's own choice.
 
     Every step is :func:`decode`'s, computed the same way (the prompt in one pass, then one token a
     step), so the tokens are plain decoding's. ``forced``: tokens the shortcut emitted before the tie
     (safe argmaxes, so plain decoding's own), run as one forced pass
     (:func:`teacher_forcing.forced_steps`: the same bits); pass them only where
-    :func:`teacher_forcing.exact` holds for the model (:func:`replay_row` does). Returns the finished
-    output when the stop rule ends it by then, else a :class:`Row` that a shortcut continues (its
-    later near-ties come back here). A tie at an unknown step (``None``) is decoded plainly to the end.
+    :func:`teacher_forcing.exact` holds for the model (:func:`replay_row` does). ``start``: an
+    earlier replay's :class:`Checkpoint` of this prompt, resumed instead of running the prompt again.
+    Returns the finished output when the stop rule ends it by then, else a :class:`Row` that a
+    shortcut continues (its later near-ties come back here). A tie at an unknown step (``None``) is
+    decoded plainly to the end.
     """
     last = rule.budget - 1 if tie.step is None else tie.step
-    return _decode_plain(model, prompt_ids, rule, last, forced)
+    return _decode_plain(model, prompt_ids, rule, last, forced, start)
 
 
-def _decode_plain(model: Any, prompt_ids: Any, rule: StopRule, last: int,
-                  forced: Sequence[int] = ()) -> list[int] | Row:
-    """:func:`decode`'s loop through step ``last``, its first ``len(forced)`` steps in one forced pass:
-    the output if it ended, else the row to continue."""
+def _decode_plain(model: Any, prompt_ids: Any, rule: StopRule, last: int, forced: Sequence[int] = (),
+                  start: Checkpoint | None = None) -> list[int] | Row:
+    """:func:`decode`'s loop through step ``last``: the output if it ended, else the row to continue.
+
+    The tokens in ``forced`` run in one forced pass; from ``start`` (plain decoding's state after
+    its first tokens, which ``forced`` then begins with) only the tokens after its cache are run.
+    """
     import torch
 
-    out = list(forced)
     with torch.no_grad(), reference_attention(model):
-        res = step(model, prompt_ids, None)
-        if out:
-            res = forced_steps(model, out, cache_of(res))
+        if start is None:
+            out = list(forced)
+            res = step(model, prompt_ids, None)
+            if out:
+                res = forced_steps(model, out, cache_of(res))
+        else:
+            past = start.fork(len(prompt_ids[0]))
+            if forced:
+                assert tuple(forced[: len(start.out)]) == start.out, "forced tokens must extend the checkpoint's"
+                out = list(forced)
+                res = forced_steps(model, out[len(start.out) - 1 :], past)
+            else:  # its last token (the tie's plain choice) in one plain step; the rest decode plainly below
+                out = list(start.out)
+                res = step(model, torch.tensor([[out[-1]]], device=prompt_ids.device), past)
         for i in range(len(out), rule.budget):
             past = cache_of(res)
             nxt = int(res.logits[0, -1].argmax())
             if not rule.emit(out, i, nxt):
                 break
             if i == last:
-                return Row(prompt_ids[0].tolist(), out, past, i + 1, replayed=True)
+                row = Row(prompt_ids[0].tolist(), out, past, i + 1, replayed=True)
+                row.checkpoint = Checkpoint.of(row)
+                return row
             res = step(model, torch.tensor([[nxt]], device=prompt_ids.device), past)
     return out
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """Plain decoding's own state where a replay stopped: ``out`` through the tied step's token and
+    ``past``, the cache over ``prompt + out[:-1]`` (its own layer objects: whatever later extends
+    the row's cache leaves it as it is). A later tie of the row resumes here (:func:`replay_row`)."""
+
+    out: tuple[int, ...]
+    past: Any
+
+    @staticmethod
+    def of(row: Row) -> Checkpoint | None:
+        past = row_cache(row.past, 0, 0, len(row.prompt) + len(row.out) - 1)
+        return None if past is None else Checkpoint(tuple(row.out), past)
+
+    def fork(self, prompt_len: int) -> Any:
+        """A cache to extend: new layer objects over the checkpoint's tensors (extending one replaces
+        its tensors, never writes into them)."""
+        return row_cache(self.past, 0, 0, prompt_len + len(self.out) - 1)
 
 
 @dataclass
@@ -126,6 +165,7 @@ class Row:
     step: int
     index: int = -1  # the caller's position for it
     replayed: bool = False  # decoded plainly through a near-tie already (:func:`replay`)
+    checkpoint: Checkpoint | None = None  # where that replay stopped (None: a cache layout it cannot keep)
 
 
 def decode_pooled(model: Any, rows: list[Row], rule: StopRule, tol: float, device: Any,
@@ -207,24 +247,30 @@ def decode_pooled(model: Any, rows: list[Row], rule: StopRule, tol: float, devic
 
 def replay_row(model: Any, row: Row, tie: NearTie, rule: StopRule, device: Any,
                counter: dict[str, int] | None = None) -> list[int] | Row:
-    """:func:`replay` a row's prompt through ``tie``; a row's second tie plainly to the end (bounds its cost).
+    """:func:`replay` a row's prompt through ``tie``: from the row's :class:`Checkpoint` where an
+    earlier tie left one, else from its prompt; without a checkpoint a second tie plainly to the end.
 
-    ``row.out`` holds the tokens emitted before the tie: :func:`replay` forces them where
-    :func:`teacher_forcing.exact` holds. ``counter`` accumulates ``fallbacks`` (replays),
-    ``replayed`` and ``decoded`` (tokens they decoded) and ``forced`` (those of them run in one
-    forced pass).
+    ``row.out`` holds the tokens emitted before the tie: :func:`replay` forces those it has to run
+    where :func:`teacher_forcing.exact` holds. So every tie of a row costs its new tokens since the
+    last tie (forced, or plain steps), never the prompt again, and a row tied at every step costs
+    about plain decoding. ``counter`` accumulates ``fallbacks`` (replays), ``replayed`` and
+    ``decoded`` (the new tokens they decoded) and ``forced`` (tokens they ran in forced passes).
     """
     import torch
 
-    all_before_tie = tie.step is None or len(row.out) == tie.step
-    forced = row.out if all_before_tie and row.out and exact(model) else []
-    got = replay(model, torch.tensor([list(row.prompt)], device=device), rule, NearTie(None) if row.replayed else tie,
-                 forced)
+    at_tie = tie.step is not None and len(row.out) == tie.step
+    start = row.checkpoint if at_tie else None
+    if row.replayed and start is None:
+        tie = NearTie(None)  # no checkpoint to resume: plainly to the end (bounds the row's cost)
+    known = row.out if (at_tie or tie.step is None) and row.out and exact(model) else []
+    got = replay(model, torch.tensor([list(row.prompt)], device=device), rule, tie, known, start)
     if isinstance(got, Row):
         got.index = row.index
     if counter is not None:
-        n = len(got.out if isinstance(got, Row) else got)
-        for key, add in (("fallbacks", 1), ("replayed", n), ("decoded", n), ("forced", len(forced))):
+        had = len(start.out) if start is not None else 0  # tokens the checkpoint had (all but its last in its cache)
+        n = len(got.out if isinstance(got, Row) else got) - had
+        forced = len(known) - max(had - 1, 0) if known else 0
+        for key, add in (("fallbacks", 1), ("replayed", n), ("decoded", n), ("forced", forced)):
             counter[key] = counter.get(key, 0) + add
     return got
 

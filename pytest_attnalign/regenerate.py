@@ -38,7 +38,8 @@ choice, and then rejoins the shortcuts (:func:`decoding.replay`): the result is 
 that of plain decoding, and a tie costs plain steps up to the tie, not to the end of the output.
 The tokens before the tie are known (safe argmaxes), so where the model allows it the replay runs
 them in one forced pass that computes plain decoding's one-token steps bit for bit
-(:mod:`.teacher_forcing`) instead of one step each.
+(:mod:`.teacher_forcing`) instead of one step each; a row's later tie resumes from the plain
+cache its previous replay left (:class:`decoding.Checkpoint`) and runs only the tokens since.
 """
 
 from __future__ import annotations
@@ -107,10 +108,10 @@ def regenerate_ids(lm: Any, task: Task, gen: Generation, task_prompts: Sequence[
     half-precision models have no default and are decoded plainly unless it is given).
     ``stats`` (optional) accumulates ``prompts``, ``verified`` (tokens taken from verification
     passes), ``decoded`` (tokens decoded step by step, alone, pooled or replayed plainly),
-    ``fallbacks`` (near-ties replayed plainly), ``replayed`` (tokens those replays decoded) and
-    ``forced`` (of those, the tokens before a tie run in one forced pass:
-    :mod:`.teacher_forcing`). A row's second near-tie is replayed to the end of its output (bounds
-    a tie-ridden row's cost).
+    ``fallbacks`` (near-ties replayed plainly), ``replayed`` (new tokens those replays decoded) and
+    ``forced`` (tokens a replay ran in one forced pass: :mod:`.teacher_forcing`). A row's later
+    near-tie resumes from where its previous replay stopped (:class:`decoding.Checkpoint`), so even
+    a row tied at every step costs about plain decoding.
     """
     import torch
 

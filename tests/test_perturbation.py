@@ -156,20 +156,32 @@ def test_planned_verification_chunks_still_equal_plain_greedy(models: dict, monk
 
 
 @pytest.mark.parametrize("family", ["llama", "xglm"])
-def test_near_tie_falls_back_to_plain_decoding(models: dict, family: str) -> None:
+def test_a_tie_at_every_step_replays_each_step_once_from_the_last_tie(models: dict, family: str) -> None:
     """A margin larger than any logit gap marks every step unsafe: each prompt is replayed plainly
-    through its first step (the verification pass's tie), then, at its second tie (the first pooled
-    step), plainly to the end: step 0's token forced where the model allows it (llama), else one
-    plain step (xglm, whose attention is its own module code: :func:`teacher_forcing.exact` fails)."""
+    through its first step (the verification pass's tie), and every later tie resumes from the
+    checkpoint the replay before it left: the previous tie's token forced where the model allows it
+    (llama), else one plain step (xglm, whose attention is its own module code:
+    :func:`teacher_forcing.exact` fails). So a row tied at every step runs its prompt once and each
+    token once, and gets plain decoding's tokens."""
     ctx = context(models[family], 8)
     assert exact(ctx.lm.model) is (family == "llama")
     prompts = perturbed_prompts(ctx)[:3]
     stats: dict[str, int] = {}
     expected = [plain_ids(ctx, p) for p in prompts]
-    assert regenerate_ids(ctx.lm, ctx.task, ctx.generation, prompts, tie_tol=1e9, stats=stats) == expected
-    assert stats["fallbacks"] == 6 and stats["verified"] == 0
-    assert stats["replayed"] == sum(1 + len(e) for e in expected)
-    assert stats["forced"] == (3 if family == "llama" else 0)
+    widths: list[int] = []  # tokens each forward pass ran
+    hook = ctx.lm.model.register_forward_pre_hook(
+        lambda module, args, kwargs: widths.append(kwargs["input_ids"].shape[1]), with_kwargs=True)
+    try:
+        assert regenerate_ids(ctx.lm, ctx.task, ctx.generation, prompts, tie_tol=1e9, stats=stats) == expected
+    finally:
+        hook.remove()
+    steps = sum(len(e) + (len(e) < 8) for e in expected)  # a step that emits eos is a step too
+    assert stats["verified"] == 0 and stats["fallbacks"] == steps
+    assert stats["replayed"] == sum(len(e) for e in expected)
+    assert stats["forced"] == (steps - len(prompts) if family == "llama" else 0)
+    # the original prompt's prefix, then one verification pass and one plain prompt pass per prompt;
+    # every other pass (pooled steps, resumed replays) runs one token: no prompt is run twice
+    assert sum(w > 1 for w in widths) <= 1 + 2 * len(prompts) and widths.count(1) >= steps - len(prompts)
 
 
 @pytest.mark.parametrize("family, alone", [("llama", False), ("gpt2", False), ("llama", True)])

