@@ -126,8 +126,9 @@ def previous_regenerate(ctx: Any, task_prompts: Any, **kw: Any) -> list[str]:
     return _REAL["regenerate"](ctx, task_prompts, **kw, **PREVIOUS_REGENERATION)
 
 
-def previous_replay(model: Any, prompt_ids: Any, rule: Any, tie: Any, forced: Any = ()) -> Any:
-    """A near-tie before issue 9: the prompt decoded plainly from its start to its end, step by step."""
+def previous_replay(model: Any, prompt_ids: Any, rule: Any, tie: Any, forced: Any = (), start: Any = None) -> Any:
+    """A near-tie before issue 9: the prompt decoded plainly from its start to its end, step by step
+    (no forced tokens, no checkpoint)."""
     from pytest_attnalign.decoding import NearTie
 
     return _REAL["replay"](model, prompt_ids, rule, NearTie(None))

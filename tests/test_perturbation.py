@@ -184,6 +184,33 @@ def test_a_tie_at_every_step_replays_each_step_once_from_the_last_tie(models: di
     assert sum(w > 1 for w in widths) <= 1 + 2 * len(prompts) and widths.count(1) >= steps - len(prompts)
 
 
+@pytest.mark.parametrize("baseline", ["previous", "plain-replays"])
+def test_the_benchmark_baselines_replay_ties_with_plain_tokens(models: dict, baseline: str,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """scripts/bench_methods.py swaps replays for its baselines (the previous code: plainly from the
+    prompt to the end; plain-replays: no forced tokens); with a tie at every step both still take
+    whatever the decoders pass and give plain decoding's tokens."""
+    import importlib.util
+
+    import pytest_attnalign.decoding as decoding
+
+    spec = importlib.util.spec_from_file_location("bench_methods", Path(__file__).parents[1] / "scripts" / "bench_methods.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    ctx = context(models["llama"], 8)
+    prompts = perturbed_prompts(ctx)[:3]
+    expected = [plain_ids(ctx, p) for p in prompts]
+    monkeypatch.setitem(bench._REAL, "replay", decoding.replay)
+    if baseline == "previous":
+        monkeypatch.setattr(decoding, "replay", bench.previous_replay)
+    else:
+        monkeypatch.setattr(decoding, "exact", bench.never_exact)
+    stats: dict[str, int] = {}
+    assert regenerate_ids(ctx.lm, ctx.task, ctx.generation, prompts, tie_tol=1e9, stats=stats) == expected
+    assert stats["forced"] == 0 and stats["fallbacks"] == (len(prompts) if baseline == "previous" else
+                                                           sum(len(e) + (len(e) < 8) for e in expected))
+
+
 @pytest.mark.parametrize("family, alone", [("llama", False), ("gpt2", False), ("llama", True)])
 def test_a_pooled_near_tie_is_replayed_through_the_tie_only_and_rejoins_the_pool(models: dict, family: str, alone: bool,
                                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
