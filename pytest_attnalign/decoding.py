@@ -56,10 +56,16 @@ def top(logits: Any, tol: float) -> tuple[list[int], list[bool]]:
 
     ``tol >= 0`` is an absolute margin in logits; ``tol < 0`` means ``|tol| x max(1, max |logit|)``.
     """
+    import torch
+
     logits = logits.float()
     top2 = logits.topk(2, dim=-1)
     margin = top2.values[..., 0] - top2.values[..., 1]
-    need = tol if tol >= 0 else -tol * logits.abs().amax(-1).clamp(min=1.0)
+    if tol >= 0:
+        need = tol
+    else:  # max |logit| as max(max, -min): the same value without an |logits| copy of the vocabulary
+        low, high = logits.aminmax(dim=-1)
+        need = -tol * torch.maximum(high, -low).clamp(min=1.0)
     return top2.indices[..., 0].tolist(), (margin > need).tolist()
 
 
@@ -174,14 +180,15 @@ def decode_pooled(model: Any, rows: list[Row], rule: StopRule, tol: float, devic
 
     The caches are padded on the left to a common width (masked out), each row gets its own
     position ids, and every step feeds each row's last token. A row leaves the batch where
-    :meth:`StopRule.emit` stops it; the batch's cache grows in place (:mod:`.growing_cache`: the
-    same values, without re-copying it every step). A row that meets a near-tie is replayed plainly through it
+    :meth:`StopRule.emit` stops it; the batch's cache grows in place and shrinks in place as rows
+    leave (:mod:`.growing_cache`: the same values, without a fresh copy of the batch's cache every
+    step or every time a row leaves). A row that meets a near-tie is replayed plainly through it
     (:func:`replay`) and joins the batch again, so a tie costs plain steps up to the tie only and
     the rest still decodes batched. The last row left decodes alone with :func:`decode_lookahead`.
     """
     import torch
 
-    from .growing_cache import growing
+    from .growing_cache import keep_rows, pooled
 
     rows = list(rows)  # replayed rows replace their entries
     out: list[list[int]] = [r.out for r in rows]
@@ -190,7 +197,7 @@ def decode_pooled(model: Any, rows: list[Row], rule: StopRule, tol: float, devic
         return out
     lengths = [len(rows[i].prompt) + len(rows[i].out) - 1 for i in live]
     width = max(lengths)
-    cache = growing(stack_caches([rows[i].past for i in live], lengths, width))
+    cache = pooled([rows[i].past for i in live], lengths, width)
     mask = torch.zeros((len(live), width + 1), dtype=torch.long)
     for j, n in enumerate(lengths):
         mask[j, width - n :] = 1
@@ -225,9 +232,8 @@ def decode_pooled(model: Any, rows: list[Row], rule: StopRule, tol: float, devic
                     continue
                 keep.append(j)
             if len(keep) < len(live):
+                keep_rows(cache, keep)
                 idx = torch.tensor(keep, dtype=torch.long, device=device)
-                for layer in cache.layers:
-                    layer.keys, layer.values = layer.keys.index_select(0, idx), layer.values.index_select(0, idx)
                 mask, pos = mask.index_select(0, idx), pos.index_select(0, idx)
                 live = [live[j] for j in keep]
             mask = torch.cat([mask, mask.new_ones((len(live), 1))], dim=1)
@@ -292,15 +298,17 @@ def _join(cache: Any, mask: Any, pos: Any, row: Row, device: Any) -> tuple[Any, 
     """Add ``row`` (its cache over prompt + out[:-1]) to a pooled batch whose ``mask`` also covers the next feed."""
     import torch
 
+    from .growing_cache import pad_left, pooled
+
     length = len(row.prompt) + len(row.out) - 1
     width = mask.shape[1] - 1
     if length > width:  # widen the batch on the left
         grow = length - width
         for layer in cache.layers:
-            layer.keys, layer.values = _pad_left(layer.keys, grow), _pad_left(layer.values, grow)
+            layer.keys, layer.values = pad_left(layer.keys, grow), pad_left(layer.values, grow)
         mask = torch.cat([mask.new_zeros((mask.shape[0], grow)), mask], dim=1)
         width = length
-    single = stack_caches([row.past], [length], width)
+    single = pooled([row.past], [length], width)
     for layer, extra in zip(cache.layers, single.layers):
         layer.keys = torch.cat([layer.keys, extra.keys], dim=0)
         layer.values = torch.cat([layer.values, extra.values], dim=0)
@@ -373,30 +381,6 @@ def _lookup(history: list[int], k: int) -> list[int]:
             if history[start : start + n] == tail:
                 return history[start + n : start + n + k]
     return []
-
-
-def stack_caches(pasts: list[Any], lengths: list[int], width: int) -> Any:
-    """One batched cache from single-row caches of the given lengths, left-padded with zeros to ``width``."""
-    import torch
-
-    new = copy.copy(pasts[0])
-    new.layers = []
-    for n, layer in enumerate(pasts[0].layers):
-        piece = copy.copy(layer)
-        for name in ("keys", "values"):
-            rows = [_pad_left(getattr(past.layers[n], name), width - length) for past, length in zip(pasts, lengths)]
-            setattr(piece, name, torch.cat(rows, dim=0))
-        new.layers.append(piece)
-    return new
-
-
-def _pad_left(t: Any, n: int) -> Any:
-    """Keys or values (batch x heads x time x dim) with ``n`` zero columns in front (masked-out padding)."""
-    import torch
-
-    if n <= 0:
-        return t
-    return torch.cat([t.new_zeros((t.shape[0], t.shape[1], n, t.shape[3])), t], dim=2)
 
 
 def row_cache(cache: Any, row: int, start: int, end: int) -> Any:

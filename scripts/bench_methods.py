@@ -44,6 +44,7 @@ end to end).
 from __future__ import annotations
 
 import argparse
+import copy
 import cProfile
 import io
 import json
@@ -151,9 +152,21 @@ PREVIOUS_REGENERATION: dict[str, Any] = {"pool_size": 16, "lookahead": 0}
 PREVIOUS_CHUNKS_PLANNED_AFTER = 10**9
 
 
-def concatenating(cache: Any) -> Any:
-    """Pooled caches before issue 9: transformers' own layers, re-concatenated every step."""
-    return cache
+def concatenated(pasts: list[Any], lengths: list[int], width: int) -> Any:
+    """Pooled caches before issue 9: the rows' caches concatenated into transformers' own layers
+    (re-concatenated every step)."""
+    from pytest_attnalign.growing_cache import stacked
+
+    return stacked(pasts, lengths, width, copy.copy)
+
+
+def index_selected(cache: Any, keep: list[int]) -> None:
+    """Rows leaving a pool before issue 9: a fresh copy of the kept rows of every layer."""
+    import torch
+
+    idx = torch.tensor(keep, dtype=torch.long, device=cache.layers[0].keys.device)
+    for layer in cache.layers:
+        layer.keys, layer.values = layer.keys.index_select(0, idx), layer.values.index_select(0, idx)
 
 
 class _Swap:
@@ -293,7 +306,7 @@ class Bench:
                          (perturbation_mod, "regenerate", previous_regenerate), (decoding_mod, "replay", previous_replay),
                          (regenerate_mod, "fast_attention", eager_attention),
                          (regenerate_mod._Chunks, "MIN_SEEN", PREVIOUS_CHUNKS_PLANNED_AFTER),
-                         (growing_mod, "growing", concatenating)],
+                         (growing_mod, "pooled", concatenated), (growing_mod, "keep_rows", index_selected)],
             "plain-replays": [(decoding_mod, "exact", never_exact)],
         }.get(args.baseline)
         self.prof = cProfile.Profile() if args.profile else None

@@ -40,9 +40,10 @@ def main() -> int:
     args = ap.parse_args()
     import torch
 
-    from pytest_attnalign.decoding import row_cache, stack_caches
+    from pytest_attnalign.decoding import row_cache
     from pytest_attnalign.forward import cache_kwarg, cache_of, fast_attention, step
     from pytest_attnalign.generation import generate
+    from pytest_attnalign.growing_cache import pooled
     from pytest_attnalign.methods import AttributionContext
     from pytest_attnalign.methods.perturbation import mask_words
     from pytest_attnalign.models import load_model
@@ -95,7 +96,7 @@ def main() -> int:
                     rows.append(row_cache(cache_of(res), 0, 0, len(ids)))  # the prompt only
                     lengths.append(len(ids))
                 width = max(lengths)
-                cache = stack_caches(rows, lengths, width)
+                cache = pooled(rows, lengths, width)
                 mask = torch.zeros((len(rows), width), dtype=torch.long, device=dev)
                 for j, n in enumerate(lengths):
                     mask[j, width - n :] = 1

@@ -184,6 +184,87 @@ def test_a_growing_cache_layer_equals_the_concatenating_one_and_copies_once_per_
     assert 2 <= len(buffers) <= 4  # a fresh buffer at the first step, when full and after the row left
 
 
+def _one_row_caches(lengths: list[int], kind: type | None = None) -> list:
+    """One-row caches of two layers with random keys and values (4 heads x length x 8)."""
+    from types import SimpleNamespace
+
+    from transformers.cache_utils import DynamicLayer
+
+    caches = []
+    for n in lengths:
+        layers = []
+        for _ in range(2):
+            layer = kind(sliding_window=4096) if kind else DynamicLayer()
+            layer.update(torch.randn(1, 4, n, 8), torch.randn(1, 4, n, 8))
+            layers.append(layer)
+        caches.append(SimpleNamespace(layers=layers))
+    return caches
+
+
+def _concatenated(caches: list, lengths: list[int], width: int, name: str, layer: int) -> torch.Tensor:
+    """The stacked tensor the way the pool used to build it: zero padding on the left, one cat."""
+    return torch.cat([torch.cat([torch.zeros(1, 4, width - n, 8), getattr(c.layers[layer], name)], dim=2)
+                      for c, n in zip(caches, lengths)], dim=0)
+
+
+def test_a_pool_grows_and_shrinks_in_its_own_buffers_with_the_values_of_fresh_copies() -> None:
+    from transformers.cache_utils import DynamicLayer
+
+    from pytest_attnalign.growing_cache import ROOM, GrowingLayer, keep_rows, pooled
+
+    torch.manual_seed(0)
+    lengths, width = [5, 9, 3, 9, 7], 9
+    caches = _one_row_caches(lengths)
+    want = [[_concatenated(caches, lengths, width, name, n) for name in ("keys", "values")] for n in range(2)]
+    cache = pooled(caches, lengths, width)
+    for n, layer in enumerate(cache.layers):
+        assert type(layer) is GrowingLayer
+        assert torch.equal(layer.keys, want[n][0]) and torch.equal(layer.values, want[n][1])
+    # four steps, rows leaving after the second (the first row: every later row moves down) and the
+    # third; the first step copies into room, every later one writes there
+    plain = [DynamicLayer() for _ in range(2)]
+    for n, layer in enumerate(plain):
+        layer.update(*want[n])
+    live = list(range(len(lengths)))
+    for keep in ([0, 1, 2, 3, 4], [1, 2, 3, 4], [0, 2], None):
+        k, v = torch.randn(len(live), 4, 1, 8), torch.randn(len(live), 4, 1, 8)
+        for mine, ref in zip(cache.layers, plain):
+            storage = mine.buffers[0].data_ptr() if mine.buffers else None
+            got, expected = mine.update(k, v), ref.update(k, v)
+            assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1])
+            assert mine.buffers[0].shape[2] == width + 1 + ROOM  # one buffer with room for all steps
+            assert storage in (None, mine.buffers[0].data_ptr())  # written into its room, not re-allocated
+        if keep is None:
+            break
+        idx = torch.tensor(keep)
+        for ref in plain:
+            ref.keys, ref.values = ref.keys.index_select(0, idx), ref.values.index_select(0, idx)
+        storage = [layer.buffers[0].data_ptr() for layer in cache.layers]
+        keep_rows(cache, keep)
+        live = [live[j] for j in keep]
+        for mine, ref, ptr in zip(cache.layers, plain, storage):
+            assert torch.equal(mine.keys, ref.keys) and torch.equal(mine.values, ref.values)
+            assert mine.buffers[0].data_ptr() == ptr and mine.views[0] is mine.keys  # in place, still its own views
+    assert live == [1, 3]
+
+
+def test_a_pool_of_other_cache_layers_is_stacked_as_they_are() -> None:
+    from transformers.cache_utils import DynamicSlidingWindowLayer
+
+    from pytest_attnalign.growing_cache import keep_rows, pooled
+
+    torch.manual_seed(0)
+    lengths, width = [4, 6], 6
+    caches = _one_row_caches(lengths, DynamicSlidingWindowLayer)
+    cache = pooled(caches, lengths, width)
+    for n, layer in enumerate(cache.layers):
+        assert type(layer) is DynamicSlidingWindowLayer
+        assert torch.equal(layer.keys, _concatenated(caches, lengths, width, "keys", n))
+    want = cache.layers[1].values[[1]]
+    keep_rows(cache, [1])
+    assert torch.equal(cache.layers[1].values, want)
+
+
 @pytest.mark.parametrize("family", FAMILIES)
 def test_pooled_steps_write_into_a_growing_cache(regen_contexts: dict[str, AttributionContext], family: str) -> None:
     from pytest_attnalign.growing_cache import GrowingLayer
