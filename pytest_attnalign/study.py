@@ -163,7 +163,11 @@ class Study:
         ks = sorted(set(self.config.ks) | {self.config.error_k})
         per_k = {str(k): s.as_dict() for k, s in score_tasks([task_units], ks).items()}
         if gen.completion.strip():
-            result = run_completion(task, gen.completion, self.config.limits).as_dict()
+            # One run per generation, shared by the task's items: the code and tests are the same,
+            # and a result near a limit (a timeout under load) must not differ between its methods.
+            limits = self.config.limits
+            result = dict(ctx.memo(f"execution:{sorted(limits.as_dict().items())}",
+                                   lambda: run_completion(task, gen.completion, limits).as_dict()))
         else:
             result = {"outcome": "error", "seconds": 0.0, "returncode": None, "stderr_tail": NO_CODE}
         passed = result["outcome"] == "pass"

@@ -105,6 +105,28 @@ def test_a_third_backend_runs_the_perturbation_methods(keyword_model: list[Keywo
     assert len(lm.prompts) == asked  # the cache hit: keyed by the model's identity, whatever its backend
 
 
+def test_a_tasks_items_share_one_run_of_its_tests(keyword_model: list[KeywordModel], tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch, offline: None) -> None:
+    """The unit tests run once per generation: a task's methods cannot disagree on Pass@1 (a run near
+    the timeout under load), and 11 of 12 sandbox starts a task are saved."""
+    from pytest_attnalign import study as study_module
+
+    runs: list[str] = []
+    real = study_module.run_completion
+
+    def counted(task: Task, completion: str, limits: Any) -> Any:
+        runs.append(completion)
+        return real(task, completion, limits)
+
+    monkeypatch.setattr(study_module, "run_completion", counted)
+    study = Study(StudyConfig(cache_dir=tmp_path))
+    first, second = (study.run_item("keywords", m, "HumanEval/0") for m in ("shap", "bert_masking"))
+    assert len(runs) == 1 and first.execution == second.execution and first.passed == second.passed
+    assert first.execution["outcome"] == "fail"  # the fake's code runs and fails HumanEval/0's tests
+    study.run_item("keywords", "shap", "HumanEval/1")
+    assert len(runs) == 2  # another task's generation runs its own tests
+
+
 def test_methods_needing_internals_are_not_applicable(keyword_model: list[KeywordModel], tmp_path: Path,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     """Skipped before generating: the API model's server (nothing listens on port 9) is never asked."""
