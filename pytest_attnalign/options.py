@@ -164,6 +164,60 @@ def given(config: pytest.Config) -> bool:
     return explicit or any("benchmarks" in Path(str(a)).parts for a in paths)
 
 
+#: The ``--attn-*`` options that take no value: a token after them is pytest's own.
+_FLAGS = ("--attn-autosave", "--attn-compare-force")
+
+
+def check_rootdir(config: pytest.Config) -> None:
+    """Stop a run whose rootdir came from an ``--attn-*`` option's value.
+
+    pytest finds its rootdir before plugins declare their options, so in ``--attn-cache-dir /data``
+    (two tokens) it takes ``/data`` for a test path (pytest's docs, "rootdir", and its issue #1435):
+    the rootdir, and with it the ini file, conftest.py, ``.pytest_cache`` and the saved runs,
+    would move to ``/data``. Written ``--attn-cache-dir=/data`` the value is never a path to pytest.
+    """
+    import os
+    import shlex
+
+    tokens = shlex.split(os.environ.get("PYTEST_ADDOPTS", "")) + [str(a) for a in config.invocation_params.args]
+    here = config.invocation_params.dir
+    taken = [(flag, value) for flag, value in zip(tokens, tokens[1:])
+             if flag.startswith("--attn-") and "=" not in flag and flag not in _FLAGS
+             and not value.startswith("-") and (here / value).exists()]
+    if not taken:
+        return
+    proper = _rootdir_without_option_values(config)
+    if proper is None or proper == Path(str(config.rootpath)):
+        return
+    flag, value = taken[0]
+    raise pytest.UsageError(
+        f"{flag} {value}: pytest took the value for a test path, so the rootdir became {config.rootpath} "
+        f"instead of {proper} (its config, conftest.py, .pytest_cache, saved runs): write {flag}={value}")
+
+
+def _rootdir_without_option_values(config: pytest.Config) -> Path | None:
+    """The rootdir pytest finds from the run's real arguments (``None``: cannot tell).
+
+    ``_pytest.config.findpaths.determine_setup`` is pytest's own rule; it has no public API and its
+    parameters changed between 7.4 and 9 (so only those it declares are passed). Should it move,
+    the check is skipped rather than guessed.
+    """
+    import inspect
+
+    try:
+        from _pytest.config.findpaths import determine_setup
+    except ImportError:
+        return None
+    ns = config.known_args_namespace
+    kwargs = {"inifile": ns.inifilename, "override_ini": ns.override_ini, "args": [str(a) for a in ns.file_or_dir],
+              "rootdir_cmd_arg": ns.rootdir or None, "invocation_dir": config.invocation_params.dir}
+    try:
+        declared = inspect.signature(determine_setup).parameters
+        return Path(str(determine_setup(**{k: v for k, v in kwargs.items() if k in declared})[0]))
+    except (TypeError, ValueError, AttributeError, OSError):
+        return None
+
+
 def _positive_ints(text: str, flag: str) -> tuple[int, ...]:
     try:
         values = tuple(int(x) for x in text.split(",") if x.strip())

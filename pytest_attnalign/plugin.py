@@ -19,7 +19,7 @@ import pytest
 
 from .benchmarks import BENCHMARKS, NAMES
 from .errors import AttnalignError, ModelUnavailable
-from .options import Options, add_options, given, parse_options, study_config
+from .options import Options, add_options, check_rootdir, given, parse_options, study_config
 
 pytest_plugins = ["pytest_attnalign.fixtures"]  # attn_model, attn_task, ... for users' own tests
 
@@ -309,6 +309,7 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "attnalign: an item of the attention-alignment study")
     if not given(config):
         return
+    check_rootdir(config)
     session = AttnSession(config, parse_options(config))
     if session._controller():
         session.load_baseline()

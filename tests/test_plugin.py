@@ -162,6 +162,28 @@ def test_model_directory_without_config_is_a_usage_error(project: pytest.Pyteste
     result.stderr.re_match_lines([r"ERROR: --attn-model: model directory .* has no config.json: point --attn-model at a saved"])
 
 
+def test_an_option_value_taken_for_the_rootdir_is_a_usage_error(project: pytest.Pytester, tmp_path: Path) -> None:
+    """pytest finds its rootdir before it knows the plugin's options: ``--attn-cache-dir DIR`` (two tokens)
+    would make an existing DIR the rootdir (ini, conftest.py, .pytest_cache, saved runs there)."""
+    outside = tmp_path / "cache"
+    outside.mkdir()
+    opts = ["--attn-model=openai:stub", "--attn-method=shap", "--attn-limit=1", "--collect-only", "-q"]
+    result = project.runpytest(*opts, "--attn-cache-dir", str(outside))
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    became = os.path.commonpath([outside, project.path])  # pytest's fallback: the common ancestor of cwd and the "path"
+    assert [line for line in result.errlines if line.strip()] == [
+        f"ERROR: --attn-cache-dir {outside}: pytest took the value for a test path, so the rootdir became "
+        f"{became} instead of {project.path} (its config, conftest.py, .pytest_cache, saved runs): "
+        f"write --attn-cache-dir={outside}"]
+    assert sorted(p.name for p in outside.iterdir()) == []  # no .pytest_cache, no results
+    # the same value after "=", or a separate value inside the project (same rootdir), runs as asked
+    ids = [f"{HE}[openai:stub-shap-HumanEval/0]", f"{MB}[openai:stub-shap-Mbpp/1]"]
+    assert collected(project.runpytest(*opts, f"--attn-cache-dir={outside}", *NO_CACHE)) == ids
+    (project.path / "run.json").write_text("{}")
+    assert collected(project.runpytest(*opts, f"--attn-cache-dir={outside}", "--attn-json", "run.json",
+                                       *NO_CACHE)) == ids
+
+
 # --------------------------------------------------------------------------------------- collection
 
 
