@@ -218,6 +218,42 @@ def _rootdir_without_option_values(config: pytest.Config) -> Path | None:
         return None
 
 
+_TASK_IN_K = re.compile(r"\b([A-Za-z]+)/(\d+)(\])?")
+
+
+def check_task_filter(keyword: str, benchmarks: list[str], limit: int | None) -> None:
+    """``-k`` naming a task this run does not hold selects nothing, silently: say which and why.
+
+    A task written with its closing bracket (``HumanEval/12]``, as the README shows) is one task;
+    without it, pytest's substring match takes every id that starts with it (``HumanEval/1``: 1,
+    10-19, 100-163). pytest matches ``-k`` case-insensitively, so this does too. An expression with
+    ``not`` selects by exclusion and is left alone.
+    """
+    from .benchmarks import benchmark_of
+    from .tasks import load_tasks
+
+    if not keyword or re.search(r"\bnot\b", keyword, re.IGNORECASE):
+        return
+    for found in _TASK_IN_K.finditer(keyword):
+        bench = benchmark_of(f"{found[1]}/")
+        if bench is None:
+            continue
+        token, exact = f"{bench.prefix}/{found[2]}", found[3] is not None
+
+        def hits(ids: Any) -> list[str]:
+            return [i for i in ids if (i == token if exact else i.startswith(token))]
+
+        if not hits(bench.load()):
+            raise AttnalignError(f"{'no task ' if exact else 'no task id starts with '}{token}: ids are {bench.ids}")
+        if bench.name not in benchmarks:
+            raise AttnalignError(f"{token} is in {bench.name}, which --attn-benchmark={benchmarks[0]} leaves out: "
+                                 f"use --attn-benchmark={bench.name} or all")
+        held = [t.task_id for t in load_tasks(bench.name)[:limit]]
+        if not hits(held):
+            raise AttnalignError(f"{token} is past --attn-limit={limit} ({bench.name}: {held[0]} to {held[-1]}): "
+                                 f"raise --attn-limit")
+
+
 def _positive_ints(text: str, flag: str) -> tuple[int, ...]:
     try:
         values = tuple(int(x) for x in text.split(",") if x.strip())
@@ -269,6 +305,8 @@ def parse_options(config: pytest.Config) -> Options:
         raise pytest.UsageError(f"--attn-timeout: must be positive seconds, got {get('attn_timeout')}")
     if get("attn_labels") not in ("corrected", "study"):
         raise pytest.UsageError(f"--attn-labels: unknown {get('attn_labels')!r}; use corrected or study")
+    benchmarks = list(NAMES) if bench == "all" else [bench]
+    usage(f"-k {get('keyword')!r}", check_task_filter, get("keyword"), benchmarks, get("attn_limit"))
     settings = usage("--attn-method-option", method_options, get("attn_shap_evaluations"), get("attn_fill_mask_model"),
                      get("attn_method_option"), methods)
     from .methods import get_method
@@ -304,7 +342,7 @@ def parse_options(config: pytest.Config) -> Options:
             compare = usage("--attn-compare", find_run, storage, get("attn_compare"))
     return Options(
         models=list(dict.fromkeys(models)), methods=methods,
-        benchmarks=list(NAMES) if bench == "all" else [bench],
+        benchmarks=benchmarks,
         ks=ks, limit=get("attn_limit"), device=device,
         dtype=get("attn_dtype"), prompt_format=fmt, max_new_tokens=get("attn_max_new_tokens"),
         cache_dir=cache_dir, timeout=get("attn_timeout"), error_k=get("attn_error_k"), json_path=json_path,

@@ -213,6 +213,34 @@ def test_any_attn_option_or_benchmarks_path_runs_the_study(project: pytest.Pytes
     assert collected(by_path)[0] == f"{HE}[smollm2-reading_first-HumanEval/0]"
 
 
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--attn-limit=10", "-k", "HumanEval/12]"],
+         "-k 'HumanEval/12]': HumanEval/12 is past --attn-limit=10 (humaneval: HumanEval/0 to HumanEval/9): raise --attn-limit"),
+        (["-k", "humaneval/164]"], "-k 'humaneval/164]': no task HumanEval/164: ids are HumanEval/0..163"),
+        (["-k", "Mbpp/9750"], "-k 'Mbpp/9750': no task id starts with Mbpp/9750: ids are Mbpp/1..974"),
+        (["--attn-benchmark=humaneval", "-k", "Mbpp/3] and shap"],
+         "-k 'Mbpp/3] and shap': Mbpp/3 is in mbpp, which --attn-benchmark=humaneval leaves out: use --attn-benchmark=mbpp or all"),
+    ],
+)
+def test_k_naming_a_task_the_run_lacks_is_a_usage_error(project: pytest.Pytester, tmp_path: Path, args: list[str],
+                                                       expected: str) -> None:
+    """Without the check such a run collected every item, deselected them all and said only "0 selected"."""
+    result = project.runpytest("--attn-model=openai:stub", "--attn-method=shap", f"--attn-cache-dir={tmp_path}",
+                               "--collect-only", "-q", *args, *NO_CACHE)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert [line for line in result.errlines if line.strip()] == [f"ERROR: {expected}"]
+
+
+def test_k_selects_by_prefix_and_by_exclusion_unchecked(project: pytest.Pytester, tmp_path: Path) -> None:
+    opts = ["--attn-model=openai:stub", "--attn-method=shap", "--attn-benchmark=humaneval", "--attn-limit=12",
+            f"--attn-cache-dir={tmp_path}", "--collect-only", "-q", *NO_CACHE]
+    assert collected(project.runpytest(*opts, "-k", "HumanEval/1")) == [
+        f"{HE}[openai:stub-shap-HumanEval/{i}]" for i in (1, 10, 11)]
+    assert len(collected(project.runpytest(*opts, "-k", "not HumanEval/99]"))) == 12  # exclusion: nothing to check
+
+
 def test_k_selects_exactly_one_task_and_ids_are_stable(project: pytest.Pytester, tmp_path: Path) -> None:
     models, methods = ["openai:a", "openai:b"], ["reading_last", "bert_masking", "shap"]
     opts = [f"--attn-model={models[0]}", f"--attn-model={models[1]}", f"--attn-method={','.join(methods)}",
