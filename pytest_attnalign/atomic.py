@@ -8,7 +8,7 @@ that looks complete: each writer renames a complete file over the target, the la
 from __future__ import annotations
 
 import os
-import tempfile
+import secrets
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
@@ -17,11 +17,24 @@ from typing import Any, TextIO
 def write_atomic(path: Path, write: Callable[[TextIO], Any], prefix: str | None = None) -> None:
     """``write(fh)`` to a uniquely named temp file (``prefix``, default ``.NAME.``) renamed to ``path``;
     no temp file is left, whatever stopped the write. The directory must exist."""
-    fd, tmp = tempfile.mkstemp(prefix=prefix or f".{path.name}.", dir=path.parent)
+    fd, tmp = _new_file(path.parent, prefix or f".{path.name}.")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             write(fh)
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
+
+
+def _new_file(directory: Path, prefix: str) -> tuple[int, Path]:
+    """A new, uniquely named file open for writing, with the mode ``open()`` would give (0666 less the
+    umask). ``tempfile.mkstemp`` creates 0600, and the rename kept it: a run file or web page that
+    the rest of a group (or a web server) could not read."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+    while True:
+        tmp = directory / f"{prefix}{secrets.token_hex(6)}"
+        try:
+            return os.open(tmp, flags, 0o666), tmp
+        except FileExistsError:
+            continue

@@ -6,6 +6,8 @@ import multiprocessing
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from pytest_attnalign.cache import ResultCache
 
 KEY = {"task": "HumanEval/0", "method": "shap"}
@@ -61,3 +63,23 @@ def test_racing_writers_never_leave_a_torn_or_mixed_entry(tmp_path: Path) -> Non
     final = ResultCache(tmp_path)
     assert final.get("results", KEY, decode) is not None and final.invalid == 0
     assert [p.name for p in tmp_path.rglob(".tmp-*")] == []  # every writer's temporary file was renamed
+
+
+def test_written_files_get_the_mode_open_gives(tmp_path: Path) -> None:
+    """0666 less the umask, like any file the user writes (mkstemp's 0600 hid run files from a group)."""
+    import os
+    import stat
+
+    from pytest_attnalign.atomic import write_atomic
+
+    for umask, mode in ((0o022, 0o644), (0o077, 0o600), (0o002, 0o664)):
+        old = os.umask(umask)
+        try:
+            write_atomic(tmp_path / "run.json", lambda fh: fh.write("{}"))
+        finally:
+            os.umask(old)
+        assert stat.S_IMODE((tmp_path / "run.json").stat().st_mode) == mode
+    assert [p.name for p in tmp_path.iterdir()] == ["run.json"]  # no temp file left
+    with pytest.raises(ZeroDivisionError):
+        write_atomic(tmp_path / "run.json", lambda fh: 1 / 0)
+    assert (tmp_path / "run.json").read_text() == "{}" and len(list(tmp_path.iterdir())) == 1
