@@ -164,8 +164,8 @@ def given(config: pytest.Config) -> bool:
     return explicit or any("benchmarks" in Path(str(a)).parts for a in paths)
 
 
-#: The ``--attn-*`` options that take no value: a token after them is pytest's own.
-_FLAGS = ("--attn-autosave", "--attn-compare-force")
+#: The ``--attn-*`` options that take no value (``store_true``: a bool default): a token after them is pytest's own.
+_FLAGS = tuple("--" + name.replace("_", "-") for name, default in _DEFAULTS.items() if isinstance(default, bool))
 
 
 def check_rootdir(config: pytest.Config) -> None:
@@ -230,7 +230,6 @@ def check_task_filter(keyword: str, benchmarks: list[str], limit: int | None) ->
     ``not`` selects by exclusion and is left alone.
     """
     from .benchmarks import benchmark_of
-    from .tasks import load_tasks
 
     if not keyword or re.search(r"\bnot\b", keyword, re.IGNORECASE):
         return
@@ -243,12 +242,13 @@ def check_task_filter(keyword: str, benchmarks: list[str], limit: int | None) ->
         def hits(ids: Any) -> list[str]:
             return [i for i in ids if (i == token if exact else i.startswith(token))]
 
-        if not hits(bench.load()):
+        ids = list(bench.load())  # in task order, as the items are collected
+        if not hits(ids):
             raise AttnalignError(f"{'no task ' if exact else 'no task id starts with '}{token}: ids are {bench.ids}")
         if bench.name not in benchmarks:
             raise AttnalignError(f"{token} is in {bench.name}, which --attn-benchmark={benchmarks[0]} leaves out: "
                                  f"use --attn-benchmark={bench.name} or all")
-        held = [t.task_id for t in load_tasks(bench.name)[:limit]]
+        held = ids[:limit]
         if not hits(held):
             raise AttnalignError(f"{token} is past --attn-limit={limit} ({bench.name}: {held[0]} to {held[-1]}): "
                                  f"raise --attn-limit")

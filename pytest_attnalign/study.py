@@ -165,9 +165,8 @@ class Study:
         if gen.completion.strip():
             # One run per generation, shared by the task's items: the code and tests are the same,
             # and a result near a limit (a timeout under load) must not differ between its methods.
-            limits = self.config.limits
-            result = dict(ctx.memo(f"execution:{sorted(limits.as_dict().items())}",
-                                   lambda: run_completion(task, gen.completion, limits).as_dict()))
+            # (A context belongs to this study, so its limits are the only ones it meets.)
+            result = ctx.memo("execution", lambda: run_completion(task, gen.completion, self.config.limits).as_dict())
         else:
             result = {"outcome": "error", "seconds": 0.0, "returncode": None, "stderr_tail": NO_CODE}
         passed = result["outcome"] == "pass"
