@@ -5,6 +5,18 @@ import pytest
 pytest_plugins = ["pytester"]
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Import torch before a pytester test snapshots ``sys.modules``.
+
+    pytester restores ``sys.modules`` after each test, so torch first imported inside an in-process
+    run is dropped, and the next import of it in that process fails (a SystemError in torch's
+    ``__init__`` or a crashed xdist worker), depending on which tests a worker got first.
+    """
+    if "pytester" in getattr(item, "fixturenames", ()):
+        import torch  # noqa: F401
+
+
 @pytest.fixture(autouse=True)
 def _output_independent_of_ci(monkeypatch: pytest.MonkeyPatch) -> None:
     """pytest prints untruncated short-summary lines when CI or BUILD_NUMBER is set (as CI does);
