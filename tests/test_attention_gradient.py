@@ -14,7 +14,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from tiny_models import FAMILIES, build_tiny, gpt2_tokenizer
+from tiny_models import FAMILIES, family_contexts, gpt2_tokenizer
 
 from pytest_attnalign.errors import AttnalignError
 from pytest_attnalign.generation import Generation, build_prompt, generate
@@ -32,16 +32,7 @@ TEN = ATTENTION + GRADIENT
 @pytest.fixture(scope="module")
 def contexts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, AttributionContext]:
     """One tiny model per family, 6 greedy tokens on HumanEval/0 in completion format."""
-    out = {}
-    for family in FAMILIES:
-        lm = load_model(str(build_tiny(family, tmp_path_factory.mktemp(family))), device="cpu", dtype="float32")
-        prompt, gen = generate(lm, TASK, "completion", max_new_tokens=6)
-        # random weights emit junk that the stop rule may cut to nothing; these tests check the
-        # attribution maths, so they explain every generated token
-        gen = dataclasses.replace(gen, generated_ids=gen.raw_ids, explained=(0, len(gen.raw_ids)))
-        assert gen.generated_ids, f"{family}: no token generated"
-        out[family] = AttributionContext(lm=lm, task=TASK, prompt=prompt, generation=gen)
-    return out
+    return family_contexts(tmp_path_factory, 6)
 
 
 def fresh(ctx: AttributionContext, **changes: object) -> AttributionContext:

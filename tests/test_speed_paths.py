@@ -3,17 +3,15 @@ full pass (itself checked against captum's per-prefix loop in test_attention_gra
 
 from __future__ import annotations
 
-import dataclasses
 import math
 
 import pytest
 import torch
-from tiny_models import FAMILIES, build_tiny
+from tiny_models import FAMILIES, family_contexts
 
 from pytest_attnalign.generation import generate
 from pytest_attnalign.methods import AttributionContext
 from pytest_attnalign.methods.gradient import gradient_norms, step_gradients
-from pytest_attnalign.models import load_model
 from pytest_attnalign.tasks import get_task
 
 TASK = get_task("HumanEval/0")
@@ -24,13 +22,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.fixture(scope="module")
 def contexts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, AttributionContext]:
-    out = {}
-    for family in FAMILIES:
-        lm = load_model(str(build_tiny(family, tmp_path_factory.mktemp(family))), device="cpu", dtype="float32")
-        prompt, gen = generate(lm, TASK, "completion", max_new_tokens=9)
-        gen = dataclasses.replace(gen, generated_ids=gen.raw_ids, explained=(0, len(gen.raw_ids)))
-        out[family] = AttributionContext(lm=lm, task=TASK, prompt=prompt, generation=gen)
-    return out
+    """One tiny model per family, 9 greedy tokens on HumanEval/0 in completion format."""
+    return family_contexts(tmp_path_factory, 9)
 
 
 @pytest.mark.parametrize("family", FAMILIES)

@@ -69,3 +69,28 @@ def build_tiny(family: str, directory: Path, seed: int = 0) -> Path:
     model.save_pretrained(str(directory))
     gpt2_tokenizer().save_pretrained(str(directory))
     return directory
+
+
+def family_contexts(directories, max_new_tokens: int) -> dict:
+    """One tiny model per family and its attribution context: ``max_new_tokens`` greedy tokens on
+    HumanEval/0 in completion format, every generated token explained.
+
+    Random weights emit junk that the stop rule may cut to nothing; the tests that use these check
+    the attribution maths, so they explain every generated token. ``directories``: pytest's
+    ``tmp_path_factory``.
+    """
+    import dataclasses
+
+    from pytest_attnalign.generation import generate
+    from pytest_attnalign.methods import AttributionContext
+    from pytest_attnalign.models import load_model
+    from pytest_attnalign.tasks import get_task
+
+    task, out = get_task("HumanEval/0"), {}
+    for family in FAMILIES:
+        lm = load_model(str(build_tiny(family, directories.mktemp(family))), device="cpu", dtype="float32")
+        prompt, gen = generate(lm, task, "completion", max_new_tokens=max_new_tokens)
+        gen = dataclasses.replace(gen, generated_ids=gen.raw_ids, explained=(0, len(gen.raw_ids)))
+        assert gen.generated_ids, f"{family}: no token generated"
+        out[family] = AttributionContext(lm=lm, task=task, prompt=prompt, generation=gen)
+    return out
