@@ -75,6 +75,17 @@ def locate_units(text: str, units: Iterable[Sequence[object]]) -> tuple[list[Loc
     return located, dropped
 
 
+def in_region(located: Iterable[Located], region: Span) -> list[Located]:
+    """The units' parts inside the scored region (METRICS.md s6: units elsewhere are not scored).
+
+    A unit wholly outside is left out (one that only touches an edge too), one across an edge is cut
+    at it; an empty unit stays where it lies inside. Scores and order are kept.
+    """
+    lo, hi = region
+    return [(max(s, lo), min(e, hi), v) for s, e, v in located
+            if max(s, lo) < min(e, hi) or (s == e and lo <= s <= hi)]
+
+
 def top_k(located: Sequence[Located], k: int) -> list[Span]:
     """Ranges of the K best units (METRICS.md s2): a STABLE sort, so the earlier unit wins a tie."""
     if k < 0:

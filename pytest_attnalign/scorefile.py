@@ -7,11 +7,14 @@ One task a line::
 
 ``units`` are ``[token, score]`` pairs or ``[start, end, score]`` triples (METRICS.md s1). A
 ``task_id`` line takes its text (``Task.label_text``) and human spans from the shipped programmer
-labels. Every line is validated before anything is scored, so a bad file never yields numbers.
+labels, and scores only its units' parts inside the task's scored region (METRICS.md s6: HumanEval's
+imports and examples are not scored; MBPP's region is the whole text). Every line is validated
+before anything is scored, so a bad file never yields numbers.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from collections.abc import Iterable, Sequence
@@ -20,14 +23,15 @@ from typing import Any
 
 from tabulate import tabulate
 
-from .alignment import KScore, Span, TaskUnits, score_tasks
+from .alignment import KScore, Span, TaskUnits, in_region, score_tasks
 from .errors import AttnalignError
 
 KEYS = {"id", "text", "human", "task_id", "units"}
 
 
-def _shipped_spans(task_id: str, labels: str = "corrected") -> tuple[str, str, list[Span]]:
-    """Canonical id, label text and programmer spans (``labels`` mode) of a benchmark task."""
+def _shipped_spans(task_id: str, labels: str = "corrected") -> tuple[str, str, list[Span], Span]:
+    """Canonical id, label text, programmer spans (``labels`` mode) and scored region of a benchmark
+    task, all in ``label_text``'s coordinates."""
     from .tasks import get_task
 
     task = get_task(task_id)
@@ -38,7 +42,9 @@ def _shipped_spans(task_id: str, labels: str = "corrected") -> tuple[str, str, l
             raise
         raise AttnalignError("programmer labels are not available (pytest_attnalign.labels is missing)") from None
     shift = task.label_offset  # human_spans are in prompt coordinates, the file's in label_text's
-    return task.task_id, task.label_text, [(a - shift, b - shift) for a, b in human_spans(task, labels)]
+    lo, hi = task.description
+    return (task.task_id, task.label_text, [(a - shift, b - shift) for a, b in human_spans(task, labels)],
+            (lo - shift, hi - shift))
 
 
 def _list(obj: dict[str, Any], key: str) -> list[Any]:
@@ -66,7 +72,7 @@ def parse_line(line: str, labels: str = "corrected") -> TaskUnits:
             raise AttnalignError('give either "task_id" or "text" and "human", not both')
         if not isinstance(obj["task_id"], str):
             raise AttnalignError('"task_id" must be a string such as "HumanEval/12"')
-        default_id, text, human = _shipped_spans(obj["task_id"], labels)
+        default_id, text, human, region = _shipped_spans(obj["task_id"], labels)
     else:
         missing = [k for k in ("text", "human") if k not in obj]
         if missing:
@@ -74,6 +80,7 @@ def parse_line(line: str, labels: str = "corrected") -> TaskUnits:
         if not isinstance(obj["text"], str):
             raise AttnalignError('"text" must be a string')
         default_id, text, human = "", obj["text"], _list(obj, "human")
+        region = (0, len(text))
     task_id = obj.get("id", default_id)
     if not isinstance(task_id, str):
         raise AttnalignError('"id" must be a string')
@@ -81,7 +88,8 @@ def parse_line(line: str, labels: str = "corrected") -> TaskUnits:
     for u in [*units, *human]:
         if not isinstance(u, (list, tuple)):
             raise AttnalignError(f"a unit or span must be a list, got {u!r}")
-    return TaskUnits.from_units(text, units, human, task_id=task_id)
+    task = TaskUnits.from_units(text, units, human, task_id=task_id)
+    return dataclasses.replace(task, located=tuple(in_region(task.located, region)))
 
 
 def read_score_file(path: str | Path, labels: str = "corrected") -> list[TaskUnits]:

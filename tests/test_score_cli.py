@@ -165,11 +165,12 @@ def test_task_id_line_uses_shipped_labels(tmp_path: Path, capsys: pytest.Capture
         "each other",
         "threshold",
     ]
-    # Units: one triple on each labelled word (score 1) and one on "from" (score 0, unlabelled).
+    # Units: one triple on each labelled word (score 1) and one on "Check" (score 0, unlabelled).
     # K=9 selects exactly the nine labelled spans, which are pairwise disjoint: each unit overlaps
     # only its own span, fully -> P_num = 9 over 9, R_num = 9 over 9 -> P = R = F1 = 1.
-    # alpha over 10 units: h = m = 1 for the nine, 0 for "from" -> D = 0 -> alpha = 1.
-    units = [[lab.start, lab.end, 1.0] for lab in labels] + [[0, 4, 0.0]]
+    # alpha over 10 units: h = m = 1 for the nine, 0 for "Check" -> D = 0 -> alpha = 1.
+    check = task.label_text.index("Check")
+    units = [[lab.start, lab.end, 1.0] for lab in labels] + [[check, check + 5, 0.0]]
     by_id = {"task_id": "HumanEval/0", "units": units}
     by_text = {"id": "same", "text": task.label_text, "units": units, "human": [[x.start, x.end] for x in labels]}
     f = write(tmp_path / "t.jsonl", by_id)
@@ -183,6 +184,25 @@ def test_task_id_line_uses_shipped_labels(tmp_path: Path, capsys: pytest.Capture
     g = write(tmp_path / "u.jsonl", by_text)
     rc, out2, _ = run(capsys, "score", str(g), "--k", "9", "--json")
     assert rc == 0 and json.loads(out2)["k"]["9"] == k9
+
+
+def test_task_id_line_scores_only_the_scored_region(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """METRICS.md s6: HumanEval's import line and examples are not scored. "from" (score 9, the
+    import) would be the top-1 unit of the whole prompt; in the region "bool" (labelled) is:
+    P = 1/1, R = 1/9 (nine labelled spans, one covered), F1 = 2/10. A unit across the region's end
+    is cut at it; one in the examples is left out; "List" inside the region is scored."""
+    from pytest_attnalign.tasks import get_task
+
+    text = get_task("HumanEval/0").label_text
+    bool_at, list_at, example_at = text.index("bool"), text.index("List["), text.index(">>>")
+    units = [[0, 4, 9.0], [bool_at, bool_at + 4, 1.0], [list_at, list_at + 4, 0.5],
+             [example_at - 2, example_at + 3, 0.7], [example_at, example_at + 3, 8.0]]
+    f = write(tmp_path / "r.jsonl", {"task_id": "HumanEval/0", "units": units})
+    rc, out, err = run(capsys, "score", str(f), "--k", "1", "--json")
+    assert (rc, err) == (0, ""), err
+    k1 = json.loads(out)["k"]["1"]
+    assert k1["n_units"] == 3  # "from" and the example left out; the unit across the end cut to whitespace
+    assert (k1["precision"], k1["recall"], k1["f1"]) == (pytest.approx(1.0), pytest.approx(1 / 9), pytest.approx(0.2))
 
 
 def test_study_labels_score_mbpp_as_published(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
