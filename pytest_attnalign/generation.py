@@ -119,6 +119,11 @@ def token_budget(task: Task, tokenizer: Any, prompt_format: str, slack: int = BU
     return len(tokenizer(target, add_special_tokens=False)["input_ids"]) + slack
 
 
+def token_budget_rule(prompt_format: str) -> str:
+    """:func:`token_budget`'s rule in words."""
+    return "prompt + canonical solution + 20" if prompt_format == "chat" else "canonical solution + 20"
+
+
 def cut_function(text: str, starts_inside: bool) -> str:
     """Cut code at the end of its first top-level function.
 

@@ -48,6 +48,11 @@ class LanguageModel(Protocol):
         ``max_new_tokens`` None means the study's budget rule."""
         ...
 
+    def budget_rule(self, fmt: str) -> str:
+        """The default token budget (:meth:`generate` with ``max_new_tokens`` None) in words, for the
+        record and the report header."""
+        ...
+
     def regenerate(self, task: Task, generation: Generation, task_prompts: Sequence[str], **speed: Any) -> list[str]:
         """The completion (after the stop rule) that :meth:`generate` would give for each perturbed task
         prompt, in ``generation``'s format and budget. ``speed`` holds options of how, never of what:

@@ -24,7 +24,7 @@ from typing import Any, Callable, Sequence
 
 from .errors import AttnalignError
 from .generation import (STOP_RULE, Generation, Prompt, body_span, build_prompt, completion_of, explained_range,
-                         greedy_decode, has_ended, token_budget)
+                         greedy_decode, has_ended, token_budget, token_budget_rule)
 from .lm import LanguageModel
 from .model_spec import ModelSpec, resolve_model
 from .openai_model import load_openai_model
@@ -62,6 +62,9 @@ class LoadedModel:
     @property
     def has_internals(self) -> bool:
         return True
+
+    def budget_rule(self, fmt: str) -> str:
+        return token_budget_rule(fmt)
 
     def generate(self, task: Task, fmt: str, max_new_tokens: int | None = None) -> tuple[Prompt, Generation]:
         """Greedy generation for one task, cut by the stop rule, with its explained steps."""

@@ -110,6 +110,9 @@ class OpenAIModel:
     def has_internals(self) -> bool:
         return False
 
+    def budget_rule(self, fmt: str) -> str:
+        return f"(characters of prompt + canonical solution) / {CHARS_PER_TOKEN}, rounded up, + {BUDGET_SLACK}"
+
     def generate(self, task: Task, fmt: str, max_new_tokens: int | None = None) -> tuple[Prompt, Generation]:
         """One greedy reply for ``task``, its fenced code turned into a continuation of the prompt."""
         if fmt != "chat":

@@ -88,7 +88,8 @@ def add_options(parser: pytest.Parser) -> None:
                 help="completion, chat or chat-prefill (assistant turn prefilled with the task's code; default: "
                      "chat for instruct models, completion for base models)")
     g.addoption("--attn-max-new-tokens", type=int, default=_DEFAULTS["attn_max_new_tokens"], metavar="N",
-                help="new-token budget (default: the study's rule, canonical-solution tokens + 20)")
+                help="new-token budget (default: the study's rule, canonical-solution tokens + 20; in chat format, "
+                     "where the reply restates the prompt, prompt + canonical solution tokens + 20)")
     g.addoption("--attn-cache-dir", default=_DEFAULTS["attn_cache_dir"], metavar="DIR",
                 help="cache of converted models, generations and attributions "
                      "(default: $ATTNALIGN_CACHE_DIR or ~/.cache/pytest-attnalign)")

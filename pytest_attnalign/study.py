@@ -179,7 +179,8 @@ class Study:
             benchmark=task.benchmark,
             prompt_format=gen.prompt_format,
             max_new_tokens=gen.max_new_tokens,
-            budget_rule=budget_rule(gen.prompt_format, self.config.max_new_tokens),
+            budget_rule=(f"fixed {self.config.max_new_tokens}" if self.config.max_new_tokens is not None
+                         else ctx.lm.budget_rule(gen.prompt_format)),
             stop_rule=gen.stop_rule,
             device=ctx.lm.device,
             completion=gen.completion,
@@ -224,13 +225,6 @@ def _decode_attribution(value: Any) -> tuple[list[list[float]], list[LineUnits],
     units = check(value["units"], list[tuple[int, int, float]], "units")
     lines = check(value["lines"], list[LineUnits], "lines")
     return [list(u) for u in units], lines, check(value["info"], dict[str, Any], "info")
-
-
-def budget_rule(prompt_format: str, fixed: int | None) -> str:
-    """The token-budget rule in words, for the record and the report header."""
-    if fixed is not None:
-        return f"fixed {fixed}"
-    return "prompt + canonical solution + 20" if prompt_format == "chat" else "canonical solution + 20"
 
 
 def attribute_task(study: Study, model_name: str, task_id: str, methods: list[str], k: int = 10) -> dict[str, Any]:

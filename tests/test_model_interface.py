@@ -54,6 +54,9 @@ class KeywordModel:
         counts = {w: len(re.findall(rf"\b{w}\b", task_prompt)) for w in KEYWORDS}
         return "".join(f"    {w} = {n}\n" for w, n in counts.items()) + "    return closer > threshold\n"
 
+    def budget_rule(self, fmt: str) -> str:
+        return "64 tokens"
+
     def generate(self, task: Task, fmt: str, max_new_tokens: int | None = None) -> tuple[Prompt, Generation]:
         code = self._code(task.prompt)
         return (Prompt(task.prompt, fmt, 0, task.description),
@@ -83,6 +86,10 @@ def test_both_backends_and_a_third_implement_the_interface() -> None:
     for lm, internals in ((local, True), (api, False), (KeywordModel(ModelSpec("k", "k")), False)):
         assert isinstance(lm, LanguageModel) and lm.has_internals is internals
         assert set(lm.identity) == {"model", "source", "revision", "dtype"}  # the cache keys' shape
+    # the budget rule each backend records is the one its generate() applies
+    assert (local.budget_rule("chat"), local.budget_rule("completion")) == ("prompt + canonical solution + 20",
+                                                                           "canonical solution + 20")
+    assert api.budget_rule("chat") == "(characters of prompt + canonical solution) / 3, rounded up, + 20"
     assert not isinstance(object(), LanguageModel)
 
 
@@ -93,6 +100,7 @@ def test_a_third_backend_runs_the_perturbation_methods(keyword_model: list[Keywo
     for method in ("shap", "bert_masking"):
         record = study.run_item("keywords", method, task.task_id)
         assert record.device == "test" and record.model_identity["source"] == "test:keywords"
+        assert record.budget_rule == "64 tokens"  # the backend's own rule, recorded
         assert record.completion.startswith("    threshold = 2\n    closer = 1\n") and not record.no_code
         ranked = sorted(((v, task.prompt[a:b]) for a, b, v in record.units), reverse=True)
         assert sorted(w for _, w in ranked[:3]) == ["closer", "threshold", "threshold"], method  # they change the code
