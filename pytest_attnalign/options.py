@@ -92,7 +92,7 @@ def add_options(parser: pytest.Parser) -> None:
                      "where the reply restates the prompt, prompt + canonical solution tokens + 20)")
     g.addoption("--attn-cache-dir", default=_DEFAULTS["attn_cache_dir"], metavar="DIR",
                 help="cache of converted models, generations and attributions "
-                     "(default: $ATTNALIGN_CACHE_DIR or ~/.cache/pytest-attnalign)")
+                     "(default: $ATTNALIGN_CACHE_DIR, else $XDG_CACHE_HOME/pytest-attnalign or ~/.cache/pytest-attnalign)")
     g.addoption("--attn-timeout", type=float, default=_DEFAULTS["attn_timeout"], metavar="S",
                 help="wall-clock seconds for running one generated program (default: 10)")
     g.addoption("--attn-error-k", type=int, default=_DEFAULTS["attn_error_k"], metavar="K",
@@ -145,7 +145,7 @@ def add_options(parser: pytest.Parser) -> None:
     g.addoption("--attn-gate", action="append", default=_DEFAULTS["attn_gate"], metavar="EXPR",
                 help="fail the session unless the run meets it, repeatable or comma list: "
                      "mymethod.f1@10>=coding_last.f1@10, mymethod.alpha@10>=0.05, coding_last.p@5<40%%; "
-                     "a trailing ! requires the whole 95%% CI (paired bootstrap over tasks) to meet it")
+                     "a trailing ! requires the whole 95%% CI (bootstrap over tasks, paired when both sides are figures) to meet it")
     g.addoption("--attn-shard", default=_DEFAULTS["attn_shard"], metavar="I/N",
                 help="run shard I of N (0 <= I < N) of the study's items, balanced by the tasks' token budgets, all "
                      "methods of a model x task in one shard (job arrays: --attn-shard $SLURM_ARRAY_TASK_ID/N); "

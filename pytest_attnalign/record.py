@@ -38,7 +38,7 @@ class Record:
     labels: str  # label mode, labels.LABEL_MODES
     generation_cached: bool
     usage: dict[str, Any] | None  # API models: tokens and the served model
-    execution: dict[str, Any]  # execution.ExecutionResult.as_dict without the machine-dependent rlimits
+    execution: dict[str, Any]  # execution.ExecResult.as_dict without the machine-dependent rlimits
     passed: bool
     units: list[Located]  # (start, end, score) in task.prompt coordinates
     human: list[Span]  # the labelled spans that were scored

@@ -223,7 +223,8 @@ Do not edit by hand: re-run the converter (`--check` verifies these files byte f
 
 Format: JSON Lines, one task per line sorted by task number:
 `{{"labels": [{{"end", "start", "type", "word"}}, ...], "task_id", "text_sha256"}}`; a label may also
-carry converter provenance, `snapped_from` and `source_type` (below), which the loader ignores.
+carry converter provenance: `snapped_from` (below; `--attn-labels=study` rebuilds the study's MBPP
+spans from it) and `source_type`, which the loader ignores.
 Spans are half-open offsets into `task.label_text` (HumanEval: the packaged prompt; MBPP: `text`),
 in CSV order, duplicates kept. `type` is one of data_type, operator, conditional, property.
 `text_sha256` is the sha256 of the UTF-8 `label_text`; the loader refuses labels whose text changed.

@@ -7,7 +7,8 @@ that predicts it is position ``P - 1 + j``, as for the gradient methods. One for
 heads and only the columns of prompt tokens are kept):
 
 - READING: the row of the first explained step, ``P - 1 + first``: the attention paid to the prompt
-  when the model predicts the body's first token (in completion format, the last prompt position).
+  when the model predicts the body's first token (HumanEval in completion or prefill format: the last
+  prompt position; where the model writes the function, after its ``def`` line and docstring).
   One row, not the sum over prompt rows: a sum over rows ``0..P-1`` would mostly measure how often
   each column is visible under the causal mask, not what the model attends to.
 - CODING: the rows ``P - 1 + j`` of every explained step, summed: the attention to the prompt while

