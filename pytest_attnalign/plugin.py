@@ -147,6 +147,8 @@ class AttnSession:
             for name, value in report.user_properties:
                 if name == RUN_PROPERTY:
                     self.run.add(value)
+            if report.failed and _ITEM_ID.search(report.nodeid):  # the item's record is made in set-up
+                self.run.errors.add(report.nodeid)
         elif report.when == "teardown" and _ITEM_ID.search(report.nodeid):
             self.run.finished.add(report.nodeid)
 

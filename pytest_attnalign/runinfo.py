@@ -18,6 +18,7 @@ class RunInfo:
 
     expected: list[str] = field(default_factory=list)  # study items selected to run
     finished: set[str] = field(default_factory=set)  # items whose teardown was reported
+    errors: set[str] = field(default_factory=set)  # items that ran but gave no record (an error in set-up)
     shares: list[dict[str, Any]] = field(default_factory=list)  # threads.Share per item
     cache_invalid: int = 0
     cache_write_failures: int = 0
@@ -42,6 +43,15 @@ class RunInfo:
         shown = ", ".join(names[:SHOW_MISSING]) + (f" and {len(names) - SHOW_MISSING} more" if len(names) > SHOW_MISSING else "")
         return f"partial: {len(self.expected) - len(missing)} of {len(self.expected)} items ran; missing: {shown}"
 
+    def errors_line(self) -> str | None:
+        """Items that ran without a result: the tables lack them as they lack a missing item's."""
+        failed = [i for i in self.expected if i in self.errors]
+        if not failed:
+            return None
+        names = [m.rsplit("::", 1)[-1] for m in failed]
+        shown = ", ".join(names[:SHOW_MISSING]) + (f" and {len(names) - SHOW_MISSING} more" if len(names) > SHOW_MISSING else "")
+        return f"incomplete: {len(failed)} of {len(self.expected)} items gave no result (an error); the tables lack: {shown}"
+
     def threads_line(self) -> str | None:
         if not self.shares:
             return None
@@ -63,12 +73,14 @@ class RunInfo:
         return "cache: " + "; ".join(parts) if parts else None
 
     def lines(self) -> list[str]:
-        """Header lines: partial first, so a pasted summary cannot look complete."""
-        return [line for line in (self.partial_line(), self.threads_line(), self.cache_line()) if line]
+        """Header lines: partial and incomplete first, so a pasted summary cannot look complete."""
+        return [line for line in (self.partial_line(), self.errors_line(), self.threads_line(), self.cache_line()) if line]
 
     def as_dict(self) -> dict[str, Any]:
-        return {"complete": not self.missing, "items": len(self.expected), "ran": len(self.expected) - len(self.missing),
-                "missing": self.missing, "cache_invalid": self.cache_invalid,
+        errors = [i for i in self.expected if i in self.errors]
+        return {"complete": not self.missing and not errors, "items": len(self.expected),
+                "ran": len(self.expected) - len(self.missing), "missing": self.missing,
+                "errors": errors, "cache_invalid": self.cache_invalid,
                 "cache_write_failures": self.cache_write_failures,
                 "threads": sorted({s["threads"] for s in self.shares}), "lines": self.lines(),
                 **({"shard": self.shard_dict()} if self.shard else {})}

@@ -330,6 +330,12 @@ def test_passing_and_failing_programs_give_passing_and_failing_items(
     doc = json.loads(out.read_text(encoding="utf-8"))
     recs = {(r["method"], r["task_id"]): r for r in doc["records"]}
     assert set(recs) == {("bert_masking", "HumanEval/0"), ("bert_masking", "HumanEval/1")}
+    # the crashing method's items gave no result: the run file and the summary say it is incomplete
+    crashed = [f"{HE}[openai:stub-crashing-HumanEval/{i}]" for i in range(2)]
+    assert (doc["run"]["complete"], doc["run"]["missing"], doc["run"]["errors"]) == (False, [], crashed)
+    assert ("\nincomplete: 2 of 6 items gave no result (an error); the tables lack: "
+            "test_alignment[openai:stub-crashing-HumanEval/0], test_alignment[openai:stub-crashing-HumanEval/1]\n"
+            in summary(result))
     ok, bad = recs["bert_masking", "HumanEval/0"], recs["bert_masking", "HumanEval/1"]
     assert ok["passed"] is True and ok["execution"]["outcome"] == "pass" and ok["error_patterns"] == []
     assert bad["passed"] is False and bad["execution"]["outcome"] == "fail"
@@ -366,7 +372,8 @@ def test_passing_and_failing_programs_give_passing_and_failing_items(
         result.stdout.fnmatch_lines([f"ERROR {HE}[[]openai:stub-crashing-HumanEval/{i}[]]*"])
     result.stdout.fnmatch_lines(["E * RuntimeError: attribution exploded"])
     section = summary(result)
-    assert "crashing" not in section and "saliency_reading" not in section
+    tables = section.split("\nPass@1\n", 1)[1]  # the header's incomplete line names the crashed items
+    assert "crashing" not in tables and "saliency_reading" not in section
     assert "model openai:stub: stub revision stub dtype n/a (served as stub-0613)" in section
     assert re.search(r"openai:stub\s+humaneval\s+1/2\s+50\.0%", section)
     assert re.search(r"openai:stub\s+bert_masking\s+2\s", section)  # Table 2 row: two tasks pooled
@@ -466,7 +473,7 @@ def test_xdist_and_serial_print_identical_tables_and_records(
     assert section(xdist, "xdist") == section(serial, "serial")
     docs = {name: records(tmp_path / name / "run.json") for name in runs}
     assert docs["xdist"] == docs["serial"]
-    assert docs["serial"]["run"] == {"complete": True, "items": 12, "ran": 12, "missing": [],
+    assert docs["serial"]["run"] == {"complete": True, "items": 12, "ran": 12, "missing": [], "errors": [],
                                      "cache_invalid": 0, "cache_write_failures": 0, "threads": [1],
                                      "lines": ["torch threads: 1 per process (--attn-threads)"]}
     assert (docs["serial"]["format"], docs["serial"]["version"]) == ("pytest-attnalign-run", 1)
