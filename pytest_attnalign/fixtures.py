@@ -38,10 +38,12 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     marker = metafunc.definition.get_closest_marker("attn_task")
     if marker is None or "attn_task" not in metafunc.fixturenames:
         return
-    ids = [i for arg in marker.args for i in ([arg] if isinstance(arg, str) else arg)]
-    if not ids:
-        raise pytest.UsageError(f"{metafunc.definition.nodeid}: @pytest.mark.attn_task needs task ids, "
-                                "e.g. @pytest.mark.attn_task('HumanEval/12')")
+    ids = [i for arg in marker.args for i in (arg if isinstance(arg, (list, tuple)) else [arg])]
+    bad = [i for i in ids if not isinstance(i, str)]
+    if not ids or bad:  # a collection error of this file, in one line (no pluggy traceback)
+        what = "needs task ids" if not ids else f"takes task ids as strings, not {bad[0]!r}"
+        pytest.fail(f"{metafunc.definition.nodeid}: @pytest.mark.attn_task {what}, "
+                    "e.g. @pytest.mark.attn_task('HumanEval/12')", pytrace=False)
     metafunc.parametrize("attn_task", ids, indirect=True, ids=ids)
 
 

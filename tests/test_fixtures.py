@@ -142,6 +142,18 @@ def test_task_choice_errors_are_one_line(project: pytest.Pytester) -> None:
     assert "Traceback" not in result.stdout.str()
 
 
+@pytest.mark.parametrize("args, what", [("", "needs task ids"), ("12", "takes task ids as strings, not 12"),
+                                        ("['HumanEval/0', None]", "takes task ids as strings, not None")])
+def test_a_bad_task_marker_is_a_one_line_collection_error(project: pytest.Pytester, args: str, what: str) -> None:
+    (project.path / "tests" / "test_user.py").write_text(
+        f"import pytest\n\n@pytest.mark.attn_task({args})\ndef test_bad(attn_task):\n    pass\n")
+    result = project.runpytest(*NO_CACHE)
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines([f"tests/test_user.py::test_bad: @pytest.mark.attn_task {what}, "
+                                 "e.g. @pytest.mark.attn_task('HumanEval/12')"])
+    assert "Traceback" not in result.stdout.str()
+
+
 def _attribution(units: list[tuple[int, int, float]], task_id: str = "HumanEval/12") -> Attribution:
     return Attribution("m", get_task(task_id), tuple(units), {}, False)
 
