@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .alignment import DEFAULT_KS, TaskUnits, score_tasks, top_k
+from .alignment import DEFAULT_KS, TaskUnits, check_score, check_span, score_tasks, top_k
 from .cache import ResultCache
 from .errors import AttnalignError, ModelUnavailable
 from .execution import Limits, run_completion
@@ -132,12 +132,16 @@ class Study:
                "method": method.name, "entry": ATTRIBUTION_ENTRY,
                "settings": method.settings(), **({"code": code} if code else {})}
         cacheable = code.get("module_sha256", "") is not None  # no source to hash: a stale result could be served
-        cached = self.cache.get("attribution", key, _decode_attribution) if cacheable else None
+        length = len(ctx.task.prompt)
+        cached = self.cache.get("attribution", key, lambda v: _decode_attribution(v, length)) if cacheable else None
         if cached is not None:
             units, lines, info = cached
             return units, lines, {**info, "cached": True}
         started = time.perf_counter()
-        units = [[int(s), int(e), float(v)] for s, e, v in method.attribute(ctx)]
+        try:
+            units = checked_units(method.attribute(ctx), length)
+        except AttnalignError as exc:
+            raise AttnalignError(f"method {method.name} returned a bad unit: {exc}") from None
         lines = compact(method.line_units(ctx) or [])
         info = {"seconds": time.perf_counter() - started, "settings": method.settings()}
         if cacheable:
@@ -219,12 +223,22 @@ def _decode_generation(value: Any) -> tuple[Prompt, Generation]:
     return from_json(Prompt, value["prompt"], "prompt"), from_json(Generation, value["generation"], "generation")
 
 
-def _decode_attribution(value: Any) -> tuple[list[list[float]], list[LineUnits], dict[str, Any]]:
-    """A cached attribution entry: units ``[start, end, score]``, the code-to-words map and the run's facts."""
+def checked_units(units: Any, length: int) -> list[list[float]]:
+    """``[start, end, score]`` lists of units inside a prompt of ``length`` characters with finite scores:
+    a span past the prompt or a NaN score would be scored (and cached) as if it were a result."""
+    return [[*check_span(int(s), int(e), length, "unit"), check_score(float(v))] for s, e, v in units]
+
+
+def _decode_attribution(value: Any, length: int) -> tuple[list[list[float]], list[LineUnits], dict[str, Any]]:
+    """A cached attribution entry: units ``[start, end, score]`` in a prompt of ``length`` characters, the
+    code-to-words map and the run's facts."""
     value = check(value, dict[str, Any], "attribution entry")
-    units = check(value["units"], list[tuple[int, int, float]], "units")
+    try:
+        units = checked_units(check(value["units"], list[tuple[int, int, float]], "units"), length)
+    except AttnalignError as exc:  # a damaged entry: recomputed like a truncated one
+        raise ValueError(str(exc)) from None
     lines = check(value["lines"], list[LineUnits], "lines")
-    return [list(u) for u in units], lines, check(value["info"], dict[str, Any], "info")
+    return units, lines, check(value["info"], dict[str, Any], "info")
 
 
 def attribute_task(study: Study, model_name: str, task_id: str, methods: list[str], k: int = 10) -> dict[str, Any]:

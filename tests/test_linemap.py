@@ -203,3 +203,10 @@ def test_the_study_records_and_caches_the_map(tiny_dir: Path, tmp_path: Path, on
     recomputed = third.run_item(str(tiny_dir), "saliency_coding", task)
     assert not recomputed.attribution["cached"] and recomputed.line_units == rec.line_units
     assert third.cache.invalid == 1
+    # one of the right shape with damaged values (a span past the prompt, a NaN score) is recomputed too
+    damaged = json.loads(entry.read_text())
+    damaged["value"]["units"] = [[0, 99999, 1.0], [5, 6, float("nan")]]
+    entry.write_text(json.dumps(damaged))
+    fourth = Study(StudyConfig(cache_dir=tmp_path, device="cpu", max_new_tokens=8))
+    redone = fourth.run_item(str(tiny_dir), "saliency_coding", task)
+    assert not redone.attribution["cached"] and redone.units == rec.units and fourth.cache.invalid == 1

@@ -168,3 +168,25 @@ def test_a_gate_rerun_computes_only_the_new_method(pytester: pytest.Pytester, mo
     assert len(lines) == 1 and lines[0].startswith("gate ig_reading.f1@10>=saliency_reading.f1@10 [")
     doctored, _, lines = gated("100%", tmp_path / "doctored.json")
     assert doctored.ret == pytest.ExitCode.TESTS_FAILED and ": FAILED: " in lines[0], lines
+
+
+@pytest.mark.parametrize("unit, why", [((0, 10**6, 1.0), "unit [0, 1000000] must satisfy 0 <= start <= end <= "),
+                                       ((0, 4, float("nan")), "score nan must be a finite number")])
+def test_a_method_returning_a_bad_unit_fails_in_one_line(tiny_gpt2: Path, tmp_path: Path, one_thread: None,
+                                                         unit: tuple[int, int, float], why: str) -> None:
+    """A span past the prompt or a NaN score is neither scored nor cached as if it were a result."""
+    from pytest_attnalign.methods import Method
+    from pytest_attnalign.study import Study, StudyConfig
+    from pytest_attnalign.tasks import get_task
+
+    class Broken(Method):
+        name, category, needs_internals = "broken", "perturbation", False
+
+        def attribute(self, ctx: object) -> list[tuple[int, int, float]]:
+            return [unit]
+
+    study = Study(StudyConfig(cache_dir=tmp_path, device="cpu", max_new_tokens=8))
+    ctx = study.context(str(tiny_gpt2), get_task("HumanEval/1"))
+    with pytest.raises(AttnalignError, match=re.escape(f"method broken returned a bad unit: {why}")):
+        study.attribute(ctx, Broken())
+    assert not list((tmp_path / "results").rglob("attribution/*/*.json"))
