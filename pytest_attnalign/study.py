@@ -138,8 +138,9 @@ class Study:
             units, lines, info = cached
             return units, lines, {**info, "cached": True}
         started = time.perf_counter()
+        found = method.attribute(ctx)  # its own errors pass unchanged
         try:
-            units = checked_units(method.attribute(ctx), length)
+            units = checked_units(found, length)
         except AttnalignError as exc:
             raise AttnalignError(f"method {method.name} returned a bad unit: {exc}") from None
         lines = compact(method.line_units(ctx) or [])
