@@ -52,7 +52,8 @@ class ResultCache:
 
     def get(self, kind: str, key: dict[str, Any], decode: Callable[[Any], T]) -> T | None:
         """The entry decoded by ``decode`` (which raises ValueError, TypeError or KeyError on a
-        wrong shape), or ``None`` for a miss."""
+        wrong shape), or ``None`` for a miss; JSON nested too deeply to parse (RecursionError) is
+        unusable like a truncated entry."""
         path = self._path(kind, key)
         if path is None or not path.exists():
             return None
@@ -61,7 +62,7 @@ class ResultCache:
             if not isinstance(entry, dict) or entry.get("key") != key or "value" not in entry:
                 raise ValueError("not an entry for this key")
             return decode(entry["value"])
-        except (OSError, ValueError, TypeError, KeyError):
+        except (OSError, ValueError, TypeError, KeyError, RecursionError):
             self.invalid += 1  # recomputed, then overwritten by put()
             return None
 

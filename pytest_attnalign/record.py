@@ -9,12 +9,16 @@ foreign file fails with one line instead of a KeyError inside the report.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
-from .alignment import Located, Span, TaskUnits
-from .jsonshape import from_json
+from .alignment import Located, Span, TaskUnits, check_score, check_span
+from .errors import AttnalignError
+from .jsonshape import ShapeError, check, from_json
 from .linemap import LineUnits
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -62,6 +66,41 @@ class Record:
         """The record, every field checked; raises :class:`jsonshape.ShapeError` naming the field."""
         return from_json(cls, data, where)
 
+    def check_values(self, where: str = "record") -> None:
+        """What the shape leaves open and the report and page rely on: a known task, spans inside its
+        prompt, finite scores, top-K keys that are Ks, code-map units among the record's units. A run
+        file's reader calls it, so a damaged file is refused on reading, not by a crash while rendering;
+        raises :class:`jsonshape.ShapeError` naming the field."""
+        from .tasks import get_task
+
+        length = len(_named(f"{where}.task_id", get_task, self.task_id).prompt)
+        for key in ("source", "revision", "dtype"):
+            if key not in self.model_identity:
+                raise ShapeError(f"{where}.model_identity: missing {key!r}")
+        check(self.attribution.get("settings", {}), dict, f"{where}.attribution.settings")
+        for i, (start, end, score) in enumerate(self.units):
+            _named(f"{where}.units[{i}]", check_span, start, end, length, "unit")
+            _named(f"{where}.units[{i}]", check_score, score)
+        for i, (start, end) in enumerate(self.human):
+            _named(f"{where}.human[{i}]", check_span, start, end, length, "human span")
+        for k, spans in self.top_k.items():
+            if not (k.isdigit() and int(k) > 0):
+                raise ShapeError(f"{where}.top_k: key {k!r} is not a K such as \"10\"")
+            for j, (start, end) in enumerate(check(spans, list[Span], f"{where}.top_k.{k}")):
+                _named(f"{where}.top_k.{k}[{j}]", check_span, start, end, length, "top-K span")
+        for k, scores in self.metrics.items():
+            check(scores, dict, f"{where}.metrics.{k}")
+            for name in ("f1", "alpha"):  # the page shows them; null is an undefined figure
+                if scores.get(name) is not None:
+                    _named(f"{where}.metrics.{k}.{name}", check_score, scores[name])
+        for i, (_, _, kept) in enumerate(self.line_units):
+            for j, (unit, score) in enumerate(kept):
+                if not 0 <= unit < len(self.units):
+                    raise ShapeError(f"{where}.line_units[{i}][2][{j}]: unit {unit} is not an index into the "
+                                     f"record's {len(self.units)} units")
+                if _named(f"{where}.line_units[{i}][2][{j}]", check_score, score) <= 0:  # linemap.compact keeps > 0
+                    raise ShapeError(f"{where}.line_units[{i}][2][{j}]: score {score!r} must be positive")
+
     @property
     def computed(self) -> bool:
         """Whether the item computed its result rather than reading it from the cache: an attribution,
@@ -75,6 +114,14 @@ class Record:
         from .tasks import get_task
 
         return TaskUnits(get_task(self.task_id).prompt, tuple(self.units), tuple(self.human), 0, self.task_id)
+
+
+def _named(where: str, check_value: Callable[..., T], *args: Any) -> T:
+    """``check_value(*args)``, its :class:`AttnalignError` made a :class:`ShapeError` naming the field."""
+    try:
+        return check_value(*args)
+    except AttnalignError as exc:
+        raise ShapeError(f"{where}: {exc}") from None
 
 
 def _plain(value: Any) -> Any:

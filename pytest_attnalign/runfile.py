@@ -22,6 +22,10 @@ from .report import groups, library_versions, pass_counts, pooled, render, sort_
 
 FORMAT = "pytest-attnalign-run"
 VERSION = 1
+#: The ``run`` section's keys that the summary and ``attnalign merge`` read (runinfo.RunInfo.as_dict),
+#: checked where present: a run built in code may carry none of them.
+RUN_KEYS: dict[str, Any] = {"lines": list[str], "missing": list[str], "errors": list[str], "cache_invalid": int,
+                            "cache_write_failures": int, "shard": dict}
 
 
 @dataclass
@@ -80,8 +84,13 @@ class Run:
         try:
             records = [Record.from_dict(r, f"records[{i}]")
                        for i, r in enumerate(check(doc.get("records"), list, "records"))]
+            for i, record in enumerate(records):
+                record.check_values(f"records[{i}]")
             ks = tuple(check(doc.get("ks"), list[int], "ks"))
             info = check(doc.get("run"), dict, "run")
+            for key, hint in RUN_KEYS.items():
+                if key in info:
+                    check(info[key], hint, f"run.{key}")
             env = check(doc.get("environment"), dict, "environment")
             versions = check(env.get("versions"), dict, "environment.versions")
         except ShapeError as exc:
@@ -100,6 +109,6 @@ def read_run(path: Path) -> Run:
         doc = json.loads(path.read_text(encoding="utf-8"))
     except OSError as exc:
         raise AttnalignError(f"cannot read run file {str(path)!r}: {exc.strerror or exc}") from None
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:  # RecursionError: nested deeper than the parser goes
         raise AttnalignError(f"run file {str(path)!r} is not JSON ({exc}): give a file written by --attn-json") from None
     return Run.from_json(doc, f"run file {str(path)!r}")

@@ -60,6 +60,8 @@ def parse_line(line: str, labels: str = "corrected") -> TaskUnits:
         obj = json.loads(line)
     except json.JSONDecodeError as exc:
         raise AttnalignError(f"not valid JSON ({exc.msg} at column {exc.colno})") from None
+    except RecursionError as exc:  # nested deeper than the parser goes
+        raise AttnalignError(f"not valid JSON ({exc})") from None
     if not isinstance(obj, dict):
         raise AttnalignError(f"a line must be a JSON object, got {type(obj).__name__}")
     unknown = sorted(set(obj) - KEYS)

@@ -65,6 +65,18 @@ def test_racing_writers_never_leave_a_torn_or_mixed_entry(tmp_path: Path) -> Non
     assert [p.name for p in tmp_path.rglob(".tmp-*")] == []  # every writer's temporary file was renamed
 
 
+@pytest.mark.parametrize("damage", ['{"key": {"task": "HumanEval/0", "met', "[" * 100_000])
+def test_a_truncated_or_too_deeply_nested_entry_is_unusable_and_recomputed(tmp_path: Path, damage: str) -> None:
+    """JSON nested deeper than the parser goes (a RecursionError) is a miss counted unusable, like a cut-off entry."""
+    cache = ResultCache(tmp_path)
+    cache.put("results", KEY, value(0, 0))
+    (entry,) = tmp_path.rglob("*.json")
+    entry.write_text(damage, encoding="utf-8")
+    assert cache.get("results", KEY, decode) is None and cache.invalid == 1
+    cache.put("results", KEY, value(0, 1))  # recomputed and overwritten
+    assert cache.get("results", KEY, decode) == (0, 1) and cache.invalid == 1
+
+
 def test_written_files_get_the_mode_open_gives(tmp_path: Path) -> None:
     """0666 less the umask, like any file the user writes (mkstemp's 0600 hid run files from a group)."""
     import os

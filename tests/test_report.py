@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
-import pytest
-from synthetic import make_record
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
+import pytest
+from synthetic import line_map, make_record, word_units
+
+from pytest_attnalign.cli import main
 from pytest_attnalign.labels import human_spans
 from pytest_attnalign.record import Record
 from pytest_attnalign.report import pooled, render, with_code
+from pytest_attnalign.runfile import Run, read_run, write_run
 from pytest_attnalign.tasks import get_task
 
 
@@ -43,3 +50,61 @@ def test_header_says_how_the_restated_copy_was_treated() -> None:
     assert "method settings" not in text  # one line for the ten methods, not one entry each
     mixed = render([attn("saliency_coding", "credit"), attn("coding_all", "ignore"), attn("reading_first", "credit")], [5])
     assert "copy of the description): credit: reading_first, saliency_coding; ignore: coding_all" in mixed
+
+
+# ------------------------------------------------------------------------------- damaged run files
+
+CODE = "def f(numbers):\n    return sum(numbers)\n"
+
+
+def _record_field(name: str, value: Any) -> Callable[[dict[str, Any]], None]:
+    return lambda doc: doc["records"][0].__setitem__(name, value)
+
+
+def _first_unit(unit: list[Any]) -> Callable[[dict[str, Any]], None]:
+    return lambda doc: doc["records"][0]["units"].__setitem__(0, unit)
+
+
+def _map_unit(index: int) -> Callable[[dict[str, Any]], None]:
+    return lambda doc: doc["records"][0]["line_units"][0][2].__setitem__(0, [index, 0.5])
+
+
+@pytest.mark.parametrize(("damage", "message"), [
+    (lambda doc: doc["run"].__setitem__("lines", 5), "run.lines: expected a list, got int"),
+    (_record_field("task_id", "xx"), "records[0].task_id: malformed task id 'xx'"),
+    (_record_field("top_k", {"5": "abc"}), "records[0].top_k.5: expected a list, got str"),
+    (_record_field("top_k", {"five": []}), "records[0].top_k: key 'five' is not a K"),
+    (_record_field("metrics", {"5": 3}), "records[0].metrics.5: expected an object, got int"),
+    (_record_field("model_identity", {"model": "m"}), "records[0].model_identity: missing 'source'"),
+    (_map_unit(99), "records[0].line_units[0][2][0]: unit 99 is not an index into the record's"),
+    (_map_unit(-1), "records[0].line_units[0][2][0]: unit -1 is not an index"),
+    (_first_unit([4, 99_999, 1.0]), "records[0].units[0]: unit [4, 99999] must satisfy 0 <= start <= end <="),
+    (_record_field("human", [[4, 99_999]]), "records[0].human[0]: human span [4, 99999] must satisfy"),
+    (_first_unit([4, 9, float("nan")]), "records[0].units[0]: score nan must be a finite number"),
+])
+def test_a_damaged_run_file_is_refused_on_reading_not_by_a_crash(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], damage: Callable[[dict[str, Any]], None], message: str
+) -> None:
+    """Valid shapes with values the summary or the page cannot use: one line naming the field, no page."""
+    units = word_units("HumanEval/0", 1.0, 0)
+    rec = make_record("HumanEval/0", units, method="coding_last", completion=CODE,
+                      line_units=line_map(len(units), CODE, "m"))
+    path = tmp_path / "run.json"
+    write_run(path, Run([rec], (5, 10)))
+    assert read_run(path).records == [rec]  # undamaged, it reads
+    doc = json.loads(path.read_text(encoding="utf-8"))
+    damage(doc)
+    path.write_text(json.dumps(doc), encoding="utf-8")  # NaN is written as NaN, which json reads back
+    assert main(["report", str(path), "--html", str(tmp_path / "run.html")]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.startswith(f"attnalign: error: run file {str(path)!r} is damaged: {message}")
+    assert err.count("\n") == 1 and not (tmp_path / "run.html").exists()
+
+
+def test_a_run_file_nested_too_deeply_is_not_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "run.json"
+    path.write_text("[" * 100_000, encoding="utf-8")
+    assert main(["report", str(path)]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.startswith(f"attnalign: error: run file {str(path)!r} is not JSON (maximum recursion")
+    assert err.endswith("): give a file written by --attn-json\n") and err.count("\n") == 1

@@ -91,6 +91,7 @@ def test_alpha_undefined_printed(tmp_path: Path, capsys: pytest.CaptureFixture[s
 
 BAD_LINES = [
     ("{not json", "not valid JSON"),
+    ("[" * 100_000, "not valid JSON (maximum recursion depth exceeded"),  # deeper than the parser goes
     ("[1, 2]", "JSON object"),
     ({"text": "abc", "human": []}, 'missing key "units"'),
     ({"text": "abc", "units": []}, "'human'"),
