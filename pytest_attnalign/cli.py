@@ -9,6 +9,7 @@ import argparse
 import json
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any, TypeVar
 
 from .errors import AttnalignError
@@ -102,20 +103,18 @@ def cmd_score(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from .execution import verify_benchmarks_command
+    from .execution import check_timeout, verify_benchmarks_command
 
-    return verify_benchmarks_command(args.benchmark, args.jobs, args.timeout)
+    return verify_benchmarks_command(args.benchmark, args.jobs, _flag("--timeout", check_timeout, args.timeout))
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from .execution import check_command
+    from .execution import check_command, check_timeout
 
-    return check_command(args.task_id, args.completion_file, args.timeout, args.json)
+    return check_command(args.task_id, args.completion_file, _flag("--timeout", check_timeout, args.timeout), args.json)
 
 
 def cmd_attribute(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from .methods import method_options, resolve_methods
     from .model_spec import resolve_model
     from .models import default_cache_dir
@@ -138,9 +137,10 @@ def cmd_attribute(args: argparse.Namespace) -> int:
     from .study import Study, StudyConfig, attribute_task
     from .threads import CoreShare
 
+    options = method_options(args.shap_evaluations, args.fill_mask_model, args.method_option, methods,
+                             ("--shap-evaluations", "--fill-mask-model"))
     cores = CoreShare(cache / "runs")  # its share of the cores while pytest runs use the rest
     cores.apply()
-    options = method_options(args.shap_evaluations, args.fill_mask_model, args.method_option, methods)
     study = Study(StudyConfig(prompt_format=args.prompt_format, cache_dir=cache, device=args.device,
                               method_options=options))
     try:
@@ -154,11 +154,9 @@ def cmd_attribute(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from .gates import check_names, judge, parse_compare_fails, parse_gates
     from .html import write_html
-    from .preflight import output_file
+    from .preflight import not_an_input, output_file
     from .runfile import read_run
 
     run = read_run(Path(args.run))
@@ -170,7 +168,11 @@ def cmd_report(args: argparse.Namespace) -> int:
     if fails and not args.compare:
         raise AttnalignError("--compare-fail: no baseline: add --compare OTHER.json")
     base = _flag("--compare", read_run, Path(args.compare)) if args.compare else None
-    page = _flag("--html", output_file, Path(args.html).expanduser()) if args.html else None
+    page = _flag("--html", output_file, Path(args.html).expanduser(), "report.html") if args.html else None
+    if page is not None:
+        _flag("--html", not_an_input, page, [("the run file", Path(args.run)),
+                                             *([("the --compare baseline", Path(args.compare))] if args.compare else [])],
+              "the page")
     held, lines = judge(run, gates, base, fails, args.compare_force, args.compare or "", "--compare-force")
     print("\n".join([run.summary(), *lines]))
     if page is not None:
@@ -180,13 +182,12 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_merge(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from .merge import merge_runs
-    from .preflight import output_file
+    from .preflight import not_an_input, output_file
     from .runfile import write_run
 
     output = _flag("--output", output_file, Path(args.output))
+    _flag("--output", not_an_input, output, [("the shard file", Path(p)) for p in args.shards], "the merged run")
     run = merge_runs([Path(p) for p in args.shards], args.allow_missing)
     write_run(output, run)
     print(f"{run.summary()}\nmerged {len(args.shards)} shard files into {output}")

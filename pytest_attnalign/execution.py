@@ -510,6 +510,22 @@ OUTCOMES = ("pass", "fail", "timeout", "error")
 TAIL_CHARS = 2000
 #: Seconds the caller waits for the supervisor beyond the program's wall-clock limit.
 SUPERVISOR_GRACE_S = 30.0
+#: The longest wall-clock limit a program may get: a day. Far above any test program's need, and
+#: far below what the OS's timers take (a larger one would overflow them in the middle of a run).
+MAX_TIMEOUT_S = 86400.0
+
+
+def check_timeout(seconds: object) -> float:
+    """A program's wall-clock limit: finite, above 0 and at most :data:`MAX_TIMEOUT_S`.
+
+    The one rule for ``Limits`` and the options that set it (``--attn-timeout``, ``--timeout``),
+    so a bad value stops the run at start-up rather than erroring every item.
+    """
+    if not (isinstance(seconds, (int, float)) and not isinstance(seconds, bool) and math.isfinite(seconds)
+            and 0 < seconds <= MAX_TIMEOUT_S):
+        raise AttnalignError(f"timeout must be a number of seconds above 0 and at most {MAX_TIMEOUT_S:g} (a day), "
+                             f"not {seconds!r}")
+    return float(seconds)
 
 
 @dataclass(frozen=True)
@@ -523,8 +539,7 @@ class Limits:
     nproc: int = 32  # tasks the program may run at once (RLIMIT_NPROC, relative; binds unless root)
 
     def __post_init__(self) -> None:
-        if not (isinstance(self.timeout_s, (int, float)) and math.isfinite(self.timeout_s) and self.timeout_s > 0):
-            raise AttnalignError(f"timeout must be a positive number of seconds, not {self.timeout_s!r}")
+        check_timeout(self.timeout_s)
         if self.cpu_s is None:
             object.__setattr__(self, "cpu_s", max(1, math.ceil(self.timeout_s)))
         for name in ("cpu_s", "memory_mb", "file_size_mb", "nproc"):

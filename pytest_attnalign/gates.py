@@ -17,6 +17,7 @@ a compare-fail fails only if the CI lies entirely below baseline - DROP (the dro
 
 from __future__ import annotations
 
+import math
 import operator
 import re
 from collections.abc import Sequence
@@ -84,6 +85,8 @@ def _number(text: str, metric: str, grammar: str, expr: str) -> float:
         value = float(text.rstrip("%").strip())
     except ValueError:
         raise AttnalignError(f"{expr!r}: {text!r} is not a number; grammar: {grammar}") from None
+    if not math.isfinite(value):  # float() takes nan and inf, against which every comparison is meaningless
+        raise AttnalignError(f"{expr!r}: {text!r} is not a finite number; grammar: {grammar}")
     if percent == (metric == "alpha"):
         want = "a plain number (e.g. 0.05)" if metric == "alpha" else "percent (e.g. 2%)"
         raise AttnalignError(f"{expr!r}: {LABEL[metric]} thresholds are written as {want}; grammar: {grammar}")
@@ -295,4 +298,9 @@ def judge(run: Run, gates: Sequence[Gate], base: Run | None = None, fails: Seque
             lines.append(compare_table(run, base))
             verdicts += [v for fail in fails for v in evaluate_compare_fail(fail, run, base)]
     lines += [v.line for v in verdicts]
-    return not refused and all(v.held for v in verdicts), lines
+    incomplete = bool(gates or fails) and run.info.get("complete") is False
+    if incomplete:  # the figures lack items that did not run or gave no result: a verdict on them is none
+        lines.append(f"gates not judged: the run is incomplete ({len(run.info.get('missing', []))} items missing, "
+                     f"{len(run.info.get('errors', []))} without a result; see its header): rerun those items "
+                     "(the cache keeps the others' results)")
+    return not refused and not incomplete and all(v.held for v in verdicts), lines

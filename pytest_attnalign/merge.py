@@ -46,6 +46,7 @@ def merge_runs(paths: list[Path], allow_missing: bool = False) -> Run:
                              "or --allow-missing to merge without them (the summary then names the absent items)")
     info = RunInfo(expected=list(first_shard["study"]),
                    finished={i for _, run, s in shards for i in set(s["expected"]) - set(run.info["missing"])},
+                   errors={i for _, run, _ in shards for i in run.info.get("errors", [])},  # none before 2026-12-03
                    shares=[share for _, _, s in shards for share in s["shares"]],
                    cache_invalid=sum(run.info["cache_invalid"] for _, run, _ in shards),
                    cache_write_failures=sum(run.info["cache_write_failures"] for _, run, _ in shards))
@@ -58,6 +59,10 @@ def _shard(where: str, run: Run) -> dict[str, Any]:
     if not isinstance(shard, dict) or not {"index", "count", "study", "expected", "shares"} <= shard.keys():
         raise AttnalignError(f"{where} is not a shard's run file (written without --attn-shard I/N): "
                              "merge the --attn-json files of --attn-shard runs")
+    lacking = [k for k in ("missing", "cache_invalid", "cache_write_failures") if k not in run.info]
+    if lacking:
+        raise AttnalignError(f"{where} is damaged: its run section lacks {', '.join(map(repr, lacking))}: "
+                             "merge the --attn-json files the shards' runs wrote")
     return shard
 
 

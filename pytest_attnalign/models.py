@@ -107,7 +107,8 @@ def pick_device(device: str = "auto") -> str:
         return f"cuda:{index % torch.cuda.device_count()}"
     if device == "cpu" or device.startswith("cuda"):
         if device.startswith("cuda") and not torch.cuda.is_available():
-            raise AttnalignError(f"device {device!r} asked for but CUDA is not available: use --attn-device=cpu")
+            raise AttnalignError(f"device {device!r} asked for but CUDA is not available: use device cpu "
+                                 "(--attn-device=cpu; attnalign attribute: --device cpu)")
         return device
     raise AttnalignError(f"unknown device {device!r}: use auto, cpu, cuda or cuda:N")
 
@@ -278,6 +279,12 @@ def load_local_model(spec: ModelSpec, name: str, device: str, dtype: str, cache_
         raise AttnalignError(
             f"cannot load model {name!r} from {source!r} ({str(exc).splitlines()[0][:160]}): if the hub is "
             "unreachable or the model gated, download it elsewhere and pass its local directory to --attn-model"
+        ) from None
+    except (ValueError, KeyError) as exc:  # transformers' own complaint about the files: no tokenizer, unknown type
+        why = " ".join(str(exc).split())[:160]  # transformers spreads these over several lines
+        raise AttnalignError(
+            f"cannot load model {name!r} from {source!r} ({type(exc).__name__}: {why}): the model's files are "
+            "incomplete or of a kind transformers cannot load (a config.json, tokenizer files and weights are needed)"
         ) from None
     if revision == "main":
         revision = getattr(model.config, "_commit_hash", None) or "main"

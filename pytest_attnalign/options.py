@@ -20,6 +20,8 @@ from .methods import method_options
 from .methods.perturbation import DEFAULT_FILL_MASK_MODEL, SHAP_EVALUATIONS
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from .gates import CompareFail, Gate
 
 
@@ -255,6 +257,17 @@ def check_task_filter(keyword: str, benchmarks: list[str], limit: int | None) ->
                                  f"raise --attn-limit")
 
 
+#: Options whose value is a path or a name, with what they expect: given empty (``--attn-json=``),
+#: the value would read as "not given" and the option would be silently ignored.
+_NON_EMPTY = {"attn_json": "a file path (e.g. run.json)", "attn_html": "a file path (e.g. report.html)",
+              "attn_save": "a run name (e.g. main)", "attn_cache_dir": "a directory", "attn_storage": "a directory",
+              "attn_fill_mask_model": "a hub id or a local directory"}
+
+
+def _flag(dest: str) -> str:
+    return "--" + dest.replace("_", "-")
+
+
 def _positive_ints(text: str, flag: str) -> tuple[int, ...]:
     try:
         values = tuple(int(x) for x in text.split(",") if x.strip())
@@ -267,17 +280,25 @@ def _positive_ints(text: str, flag: str) -> tuple[int, ...]:
 
 def parse_options(config: pytest.Config) -> Options:
     """Validate every option before any model loads; errors are usage errors naming the fix."""
+    from .execution import check_timeout
     from .gates import check_names, parse_compare_fails, parse_gates
     from .generation import PROMPT_FORMATS
     from .methods import resolve_methods
     from .model_spec import resolve_model
     from .models import check_dtype, default_cache_dir
-    from .preflight import cache_directory, local_directory, output_file
+    from .preflight import cache_directory, not_an_input, output_file
     from .sharding import parse_shard
     from .storage import autosave_name, check_name, find_run, usable_storage
 
     get = config.getoption
+    for dest, expected in _NON_EMPTY.items():
+        if get(dest) is not None and not get(dest).strip():
+            raise pytest.UsageError(f"{_flag(dest)}: empty value: give {expected}, or leave the option out")
     models = [m.strip() for v in (get("attn_model") or ["smollm2"]) for m in v.split(",") if m.strip()]
+    if not models:
+        raise pytest.UsageError(f"--attn-model: no model given in {','.join(get('attn_model'))!r}: "
+                                "give an alias (e.g. smollm2), a hub id, openai:MODEL or a local directory")
+
     def usage(flag: str, check: Any, *args: Any) -> Any:
         try:
             return check(*args)
@@ -302,8 +323,7 @@ def parse_options(config: pytest.Config) -> Options:
                         ("--attn-threads", get("attn_threads"))):
         if value is not None and value < 1:
             raise pytest.UsageError(f"{flag}: must be a positive integer, got {value}")
-    if not get("attn_timeout") > 0:
-        raise pytest.UsageError(f"--attn-timeout: must be positive seconds, got {get('attn_timeout')}")
+    usage("--attn-timeout", check_timeout, get("attn_timeout"))
     if get("attn_labels") not in ("corrected", "study"):
         raise pytest.UsageError(f"--attn-labels: unknown {get('attn_labels')!r}; use corrected or study")
     benchmarks = list(NAMES) if bench == "all" else [bench]
@@ -314,8 +334,7 @@ def parse_options(config: pytest.Config) -> Options:
 
     for name, opts in settings.items():  # a bad value fails now, not at the first item
         usage("--attn-method-option", lambda: get_method(name, **opts))
-    if get("attn_fill_mask_model"):
-        usage("--attn-fill-mask-model", local_directory, get("attn_fill_mask_model"))
+    _check_fill_mask_model(get("attn_fill_mask_model"), settings, methods, usage)
     ks = _positive_ints(get("attn_k"), "--attn-k")
     if get("attn_pass1") not in ("fail", "report"):
         raise pytest.UsageError(f"--attn-pass1: unknown {get('attn_pass1')!r}; use fail or report")
@@ -332,7 +351,10 @@ def parse_options(config: pytest.Config) -> Options:
         autosave_name() if get("attn_autosave") else None)
     # paths last: the end of a long run must not be where a typo shows
     json_path = usage("--attn-json", output_file, Path(get("attn_json")).expanduser()) if get("attn_json") else None
-    html_path = usage("--attn-html", output_file, Path(get("attn_html")).expanduser()) if get("attn_html") else None
+    html_path = usage("--attn-html", output_file, Path(get("attn_html")).expanduser(),
+                      "report.html") if get("attn_html") else None
+    if html_path and json_path:
+        usage("--attn-html", not_an_input, html_path, [("the --attn-json file", json_path)], "the page")
     cache = get("attn_cache_dir")
     cache_dir = usage("--attn-cache-dir", cache_directory, Path(cache).expanduser() if cache else default_cache_dir())
     save_dir = compare = None
@@ -341,6 +363,8 @@ def parse_options(config: pytest.Config) -> Options:
         save_dir = usage("--attn-storage", usable_storage, storage) if save_name else None
         if get("attn_compare") is not None:
             compare = usage("--attn-compare", find_run, storage, get("attn_compare"))
+    if html_path and compare:
+        usage("--attn-html", not_an_input, html_path, [("the --attn-compare baseline", compare)], "the page")
     return Options(
         models=list(dict.fromkeys(models)), methods=methods,
         benchmarks=benchmarks,
@@ -352,6 +376,27 @@ def parse_options(config: pytest.Config) -> Options:
         compare_force=get("attn_compare_force"), storage=save_dir, save_name=save_name, html_path=html_path,
         shard=usage("--attn-shard", parse_shard, get("attn_shard")) if get("attn_shard") is not None else None,
     )
+
+
+def _check_fill_mask_model(option: str | None, settings: dict[str, dict[str, Any]], methods: list[str],
+                           usage: Callable[..., Any]) -> None:
+    """The fill-mask model bert_masking would use, when named by the user, must exist if written as a path.
+
+    It may come from ``--attn-fill-mask-model``, ``--attn-method-option bert_masking.fill_mask_model``
+    or ``$ATTNALIGN_FILL_MASK_MODEL``; the method itself resolves which (so the rule lives in one
+    place), and the check names where the value came from. The environment's value, set for other
+    runs too, is checked only when bert_masking runs.
+    """
+    from .methods import get_method
+    from .preflight import local_directory
+
+    chosen = settings.get("bert_masking", {}).get("fill_mask_model")
+    method = get_method("bert_masking", **settings.get("bert_masking", {}))
+    if not method.explicit or not (chosen or "bert_masking" in methods):
+        return
+    source = ("ATTNALIGN_FILL_MASK_MODEL" if not chosen else "--attn-fill-mask-model" if chosen == option
+              else "--attn-method-option")
+    usage(source, local_directory, str(method.fill_mask_model))
 
 
 def study_config(o: Options) -> Any:

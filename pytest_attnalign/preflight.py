@@ -6,7 +6,9 @@ name. Nothing is created here: a missing output directory is the user's typo, no
 
 from __future__ import annotations
 
+import os
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 from .errors import AttnalignError
@@ -21,10 +23,13 @@ def _writable(directory: Path) -> bool:
         return False
 
 
-def output_file(path: Path) -> Path:
-    """A file to write at the end of the run: its directory must exist and accept files."""
+def output_file(path: Path, example: str = "run.json") -> Path:
+    """A file to write at the end of the run: its directory must exist and accept files.
+
+    ``example`` is a file name fitting the option (a run file, a page) for the message of a directory.
+    """
     if path.is_dir():
-        raise AttnalignError(f"{str(path)!r} is a directory: give a file path such as {str(path / 'run.json')!r}")
+        raise AttnalignError(f"{str(path)!r} is a directory: give a file path such as {str(path / example)!r}")
     parent = path.parent
     if not parent.is_dir():
         what = "is not a directory" if parent.exists() else "does not exist"
@@ -62,3 +67,15 @@ def local_directory(name: str) -> None:
     if looks_like_path(name) and not path.is_dir():
         what = f"{name!r} is a file, not a model directory" if path.exists() else f"no such directory {name!r}"
         raise AttnalignError(f"{what}: give an existing model directory or a hub id like org/name")
+
+
+def not_an_input(output: Path, inputs: Sequence[tuple[str, Path]], written: str) -> Path:
+    """``output``, unless it is one of the command's ``inputs`` (however spelled): ``written`` would
+    replace that file, atomically, so the loss would not show. ``inputs``: (what it is, its path)."""
+    for what, given in inputs:
+        same = (os.path.samefile(output, given) if output.exists() and given.exists()
+                else output.resolve() == given.resolve())
+        if same:
+            raise AttnalignError(f"{str(output)!r} is {what} {str(given)!r}, which {written} would overwrite: "
+                                 f"give {written} another path")
+    return output

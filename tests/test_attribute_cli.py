@@ -76,10 +76,26 @@ def test_bad_input_is_one_line_before_any_model_loads(
         (["attribute", "HumanEval/0", "--fill-mask-model", "/nonexistent"],
          "--fill-mask-model: no such directory '/nonexistent': give an existing model directory"),
         (["attribute", "HumanEval/0", "--cache-dir", "/dev/null"], "--cache-dir: '/dev/null' is not a directory"),
+        (["attribute", "HumanEval/0", "--shap-evaluations", "7", "--method-option", "shap.evaluations=5"],
+         "shap.evaluations=5 contradicts --shap-evaluations=7: give the setting once"),
+        (["attribute", "HumanEval/0", "--method", "plugins"],
+         "plugins selects no method: no entry-point method is installed (group pytest_attnalign.methods)"),
     ):
         assert main(argv) == 2, argv
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("attnalign: error: ") and message in err[0], err
+
+
+def test_a_model_directory_without_a_tokenizer_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text('{"model_type": "llama"}')  # no tokenizer files, no weights
+    argv = ["attribute", "HumanEval/0", "--model", str(model), "--method", "coding_all", "--device", "cpu",
+            "--cache-dir", str(tmp_path / "cache")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"attnalign: error: cannot load model '{model}' from '{model}' "
+                                               "(ValueError: Couldn't instantiate the backend tokenizer"), err
 
 
 def test_one_method_failing_on_a_task_does_not_hide_the_others(tmp_path: Path) -> None:

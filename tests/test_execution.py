@@ -131,10 +131,34 @@ def test_limits_are_recorded() -> None:
     assert {"user", "readonly_fs", "nproc_binding"} <= set(record["sandbox"])
 
 
-@pytest.mark.parametrize("bad", [{"timeout_s": 0}, {"timeout_s": float("nan")}, {"memory_mb": 0}, {"nproc": -1}])
+@pytest.mark.parametrize("bad", [{"timeout_s": 0}, {"timeout_s": float("nan")}, {"timeout_s": float("inf")},
+                                 {"timeout_s": 1e30}, {"timeout_s": 86400.5}, {"memory_mb": 0}, {"nproc": -1}])
 def test_invalid_limits(bad: dict) -> None:
     with pytest.raises(AttnalignError):
         Limits(**bad)
+
+
+def test_the_longest_timeout_is_a_day() -> None:
+    """Longer ones would overflow the OS's timers in the middle of a run (``OverflowError`` per program)."""
+    assert Limits(timeout_s=86400).cpu_s == 86400
+    with pytest.raises(AttnalignError, match=r"^timeout must be a number of seconds above 0 and at most 86400 "
+                                             r"\(a day\), not 1e\+30$"):
+        Limits(timeout_s=1e30)
+
+
+@pytest.mark.parametrize("command", [["check", "HumanEval/0", "COMPLETION"], ["verify-benchmarks", "-j", "1"]])
+@pytest.mark.parametrize("timeout", ["1e30", "inf", "0"])
+def test_cli_timeout_out_of_range_is_one_line_before_anything_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], command: list[str], timeout: str
+) -> None:
+    from pytest_attnalign.cli import main
+
+    monkeypatch.setattr(execution, "run_program", lambda *a: pytest.fail("a program ran"))
+    (tmp_path / "c.py").write_text("    return True\n")
+    argv = [str(tmp_path / "c.py") if a == "COMPLETION" else a for a in command]
+    assert main([*argv, "--timeout", timeout]) == 2
+    assert capsys.readouterr().err == (f"attnalign: error: --timeout: timeout must be a number of seconds above 0 "
+                                       f"and at most 86400 (a day), not {float(timeout)!r}\n")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import re
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -142,6 +144,32 @@ def test_a_gate_holds_and_fails_with_a_doctored_threshold() -> None:
     # "!" asks for the whole CI: just below the measured value is not significantly below it
     held, (line,) = judge(run, parse_gates([f"mine.f1@10>={below}!"]))
     assert not held and "! needs the whole CI >= 0" in line
+
+
+@pytest.mark.parametrize(("parse", "expr", "number"), [
+    (parse_gates, "mine.f1@10>=nan%", "nan%"), (parse_gates, "mine.alpha@10>=-inf", "-inf"),
+    (parse_gates, "mine.p@5<inf%", "inf%"), (parse_compare_fails, "f1@10:nan%", "nan%"),
+    (parse_compare_fails, "alpha@10:inf", "inf"), (parse_compare_fails, "pass1:NaN%", "NaN%"),
+])
+def test_a_threshold_that_is_not_finite_is_a_grammar_error(parse: Callable[[list[str]], list], expr: str,
+                                                           number: str) -> None:
+    """float() takes nan and inf, against which every comparison says nothing."""
+    with pytest.raises(AttnalignError, match=rf"^'{re.escape(expr)}': '{re.escape(number)}' is not a finite number; "
+                                             "grammar: "):
+        parse([expr])
+
+
+def test_a_gate_on_an_incomplete_run_fails() -> None:
+    """A gate that holds on the items that ran fails when some did not run or gave no result: the
+    figures of part of the run are no verdict (a run file read by ``attnalign report`` too)."""
+    run = run_of(study_records(20, {"mine": 1.5, "coding_last": 0.2}))
+    assert judge(run, parse_gates(["mine.f1@10>=coding_last.f1@10"]))[0]
+    run.info = {**run.info, "complete": False, "missing": ["a"], "errors": ["b", "c"]}
+    held, lines = judge(run, parse_gates(["mine.f1@10>=coding_last.f1@10"]))
+    assert not held and ": held: " in lines[0]
+    assert lines[1] == ("gates not judged: the run is incomplete (1 items missing, 2 without a result; see its header): "
+                        "rerun those items (the cache keeps the others' results)")
+    assert judge(run, [])[0]  # no gate asked: nothing to fail
 
 
 def test_a_gate_on_a_method_without_results_fails() -> None:

@@ -127,6 +127,27 @@ def test_report_html_writes_the_page_and_checks_the_path_first(tmp_path: Path, c
     out, err = capsys.readouterr()
     assert out == "" and err.strip() == (f"attnalign: error: --html: directory '{tmp_path / 'no'}' does not exist: "
                                          "create it first or choose another path")
+    assert main(["report", str(tmp_path / "run.json"), "--html", str(tmp_path)]) == 2  # a directory: a page's name
+    assert capsys.readouterr().err.strip() == (f"attnalign: error: --html: '{tmp_path}' is a directory: give a file "
+                                               f"path such as '{tmp_path / 'report.html'}'")
+
+
+def test_report_html_refuses_the_run_or_compare_file_as_the_page(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Writing the page there would replace the run (atomically, so it would look complete): refused first."""
+    run, base = tmp_path / "run.json", tmp_path / "base.json"
+    write_run(run, RUN)
+    write_run(base, RUN)
+    before = {path: path.read_bytes() for path in (run, base)}
+    monkeypatch.chdir(tmp_path)  # the page's path spelled otherwise than the input's
+    for page, what, compare in (("run.json", f"the run file {str(run)!r}", []),
+                                ("base.json", f"the --compare baseline {str(base)!r}", ["--compare", str(base)])):
+        assert main(["report", str(run), *compare, "--html", page]) == 2
+        out, err = capsys.readouterr()
+        assert out == "" and err == (f"attnalign: error: --html: {page!r} is {what}, which the page would overwrite: "
+                                     "give the page another path\n")
+    assert {path: path.read_bytes() for path in (run, base)} == before
 
 
 # ---------------------------------------------------------------- in Chromium

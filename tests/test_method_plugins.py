@@ -190,3 +190,13 @@ def test_a_method_returning_a_bad_unit_fails_in_one_line(tiny_gpt2: Path, tmp_pa
     with pytest.raises(AttnalignError, match=re.escape(f"method broken returned a bad unit: {why}")):
         study.attribute(ctx, Broken())
     assert not list((tmp_path / "results").rglob("attribution/*/*.json"))
+
+
+def test_plugins_without_an_installed_entry_point_method_is_an_error() -> None:
+    """An empty selection would run nothing and pass."""
+    registry.cache_clear()
+    assert not any(info.plugin for info in registry().values())
+    with pytest.raises(AttnalignError, match=r"^plugins selects no method: no entry-point method is installed \(group "
+                                             r"pytest_attnalign\.methods\): install a package that provides one"):
+        resolve_methods("plugins")
+    assert resolve_methods("plugins,shap") == ["shap"]  # an empty part of a wider selection is fine

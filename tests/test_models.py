@@ -111,3 +111,28 @@ def test_a_local_model_re_saved_in_place_gets_a_new_revision(tmp_path: Path) -> 
     (tmp_path / "model.safetensors").write_bytes(b"1" * 64)  # same size, same name: the mtime tells
     os.utime(tmp_path / "model.safetensors", ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
     assert models.local_revision(tmp_path) not in (first, second)
+
+
+#: A model config transformers knows, alone in its directory: no tokenizer files, no weights.
+LLAMA_CONFIG = ('{"model_type": "llama", "architectures": ["LlamaForCausalLM"], "hidden_size": 16, "intermediate_size": 32, '
+                '"num_attention_heads": 2, "num_hidden_layers": 1, "num_key_value_heads": 2, "vocab_size": 100}')
+
+
+def test_a_directory_transformers_cannot_load_is_one_line(tmp_path: Path) -> None:
+    """transformers' ValueError about the files (here: no tokenizer) is the user's to fix, not a traceback."""
+    (tmp_path / "config.json").write_text(LLAMA_CONFIG)
+    spec = model_spec.resolve_model(str(tmp_path))
+    with pytest.raises(AttnalignError, match=rf"^cannot load model '{tmp_path}' from '{tmp_path}' \(ValueError: "
+                                             r"Couldn't instantiate the backend tokenizer .*\): the model's files are "
+                                             r"incomplete") as caught:
+        models.load_local_model(spec, str(tmp_path), "cpu", "auto", None)
+    assert "\n" not in str(caught.value)
+
+
+def test_cuda_asked_for_without_cuda_names_the_option_of_pytest_and_of_the_cli(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(AttnalignError, match=r"^device 'cuda' asked for but CUDA is not available: use device cpu "
+                                             r"\(--attn-device=cpu; attnalign attribute: --device cpu\)$"):
+        models.pick_device("cuda")

@@ -119,8 +119,21 @@ def records(path: Path) -> dict[str, Any]:
                                           r"bert_masking.fill_mask_model"),
         ("--attn-method-option=shap.signed=maybe", r"--attn-method-option: shap: signed must be true or false, got 'maybe'"),
         ("--attn-labels=paper", r"--attn-labels: unknown 'paper'; use corrected or study"),
-        ("--attn-timeout=0", r"--attn-timeout: must be positive seconds, got 0(\.0)?$"),
-        ("--attn-timeout=nan", r"--attn-timeout: must be positive seconds, got nan"),
+        ("--attn-timeout=0", r"--attn-timeout: timeout must be a number of seconds above 0 and at most 86400 \(a day\), not 0\.0$"),
+        ("--attn-timeout=nan", r"--attn-timeout: timeout must be a number of seconds above 0 and at most 86400 \(a day\), not nan$"),
+        ("--attn-timeout=inf", r"--attn-timeout: timeout must be .* not inf$"),
+        ("--attn-timeout=1e30", r"--attn-timeout: timeout must be .* not 1e\+30$"),
+        ("--attn-model=", r"--attn-model: no model given in '': give an alias \(e.g. smollm2\), a hub id"),
+        ("--attn-model=,,", r"--attn-model: no model given in ',,': give an alias"),
+        ("--attn-method=plugins", r"--attn-method: plugins selects no method: no entry-point method is installed \(group "
+                                  r"pytest_attnalign.methods\): install a package that provides one, or choose all, builtin"),
+        ("--attn-json=", r"--attn-json: empty value: give a file path \(e.g. run.json\), or leave the option out$"),
+        ("--attn-html=", r"--attn-html: empty value: give a file path \(e.g. report.html\), or leave the option out$"),
+        ("--attn-save=", r"--attn-save: empty value: give a run name \(e.g. main\), or leave the option out$"),
+        ("--attn-storage=", r"--attn-storage: empty value: give a directory, or leave the option out$"),
+        ("--attn-fill-mask-model=", r"--attn-fill-mask-model: empty value: give a hub id or a local directory, or leave"),
+        ("--attn-method-option=bert_masking.fill_mask_model=/nonexistent",
+         r"--attn-method-option: no such directory '/nonexistent': give an existing model directory or a hub id"),
         ("--attn-error-k=0", r"--attn-error-k: must be a positive integer, got 0"),
         ("--attn-shap-evaluations=0", r"--attn-shap-evaluations: must be a positive integer, got 0"),
         ("--attn-pass1=maybe", r"--attn-pass1: unknown 'maybe'; use fail or report"),
@@ -128,6 +141,10 @@ def records(path: Path) -> dict[str, Any]:
         ("--attn-gate=shap.f1@10=>40%", r"--attn-gate: 'shap.f1@10=>40%' is not a gate; grammar: METHOD.METRIC@K OP"),
         ("--attn-gate=mine.f1@10>=shap.f1@10", r"--attn-gate: 'mine.f1@10>=shap.f1@10': method 'mine' is not in this run \(methods: reading_first,"),
         ("--attn-gate=shap.alpha@7>=0.1", r"--attn-gate: 'shap.alpha@7>=0.1': K=7 is not in this run \(K: 5, 10, 20\)"),
+        ("--attn-gate=shap.f1@10>=nan%", r"--attn-gate: 'shap.f1@10>=nan%': 'nan%' is not a finite number; grammar: METHOD"),
+        ("--attn-gate=shap.alpha@10>=-inf", r"--attn-gate: 'shap.alpha@10>=-inf': '-inf' is not a finite number; grammar"),
+        ("--attn-compare-fail=f1@10:nan%", r"--attn-compare-fail: 'f1@10:nan%': 'nan%' is not a finite number; grammar"),
+        ("--attn-compare-fail=alpha@10:inf", r"--attn-compare-fail: 'alpha@10:inf': 'inf' is not a finite number; grammar"),
         ("--attn-compare-fail=f1@10:2%", r"--attn-compare-fail: no baseline: add --attn-compare"),
         ("--attn-compare-fail=f1:2%", r"--attn-compare-fail: 'f1:2%' is not a compare-fail expression; grammar: \[METHOD.\]METRIC@K:DROP"),
         ("--attn-save=a/b", r"--attn-save: 'a/b' is not a run name: use letters, digits"),
@@ -152,6 +169,49 @@ def test_invalid_option_is_one_line_usage_error_before_any_model_loads(
     assert "collected" not in result.stdout.str() and SEP not in result.stdout.str()
     assert not loads and not cache.exists()
     assert time.monotonic() - started < 10  # nothing heavy was imported or loaded
+
+
+@pytest.mark.parametrize("case", ["empty cache dir", "setting twice", "page over run file", "page over baseline",
+                                  "fill-mask model from the environment"])
+def test_contradicting_or_empty_options_are_one_line_usage_errors(
+    project: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, case: str
+) -> None:
+    import pytest_attnalign.models as models
+
+    monkeypatch.setattr(models, "load_model", lambda *a, **k: pytest.fail("a model loaded"))
+    run, base = tmp_path / "run.json", tmp_path / "base.json"
+    base.write_text("{}")
+    (tmp_path / "sub").mkdir()
+    args, expected = {
+        "empty cache dir": (["--attn-cache-dir="], "--attn-cache-dir: empty value: give a directory, or leave the option out"),
+        "setting twice": (["--attn-method-option=shap.evaluations=5", "--attn-shap-evaluations=7"],
+                          "--attn-method-option: shap.evaluations=5 contradicts --attn-shap-evaluations=7: give the setting once"),
+        "page over run file": ([f"--attn-json={run}", f"--attn-html={tmp_path / 'sub' / '..' / 'run.json'}"],
+                               f"--attn-html: '{tmp_path / 'sub' / '..' / 'run.json'}' is the --attn-json file '{run}', "
+                               "which the page would overwrite: give the page another path"),
+        "page over baseline": ([f"--attn-compare={base}", f"--attn-html={base}"],
+                               f"--attn-html: '{base}' is the --attn-compare baseline '{base}', which the page would "
+                               "overwrite: give the page another path"),
+        "fill-mask model from the environment": (
+            ["--attn-method=bert_masking"],
+            "ATTNALIGN_FILL_MASK_MODEL: no such directory '/nonexistent': give an existing model directory or a hub id "
+            "like org/name"),
+    }[case]
+    monkeypatch.setenv("ATTNALIGN_FILL_MASK_MODEL", "/nonexistent")
+    if case != "fill-mask model from the environment":  # a run without bert_masking does not check it
+        args.append("--attn-method=shap")
+    result = project.runpytest(*args, *NO_CACHE)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR, result.stdout.str()
+    assert [line for line in result.errlines if line.strip()] == [f"ERROR: {expected}"]
+    assert not run.exists() and base.read_text() == "{}"
+
+
+def test_agreeing_setting_and_its_option_run(project: pytest.Pytester) -> None:
+    """The same value twice is no contradiction."""
+    result = project.runpytest("--attn-method-option=shap.evaluations=7", "--attn-shap-evaluations=7",
+                               "--attn-method=shap", "--attn-limit=1", "--collect-only", "-q", *NO_CACHE)
+    assert result.ret == pytest.ExitCode.OK, result.stderr.str()
+    assert collected(result) == [f"{HE}[smollm2-shap-HumanEval/0]", f"{MB}[smollm2-shap-Mbpp/1]"]
 
 
 def test_model_directory_without_config_is_a_usage_error(project: pytest.Pytester, tmp_path: Path) -> None:
@@ -535,7 +595,8 @@ def test_unusable_output_path_fails_before_any_item_runs(project: pytest.Pyteste
         "missing": (tmp_path / "nonexistent" / "x.json", f"directory '{tmp_path / 'nonexistent'}' does not exist: create it first or choose another path"),
         "file": (tmp_path / "a-file" / "x.json",
                  f"directory '{tmp_path / 'a-file'}' is not a directory: create it first or choose another path"),
-        "directory": (tmp_path, f"'{tmp_path}' is a directory: give a file path such as '{tmp_path / 'run.json'}'"),
+        "directory": (tmp_path, f"'{tmp_path}' is a directory: give a file path such as "
+                                f"'{tmp_path / ('report.html' if flag == '--attn-html' else 'run.json')}'"),
         "read-only": (Path("/proc/x.json"), "directory '/proc' is not writable: choose a directory you can write to"),
     }[where]
     result = project.runpytest("--attn-model=openai:stub", "--attn-method=shap", f"{flag}={path}",

@@ -7,10 +7,13 @@ import re
 from pathlib import Path
 
 import pytest
+from synthetic import make_record, word_units
 from test_plugin import NO_CACHE, _isolated_env, project, records, tiny_gpt2  # noqa: F401 (fixtures)
 
 from pytest_attnalign.cli import main
 from pytest_attnalign.errors import AttnalignError
+from pytest_attnalign.runfile import Run, write_run
+from pytest_attnalign.runinfo import RunInfo
 from pytest_attnalign.sharding import assign, parse_shard
 
 ITEM = re.compile(r"test_alignment\[(?P<model>\S+)-(?P<method>[^-\]]+)-(?P<task>\w+/\d+)\]")
@@ -102,6 +105,45 @@ def test_shards_merge_into_the_unsharded_run(
     doc = json.loads((tmp_path / "part.json").read_text())
     assert sorted(doc["run"]["missing"]) == sorted(ran[1])
     assert doc["run"]["complete"] is False and f"partial: 4 of 8 items ran; missing: " in out
+
+
+def test_merge_refuses_to_write_over_a_shard(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``-o`` naming one of the shards would replace it with the merged run: refused before anything is read."""
+    study = [f"test_alignment[m-shap-HumanEval/{i}]" for i in range(2)]
+    shards = [tmp_path / f"shard{i}.json" for i in range(2)]
+    for i, path in enumerate(shards):
+        info = RunInfo(expected=[study[i]], finished={study[i]}, shard=(i, 2), study=study).as_dict()
+        write_run(path, Run([make_record(f"HumanEval/{i}", word_units(f"HumanEval/{i}", 1.0, 0))], (5, 10), info))
+    before = [path.read_bytes() for path in shards]
+    assert main(["merge", *map(str, shards), "-o", str(shards[0])]) == 2
+    out, err = capsys.readouterr()
+    shard0 = repr(str(shards[0]))
+    assert out == "" and err == (f"attnalign: error: --output: {shard0} is the shard file {shard0}, which the merged "
+                                 "run would overwrite: give the merged run another path\n")
+    assert [path.read_bytes() for path in shards] == before
+    assert main(["merge", *map(str, shards), "-o", str(tmp_path / "run.json")]) == 0  # the shards do merge
+
+
+def test_a_shards_errored_items_leave_the_merged_run_incomplete(tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """An item that gave no result in its shard is an error of the merged run too; a shard file whose
+    run section lost the facts merge adds up is refused in one line."""
+    study = [f"test_alignment[m-shap-HumanEval/{i}]" for i in range(2)]
+    shards = [tmp_path / f"shard{i}.json" for i in range(2)]
+    for i, path in enumerate(shards):  # shard 1's item errored: finished, no record
+        info = RunInfo(expected=[study[i]], finished={study[i]}, errors={study[1]} & {study[i]}, shard=(i, 2),
+                       study=study).as_dict()
+        write_run(path, Run([make_record(f"HumanEval/{i}", word_units(f"HumanEval/{i}", 1.0, 0))][: 1 - i], (5, 10), info))
+    assert main(["merge", *map(str, shards), "-o", str(tmp_path / "run.json")]) == 0
+    doc = json.loads((tmp_path / "run.json").read_text())
+    assert (doc["run"]["complete"], doc["run"]["missing"], doc["run"]["errors"]) == (False, [], [study[1]])
+    assert "incomplete: 1 of 2 items gave no result (an error)" in capsys.readouterr().out
+    damaged = json.loads(shards[1].read_text())
+    del damaged["run"]["missing"]
+    shards[1].write_text(json.dumps(damaged))
+    assert main(["merge", *map(str, shards), "-o", str(tmp_path / "again.json")]) == 2
+    assert capsys.readouterr().err == (f"attnalign: error: {shards[1]} is damaged: its run section lacks 'missing': "
+                                       "merge the --attn-json files the shards' runs wrote\n")
 
 
 def test_an_empty_shard_writes_its_run_file_and_succeeds(project: pytest.Pytester, tmp_path: Path) -> None:

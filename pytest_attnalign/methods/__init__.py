@@ -136,6 +136,10 @@ def resolve_methods(spec: str | list[str]) -> list[str]:
             raise AttnalignError(
                 f"unknown method {item!r}: valid are all, {', '.join(categories())}, builtin, plugins, {', '.join(reg)}")
         out += [n for n in chosen if n not in out]
+    if not out:  # only ``plugins`` can select nothing: a run of no method would pass having done nothing
+        raise AttnalignError(f"{', '.join(items)} selects no method: no entry-point method is installed (group "
+                             f"{ENTRY_POINT_GROUP}): install a package that provides one, or choose all, builtin, "
+                             "a category or method names")
     return out
 
 
@@ -164,13 +168,17 @@ def _valid_settings(reg: dict[str, MethodInfo]) -> list[str]:
 
 
 def method_options(shap_evaluations: int | None = None, fill_mask_model: str | None = None,
-                   settings: list[str] | None = None, selected: Iterable[str] | None = None) -> dict[str, dict[str, object]]:
+                   settings: list[str] | None = None, selected: Iterable[str] | None = None,
+                   flags: tuple[str, str] = ("--attn-shap-evaluations", "--attn-fill-mask-model"),
+                   ) -> dict[str, dict[str, object]]:
     """The per-method settings of the plugin's and CLI's options; ``None`` keeps a method's default.
 
     ``settings`` are ``METHOD.KEY=VALUE`` or ``CATEGORY.KEY=VALUE`` strings. A category's setting
     goes to every ``selected`` method (default: every method) of that category that takes KEY, and
     a method's own setting overrides it. A setting no such method takes is an error naming the
-    valid ones; values are checked when the method is constructed (:func:`get_method`).
+    valid ones; values are checked when the method is constructed (:func:`get_method`). A setting
+    that contradicts its dedicated option (``flags``: the two options' names, for the message) is an
+    error: one of them would silently win.
     """
     reg = registry()
     out: dict[str, dict[str, object]] = {}
@@ -195,6 +203,10 @@ def method_options(shap_evaluations: int | None = None, fill_mask_model: str | N
         else:
             raise AttnalignError(f"setting {item!r} is not METHOD.NAME=VALUE or CATEGORY.NAME=VALUE with one of {valid}")
     for method, name, value in general + specific:
+        dedicated = {("shap", "evaluations"): (flags[0], shap_evaluations),
+                     ("bert_masking", "fill_mask_model"): (flags[1], fill_mask_model or None)}.get((method, name))
+        if dedicated and dedicated[1] is not None and value != dedicated[1]:
+            raise AttnalignError(f"{method}.{name}={value} contradicts {dedicated[0]}={dedicated[1]}: give the setting once")
         out.setdefault(method, {})[name] = value
     return out
 
