@@ -1,7 +1,7 @@
 """Alignment between a model's scored units and programmer-labelled spans (METRICS.md, the contract).
 
 Pure metric code on half-open character ranges: no model, no torch. Every rule here follows
-``shared/METRICS.md`` to the letter, because small deviations (tie-break, per-task averaging,
+``docs/METRICS.md`` (the project's copy of ``../shared/METRICS.md``) to the letter, because small deviations (tie-break, per-task averaging,
 inclusive overlap) move the study's published cells by up to 10 points.
 
 A ratio whose denominator is zero (precision with no selected unit, recall or keyword coverage with

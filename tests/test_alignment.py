@@ -6,6 +6,8 @@ in this file comes from that arithmetic, not from running the code.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import krippendorff
 import numpy as np
 import pytest
@@ -314,3 +316,13 @@ def test_human_spans_validated() -> None:
         TaskUnits.from_units("abc", [], [(2, 1)])
     with pytest.raises(AttnalignError, match="human span"):
         TaskUnits.from_units("abc", [], [(0, 4)])
+
+
+SHARED_METRICS = Path(__file__).resolve().parents[1].parent / "shared" / "METRICS.md"
+
+
+@pytest.mark.skipif(not SHARED_METRICS.exists(), reason=f"the shared metrics page is not at {SHARED_METRICS}")
+def test_the_shipped_metrics_page_is_the_shared_contract() -> None:
+    """docs/METRICS.md is what this code follows: it must not drift from the team's page."""
+    shipped = Path(__file__).resolve().parents[1] / "docs" / "METRICS.md"
+    assert shipped.read_bytes() == SHARED_METRICS.read_bytes(), "copy ../shared/METRICS.md to docs/METRICS.md"
