@@ -264,10 +264,6 @@ _NON_EMPTY = {"attn_json": "a file path (e.g. run.json)", "attn_html": "a file p
               "attn_fill_mask_model": "a hub id or a local directory"}
 
 
-def _flag(dest: str) -> str:
-    return "--" + dest.replace("_", "-")
-
-
 def _positive_ints(text: str, flag: str) -> tuple[int, ...]:
     try:
         values = tuple(int(x) for x in text.split(",") if x.strip())
@@ -293,7 +289,7 @@ def parse_options(config: pytest.Config) -> Options:
     get = config.getoption
     for dest, expected in _NON_EMPTY.items():
         if get(dest) is not None and not get(dest).strip():
-            raise pytest.UsageError(f"{_flag(dest)}: empty value: give {expected}, or leave the option out")
+            raise pytest.UsageError(f"--{dest.replace('_', '-')}: empty value: give {expected}, or leave the option out")
     models = [m.strip() for v in (get("attn_model") or ["smollm2"]) for m in v.split(",") if m.strip()]
     if not models:
         raise pytest.UsageError(f"--attn-model: no model given in {','.join(get('attn_model'))!r}: "
@@ -353,8 +349,6 @@ def parse_options(config: pytest.Config) -> Options:
     json_path = usage("--attn-json", output_file, Path(get("attn_json")).expanduser()) if get("attn_json") else None
     html_path = usage("--attn-html", output_file, Path(get("attn_html")).expanduser(),
                       "report.html") if get("attn_html") else None
-    if html_path and json_path:
-        usage("--attn-html", not_an_input, html_path, [("the --attn-json file", json_path)], "the page")
     cache = get("attn_cache_dir")
     cache_dir = usage("--attn-cache-dir", cache_directory, Path(cache).expanduser() if cache else default_cache_dir())
     save_dir = compare = None
@@ -363,8 +357,10 @@ def parse_options(config: pytest.Config) -> Options:
         save_dir = usage("--attn-storage", usable_storage, storage) if save_name else None
         if get("attn_compare") is not None:
             compare = usage("--attn-compare", find_run, storage, get("attn_compare"))
-    if html_path and compare:
-        usage("--attn-html", not_an_input, html_path, [("the --attn-compare baseline", compare)], "the page")
+    if html_path:  # the page is written last: over either file it would replace a run
+        usage("--attn-html", not_an_input, html_path,
+              [(what, path) for what, path in (("the --attn-json file", json_path), ("the --attn-compare baseline", compare))
+               if path], "the page")
     return Options(
         models=list(dict.fromkeys(models)), methods=methods,
         benchmarks=benchmarks,
