@@ -35,22 +35,24 @@ class RunInfo:
     def missing(self) -> list[str]:
         return [i for i in self.expected if i not in self.finished]
 
+    @property
+    def errored(self) -> list[str]:
+        """Items that ran but gave no record, in the study's order."""
+        return [i for i in self.expected if i in self.errors]
+
     def partial_line(self) -> str | None:
         missing = self.missing
         if not missing:
             return None
-        names = [m.rsplit("::", 1)[-1] for m in missing]
-        shown = ", ".join(names[:SHOW_MISSING]) + (f" and {len(names) - SHOW_MISSING} more" if len(names) > SHOW_MISSING else "")
-        return f"partial: {len(self.expected) - len(missing)} of {len(self.expected)} items ran; missing: {shown}"
+        return f"partial: {len(self.expected) - len(missing)} of {len(self.expected)} items ran; missing: {_shown(missing)}"
 
     def errors_line(self) -> str | None:
         """Items that ran without a result: the tables lack them as they lack a missing item's."""
-        failed = [i for i in self.expected if i in self.errors]
+        failed = self.errored
         if not failed:
             return None
-        names = [m.rsplit("::", 1)[-1] for m in failed]
-        shown = ", ".join(names[:SHOW_MISSING]) + (f" and {len(names) - SHOW_MISSING} more" if len(names) > SHOW_MISSING else "")
-        return f"incomplete: {len(failed)} of {len(self.expected)} items gave no result (an error); the tables lack: {shown}"
+        return (f"incomplete: {len(failed)} of {len(self.expected)} items gave no result (an error); "
+                f"the tables lack: {_shown(failed)}")
 
     def threads_line(self) -> str | None:
         if not self.shares:
@@ -77,7 +79,7 @@ class RunInfo:
         return [line for line in (self.partial_line(), self.errors_line(), self.threads_line(), self.cache_line()) if line]
 
     def as_dict(self) -> dict[str, Any]:
-        errors = [i for i in self.expected if i in self.errors]
+        errors = self.errored
         return {"complete": not self.missing and not errors, "items": len(self.expected),
                 "ran": len(self.expected) - len(self.missing), "missing": self.missing,
                 "errors": errors, "cache_invalid": self.cache_invalid,
@@ -90,3 +92,10 @@ class RunInfo:
         assert self.shard is not None
         return {"index": self.shard[0], "count": self.shard[1], "study": self.study, "expected": self.expected,
                 "shares": self.shares}
+
+
+def _shown(items: list[str]) -> str:
+    """Item names (their ids without the file) for a header line: the first :data:`SHOW_MISSING`."""
+    names = [m.rsplit("::", 1)[-1] for m in items]
+    more = f" and {len(names) - SHOW_MISSING} more" if len(names) > SHOW_MISSING else ""
+    return ", ".join(names[:SHOW_MISSING]) + more

@@ -202,11 +202,12 @@ def method_options(shap_evaluations: int | None = None, fill_mask_model: str | N
             general += [(t, name, _setting_value(value)) for t in takers]
         else:
             raise AttnalignError(f"setting {item!r} is not METHOD.NAME=VALUE or CATEGORY.NAME=VALUE with one of {valid}")
+    dedicated = {("shap", "evaluations"): (flags[0], shap_evaluations),
+                 ("bert_masking", "fill_mask_model"): (flags[1], fill_mask_model or None)}
     for method, name, value in general + specific:
-        dedicated = {("shap", "evaluations"): (flags[0], shap_evaluations),
-                     ("bert_masking", "fill_mask_model"): (flags[1], fill_mask_model or None)}.get((method, name))
-        if dedicated and dedicated[1] is not None and value != dedicated[1]:
-            raise AttnalignError(f"{method}.{name}={value} contradicts {dedicated[0]}={dedicated[1]}: give the setting once")
+        flag, given = dedicated.get((method, name), ("", None))
+        if given is not None and value != given:
+            raise AttnalignError(f"{method}.{name}={value} contradicts {flag}={given}: give the setting once")
         out.setdefault(method, {})[name] = value
     return out
 
