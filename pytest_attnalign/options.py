@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from .benchmarks import NAMES, choices
+from .benchmarks import BENCHMARKS, NAMES, benchmark_of, choices
 from .errors import AttnalignError
 from .methods import method_options
 from .methods.perturbation import DEFAULT_FILL_MASK_MODEL, SHAP_EVALUATIONS
@@ -221,26 +221,27 @@ def _rootdir_without_option_values(config: pytest.Config) -> Path | None:
         return None
 
 
-_TASK_IN_K = re.compile(r"\b([A-Za-z]+)/(\d+)(\])?")
+_TASK_IN_K = re.compile(r"\b([A-Za-z]+)/(-?\d+)(\])?")
 
 
 def check_task_filter(keyword: str, benchmarks: list[str], limit: int | None) -> None:
     """``-k`` naming a task this run does not hold selects nothing, silently: say which and why.
 
-    A task written with its closing bracket (``HumanEval/12]``, as the README shows) is one task;
+    A task written with its closing bracket (``HumanEval/12]``, as the README shows) is one task, so
+    one of no benchmark (``Foo/1]``) or a negative number (``HumanEval/-1``) is refused too;
     without it, pytest's substring match takes every id that starts with it (``HumanEval/1``: 1,
     10-19, 100-163). pytest matches ``-k`` case-insensitively, so this does too. An expression with
     ``not`` selects by exclusion and is left alone.
     """
-    from .benchmarks import benchmark_of
-
     if not keyword or re.search(r"\bnot\b", keyword, re.IGNORECASE):
         return
     for found in _TASK_IN_K.finditer(keyword):
-        bench = benchmark_of(f"{found[1]}/")
+        bench, exact = benchmark_of(f"{found[1]}/"), found[3] is not None
         if bench is None:
-            continue
-        token, exact = f"{bench.prefix}/{found[2]}", found[3] is not None
+            if exact:  # "Foo/1]" can only end an item id, where the task id stands
+                raise AttnalignError(f"no task {found[1]}/{found[2]}: ids are {', '.join(b.ids for b in BENCHMARKS)}")
+            continue  # a model's hub id ("org/name") may hold such a word
+        token = f"{bench.prefix}/{found[2]}"
 
         def hits(ids: Any) -> list[str]:
             return [i for i in ids if (i == token if exact else i.startswith(token))]
