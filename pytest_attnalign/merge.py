@@ -27,7 +27,8 @@ def merge_runs(paths: list[Path], allow_missing: bool = False) -> Run:
     for where, run, shard in shards:
         for name, value, expected in (("shard count", shard["count"], count), ("K", run.ks, first.ks),
                                       ("library versions", run.versions, first.versions),
-                                      ("items of the study", shard["study"], first_shard["study"])):
+                                      ("items of the study", shard["study"], first_shard["study"]),
+                                      ("items -k/-m selected", _selected(shard), _selected(first_shard))):
             if value != expected:
                 raise AttnalignError(f"{where} and {first_where} are shards of different runs ({name} differ): "
                                      "merge the shards of one run, each run with the same options")
@@ -44,7 +45,7 @@ def merge_runs(paths: list[Path], allow_missing: bool = False) -> Run:
         names = ", ".join(f"{i}/{count}" for i in absent)
         raise AttnalignError(f"shard{'s' if len(absent) > 1 else ''} {names} missing: give every shard's run file, "
                              "or --allow-missing to merge without them (the summary then names the absent items)")
-    info = RunInfo(expected=list(first_shard["study"]),
+    info = RunInfo(expected=_selected(first_shard),
                    finished={i for _, run, s in shards for i in set(s["expected"]) - set(run.info["missing"])},
                    errors={i for _, run, _ in shards for i in run.info.get("errors", [])},  # none before 2026-12-03
                    shares=[share for _, _, s in shards for share in s["shares"]],
@@ -64,6 +65,11 @@ def _shard(where: str, run: Run) -> dict[str, Any]:
         raise AttnalignError(f"{where} is damaged: its run section lacks {', '.join(map(repr, lacking))}: "
                              "merge the --attn-json files the shards' runs wrote")
     return shard
+
+
+def _selected(shard: dict[str, Any]) -> list[str]:
+    """The items the shards' -k/-m selected out of the study (files before 2026-12-03: all of them)."""
+    return list(shard.get("selected", shard["study"]))
 
 
 def _check_overlap(shards: list[tuple[str, Run, dict[str, Any]]]) -> None:

@@ -150,7 +150,8 @@ def add_options(parser: pytest.Parser) -> None:
                      "a trailing ! requires the whole 95%% CI (bootstrap over tasks, paired when both sides are figures) to meet it")
     g.addoption("--attn-shard", default=_DEFAULTS["attn_shard"], metavar="I/N",
                 help="run shard I of N (0 <= I < N) of the study's items, balanced by the tasks' token budgets, all "
-                     "methods of a model x task in one shard (job arrays: --attn-shard $SLURM_ARRAY_TASK_ID/N); "
+                     "methods of a model x task in one shard, split before -k/-m select "
+                     "(job arrays: --attn-shard $SLURM_ARRAY_TASK_ID/N); "
                      "attnalign merge combines the shards' --attn-json files into the unsharded run's file")
 
 

@@ -30,7 +30,7 @@ if TYPE_CHECKING:  # numpy and the report load only when a study runs
 
 PROPERTY = "attnalign"
 RUN_PROPERTY = "attnalign-run"  # an item's facts about the run (threads, cache), see runinfo.RunInfo
-STUDY_OUTPUT = "attnalign-study"  # an xdist worker's workeroutput: a shard's whole-study item ids
+STUDY_OUTPUT = "attnalign-study"  # an xdist worker's workeroutput: a shard's whole-study item ids and those -k/-m selected
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -59,30 +59,39 @@ class AttnSession:
         self.item_computed: dict[str, bool] = {}  # whether an item's record says it computed (see Record.computed)
         self.workers: set[str] = set()  # xdist workers up
 
-    def pytest_collection_modifyitems(self, config: pytest.Config, items: list[pytest.Item]) -> None:
-        """--attn-shard: deselect other shards' model x task groups (each collecting process computes
-        the same assignment); the whole study's ids go into the run file for ``attnalign merge``."""
+    @pytest.hookimpl(wrapper=True)
+    def pytest_collection_modifyitems(self, config: pytest.Config, items: list[pytest.Item]) -> Any:
+        """--attn-shard: deselect other shards' model x task groups. The groups are shared out over the
+        whole study before -k/-m select (every collecting process computes the same assignment, and a
+        selection moves no item between shards); the whole study's ids go into the run file for
+        ``attnalign merge``, and how many items the selection kept into the summary's shard line."""
         if self.options.shard is None:
-            return
+            return (yield)
         from .sharding import in_shard
 
         found = [(item, m) for item in items if (m := _ITEM_ID.search(item.nodeid))]
         keep = in_shard([(m["model"], m["task"]) for _, m in found], self.options.shard, self.options.max_new_tokens)
-        dropped = [item for (item, _), kept in zip(found, keep) if not kept]
+        here = {id(item) for (item, _), kept in zip(found, keep) if kept}
         self.run.study = [item.nodeid for item, _ in found]
+        result = yield  # -k, -m and other plugins select
+        selected = [item for item in items if _ITEM_ID.search(item.nodeid)]
+        self.run.selected = [item.nodeid for item in selected]
         if hasattr(config, "workeroutput"):  # the controller collects nothing: see pytest_testnodedown
-            config.workeroutput[STUDY_OUTPUT] = self.run.study
+            config.workeroutput[STUDY_OUTPUT] = {"study": self.run.study, "selected": self.run.selected}
+        dropped = [item for item in selected if id(item) not in here]
         if dropped:
             config.hook.pytest_deselected(items=dropped)
             gone = set(map(id, dropped))
             items[:] = [item for item in items if id(item) not in gone]
+        return result
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_testnodedown(self, node: Any, error: Any) -> None:
         """Under -n, a shard's whole-study ids come from a worker that collected them."""
         self.workers.discard(node.gateway.id)
         if not self.run.study:
-            self.run.study = list(getattr(node, "workeroutput", {}).get(STUDY_OUTPUT, []))
+            output = getattr(node, "workeroutput", {}).get(STUDY_OUTPUT, {})
+            self.run.study, self.run.selected = list(output.get("study", [])), list(output.get("selected", []))
 
     def pytest_collection_finish(self, session: pytest.Session) -> None:
         self.run.expected = [i.nodeid for i in session.items if _ITEM_ID.search(i.nodeid)]
@@ -186,8 +195,8 @@ class AttnSession:
                                     str(o.compare), "--attn-compare-force")
         if session.exitstatus == pytest.ExitCode.OK and ((self.run.finished and not self.records) or not held):
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
-        if session.exitstatus == pytest.ExitCode.NO_TESTS_COLLECTED and self.run.study and not self.run.expected:
-            session.exitstatus = pytest.ExitCode.OK  # a shard left empty (more shards than models x tasks)
+        if session.exitstatus == pytest.ExitCode.NO_TESTS_COLLECTED and self.run.selected and not self.run.expected:
+            session.exitstatus = pytest.ExitCode.OK  # a shard left empty while others run the selection
 
     def pytest_unconfigure(self) -> None:
         self.cores.leave()

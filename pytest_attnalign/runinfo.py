@@ -24,6 +24,7 @@ class RunInfo:
     cache_write_failures: int = 0
     shard: tuple[int, int] | None = None  # --attn-shard (index, count)
     study: list[str] = field(default_factory=list)  # a shard's: every item of the unsharded run, in order
+    selected: list[str] = field(default_factory=list)  # a shard's: the study's items -k/-m kept, in all shards
 
     def add(self, item_facts: dict[str, Any]) -> None:
         """One item's facts (the plugin's per-item report property)."""
@@ -54,6 +55,21 @@ class RunInfo:
         return (f"incomplete: {len(failed)} of {len(self.expected)} items gave no result (an error); "
                 f"the tables lack: {_shown(failed)}")
 
+    def shard_line(self) -> str | None:
+        """A shard's share of the selection, so that one left empty says why it ran nothing."""
+        if self.shard is None or not self.selected:
+            return None
+        index, count = self.shard
+        selected = len(self.selected)
+        of = f"the study's {selected}" if selected == len(self.study) else \
+            f"the {selected} that -k/-m selected of the study's {len(self.study)}"
+        if not self.expected:
+            return (f"shard {index}/{count}: none of {of} items; the other shards run them (shards share out "
+                    "the whole study's model x task groups, whatever -k/-m select)")
+        if len(self.expected) == selected:
+            return f"shard {index}/{count}: all of {of} items"
+        return f"shard {index}/{count}: {len(self.expected)} of {of} items; the other shards run the rest"
+
     def threads_line(self) -> str | None:
         if not self.shares:
             return None
@@ -76,7 +92,8 @@ class RunInfo:
 
     def lines(self) -> list[str]:
         """Header lines: partial and incomplete first, so a pasted summary cannot look complete."""
-        return [line for line in (self.partial_line(), self.errors_line(), self.threads_line(), self.cache_line()) if line]
+        return [line for line in (self.partial_line(), self.errors_line(), self.shard_line(), self.threads_line(),
+                                  self.cache_line()) if line]
 
     def as_dict(self) -> dict[str, Any]:
         errors = self.errored
@@ -90,7 +107,8 @@ class RunInfo:
     def shard_dict(self) -> dict[str, Any]:
         """What ``attnalign merge`` needs to rebuild the unsharded run's facts (merge.py)."""
         assert self.shard is not None
-        return {"index": self.shard[0], "count": self.shard[1], "study": self.study, "expected": self.expected,
+        return {"index": self.shard[0], "count": self.shard[1], "study": self.study, "selected": self.selected,
+                "expected": self.expected,
                 "shares": self.shares}
 
 

@@ -112,7 +112,7 @@ def test_merge_refuses_to_write_over_a_shard(tmp_path: Path, capsys: pytest.Capt
     study = [f"test_alignment[m-shap-HumanEval/{i}]" for i in range(2)]
     shards = [tmp_path / f"shard{i}.json" for i in range(2)]
     for i, path in enumerate(shards):
-        info = RunInfo(expected=[study[i]], finished={study[i]}, shard=(i, 2), study=study).as_dict()
+        info = RunInfo(expected=[study[i]], finished={study[i]}, shard=(i, 2), study=study, selected=study).as_dict()
         write_run(path, Run([make_record(f"HumanEval/{i}", word_units(f"HumanEval/{i}", 1.0, 0))], (5, 10), info))
     before = [path.read_bytes() for path in shards]
     assert main(["merge", *map(str, shards), "-o", str(shards[0])]) == 2
@@ -132,7 +132,7 @@ def test_a_shards_errored_items_leave_the_merged_run_incomplete(tmp_path: Path,
     shards = [tmp_path / f"shard{i}.json" for i in range(2)]
     for i, path in enumerate(shards):  # shard 1's item errored: finished, no record
         info = RunInfo(expected=[study[i]], finished={study[i]}, errors={study[1]} & {study[i]}, shard=(i, 2),
-                       study=study).as_dict()
+                       study=study, selected=study).as_dict()
         write_run(path, Run([make_record(f"HumanEval/{i}", word_units(f"HumanEval/{i}", 1.0, 0))][: 1 - i], (5, 10), info))
     assert main(["merge", *map(str, shards), "-o", str(tmp_path / "run.json")]) == 0
     doc = json.loads((tmp_path / "run.json").read_text())
@@ -154,3 +154,39 @@ def test_an_empty_shard_writes_its_run_file_and_succeeds(project: pytest.Pyteste
     assert result.ret == pytest.ExitCode.OK, result.stdout.str()
     shard = json.loads(out.read_text())["run"]["shard"]
     assert shard["expected"] == [] and len(shard["study"]) == 2 and (shard["index"], shard["count"]) == (5, 6)
+
+
+def test_k_selects_within_the_shards_of_the_whole_study(
+    project: pytest.Pytester, tiny_gpt2: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Shards share out the whole study, then -k selects in each: the shard without the selected task
+    says so and succeeds, and the merged run is the unsharded -k run (complete), not a partial study.
+    Each run has a cold cache of its own (a record says whether its results came from the cache)."""
+    def run(name: str, *extra: str) -> pytest.RunResult:
+        return project.runpytest_subprocess(
+            f"--attn-model={tiny_gpt2}", "--attn-method=reading_last,coding_all", "--attn-limit=2",
+            "--attn-max-new-tokens=8", "--attn-device=cpu", f"--attn-cache-dir={tmp_path / name}.cache",
+            f"--attn-json={tmp_path / name}", "--attn-threads=1", "-k", "HumanEval/1]", *extra, *NO_CACHE,
+            timeout=120)
+
+    whole = run("whole.json")
+    shards = [run(f"shard{i}.json", f"--attn-shard={i}/2") for i in range(2)]
+    assert all(r.ret in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED) for r in (whole, *shards))
+    docs = [json.loads((tmp_path / f"shard{i}.json").read_text())["run"] for i in range(2)]
+    empty = next(i for i in range(2) if not docs[i]["shard"]["expected"])
+    assert shards[empty].ret == pytest.ExitCode.OK and len(docs[1 - empty]["shard"]["expected"]) == 2
+    assert len(docs[empty]["shard"]["study"]) == 8 and len(docs[empty]["shard"]["selected"]) == 2
+    shards[empty].stdout.fnmatch_lines([f"shard {empty}/2: none of the 2 that -k/-m selected of the study's 8 items; "
+                                        "the other shards run them (shards share out the whole study's model x "
+                                        "task groups, whatever -k/-m select)"])
+    shards[1 - empty].stdout.fnmatch_lines([f"shard {1 - empty}/2: all of the 2 that -k/-m selected of the study's 8 items"])
+    assert main(["merge", *(str(tmp_path / f"shard{i}.json") for i in range(2)), "-o", str(tmp_path / "m.json")]) == 0
+    assert "partial:" not in capsys.readouterr().out
+    assert records(tmp_path / "m.json") == records(tmp_path / "whole.json")
+
+
+def test_a_selection_of_nothing_fails_every_shard(project: pytest.Pytester, tmp_path: Path) -> None:
+    """A -k that matches no item of the study is no empty shard of a job array: pytest's "no tests" status."""
+    result = project.runpytest("--attn-model=openai:stub", "--attn-method=shap", "--attn-limit=1", "-k", "reading",
+                               "--attn-shard=0/2", f"--attn-cache-dir={tmp_path}", *NO_CACHE)
+    assert result.ret == pytest.ExitCode.NO_TESTS_COLLECTED, result.stdout.str()
