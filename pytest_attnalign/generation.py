@@ -9,8 +9,9 @@ Rules (recorded with every :class:`Generation`):
 - Budget: tokens of the canonical solution + 20 (the study's rule). In chat format the reply restates
   the signature and often the docstring, so the budget there is tokens of prompt + canonical + 20.
 - Stop rule: decoding stops at end-of-sequence, or once the generated function has ended (a new
-  top-level statement that is not part of it), or after the closing fence in the chat formats; the
-  completion is then cut at the end of the function.
+  top-level line; where the model writes the ``def``, one that is not a ``def``, ``class``, import or
+  decorator, so helper functions stay), or after the closing fence in the chat formats; the
+  completion is then cut there.
 - Explained steps: the generated tokens of the function's BODY (:func:`body_span`), never a fence,
   prose, the restated ``def`` line or docstring, nor anything after the function. Step ``j``
   explains generated token ``y_j``, predicted at position ``P - 1 + j`` (``P`` prompt tokens).
@@ -34,7 +35,12 @@ CHAT_FORMATS = ("chat", "chat-prefill")
 CHAT_INSTRUCTION = "Complete the following Python function. Reply with the whole function in one ```python code block.\n\n"
 PREFILL = "```python\n"
 BUDGET_SLACK = 20
-STOP_RULE = "eos | end of the first top-level function (next top-level statement) | closing ``` fence (chat)"
+STOP_RULE = ("eos | end of the generated function (its first later top-level line; where the model writes the def, "
+             "one that is not a def, class, import or decorator: helper functions stay) | closing ``` fence (chat)")
+#: Part of a cached generation's key: bump when a rule that a generation entry embodies changes (stop rule,
+#: body span), so that old entries are regenerated. Attribution entries are keyed by the generated ids and
+#: the explained steps themselves, so those of unchanged generations stay valid.
+GENERATION_RULES = 2  # 2: a body on the def line, a comment after the signature (2026-12-03)
 
 _FENCE = re.compile(r"```[ \t]*(?:python|py|Python)?[ \t]*\n(.*?)(?:```|\Z)", re.S)
 # Top-level lines that continue a module after a function without ending "the generated function".
@@ -125,7 +131,7 @@ def token_budget_rule(prompt_format: str) -> str:
 
 
 def cut_function(text: str, starts_inside: bool) -> str:
-    """Cut code at the end of its first top-level function.
+    """Cut code where its generated function ends (helper functions after it stay, see below).
 
     ``starts_inside`` is true when ``text`` continues a function whose ``def`` is in the prompt
     (HumanEval completion); then the first top-level line of any kind ends it. Otherwise imports and
@@ -222,17 +228,19 @@ def _function_body(code: str, name: str) -> tuple[int, int]:
         lead = len(code) - len(code.lstrip())
         return lead, lead + len(cut_function(code[lead:], starts_inside=False).rstrip())
     indent = len(m.group(0)) - len(m.group(0).lstrip())
-    lines = code[m.start():].split("\n")
-    pos, i = m.start(), 0
+    after = _signature_end(code, m.start() + indent)
+    if after is None:  # the signature never closes (a cut-off generation): no body
+        return len(code), len(code)
+    if isinstance(after, tuple):  # ``def f(x): return x``: the body is the rest of the def line
+        return after
+    lines = code[after:].split("\n")
+    pos, i = after, 0
 
     def skip() -> None:  # consume line i
         nonlocal pos, i
         pos += len(lines[i]) + 1
         i += 1
 
-    while i < len(lines) - 1 and not lines[i].rstrip().endswith(":"):
-        skip()
-    skip()
     while i < len(lines) and not lines[i].strip():
         skip()
     doc = _DOCSTRING.match(lines[i]) if i < len(lines) else None
@@ -250,6 +258,51 @@ def _function_body(code: str, name: str) -> tuple[int, int]:
             end = min(pos + len(line.rstrip()), len(code))
         pos += len(line) + 1
     return start, end
+
+
+def _signature_end(code: str, at: int) -> int | tuple[int, int] | None:
+    """Where the body of the ``def`` at ``code[at:]`` begins: the start of the line after the
+    signature's ``:``, or the body's span when it follows the ``:`` on the same line; None when the
+    signature does not close.
+
+    Python's own tokenizer reads the signature, so a signature over several lines, a ``:`` inside
+    brackets (annotations, defaults), strings and a comment after the ``:`` are read as Python does:
+    a ``def`` line's trailing comment once sent the search for a line ending in ``:`` to the body's
+    first ``if ...:``, and a one-line function read as having no body at all.
+    """
+    import io
+    import tokenize
+
+    starts = [at]  # offset of each line of code[at:], for tokenize's (row, column) positions
+    starts += [at + k + 1 for k, c in enumerate(code[at:]) if c == "\n"]
+
+    def offset(position: tuple[int, int]) -> int:
+        return starts[position[0] - 1] + position[1]
+
+    depth, colon, body = 0, False, None
+    try:
+        for tok in tokenize.generate_tokens(io.StringIO(code[at:]).readline):
+            if not colon:
+                if tok.type == tokenize.OP and tok.string in "([{":
+                    depth += 1
+                elif tok.type == tokenize.OP and tok.string in ")]}":
+                    depth -= 1
+                elif tok.type == tokenize.OP and tok.string == ":" and depth == 0:
+                    colon = True
+                elif tok.type == tokenize.ENDMARKER:
+                    return None
+            elif body is None:
+                if tok.type in (tokenize.NEWLINE, tokenize.NL, tokenize.COMMENT, tokenize.ENDMARKER):
+                    line = tok.start[0]  # the body starts on the next line
+                    return starts[line] if line < len(starts) else len(code)
+                body = [offset(tok.start), offset(tok.end)]
+            elif tok.type in (tokenize.NEWLINE, tokenize.ENDMARKER):
+                return body[0], body[1]
+            elif tok.type not in (tokenize.COMMENT, tokenize.NL):
+                body[1] = offset(tok.end)
+    except (tokenize.TokenError, SyntaxError):  # code cut off inside a bracket or a string
+        pass
+    return (body[0], body[1]) if body else None
 
 
 def body_span(task: Task, prompt_format: str, raw: str) -> tuple[int, int]:

@@ -104,6 +104,20 @@ def test_bare_body_reply_and_one_line_docstring() -> None:
     assert explained_text(one_line, "chat") == BODY
 
 
+@pytest.mark.parametrize(("function", "body"), [
+    ("def remove_Occ(s, ch): return s.replace(ch, '')", "return s.replace(ch, '')"),  # the body on the def line
+    ("def remove_Occ(s, ch):  # strip ch\n    if ch:\n        s = s.replace(ch, '')\n    return s",
+     "    if ch:\n        s = s.replace(ch, '')\n    return s"),  # a comment after the signature's colon
+    ("def remove_Occ(s: str = 'a:b',\n               ch: dict = {1: 2}) -> str:\n    return s",
+     "    return s"),  # colons inside the signature's brackets and strings
+])
+def test_the_body_follows_the_signatures_colon(function: str, body: str) -> None:
+    """A one-line function or a commented def line once read as "no code" (left out of the tables) or
+    as a body starting at the first later line ending in a colon. (A token may carry the space before
+    the body: explained steps are whole tokens.)"""
+    assert explained_text(f"```python\n{function}\n```", "chat", MBPP).strip() == body.strip()
+
+
 def test_no_body_explains_nothing() -> None:
     lm = scripted("Sorry, I cannot help with that.", "chat")
     _, gen = generate(lm, HE0, "chat", max_new_tokens=50)

@@ -28,7 +28,7 @@ def test_a_no_code_item_is_counted_apart_and_left_out_of_the_pooled_scores() -> 
     alone = pooled([scored], [5])[5]
     assert pooled(both, [5])[5].recall < alone.recall       # ...which is why it is left out
     text = render(both, [5])
-    assert "no code: 1 tasks (m 1); left out of the alignment tables, failures in Pass@1" in text
+    assert "no code: 1 tasks (m 1); left out of the alignment tables, in Pass@1 by their tests" in text
     assert "0/2" in text  # Pass@1 still counts it
     assert f"{alone.recall:.1%}" in text and f"{pooled(both, [5])[5].recall:.1%}" not in text
     assert "labels: corrected" in text
