@@ -47,8 +47,8 @@ def locate_units(text: str, units: Iterable[Sequence[object]]) -> tuple[list[Loc
 
     ``units`` are ``(token, score)`` pairs, located left to right with ``str.find`` from a cursor
     (a token not found is dropped and leaves the cursor where it was), or ``(start, end, score)``
-    triples, which pass through after validation. One call takes one kind only: mixing them would
-    leave the cursor's meaning undefined.
+    triples, validated and put in prompt order (:func:`in_prompt_order`). One call takes one kind
+    only: mixing them would leave the cursor's meaning undefined.
     """
     located: list[Located] = []
     dropped = cursor = 0
@@ -72,7 +72,14 @@ def locate_units(text: str, units: Iterable[Sequence[object]]) -> tuple[list[Loc
             continue
         located.append((pos, pos + len(tok), score))
         cursor = pos + len(tok)
-    return located, dropped
+    return (in_prompt_order(located) if kind == "range" else located), dropped
+
+
+def in_prompt_order(located: Iterable[Located]) -> list[Located]:
+    """Units sorted by their place in the prompt (METRICS.md: units come "in prompt order", and the
+    top-K's ties go to the EARLIER unit): ``[start, end, score]`` units given out of order would
+    otherwise break ties by list position. A stable sort, so units with one range keep their order."""
+    return sorted(located, key=lambda u: (u[0], u[1]))
 
 
 def in_region(located: Iterable[Located], region: Span) -> list[Located]:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .alignment import DEFAULT_KS, TaskUnits, check_score, check_span, score_tasks, top_k
+from .alignment import DEFAULT_KS, TaskUnits, check_score, check_span, in_prompt_order, in_region, score_tasks, top_k
 from .cache import ResultCache
 from .errors import AttnalignError, ModelUnavailable
 from .execution import Limits, run_completion
@@ -143,6 +143,9 @@ class Study:
             units = checked_units(found, length)
         except AttnalignError as exc:
             raise AttnalignError(f"method {method.name} returned a bad unit: {exc}") from None
+        # What is scored, as `attnalign score` scores it: the built-in methods' units already lie in
+        # the region in prompt order; a plugin's may not (METRICS.md s2 and s6).
+        units = [[s, e, v] for s, e, v in in_region(in_prompt_order(units), ctx.task.description)]
         lines = compact(method.line_units(ctx) or [])
         info = {"seconds": time.perf_counter() - started, "settings": method.settings()}
         if cacheable:
@@ -159,7 +162,7 @@ class Study:
         no_code = has_no_code(gen)
         if not no_code:
             units, lines, info = self.attribute_lines(ctx, method_name)
-        else:  # left out of the alignment tables; the item still counts in Pass@1 as a failure
+        else:  # left out of the alignment tables; its tests still run for Pass@1
             units, lines, info = [], [], {"seconds": 0.0, "settings": method.settings(), "cached": False, "note": NO_CODE}
         labels = prompt_labels(task)
         human = [list(span) for span in human_spans(task, self.config.labels)]

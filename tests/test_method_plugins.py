@@ -200,3 +200,29 @@ def test_plugins_without_an_installed_entry_point_method_is_an_error() -> None:
                                              r"pytest_attnalign\.methods\): install a package that provides one"):
         resolve_methods("plugins")
     assert resolve_methods("plugins,shap") == ["shap"]  # an empty part of a wider selection is fine
+
+
+def test_a_methods_units_are_scored_in_the_region_in_prompt_order(tiny_gpt2: Path, tmp_path: Path,
+                                                                   one_thread: None) -> None:
+    """As ``attnalign score`` scores them (METRICS.md s2, s6): a unit outside the description (the
+    import line) is not scored, one across its edge is cut there, and a tie goes to the earlier unit
+    however the method listed them."""
+    from pytest_attnalign.attribution import attribute
+    from pytest_attnalign.methods import Method
+    from pytest_attnalign.study import Study, StudyConfig
+    from pytest_attnalign.tasks import get_task
+
+    task = get_task("HumanEval/0")
+    lo, hi = task.description
+    later, earlier = (lo + 20, lo + 25, 1.0), (lo + 10, lo + 15, 1.0)
+
+    class Listed(Method):
+        name, category, needs_internals = "listed", "perturbation", False
+
+        def attribute(self, ctx: object) -> list[tuple[int, int, float]]:
+            return [(0, 4, 9.0), later, (hi - 3, hi + 2, 0.5), earlier]  # (0, 4): "from", before the region
+
+    study = Study(StudyConfig(cache_dir=tmp_path, device="cpu", max_new_tokens=8))
+    result = attribute(study, study.context(str(tiny_gpt2), task), Listed())
+    assert result.units == ((earlier[0], earlier[1], 1.0), (later[0], later[1], 1.0), (hi - 3, hi, 0.5))
+    assert result.top_k(1) == [earlier[:2]]

@@ -248,3 +248,14 @@ def test_version(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exit_:
         main(["--version"])
     assert exit_.value.code == 0 and capsys.readouterr().out == f"attnalign {__version__}\n"
+
+
+def test_a_tie_goes_to_the_earlier_unit_whatever_the_list_order(tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    """METRICS.md s2: units are in prompt order and a tie keeps it; triples listed backwards once let
+    the later unit ("beta", unlabelled) win the top-1: P 0 instead of 1."""
+    f = write(tmp_path / "r.jsonl", {"id": "a", "text": "alpha beta", "units": [[6, 10, 1.0], [0, 5, 1.0]],
+                                     "human": [[0, 5]]})
+    rc, out, err = run(capsys, "score", str(f), "--k", "1", "--json")
+    assert (rc, err) == (0, ""), err
+    assert json.loads(out)["k"]["1"]["precision"] == pytest.approx(1.0)
