@@ -135,17 +135,15 @@ class Study:
         length = len(ctx.task.prompt)
         cached = self.cache.get("attribution", key, lambda v: _decode_attribution(v, length)) if cacheable else None
         if cached is not None:
-            units, lines, info = cached
-            return units, lines, {**info, "cached": True}
+            units, lines, info = cached  # an entry written before units were cut to the region is cut now
+            return _scored(units, ctx.task), lines, {**info, "cached": True}
         started = time.perf_counter()
         found = method.attribute(ctx)  # its own errors pass unchanged
         try:
             units = checked_units(found, length)
         except AttnalignError as exc:
             raise AttnalignError(f"method {method.name} returned a bad unit: {exc}") from None
-        # What is scored, as `attnalign score` scores it: the built-in methods' units already lie in
-        # the region in prompt order; a plugin's may not (METRICS.md s2 and s6).
-        units = [[s, e, v] for s, e, v in in_region(in_prompt_order(units), ctx.task.description)]
+        units = _scored(units, ctx.task)
         lines = compact(method.line_units(ctx) or [])
         info = {"seconds": time.perf_counter() - started, "settings": method.settings()}
         if cacheable:
@@ -231,6 +229,12 @@ def checked_units(units: Any, length: int) -> list[list[float]]:
     """``[start, end, score]`` lists of units inside a prompt of ``length`` characters with finite scores:
     a span past the prompt or a NaN score would be scored (and cached) as if it were a result."""
     return [[*check_span(int(s), int(e), length, "unit"), check_score(float(v))] for s, e, v in units]
+
+
+def _scored(units: list[list[float]], task: Task) -> list[list[float]]:
+    """What is scored, as ``attnalign score`` scores it: units in prompt order, cut to the scored region
+    (METRICS.md s2, s6). The built-in methods' units are so already; an entry-point method's may not be."""
+    return [[s, e, v] for s, e, v in in_region(in_prompt_order(units), task.description)]
 
 
 def _decode_attribution(value: Any, length: int) -> tuple[list[list[float]], list[LineUnits], dict[str, Any]]:

@@ -226,3 +226,6 @@ def test_a_methods_units_are_scored_in_the_region_in_prompt_order(tiny_gpt2: Pat
     result = attribute(study, study.context(str(tiny_gpt2), task), Listed())
     assert result.units == ((earlier[0], earlier[1], 1.0), (later[0], later[1], 1.0), (hi - 3, hi, 0.5))
     assert result.top_k(1) == [earlier[:2]]
+    again = Study(StudyConfig(cache_dir=tmp_path, device="cpu", max_new_tokens=8))
+    cached = attribute(again, again.context(str(tiny_gpt2), task), Listed())
+    assert cached.cached and cached.units == result.units
