@@ -88,7 +88,8 @@ def add_options(parser: pytest.Parser) -> None:
                 help="auto (float32 on CPU, bfloat16 on GPU), float32, float16 or bfloat16")
     g.addoption("--attn-prompt-format", default=_DEFAULTS["attn_prompt_format"], metavar="FMT",
                 help="completion, chat or chat-prefill (assistant turn prefilled with the task's code; default: "
-                     "chat for instruct models, completion for base models)")
+                     "chat for smollm2, gpt4, openai:* and a local model directory whose tokenizer has a chat "
+                     "template, completion otherwise: give chat for an instruct model's hub id)")
     g.addoption("--attn-max-new-tokens", type=int, default=_DEFAULTS["attn_max_new_tokens"], metavar="N",
                 help="new-token budget (default: the study's rule, canonical-solution tokens + 20; in chat format, "
                      "where the reply restates the prompt, prompt + canonical solution tokens + 20)")
@@ -107,7 +108,8 @@ def add_options(parser: pytest.Parser) -> None:
                      "and per task the description with the labelled keywords and each method's top-K units marked, "
                      "and the CODING methods' code-to-words map (a code line lights the words it leaned on)")
     g.addoption("--attn-shap-evaluations", type=int, default=_DEFAULTS["attn_shap_evaluations"], metavar="N",
-                help=f"model evaluations per task for shap (default: {SHAP_EVALUATIONS}, as in the study)")
+                help=f"coalitions KernelSHAP samples per task (default: {SHAP_EVALUATIONS}, as in the study); the "
+                     "all-masked and the whole prompt are regenerated too")
     g.addoption("--attn-fill-mask-model", default=_DEFAULTS["attn_fill_mask_model"], metavar="ID",
                 help="masked LM (hub id or local directory) proposing bert_masking's substitutes (default: "
                      f"$ATTNALIGN_FILL_MASK_MODEL or {DEFAULT_FILL_MASK_MODEL}; offline: pretrained embedding neighbours)")

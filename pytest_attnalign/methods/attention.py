@@ -24,7 +24,9 @@ heads and only the columns of prompt tokens are kept):
 
 ``compat_{reading,coding}_{head0,lasthead,allheads}`` reproduce a DEFECT of the study's own code
 (METRICS.md, "Known defects"): its "first/last/all layer" in fact took head 0, the last head and
-the sum of heads of LAYER 0. They exist only to reproduce the published numbers.
+the sum of heads of LAYER 0. They exist only to set the published numbers' layer choice beside the
+real one: they change the layer and heads only, and their rows are this tool's (CODING sums every
+body token's row, where the study's code took the body's last token's row alone).
 """
 
 from __future__ import annotations
