@@ -282,25 +282,41 @@ def evaluate_compare_fail(fail: CompareFail, run: Run, base: Run) -> list[Verdic
 def judge(run: Run, gates: Sequence[Gate], base: Run | None = None, fails: Sequence[CompareFail] = (),
           force: bool = False, base_name: str = "the baseline", force_flag: str = "--compare-force") -> tuple[bool, list[str]]:
     """Whether every gate and compare-fail held, and the lines to print: the comparison with ``base``
-    (refused when settings differ, unless ``force``), then one line per verdict."""
+    (refused when settings differ or the baseline is part of a run, unless ``force``), then one line
+    per verdict, or one line saying why none is given (the run is part of a run)."""
     lines: list[str] = []
     verdicts = [v for gate in gates for v in evaluate_gate(gate, run)]
     refused = False
     if base is not None:
         differ = settings_diff(run.settings(), base.settings())
-        if differ and not force:
+        partial = _part_of_a_run(base)
+        if (differ or partial) and not force:
             refused = bool(fails)
-            lines.append(f"comparison refused: settings differ from {base_name}: {'; '.join(differ)}; "
-                         f"pass {force_flag} to compare anyway")
+            why = f"settings differ from {base_name}: {'; '.join(differ)}" if differ else f"{base_name} {partial}"
+            lines.append(f"comparison refused: {why}; pass {force_flag} to compare anyway")
         else:
-            lines.append(f"Compared with {base_name}" + (f" (settings differ, compared as forced: {'; '.join(differ)})"
-                                                         if differ else "") + ":")
+            forced = f"settings differ, compared as forced: {'; '.join(differ)}" if differ else ""
+            if partial:
+                forced = (f"{forced}; " if forced else "compared as forced: ") + f"{base_name} {partial}"
+            lines.append(f"Compared with {base_name}" + (f" ({forced})" if forced else "") + ":")
             lines.append(compare_table(run, base))
             verdicts += [v for fail in fails for v in evaluate_compare_fail(fail, run, base)]
+    partial = _part_of_a_run(run) if gates or fails else None
+    if partial:  # the figures lack items: a verdict on them is none, neither "held" nor "FAILED"
+        return False, [*lines, f"gates not judged: the run {partial}"]
     lines += [v.line for v in verdicts]
-    incomplete = bool(gates or fails) and run.info.get("complete") is False
-    if incomplete:  # the figures lack items that did not run or gave no result: a verdict on them is none
-        lines.append(f"gates not judged: the run is incomplete ({len(run.info.get('missing', []))} items missing, "
-                     f"{len(run.info.get('errors', []))} without a result; see its header): rerun those items "
-                     "(the cache keeps the others' results)")
-    return not refused and not incomplete and all(v.held for v in verdicts), lines
+    return not refused and all(v.held for v in verdicts), lines
+
+
+def _part_of_a_run(run: Run) -> str | None:
+    """Why ``run``'s figures are those of part of a run (one shard, or items missing or without a
+    result), or None for a whole run."""
+    shard = run.info.get("shard")
+    if isinstance(shard, dict):
+        return (f"is shard {shard.get('index')}/{shard.get('count')}, part of a run: merge the shards "
+                "(attnalign merge) and judge the merged run")
+    if run.info.get("complete") is False:
+        return (f"is incomplete ({len(run.info.get('missing', []))} items missing, "
+                f"{len(run.info.get('errors', []))} without a result; see its header): rerun those items "
+                "(the cache keeps the others' results)")
+    return None

@@ -342,6 +342,13 @@ def parse_options(config: pytest.Config) -> Options:
     usage("--attn-gate", check_names, gates, [], methods, ks)
     fails = usage("--attn-compare-fail", parse_compare_fails, get("attn_compare_fail"))
     usage("--attn-compare-fail", check_names, [], fails, methods, ks)
+    if get("attn_shard") is not None:
+        judged = [flag for flag, given in (("--attn-gate", gates), ("--attn-compare-fail", fails),
+                                           ("--attn-compare", get("attn_compare") is not None)) if given]
+        if judged:
+            raise pytest.UsageError(f"{judged[0]}: a shard's figures are part of the run's: merge the shards' "
+                                    "--attn-json files (attnalign merge) and compare or gate the merged run with "
+                                    "attnalign report MERGED.json --gate/--compare/--compare-fail")
     if fails and get("attn_compare") is None:
         raise pytest.UsageError("--attn-compare-fail: no baseline: add --attn-compare (the newest saved run) "
                                 "or --attn-compare=NAME|PATH")

@@ -166,10 +166,26 @@ def test_a_gate_on_an_incomplete_run_fails() -> None:
     assert judge(run, parse_gates(["mine.f1@10>=coding_last.f1@10"]))[0]
     run.info = {**run.info, "complete": False, "missing": ["a"], "errors": ["b", "c"]}
     held, lines = judge(run, parse_gates(["mine.f1@10>=coding_last.f1@10"]))
-    assert not held and ": held: " in lines[0]
-    assert lines[1] == ("gates not judged: the run is incomplete (1 items missing, 2 without a result; see its header): "
-                        "rerun those items (the cache keeps the others' results)")
+    assert not held and lines == ["gates not judged: the run is incomplete (1 items missing, 2 without a result; see "
+                                  "its header): rerun those items (the cache keeps the others' results)"]
     assert judge(run, [])[0]  # no gate asked: nothing to fail
+
+
+def test_a_shard_is_neither_judged_nor_a_baseline() -> None:
+    """A shard's figures are a part of the run's: a gate on them passed or failed a job-array task on
+    the wrong data. As a baseline, a shard or an incomplete run is refused as differing settings are."""
+    run = run_of(study_records(20, {"mine": 1.5, "coding_last": 0.2}))
+    shard = run_of(study_records(20, {"mine": 1.5, "coding_last": 0.2}))
+    shard.info = {**shard.info, "shard": {"index": 1, "count": 3}}
+    held, lines = judge(shard, parse_gates(["mine.f1@10>=99%"]))
+    assert not held and lines == ["gates not judged: the run is shard 1/3, part of a run: merge the shards "
+                                  "(attnalign merge) and judge the merged run"]
+    fails = parse_compare_fails(["f1@10:2%"])
+    held, lines = judge(run, [], shard, fails, base_name="b.json")
+    assert not held and lines == ["comparison refused: b.json is shard 1/3, part of a run: merge the shards (attnalign "
+                                  "merge) and judge the merged run; pass --compare-force to compare anyway"]
+    held, lines = judge(run, [], shard, fails, force=True, base_name="b.json")
+    assert held and lines[0].startswith("Compared with b.json (compared as forced: b.json is shard 1/3")
 
 
 def test_a_gate_on_a_method_without_results_fails() -> None:

@@ -190,3 +190,13 @@ def test_a_selection_of_nothing_fails_every_shard(project: pytest.Pytester, tmp_
     result = project.runpytest("--attn-model=openai:stub", "--attn-method=shap", "--attn-limit=1", "-k", "reading",
                                "--attn-shard=0/2", f"--attn-cache-dir={tmp_path}", *NO_CACHE)
     assert result.ret == pytest.ExitCode.NO_TESTS_COLLECTED, result.stdout.str()
+
+
+@pytest.mark.parametrize("flag", ["--attn-gate=shap.f1@10>=40%", "--attn-compare", "--attn-compare-fail=f1@10:2%"])
+def test_a_shard_is_not_gated_or_compared(project: pytest.Pytester, tmp_path: Path, flag: str) -> None:
+    """A gate judged one shard's third of the tasks: a job-array task failed (or passed) on the wrong data."""
+    result = project.runpytest("--attn-model=openai:stub", "--attn-method=shap", "--attn-shard=0/2", flag,
+                               f"--attn-cache-dir={tmp_path}", *NO_CACHE)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert result.errlines[0].startswith(f"ERROR: {flag.partition('=')[0]}: a shard's figures are part of the run's: "
+                                         "merge the shards' --attn-json files (attnalign merge)")
