@@ -91,7 +91,8 @@ def _parser() -> argparse.ArgumentParser:
     m.add_argument("shards", nargs="+", metavar="SHARD.json", help="each shard's --attn-json file")
     m.add_argument("-o", "--output", required=True, metavar="RUN.json", help="the merged run file to write")
     m.add_argument("--allow-missing", action="store_true",
-                   help="merge even when shards are absent: the run is partial and its summary names the absent items")
+                   help="merge even when shards are absent or stopped early: the run is partial and its summary names "
+                        "the items that did not run")
     m.set_defaults(func=cmd_merge)
     return p
 

@@ -3,8 +3,8 @@
 Records are the union of the shards'; the run facts (items expected, finished, threads, cache) are
 rebuilt from each shard's ``run.shard`` section, so a complete merge writes the file and prints the
 summary one unsharded run gives. Shards of different runs (other items, settings or library
-versions), the same item twice and absent shards are refused with the reason; absent shards may be
-allowed, and the merged run is then partial and names the absent items.
+versions), the same item twice, absent shards and shards that stopped early are refused with the
+reason; they may be allowed, and the merged run is then partial and names the items that did not run.
 """
 
 from __future__ import annotations
@@ -45,6 +45,11 @@ def merge_runs(paths: list[Path], allow_missing: bool = False) -> Run:
         names = ", ".join(f"{i}/{count}" for i in absent)
         raise AttnalignError(f"shard{'s' if len(absent) > 1 else ''} {names} missing: give every shard's run file, "
                              "or --allow-missing to merge without them (the summary then names the absent items)")
+    stopped = [(where, shard, run.info["missing"]) for where, run, shard in shards if run.info["missing"]]
+    if stopped and not allow_missing:  # an interrupted shard is an absent shard in part
+        where, shard, missing = stopped[0]
+        raise AttnalignError(f"shard {shard['index']}/{count} ({where}) stopped before {len(missing)} of its items ran: "
+                             "rerun it (the cache keeps what it computed), or --allow-missing to merge without them")
     info = RunInfo(expected=_selected(first_shard),
                    finished={i for _, run, s in shards for i in set(s["expected"]) - set(run.info["missing"])},
                    errors={i for _, run, _ in shards for i in run.info.get("errors", [])},  # none before 2026-12-03

@@ -99,6 +99,17 @@ def test_shards_merge_into_the_unsharded_run(
                  str(tmp_path / "x.json")]) == 2
     assert "other.json has labels 'study', the other shards 'corrected, study'" in capsys.readouterr().err
 
+    # a shard that stopped early (interrupted, -x) is refused as an absent one is
+    stopped = json.loads(Path(one).read_text())
+    stopped["run"]["missing"] = stopped["run"]["shard"]["expected"][:1]
+    stopped["run"]["complete"] = False
+    (tmp_path / "stopped.json").write_text(json.dumps(stopped))
+    assert main(["merge", str(tmp_path / "stopped.json"), str(tmp_path / "shard1" / "run.json"), "-o",
+                 str(tmp_path / "x.json")]) == 2
+    assert capsys.readouterr().err == (f"attnalign: error: shard 0/2 ({tmp_path / 'stopped.json'}) stopped before 1 of "
+                                       "its items ran: rerun it (the cache keeps what it computed), or --allow-missing "
+                                       "to merge without them\n")
+
     # --allow-missing: a partial run naming the absent shard's items
     assert main(["merge", one, "-o", str(tmp_path / "part.json"), "--allow-missing"]) == 0
     out = capsys.readouterr().out
