@@ -49,6 +49,8 @@ class AttnSession:
         self.records: list[Record] = []
         self.baseline: Run | None = None  # the --attn-compare run (controller only)
         self.verdicts: list[str] = []  # compare and gate lines, decided at session finish
+        self.written: list[str] = []  # a line per file written at session finish (or not written)
+        self._sigterm: Any = None  # SIGTERM's handler before this run's (see start_files)
         self.run = RunInfo(shard=options.shard)
         self.cores = CoreShare(options.cache_dir / "runs", options.threads)
         self.unavailable_since: dict[str, str] = {}  # model -> the item that showed why
@@ -197,9 +199,55 @@ class AttnSession:
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
         if session.exitstatus == pytest.ExitCode.NO_TESTS_COLLECTED and self.run.selected and not self.run.expected:
             session.exitstatus = pytest.ExitCode.OK  # a shard left empty while others run the selection
+        if self.run.expected or self.records or self.run.study:  # written here, not in the terminal summary,
+            self.written = self.write_files()  # so that -p no:terminal (or no reporter) still writes them
+
+    def write_files(self) -> list[str]:
+        """Write the run file, the page and the saved run; one line each for the summary."""
+        from .html import write_html
+        from .runfile import write_run
+        from .storage import save_path
+
+        o, run, lines = self.options, self.result(), []
+        targets = [("--attn-json", o.json_path, "records written to", write_run),
+                   ("--attn-html", o.html_path, "page written to", write_html)]
+        if o.storage is not None and o.save_name is not None:
+            targets.append(("--attn-save", save_path(o.storage, o.save_name), "run saved as", write_run))
+        for flag, path, done, write in targets:
+            if path is None:
+                continue
+            try:
+                write(path, run)
+            except OSError as exc:  # checked at start-up, so the directory changed during the run
+                lines.append(f"{flag}: cannot write {path} ({exc.strerror or exc}): "
+                             "not saved; the cache keeps the records for a re-run")
+            else:
+                lines.append(f"{done} {path}")
+        return lines
+
+    def start_files(self) -> None:
+        """Before any item runs: remove the run file and page this run will write, so that a run killed
+        before its end leaves none that looks complete (a stale shard file merged silently); and make
+        SIGTERM (a job's time limit, a cancelled CI job) an interrupt, so that the run still writes them,
+        marked partial, as after Ctrl-C."""
+        import signal
+        import threading
+
+        for path in (self.options.json_path, self.options.html_path):
+            if path is not None:
+                path.unlink(missing_ok=True)
+        if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+            def interrupt(signum: int, frame: Any) -> None:
+                raise KeyboardInterrupt("SIGTERM")
+
+            self._sigterm = signal.signal(signal.SIGTERM, interrupt)
 
     def pytest_unconfigure(self) -> None:
         self.cores.leave()
+        if self._sigterm is not None:
+            import signal
+
+            signal.signal(signal.SIGTERM, self._sigterm)
 
     def runs_items(self) -> bool:
         """A serial run or an xdist worker (an xdist controller only schedules)."""
@@ -213,32 +261,14 @@ class AttnSession:
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         if not self._controller() or not (self.run.expected or self.records or self.run.study):
             return  # e.g. only users' own tests that use the attn_* fixtures: no study to summarise
-        from .html import write_html
-        from .runfile import write_run
-        from .storage import save_path
-
-        o = self.options
-        run = self.result()
         if self.progress is not None:
             terminalreporter.write_line(self.progress.final_line())
         terminalreporter.write_sep("=", "attention alignment (pytest-attnalign)")
-        terminalreporter.write_line(run.summary())
+        terminalreporter.write_line(self.result().summary())
         for line in self.verdicts:
             terminalreporter.write_line(line, red=" FAILED" in line or line.startswith("comparison refused"))
-        targets = [("--attn-json", o.json_path, "records written to", write_run),
-                   ("--attn-html", o.html_path, "page written to", write_html)]
-        if o.storage is not None and o.save_name is not None:
-            targets.append(("--attn-save", save_path(o.storage, o.save_name), "run saved as", write_run))
-        for flag, path, done, write in targets:
-            if path is None:
-                continue
-            try:
-                write(path, run)
-            except OSError as exc:  # checked at start-up, so the directory changed during the run
-                terminalreporter.write_line(f"{flag}: cannot write {path} ({exc.strerror or exc}): "
-                                            "not saved; the cache keeps the records for a re-run", red=True)
-            else:
-                terminalreporter.write_line(f"{done} {path}")
+        for line in self.written:
+            terminalreporter.write_line(line, red="cannot write" in line)
 
     @property
     def study(self) -> Any:
@@ -326,6 +356,8 @@ def pytest_configure(config: pytest.Config) -> None:
         session.load_baseline()
     config.stash[_SESSION] = session
     config.pluginmanager.register(session, "attnalign-session")
+    if session._controller():
+        session.start_files()
     if session.runs_items():
         session.cores.join()  # counted from start-up, so xdist workers see each other before their first item
     if config.args_source != pytest.Config.ArgsSource.ARGS:

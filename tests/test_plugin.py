@@ -739,14 +739,20 @@ INTERRUPT_AFTER_FIRST_ITEM = """
 def pytest_runtest_logfinish(nodeid, location):
     raise KeyboardInterrupt
 """
+SIGNAL_AFTER_FIRST_ITEM = """
+import os, signal
+def pytest_runtest_logfinish(nodeid, location):
+    os.kill(os.getpid(), signal.{})
+"""
 
 
-@pytest.mark.parametrize("stop", ["interrupt", "maxfail"])
+@pytest.mark.parametrize("stop", ["interrupt", "sigterm", "maxfail"])
 def test_an_interrupted_run_says_it_is_partial(
     project: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, stop: str
 ) -> None:
-    if stop == "interrupt":
-        project.makeconftest(INTERRUPT_AFTER_FIRST_ITEM)
+    """Ctrl-C, a SIGTERM (a job's time limit, a cancelled CI job) and -x: the run file says what ran."""
+    if stop != "maxfail":
+        project.makeconftest(INTERRUPT_AFTER_FIRST_ITEM if stop == "interrupt" else SIGNAL_AFTER_FIRST_ITEM.format("SIGTERM"))
     out = tmp_path / "run.json"
     with OpenAIStub(_script) as srv:
         monkeypatch.setenv("OPENAI_BASE_URL", srv.base_url)
@@ -754,14 +760,34 @@ def test_an_interrupted_run_says_it_is_partial(
             "--attn-model=openai:stub", "--attn-method=shap", "--attn-shap-evaluations=4", "--attn-limit=2",
             "--attn-benchmark=humaneval", f"--attn-cache-dir={tmp_path / 'cache'}", f"--attn-json={out}",
             *(["--maxfail=1", "-p", "no:randomly"] if stop == "maxfail" else []), *NO_CACHE, timeout=120)
-    assert result.ret == (pytest.ExitCode.INTERRUPTED if stop == "interrupt" else pytest.ExitCode.TESTS_FAILED)
-    ran = 1 if stop == "interrupt" else 2
+    assert result.ret == (pytest.ExitCode.TESTS_FAILED if stop == "maxfail" else pytest.ExitCode.INTERRUPTED)
+    ran = 2 if stop == "maxfail" else 1
     missing = [f"{HE}[openai:stub-shap-HumanEval/{i}]" for i in range(ran, 2)]
     doc = json.loads(out.read_text())
     assert doc["run"]["complete"] is (not missing) and doc["run"]["missing"] == missing
     if missing:
         assert f"partial: 1 of 2 items ran; missing: test_alignment[openai:stub-shap-HumanEval/1]" in summary(result)
         assert len(doc["records"]) == 1
+
+
+def test_a_killed_run_leaves_no_file_that_looks_complete(
+    project: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """SIGKILL gives no chance to write: the previous run's file, removed at the start, is not left
+    looking like this run's (a stale shard file once merged silently). Without a terminal reporter
+    (-p no:terminal) a run that ends still writes its files."""
+    out, page = tmp_path / "run.json", tmp_path / "report.html"
+    opts = ["--attn-model=openai:stub", "--attn-method=shap", "--attn-shap-evaluations=4", "--attn-limit=1",
+            "--attn-benchmark=humaneval", f"--attn-cache-dir={tmp_path / 'cache'}", f"--attn-json={out}",
+            f"--attn-html={page}", *NO_CACHE]
+    with OpenAIStub(_script) as srv:
+        monkeypatch.setenv("OPENAI_BASE_URL", srv.base_url)
+        quiet = project.runpytest_subprocess(*opts, "-p", "no:terminal", timeout=120)
+        assert quiet.ret in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED) and quiet.outlines == []
+        assert json.loads(out.read_text())["run"]["complete"] is True and page.exists()
+        project.makeconftest(SIGNAL_AFTER_FIRST_ITEM.format("SIGKILL"))
+        killed = project.runpytest_subprocess(*opts, timeout=120)
+    assert killed.ret == -9 and not out.exists() and not page.exists()
 
 
 # --------------------------------------------------------------------------------------- threads
