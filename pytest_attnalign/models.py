@@ -72,6 +72,7 @@ class LoadedModel:
         prompt = build_prompt(task, tok, fmt)
         budget = max_new_tokens or token_budget(task, tok, fmt)
         prompt_ids = tok(prompt.text, add_special_tokens=False, return_tensors="pt")["input_ids"].to(self.device)
+        _check_positions(self.model, task.task_id, prompt_ids.shape[1], budget)
         ids = greedy_decode(self.model, prompt_ids, budget, tok.eos_token_id,
                             lambda new: has_ended(task, fmt, tok.decode(new, skip_special_tokens=True)))
         raw = tok.decode(ids, skip_special_tokens=True)
@@ -86,6 +87,17 @@ class LoadedModel:
         ids = regenerate_ids(self, task, generation, task_prompts, **speed)
         return [completion_of(task, generation.prompt_format, self.tokenizer.decode(i, skip_special_tokens=True))
                 for i in ids]
+
+
+def _check_positions(model: Any, task_id: str, prompt: int, budget: int) -> None:
+    """A model with a fixed number of positions (``n_positions``: GPT-2's learned table, GPT-J's and
+    CodeGen's sinusoid buffer) fails past them with an IndexError deep in torch: say so in one line.
+    (``max_position_embeddings`` is no such limit for rotary or extensible sinusoidal models.)"""
+    limit = getattr(model.config, "n_positions", None)
+    if isinstance(limit, int) and prompt + budget > limit:
+        room = f"--attn-max-new-tokens {limit - prompt} fits it" if prompt < limit else "no budget fits it"
+        raise AttnalignError(f"{task_id}: its prompt ({prompt} tokens) and budget ({budget} new tokens) exceed the "
+                             f"model's {limit} positions ({room}; a model with a longer context does)")
 
 
 def default_cache_dir() -> Path:

@@ -78,7 +78,7 @@ class Run:
         if not isinstance(doc, dict) or doc.get("format") != FORMAT:
             raise AttnalignError(f"{where} is not a pytest-attnalign run (no \"format\": \"{FORMAT}\"): "
                                  "give a file written by --attn-json or --attn-save")
-        if doc.get("version") != VERSION:
+        if type(doc.get("version")) is not int or doc["version"] != VERSION:  # not true or 1.0, which equal 1
             raise AttnalignError(f"{where} has run format version {doc.get('version')!r}; this pytest-attnalign "
                                  f"reads version {VERSION}: re-run the study or use the version that wrote it")
         try:

@@ -67,6 +67,8 @@ def test_the_run_file_round_trips_and_renders_the_same_summary(tmp_path: Path) -
     ("{", r"is not JSON .*: give a file written by --attn-json"),
     ('{"records": []}', r'is not a pytest-attnalign run \(no "format": "pytest-attnalign-run"\)'),
     ('{"format": "pytest-attnalign-run", "version": 2}', r"has run format version 2; this pytest-attnalign reads version 1"),
+    ('{"format": "pytest-attnalign-run", "version": true}', r"has run format version True; this pytest-attnalign reads"),
+    ('{"format": "pytest-attnalign-run", "version": 1.0}', r"has run format version 1\.0; this pytest-attnalign reads"),
     ('{"format": "pytest-attnalign-run", "version": 1, "records": [{}], "ks": [5], "run": {}, "environment": {"versions": {}}}',
      r"is damaged: records\[0\]: missing 'model'"),
 ])

@@ -136,3 +136,26 @@ def test_cuda_asked_for_without_cuda_names_the_option_of_pytest_and_of_the_cli(m
     with pytest.raises(AttnalignError, match=r"^device 'cuda' asked for but CUDA is not available: use device cpu "
                                              r"\(--attn-device=cpu; attnalign attribute: --device cpu\)$"):
         models.pick_device("cuda")
+
+
+def test_a_prompt_past_the_models_positions_is_one_line(tmp_path: Path) -> None:
+    """GPT-2's learned positions end at n_positions: generation past them was an IndexError deep in torch."""
+    from tiny_models import build_tiny
+
+    from pytest_attnalign.generation import generate
+    from pytest_attnalign.tasks import get_task
+
+    directory = build_tiny("gpt2", tmp_path / "tiny-gpt2")
+    lm = models.load_local_model(model_spec.resolve_model(str(directory)), str(directory), "cpu", "auto", None)
+    task = get_task("HumanEval/81")  # a prompt of more than 512 GPT-2 tokens
+    prompt = len(lm.tokenizer(task.prompt)["input_ids"])
+    assert prompt > 512
+    with pytest.raises(AttnalignError, match=rf"^HumanEval/81: its prompt \({prompt} tokens\) and budget \(8 new tokens\) "
+                                             r"exceed the model's 512 positions \(no budget fits it; a model with a "
+                                             r"longer context does\)$"):
+        generate(lm, task, "completion", max_new_tokens=8)
+    short = get_task("HumanEval/0")
+    room = 512 - len(lm.tokenizer(short.prompt)["input_ids"])
+    with pytest.raises(AttnalignError, match=rf"--attn-max-new-tokens {room} fits it"):
+        generate(lm, short, "completion", max_new_tokens=room + 1)
+    assert generate(lm, short, "completion", max_new_tokens=room)[1].max_new_tokens == room
