@@ -78,6 +78,10 @@ class Record:
             if key not in self.model_identity:
                 raise ShapeError(f"{where}.model_identity: missing {key!r}")
         check(self.attribution.get("settings", {}), dict, f"{where}.attribution.settings")
+        if "method" in self.attribution:  # the method's provenance (runs since 2026-12-03)
+            kept = check(self.attribution["method"], dict[str, Any], f"{where}.attribution.method")
+            for key, kind in (("category", str), ("origin", str), ("options", list[str])):
+                check(kept.get(key), kind, f"{where}.attribution.method.{key}")
         for i, (start, end, score) in enumerate(self.units):
             _named(f"{where}.units[{i}]", check_span, start, end, length, "unit")
             _named(f"{where}.units[{i}]", check_score, score)

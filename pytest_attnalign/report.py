@@ -15,7 +15,7 @@ from typing import Any
 from tabulate import tabulate
 
 from .alignment import KScore, score_tasks
-from .methods import BUILTIN, COMPAT, registry
+from .methods import BUILTIN, COMPAT, Provenance, registry
 from .patterns import PATTERNS
 from .record import Record
 
@@ -146,7 +146,15 @@ def library_versions() -> dict[str, str]:
     return out
 
 
-def method_line(methods: Sequence[str], reg: dict[str, Any]) -> str:
+def provenance(records: Sequence[Record]) -> dict[str, Provenance]:
+    """Where each method of the run came from: as its records keep it, else (a run file from before
+    they did) as installed here; a method neither knows is absent."""
+    reg = registry()
+    kept = {r.method: Provenance.from_dict(r.attribution["method"]) for r in records if "method" in r.attribution}
+    return {**{r.method: reg[r.method].provenance for r in records if r.method in reg}, **kept}
+
+
+def method_line(methods: Sequence[str], reg: Mapping[str, Provenance]) -> str:
     """The run's methods by category; an entry-point method with the distribution it came from."""
     by_category: dict[str, list[str]] = defaultdict(list)
     for m in methods:
@@ -179,7 +187,7 @@ def header_lines(records: Sequence[Record], versions: Mapping[str, str]) -> list
     lines.append("labels: " + ", ".join(LABEL_MODE_TEXT.get(m, m) for m in modes)
                  + "; explained: the generated function body's tokens")
     lines.append(no_code_line(records))
-    reg = registry()
+    reg = provenance(records)
     lines.append(method_line(sorted({r.method for r in records}, key=method_order), reg))
     settings, copy = set(), defaultdict(set)
     for r in records:  # the user can change these settings, and they change the numbers: say which ran

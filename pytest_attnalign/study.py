@@ -23,7 +23,7 @@ from .generation import GENERATION_RULES, Generation, Prompt, generate
 from .jsonshape import check, from_json
 from .labels import human_spans, prompt_labels
 from .linemap import LineUnits, compact
-from .methods import AttributionContext, Method, code_identity, get_method
+from .methods import AttributionContext, Method, code_identity, get_method, registry
 from .lm import LanguageModel
 from .models import load_model
 from .patterns import error_patterns, missed_labels
@@ -209,7 +209,7 @@ class Study:
             error_k=self.config.error_k,
             error_patterns=error_patterns(passed, labels, error_top, task.description),
             missed_keywords=[dataclasses.asdict(lab) for lab in missed_labels(labels, error_top, task.description)],
-            attribution=info,
+            attribution={**info, "method": registry()[method_name].provenance.as_dict()},  # for reports elsewhere
             line_units=lines,
         )
 

@@ -108,3 +108,21 @@ def test_a_run_file_nested_too_deeply_is_not_json(tmp_path: Path, capsys: pytest
     out, err = capsys.readouterr()
     assert out == "" and err.startswith(f"attnalign: error: run file {str(path)!r} is not JSON (maximum recursion")
     assert err.endswith("): give a file written by --attn-json\n") and err.count("\n") == 1
+
+
+def test_the_header_renders_a_methods_provenance_as_the_run_kept_it(tmp_path: Path,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """A run file read where the method's package is absent (or at another version) says where the
+    method came from when the run was made: it once said "not installed here" and lost its settings."""
+    kept = {"category": "perturbation", "options": ["reverse"], "origin": "mymeth 0.1.0"}
+    r = make_record("HumanEval/0", [(4, 9, 1.0)], method="mymethod",
+                    attribution={"seconds": 0.5, "settings": {"reverse": False}, "cached": False, "method": kept})
+    write_run(tmp_path / "run.json", Run([r], (5,), {}))
+    assert main(["report", str(tmp_path / "run.json")]) == 0
+    out = capsys.readouterr().out
+    assert "methods: perturbation: mymethod (mymeth 0.1.0)" in out and "method settings: mymethod reverse=False" in out
+    broken = json.loads((tmp_path / "run.json").read_text())
+    broken["records"][0]["attribution"]["method"]["options"] = "reverse"
+    (tmp_path / "bad.json").write_text(json.dumps(broken))
+    assert main(["report", str(tmp_path / "bad.json")]) == 2
+    assert "records[0].attribution.method.options" in capsys.readouterr().err

@@ -211,3 +211,18 @@ def test_a_shard_is_not_gated_or_compared(project: pytest.Pytester, tmp_path: Pa
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     assert result.errlines[0].startswith(f"ERROR: {flag.partition('=')[0]}: a shard's figures are part of the run's: "
                                          "merge the shards' --attn-json files (attnalign merge)")
+
+
+def test_merge_refuses_shards_of_two_versions_of_a_method(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Each record keeps its method's provenance; shards run with two versions of a package are two runs."""
+    study = [f"test_alignment[m-mine-HumanEval/{i}]" for i in range(2)]
+    shards = [tmp_path / f"shard{i}.json" for i in range(2)]
+    for i, path in enumerate(shards):
+        kept = {"category": "perturbation", "options": [], "origin": f"mymeth 0.{i + 1}.0"}
+        record = make_record(f"HumanEval/{i}", word_units(f"HumanEval/{i}", 1.0, 0), method="mine",
+                             attribution={"seconds": 0.5, "settings": {}, "cached": False, "method": kept})
+        info = RunInfo(expected=[study[i]], finished={study[i]}, shard=(i, 2), study=study, selected=study).as_dict()
+        write_run(path, Run([record], (5, 10), info))
+    assert main(["merge", *map(str, shards), "-o", str(tmp_path / "run.json")]) == 2
+    assert capsys.readouterr().err == (f"attnalign: error: {shards[0]} ran method mine from mymeth 0.1.0, another "
+                                       "shard from mymeth 0.2.0: merge the shards of one run\n")

@@ -45,18 +45,43 @@ SELECTORS = ("all", "builtin", "plugins")
 
 
 @dataclass(frozen=True)
+class Provenance:
+    """Where a method came from, as a record keeps it: a report renders a run's header from it on a
+    machine where the method's package is absent or at another version."""
+
+    category: str
+    options: tuple[str, ...]  # settings a user may change: --attn-method-option NAME.KEY=VALUE
+    origin: str  # "builtin", "compat", or the entry point's "DISTRIBUTION VERSION"
+
+    @property
+    def plugin(self) -> bool:
+        return self.origin not in ("builtin", "compat")
+
+    @classmethod
+    def from_dict(cls, value: dict[str, Any]) -> Provenance:
+        return cls(value["category"], tuple(value["options"]), value["origin"])
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"category": self.category, "options": list(self.options), "origin": self.origin}
+
+
+@dataclass(frozen=True)
 class MethodInfo:
     """What the registry knows of a method before constructing it."""
 
     name: str
     category: str
-    options: tuple[str, ...]  # settings a user may change: --attn-method-option NAME.KEY=VALUE
-    origin: str  # "builtin", "compat", or the entry point's "DISTRIBUTION VERSION"
+    options: tuple[str, ...]
+    origin: str
     make: Callable[..., Method]  # make(**settings) -> a Method named ``name``
 
     @property
+    def provenance(self) -> Provenance:
+        return Provenance(self.category, self.options, self.origin)
+
+    @property
     def plugin(self) -> bool:
-        return self.origin not in ("builtin", "compat")
+        return self.provenance.plugin
 
 
 def _builtin(name: str, module: str, cls: str, category: str, origin: str) -> MethodInfo:
