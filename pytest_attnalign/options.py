@@ -365,7 +365,8 @@ def parse_options(config: pytest.Config) -> Options:
     save_dir = compare = None
     if save_name or get("attn_compare") is not None:
         storage = Path(get("attn_storage")).expanduser() if get("attn_storage") else _default_storage(config)
-        save_dir = usage("--attn-storage", usable_storage, storage) if save_name else None
+        # created (and checked) only by a run that will save: --collect-only saves nothing
+        save_dir = usage("--attn-storage", usable_storage, storage) if save_name and not config.option.collectonly else None
         if get("attn_compare") is not None:
             compare = usage("--attn-compare", find_run, storage, get("attn_compare"))
     if html_path:  # the page is written last: over either file it would replace a run

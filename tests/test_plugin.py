@@ -901,3 +901,13 @@ def test_saved_runs_compare_and_gates_decide_the_exit_status(
         assert lines == [f"comparison refused: settings differ from {saved}: labels: 'corrected' -> 'study'; "
                          "pass --attn-compare-force to compare anyway"]
     assert [p.name for p in storage.iterdir()] == [saved.name]  # only --attn-save/--attn-autosave store runs
+
+
+def test_collect_only_creates_no_storage(project: pytest.Pytester, tmp_path: Path) -> None:
+    """--collect-only saves nothing, so it makes no --attn-storage directory either."""
+    storage = tmp_path / "new" / "runs"
+    result = project.runpytest("--attn-model=openai:stub", "--attn-method=shap", "--attn-limit=1", "--attn-save=main",
+                               f"--attn-storage={storage}", f"--attn-cache-dir={tmp_path}", "--collect-only", "-q",
+                               *NO_CACHE)
+    assert result.ret == pytest.ExitCode.OK and len(collected(result)) == 2
+    assert not (tmp_path / "new").exists()
