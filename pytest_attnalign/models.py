@@ -93,7 +93,7 @@ def _check_positions(model: Any, task_id: str, prompt: int, budget: int) -> None
     """A model with a fixed number of positions (``n_positions``: GPT-2's learned table, GPT-J's and
     CodeGen's sinusoid buffer) fails past them with an IndexError deep in torch: say so in one line.
     (``max_position_embeddings`` is no such limit for rotary or extensible sinusoidal models.)"""
-    limit = getattr(model.config, "n_positions", None)
+    limit = getattr(getattr(model, "config", None), "n_positions", None)
     if isinstance(limit, int) and prompt + budget > limit:
         room = f"--attn-max-new-tokens {limit - prompt} fits it" if prompt < limit else "no budget fits it"
         raise AttnalignError(f"{task_id}: its prompt ({prompt} tokens) and budget ({budget} new tokens) exceed the "
