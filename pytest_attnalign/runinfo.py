@@ -64,8 +64,8 @@ class RunInfo:
         of = f"the study's {selected}" if selected == len(self.study) else \
             f"the {selected} that -k/-m selected of the study's {len(self.study)}"
         if not self.expected:
-            return (f"shard {index}/{count}: none of {of} items; the other shards run them (shards share out "
-                    "the whole study's model x task groups, whatever -k/-m select)")
+            return (f"shard {index}/{count}: none of {of} items; the other shards run {'it' if selected == 1 else 'them'} "
+                    "(shards share out the whole study's model x task groups, whatever -k/-m select)")
         if len(self.expected) == selected:
             return f"shard {index}/{count}: all of {of} items"
         return f"shard {index}/{count}: {len(self.expected)} of {of} items; the other shards run the rest"
