@@ -77,7 +77,8 @@ class AttnSession:
         self.run.study = [item.nodeid for item, _ in found]
         result = yield  # -k, -m and other plugins select
         selected = [item for item in items if _ITEM_ID.search(item.nodeid)]
-        self.run.selected = [item.nodeid for item in selected]
+        chosen = {item.nodeid for item in selected}  # in the study's order: a shuffling plugin (pytest-randomly)
+        self.run.selected = [i for i in self.run.study if i in chosen]  # orders each shard's items its own way
         if hasattr(config, "workeroutput"):  # the controller collects nothing: see pytest_testnodedown
             config.workeroutput[STUDY_OUTPUT] = {"study": self.run.study, "selected": self.run.selected}
         dropped = [item for item in selected if id(item) not in here]
@@ -111,10 +112,13 @@ class AttnSession:
         self.workers.add(node.gateway.id)
 
     def start_progress(self) -> None:
-        """The controller's progress over the study's items (once they are known)."""
+        """The controller's progress over the study's items, once they are known; an earlier run's files
+        go then too (:meth:`remove_files`)."""
         from .progress import Progress
 
         if self.progress is None and self._controller():
+            if self.run.expected or self.run.study:  # what write_files will write
+                self.remove_files()
             self.progress = Progress({i: m["method"] for i in self.run.expected if (m := _ITEM_ID.search(i))})
 
     def show_progress(self, nodeid: str) -> None:
@@ -190,6 +194,7 @@ class AttnSession:
         failed gate or compare-fail (or a refused comparison they needed) fails it too."""
         if not self._controller():
             return
+        self.restore_sigterm()
         from .gates import judge
 
         o = self.options
@@ -225,29 +230,42 @@ class AttnSession:
                 lines.append(f"{done} {path}")
         return lines
 
-    def start_files(self) -> None:
-        """Before any item runs: remove the run file and page this run will write, so that a run killed
-        before its end leaves none that looks complete (a stale shard file merged silently); and make
-        SIGTERM (a job's time limit, a cancelled CI job) an interrupt, so that the run still writes them,
-        marked partial, as after Ctrl-C."""
+    def interrupt_on_sigterm(self) -> None:
+        """SIGTERM (a job's time limit, a cancelled CI job) becomes an interrupt until the session
+        finishes, so the run still writes its files, marked partial, as after Ctrl-C."""
         import signal
         import threading
 
-        for path in (self.options.json_path, self.options.html_path):
-            if path is not None:
-                path.unlink(missing_ok=True)
         if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
             def interrupt(signum: int, frame: Any) -> None:
                 raise KeyboardInterrupt("SIGTERM")
 
             self._sigterm = signal.signal(signal.SIGTERM, interrupt)
 
-    def pytest_unconfigure(self) -> None:
-        self.cores.leave()
+    def restore_sigterm(self) -> None:
+        """A second SIGTERM while the files are written ends the process, as it would without this plugin."""
         if self._sigterm is not None:
             import signal
 
             signal.signal(signal.SIGTERM, self._sigterm)
+            self._sigterm = None
+
+    def remove_files(self) -> None:
+        """Once the items are known (the run will write its files): remove the run file and page of an
+        earlier run, so that one killed before its end leaves none that looks like its own (a stale
+        shard file merged silently). The --attn-compare baseline is kept (it is read already, and
+        replaced at the end); a file that cannot be removed is reported when it cannot be written."""
+        keep = self.options.compare.resolve() if self.options.compare is not None else None
+        for path in (self.options.json_path, self.options.html_path):
+            if path is not None and path.resolve() != keep:
+                try:
+                    path.unlink(missing_ok=True)
+                except OSError:
+                    pass
+
+    def pytest_unconfigure(self) -> None:
+        self.cores.leave()
+        self.restore_sigterm()
 
     def runs_items(self) -> bool:
         """A serial run or an xdist worker (an xdist controller only schedules)."""
@@ -357,7 +375,7 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[_SESSION] = session
     config.pluginmanager.register(session, "attnalign-session")
     if session._controller():
-        session.start_files()
+        session.interrupt_on_sigterm()
     if session.runs_items():
         session.cores.join()  # counted from start-up, so xdist workers see each other before their first item
     if config.args_source != pytest.Config.ArgsSource.ARGS:

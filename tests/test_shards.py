@@ -7,8 +7,9 @@ import re
 from pathlib import Path
 
 import pytest
+from openai_server import OpenAIStub
 from synthetic import make_record, word_units
-from test_plugin import NO_CACHE, _isolated_env, project, records, tiny_gpt2  # noqa: F401 (fixtures)
+from test_plugin import NO_CACHE, _isolated_env, _script, project, records, tiny_gpt2  # noqa: F401 (fixtures)
 
 from pytest_attnalign.cli import main
 from pytest_attnalign.errors import AttnalignError
@@ -226,3 +227,23 @@ def test_merge_refuses_shards_of_two_versions_of_a_method(tmp_path: Path, capsys
     assert main(["merge", *map(str, shards), "-o", str(tmp_path / "run.json")]) == 2
     assert capsys.readouterr().err == (f"attnalign: error: {shards[0]} ran method mine from mymeth 0.1.0, another "
                                        "shard from mymeth 0.2.0: merge the shards of one run\n")
+
+
+def test_shards_whose_items_a_plugin_reorders_still_merge(project: pytest.Pytester, monkeypatch: pytest.MonkeyPatch,
+                                                         tmp_path: Path) -> None:
+    """A plugin that reorders items (pytest-randomly, another order in every process) leaves each shard's
+    selection in the study's order, so the shards of one run merge."""
+    def shard(i: int) -> None:
+        project.runpytest_subprocess(
+            "--attn-model=openai:stub", "--attn-method=shap", "--attn-shap-evaluations=4", "--attn-limit=2",
+            "--attn-benchmark=humaneval", f"--attn-cache-dir={tmp_path / 'cache'}", f"--attn-json={tmp_path / f's{i}.json'}",
+            f"--attn-shard={i}/2", "-k", "shap", *NO_CACHE, timeout=120)
+
+    with OpenAIStub(_script) as srv:
+        monkeypatch.setenv("OPENAI_BASE_URL", srv.base_url)
+        shard(0)
+        project.makeconftest("def pytest_collection_modifyitems(items):\n    items.reverse()\n")
+        shard(1)
+    docs = [json.loads((tmp_path / f"s{i}.json").read_text())["run"]["shard"] for i in range(2)]
+    assert docs[0]["selected"] == docs[1]["selected"] == docs[0]["study"]
+    assert main(["merge", str(tmp_path / "s0.json"), str(tmp_path / "s1.json"), "-o", str(tmp_path / "m.json")]) == 0
