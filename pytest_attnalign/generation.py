@@ -37,6 +37,16 @@ PREFILL = "```python\n"
 BUDGET_SLACK = 20
 STOP_RULE = ("eos | end of the generated function (its first later top-level line; where the model writes the def, "
              "one that is not a def, class, import or decorator: helper functions stay) | closing ``` fence (chat)")
+#: Earlier wordings of the same stop rule: records and cached generations keep the text they were made
+#: with, and a rewording must not make two runs of one rule look different (compare, merge).
+_STOP_RULE_WORDINGS = {"eos | end of the first top-level function (next top-level statement) | closing ``` fence (chat)": STOP_RULE}
+
+
+def stop_rule_text(text: str) -> str:
+    """``text`` in today's wording when it is an earlier wording of the same rule."""
+    return _STOP_RULE_WORDINGS.get(text, text)
+
+
 #: Part of a cached generation's key: bump when a rule that a generation entry embodies changes (stop rule,
 #: body span), so that old entries are regenerated. Attribution entries are keyed by the generated ids and
 #: the explained steps themselves, so those of unchanged generations stay valid.

@@ -8,6 +8,7 @@ own library versions and run lines, so ``attnalign report RUN.json`` prints what
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import platform
 from dataclasses import dataclass, field
@@ -16,6 +17,7 @@ from typing import Any
 
 from .atomic import write_atomic
 from .errors import AttnalignError
+from .generation import stop_rule_text
 from .jsonshape import ShapeError, check
 from .record import Record
 from .report import groups, library_versions, pass_counts, pooled, render, sort_records, with_code
@@ -84,6 +86,7 @@ class Run:
         try:
             records = [Record.from_dict(r, f"records[{i}]")
                        for i, r in enumerate(check(doc.get("records"), list, "records"))]
+            records = [dataclasses.replace(r, stop_rule=stop_rule_text(r.stop_rule)) for r in records]
             for i, record in enumerate(records):
                 record.check_values(f"records[{i}]")
             ks = tuple(check(doc.get("ks"), list[int], "ks"))

@@ -19,7 +19,7 @@ from .alignment import DEFAULT_KS, TaskUnits, check_score, check_span, in_prompt
 from .cache import ResultCache
 from .errors import AttnalignError, ModelUnavailable
 from .execution import Limits, run_completion
-from .generation import GENERATION_RULES, Generation, Prompt, generate
+from .generation import GENERATION_RULES, Generation, Prompt, generate, stop_rule_text
 from .jsonshape import check, from_json
 from .labels import human_spans, prompt_labels
 from .linemap import LineUnits, compact
@@ -90,11 +90,14 @@ class Study:
         lm = self.model(model_name)
         fmt = self.config.prompt_format or lm.spec.prompt_format
         gen_key = {**lm.identity, "device_type": lm.device.split(":")[0], "task": task.task_id, "prompt": task.prompt, "format": fmt,
-                   "max_new_tokens": self.config.max_new_tokens, "rules": GENERATION_RULES}
+                   "max_new_tokens": self.config.max_new_tokens,
+                   # an API model's reply is cut by rules that did not change: its paid generations stay
+                   **({"rules": GENERATION_RULES} if lm.has_internals else {})}
         cached = self.cache.get("generation", gen_key, _decode_generation)
         started = time.perf_counter()
         if cached is not None:
             prompt, generation = cached
+            generation = dataclasses.replace(generation, stop_rule=stop_rule_text(generation.stop_rule))
         else:
             prompt, generation = generate(lm, task, fmt, self.config.max_new_tokens)
             self.cache.put("generation", gen_key, {"prompt": dataclasses.asdict(prompt),

@@ -163,3 +163,26 @@ def test_internals_methods_not_applicable() -> None:
         method.check_applicable(lm)
     perturbation = type("Perturb", (Method,), {"name": "p", "category": "perturbation", "needs_internals": False})()
     perturbation.check_applicable(lm)  # needs only generations: runs on API models
+
+
+def test_a_rules_bump_regenerates_local_generations_not_paid_ones(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    """GENERATION_RULES keys cached generations whose explained steps the rules decide (local models);
+    an API model's reply is cut by code the bump did not change, so its paid generation stays cached."""
+    from tiny_models import build_tiny
+
+    from pytest_attnalign.generation import STOP_RULE
+    from pytest_attnalign.study import Study, StudyConfig
+
+    task = get_task("HumanEval/0")
+    tiny = str(build_tiny("gpt2", tmp_path / "tiny-gpt2"))
+    with OpenAIStub(_reply) as srv:
+        monkeypatch.setenv("OPENAI_BASE_URL", srv.base_url)
+        for _ in range(2):
+            study = Study(StudyConfig(cache_dir=tmp_path / "cache", device="cpu", max_new_tokens=8))
+            api, local = study.context("openai:stub", task), study.context(tiny, task)
+        assert len(srv.requests) == 1 and api.settings["generation_cached"] and local.settings["generation_cached"]
+        assert api.generation.stop_rule == STOP_RULE
+        monkeypatch.setattr("pytest_attnalign.study.GENERATION_RULES", 99)
+        study = Study(StudyConfig(cache_dir=tmp_path / "cache", device="cpu", max_new_tokens=8))
+        api, local = study.context("openai:stub", task), study.context(tiny, task)
+    assert len(srv.requests) == 1 and api.settings["generation_cached"] and not local.settings["generation_cached"]

@@ -126,3 +126,13 @@ def test_the_header_renders_a_methods_provenance_as_the_run_kept_it(tmp_path: Pa
     (tmp_path / "bad.json").write_text(json.dumps(broken))
     assert main(["report", str(tmp_path / "bad.json")]) == 2
     assert "records[0].attribution.method.options" in capsys.readouterr().err
+
+
+def test_an_earlier_wording_of_the_stop_rule_reads_as_todays(tmp_path: Path) -> None:
+    """The rule is the same; its text was made precise on 2026-12-03. Runs from before must not look
+    like runs of another rule (compare refused them as 'settings differ: stop_rule', merge as two runs)."""
+    from pytest_attnalign.generation import STOP_RULE
+
+    old = "eos | end of the first top-level function (next top-level statement) | closing ``` fence (chat)"
+    write_run(tmp_path / "old.json", Run([make_record("HumanEval/0", [(4, 9, 1.0)], stop_rule=old)], (5,), {}))
+    assert read_run(tmp_path / "old.json").records[0].stop_rule == STOP_RULE
