@@ -289,7 +289,7 @@ def _signature_end(code: str, at: int) -> int | tuple[int, int] | None:
     def offset(position: tuple[int, int]) -> int:
         return starts[position[0] - 1] + position[1]
 
-    depth, colon, body = 0, False, None
+    depth, colon, body, docstring = 0, False, None, False
     try:
         for tok in tokenize.generate_tokens(io.StringIO(code[at:]).readline):
             if not colon:
@@ -305,14 +305,16 @@ def _signature_end(code: str, at: int) -> int | tuple[int, int] | None:
                 if tok.type in (tokenize.NEWLINE, tokenize.NL, tokenize.COMMENT, tokenize.ENDMARKER):
                     line = tok.start[0]  # the body starts on the next line
                     return starts[line] if line < len(starts) else len(code)
-                body = [offset(tok.start), offset(tok.end)]
+                body, docstring = [offset(tok.start), offset(tok.end)], tok.type == tokenize.STRING
             elif tok.type in (tokenize.NEWLINE, tokenize.ENDMARKER):
-                return body[0], body[1]
+                break
             elif tok.type not in (tokenize.COMMENT, tokenize.NL):
-                body[1] = offset(tok.end)
+                body[1], docstring = offset(tok.end), False
     except (tokenize.TokenError, SyntaxError):  # code cut off inside a bracket or a string
         pass
-    return (body[0], body[1]) if body else None
+    if body is None:
+        return None
+    return (body[1], body[1]) if docstring else (body[0], body[1])  # ``def f(): """doc"""`` has no body
 
 
 def body_span(task: Task, prompt_format: str, raw: str) -> tuple[int, int]:

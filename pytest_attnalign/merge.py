@@ -93,11 +93,11 @@ def _check_settings(where: str, run: Run, merged: Run) -> None:
     mine, union = run.settings(), merged.settings()
     if not run.records:
         return
-    kept = {r.method: r.attribution.get("method") for r in merged.records}  # provenance: one package version
-    for r in run.records:
-        if r.attribution.get("method") != kept[r.method]:
-            raise AttnalignError(f"{where} ran method {r.method} from {(r.attribution.get('method') or {}).get('origin')}, "
-                                 f"another shard from {(kept[r.method] or {}).get('origin')}: merge the shards of one run")
+    kept = {r.method: r.attribution["method"] for r in merged.records if "method" in r.attribution}
+    for r in run.records:  # provenance (files before 2026-12-03 keep none): one version of each method's package
+        if "method" in r.attribution and r.attribution["method"] != kept[r.method]:
+            raise AttnalignError(f"{where} ran method {r.method} from {r.attribution['method']['origin']}, "
+                                 f"another shard from {kept[r.method]['origin']}: merge the shards of one run")
     for part in ("models", "methods"):
         for name, value in mine[part].items():
             if union[part][name] != value:

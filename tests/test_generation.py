@@ -118,6 +118,11 @@ def test_the_body_follows_the_signatures_colon(function: str, body: str) -> None
     assert explained_text(f"```python\n{function}\n```", "chat", MBPP).strip() == body.strip()
 
 
+def test_a_docstring_on_the_def_line_is_no_body() -> None:
+    a, b = body_span(MBPP, "chat", '```python\ndef remove_Occ(s, ch): """Remove ch."""\n```')
+    assert a == b
+
+
 def test_no_body_explains_nothing() -> None:
     lm = scripted("Sorry, I cannot help with that.", "chat")
     _, gen = generate(lm, HE0, "chat", max_new_tokens=50)
