@@ -101,10 +101,13 @@ def _check_positions(model: Any, task_id: str, prompt: int, budget: int) -> None
 
 
 def default_cache_dir() -> Path:
-    """``$ATTNALIGN_CACHE_DIR`` or the XDG user cache directory."""
+    """``$ATTNALIGN_CACHE_DIR`` or the XDG user cache directory (``$XDG_CACHE_HOME`` only when it is an
+    absolute path, as the XDG spec says: an empty one once put a 500 MB cache in the working directory)."""
     env = os.environ.get("ATTNALIGN_CACHE_DIR")
-    base = Path(env) if env else Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "pytest-attnalign"
-    return base.expanduser()
+    if env:
+        return Path(env).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME", "")
+    return (Path(xdg) if os.path.isabs(xdg) else Path.home() / ".cache") / "pytest-attnalign"
 
 
 def pick_device(device: str = "auto") -> str:

@@ -159,3 +159,14 @@ def test_a_prompt_past_the_models_positions_is_one_line(tmp_path: Path) -> None:
     with pytest.raises(AttnalignError, match=rf"--attn-max-new-tokens {room} fits it"):
         generate(lm, short, "completion", max_new_tokens=room + 1)
     assert generate(lm, short, "completion", max_new_tokens=room)[1].max_new_tokens == room
+
+
+@pytest.mark.parametrize(("attnalign", "xdg", "expected"), [
+    ("/data/c", "/x", "/data/c"), ("", "/x", "/x/pytest-attnalign"),
+    ("", "", "~/.cache/pytest-attnalign"), ("", "rel/dir", "~/.cache/pytest-attnalign"),  # XDG: only absolute paths
+])
+def test_the_default_cache_directory(monkeypatch: pytest.MonkeyPatch, attnalign: str, xdg: str, expected: str) -> None:
+    """An empty XDG_CACHE_HOME once put the cache (a 500 MB model conversion) in the working directory."""
+    monkeypatch.setenv("ATTNALIGN_CACHE_DIR", attnalign)
+    monkeypatch.setenv("XDG_CACHE_HOME", xdg)
+    assert models.default_cache_dir() == Path(expected).expanduser()
