@@ -224,6 +224,19 @@ def _rootdir_without_option_values(config: pytest.Config) -> Path | None:
         return None
 
 
+def collects_study(config: pytest.Config) -> bool:
+    """Whether the run collects the study's items: no paths given (the plugin collects the study), or a
+    path into a ``benchmarks`` directory, the package's ``items`` module or a directory holding them."""
+    if config.args_source != pytest.Config.ArgsSource.ARGS:
+        return True
+    items = Path(__file__).resolve().parent / "items"
+    for arg in config.args:
+        path = (config.invocation_params.dir / arg.split("::")[0]).resolve()
+        if "benchmarks" in path.parts or path == items or items in path.parents or (path / "benchmarks").is_dir():
+            return True
+    return False
+
+
 _TASK_IN_K = re.compile(r"\b([A-Za-z]+)/(-?\d+)(\])?")
 
 
@@ -327,7 +340,8 @@ def parse_options(config: pytest.Config) -> Options:
     if get("attn_labels") not in ("corrected", "study"):
         raise pytest.UsageError(f"--attn-labels: unknown {get('attn_labels')!r}; use corrected or study")
     benchmarks = list(NAMES) if bench == "all" else [bench]
-    usage(f"-k {get('keyword')!r}", check_task_filter, get("keyword"), benchmarks, get("attn_limit"))
+    if collects_study(config):  # a user's own test files keep -k for their own ids
+        usage(f"-k {get('keyword')!r}", check_task_filter, get("keyword"), benchmarks, get("attn_limit"))
     settings = usage("--attn-method-option", method_options, get("attn_shap_evaluations"), get("attn_fill_mask_model"),
                      get("attn_method_option"), methods)
     from .methods import get_method

@@ -916,3 +916,15 @@ def test_collect_only_creates_no_storage(project: pytest.Pytester, tmp_path: Pat
                                *NO_CACHE)
     assert result.ret == pytest.ExitCode.OK and len(collected(result)) == 2
     assert not (tmp_path / "new").exists()
+
+
+def test_k_on_a_users_own_tests_is_not_a_study_task_filter(project: pytest.Pytester, tmp_path: Path) -> None:
+    """-k with a path to one's own test file selects among its ids, which may look like task ids."""
+    project.makepyfile(test_mine="import pytest\n\n@pytest.mark.parametrize('t', ['Foo/1', 'HumanEval/12'])\n"
+                                 "def test_one(t):\n    pass\n")
+    opts = ["--attn-model=openai:stub", "--attn-limit=1", f"--attn-cache-dir={tmp_path}", *NO_CACHE]
+    for k in ("Foo/1]", "HumanEval/12]"):
+        result = project.runpytest("test_mine.py", "-k", k, *opts)
+        assert result.ret == pytest.ExitCode.OK, result.stdout.str()
+        result.assert_outcomes(passed=1)
+    assert project.runpytest("benchmarks", "-k", "HumanEval/12]", *opts).ret == pytest.ExitCode.USAGE_ERROR
