@@ -263,6 +263,10 @@ def evaluate_compare_fail(fail: CompareFail, run: Run, base: Run) -> list[Verdic
     name = LABEL[fail.metric] + (f"@{fail.k}" if fail.k else "")
     for key in keys:
         ids = _paired_ids(mine[key], theirs[key])
+        if not ids:  # the figures of no task pair up: "undefined -> undefined" said nothing of why
+            out.append(Verdict(f"compare-fail {fail.text} [{' '.join(key)}]: FAILED: no task scored in both runs "
+                               "to compare", False))
+            continue
         est = paired(_pooled(fail.metric), _matrix(mine[key], ids, fail.metric, fail.k),
                      _matrix(theirs[key], ids, fail.metric, fail.k))
         if est.diff is None:

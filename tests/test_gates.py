@@ -284,3 +284,11 @@ def test_report_command_compares_and_gates(tmp_path: Path, capsys: pytest.Captur
         assert main(["report", now, *argv]) == 2
         err = capsys.readouterr().err
         assert err.startswith(f"attnalign: error: {message}") and err.count("\n") == 1, err
+
+
+def test_a_compare_fail_with_no_task_in_common_says_so() -> None:
+    """Two runs of other tasks (a forced comparison) once gave 'F1@10 undefined -> undefined, change undefined'."""
+    records = study_records(4, {"shap": 1.0})
+    run, base = run_of(records[:2]), run_of(records[2:])
+    held, lines = judge(run, [], base, parse_compare_fails(["f1@10:2%"]), base_name="b.json")
+    assert not held and lines[-1] == "compare-fail f1@10:2% [m shap]: FAILED: no task scored in both runs to compare"
