@@ -302,7 +302,9 @@ def judge(run: Run, gates: Sequence[Gate], base: Run | None = None, fails: Seque
             forced = f"settings differ, compared as forced: {'; '.join(differ)}" if differ else ""
             if partial:
                 forced = (f"{forced}; " if forced else "compared as forced: ") + f"{base_name} {partial}"
-            lines.append(f"Compared with {base_name}" + (f" ({forced})" if forced else "") + ":")
+            own = _part_of_a_run(run)  # its figures are those of the tasks it holds: say so above them
+            notes = [note for note in (forced, own and f"this run {own}") if note]
+            lines.append(f"Compared with {base_name}" + (f" ({'; '.join(notes)})" if notes else "") + ":")
             lines.append(compare_table(run, base))
             verdicts += [v for fail in fails for v in evaluate_compare_fail(fail, run, base)]
     partial = _part_of_a_run(run) if gates or fails else None

@@ -188,6 +188,9 @@ def test_a_shard_is_neither_judged_nor_a_baseline() -> None:
                                   "merge) and judge the merged run; pass --compare-force to compare anyway"]
     held, lines = judge(run, [], shard, fails, force=True, base_name="b.json")
     assert held and lines[0].startswith("Compared with b.json (compared as forced: b.json is shard 1/3")
+    held, lines = judge(shard, [], run, base_name="whole.json")  # no gate: the table, said to be a shard's
+    assert held and lines[0] == ("Compared with whole.json (this run is shard 1/3, part of a run: merge the shards "
+                                 "(attnalign merge) and judge the merged run):")
 
 
 def test_a_gate_on_a_method_without_results_fails() -> None:
