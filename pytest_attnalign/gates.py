@@ -290,10 +290,10 @@ def judge(run: Run, gates: Sequence[Gate], base: Run | None = None, fails: Seque
     per verdict, or one line saying why none is given (the run is part of a run)."""
     lines: list[str] = []
     verdicts = [v for gate in gates for v in evaluate_gate(gate, run)]
-    refused = False
+    refused, own = False, _part_of_a_run(run)
     if base is not None:
         differ = settings_diff(run.settings(), base.settings())
-        partial = _part_of_a_run(base)
+        partial = _part_of_a_run(base)  # the baseline's figures lack tasks
         if (differ or partial) and not force:
             refused = bool(fails)
             why = f"settings differ from {base_name}: {'; '.join(differ)}" if differ else f"{base_name} {partial}"
@@ -302,14 +302,12 @@ def judge(run: Run, gates: Sequence[Gate], base: Run | None = None, fails: Seque
             forced = f"settings differ, compared as forced: {'; '.join(differ)}" if differ else ""
             if partial:
                 forced = (f"{forced}; " if forced else "compared as forced: ") + f"{base_name} {partial}"
-            own = _part_of_a_run(run)  # its figures are those of the tasks it holds: say so above them
-            notes = [note for note in (forced, own and f"this run {own}") if note]
+            notes = [note for note in (forced, own and f"this run {own}") if note]  # its figures are its tasks'
             lines.append(f"Compared with {base_name}" + (f" ({'; '.join(notes)})" if notes else "") + ":")
             lines.append(compare_table(run, base))
             verdicts += [v for fail in fails for v in evaluate_compare_fail(fail, run, base)]
-    partial = _part_of_a_run(run) if gates or fails else None
-    if partial:  # the figures lack items: a verdict on them is none, neither "held" nor "FAILED"
-        return False, [*lines, f"gates not judged: the run {partial}"]
+    if own and (gates or fails):  # the figures lack items: a verdict on them is none, neither "held" nor "FAILED"
+        return False, [*lines, f"gates not judged: the run {own}"]
     lines += [v.line for v in verdicts]
     return not refused and all(v.held for v in verdicts), lines
 

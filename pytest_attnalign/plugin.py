@@ -50,7 +50,7 @@ class AttnSession:
         self.baseline: Run | None = None  # the --attn-compare run (controller only)
         self.verdicts: list[str] = []  # compare and gate lines, decided at session finish
         self.written: list[str] = []  # a line per file written at session finish (or not written)
-        self._sigterm: Any = None  # SIGTERM's handler before this run's (see start_files)
+        self._sigterm: Any = None  # SIGTERM's handler before this run's (see interrupt_on_sigterm)
         self.run = RunInfo(shard=options.shard)
         self.cores = CoreShare(options.cache_dir / "runs", options.threads)
         self.unavailable_since: dict[str, str] = {}  # model -> the item that showed why
@@ -117,7 +117,7 @@ class AttnSession:
         from .progress import Progress
 
         if self.progress is None and self._controller():
-            if self.run.expected or self.run.study:  # what write_files will write
+            if self._has_study():  # the run will write its files
                 self.remove_files()
             self.progress = Progress({i: m["method"] for i in self.run.expected if (m := _ITEM_ID.search(i))})
 
@@ -204,8 +204,8 @@ class AttnSession:
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
         if session.exitstatus == pytest.ExitCode.NO_TESTS_COLLECTED and self.run.selected and not self.run.expected:
             session.exitstatus = pytest.ExitCode.OK  # a shard left empty while others run the selection
-        if self.run.expected or self.records or self.run.study:  # written here, not in the terminal summary,
-            self.written = self.write_files()  # so that -p no:terminal (or no reporter) still writes them
+        if self._has_study():  # written here, not in the terminal summary, so that -p no:terminal
+            self.written = self.write_files()  # (or no reporter) still writes them
 
     def write_files(self) -> list[str]:
         """Write the run file, the page and the saved run; one line each for the summary."""
@@ -272,12 +272,17 @@ class AttnSession:
         return not self.config.option.collectonly and (
             hasattr(self.config, "workerinput") or not getattr(self.config.option, "numprocesses", None))
 
+    def _has_study(self) -> bool:
+        """Whether this run holds study items (a shard's may all be elsewhere): it then writes its
+        files and prints the summary; users' own tests of the attn_* fixtures alone do neither."""
+        return bool(self.run.expected or self.records or self.run.study)
+
     def _controller(self) -> bool:
         """The process that prints (workers only ship records; nothing ran under --collect-only)."""
         return not hasattr(self.config, "workerinput") and not self.config.option.collectonly
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
-        if not self._controller() or not (self.run.expected or self.records or self.run.study):
+        if not self._controller() or not self._has_study():
             return  # e.g. only users' own tests that use the attn_* fixtures: no study to summarise
         if self.progress is not None:
             terminalreporter.write_line(self.progress.final_line())
