@@ -135,19 +135,18 @@ class Study:
                "method": method.name, "entry": ATTRIBUTION_ENTRY,
                "settings": method.settings(), **({"code": code} if code else {})}
         cacheable = code.get("module_sha256", "") is not None  # no source to hash: a stale result could be served
-        length = len(ctx.task.prompt)
-        cached = self.cache.get("attribution", key, lambda v: _decode_attribution(v, length)) if cacheable else None
+        cached = self.cache.get("attribution", key, lambda v: _decode_attribution(v, ctx.task)) if cacheable else None
         if cached is not None:
-            units, lines, info = cached  # an entry written before units were cut to the region is cut now
-            return _scored(units, ctx.task), lines, {**info, "cached": True}
+            units, lines, info = cached
+            return units, lines, {**info, "cached": True}
         started = time.perf_counter()
         found = method.attribute(ctx)  # its own errors pass unchanged
         try:
-            units = checked_units(found, length)
+            units, order = _scored(checked_units(found, len(ctx.task.prompt)), ctx.task)
         except AttnalignError as exc:
             raise AttnalignError(f"method {method.name} returned a bad unit: {exc}") from None
-        units = _scored(units, ctx.task)
-        lines = compact(method.line_units(ctx) or [])
+        # the per-line scores follow the units (one per unit, in attribute()'s order): reorder them alike
+        lines = compact([(s, e, [scores[i] for i in order]) for s, e, scores in method.line_units(ctx) or []])
         info = {"seconds": time.perf_counter() - started, "settings": method.settings()}
         if cacheable:
             self.cache.put("attribution", key, {"units": units, "lines": lines, "info": info})
@@ -234,20 +233,25 @@ def checked_units(units: Any, length: int) -> list[list[float]]:
     return [[*check_span(int(s), int(e), length, "unit"), check_score(float(v))] for s, e, v in units]
 
 
-def _scored(units: list[list[float]], task: Task) -> list[list[float]]:
+def _scored(units: list[list[float]], task: Task) -> tuple[list[list[float]], list[int]]:
     """What is scored, as ``attnalign score`` scores it: units in prompt order, cut to the scored region
-    (METRICS.md s2, s6). The built-in methods' units are so already; an entry-point method's may not be."""
-    return [[s, e, v] for s, e, v in in_region(in_prompt_order(units), task.description)]
+    (METRICS.md s2, s6), with the index in ``units`` of each (for the per-line scores). The built-in
+    methods' units are so already; an entry-point method's may not be."""
+    # the alignment helpers carry each unit's index in the score's place, so the scores follow by index
+    placed = in_region(in_prompt_order([(s, e, i) for i, (s, e, _) in enumerate(units)]), task.description)
+    return [[s, e, units[i][2]] for s, e, i in placed], [int(i) for *_, i in placed]
 
 
-def _decode_attribution(value: Any, length: int) -> tuple[list[list[float]], list[LineUnits], dict[str, Any]]:
-    """A cached attribution entry: units ``[start, end, score]`` in a prompt of ``length`` characters, the
-    code-to-words map and the run's facts."""
+def _decode_attribution(value: Any, task: Task) -> tuple[list[list[float]], list[LineUnits], dict[str, Any]]:
+    """A cached attribution entry for ``task``: units ``[start, end, score]``, the code-to-words map and
+    the run's facts."""
     value = check(value, dict[str, Any], "attribution entry")
     try:
-        units = checked_units(check(value["units"], list[tuple[int, int, float]], "units"), length)
+        units = checked_units(check(value["units"], list[tuple[int, int, float]], "units"), len(task.prompt))
     except AttnalignError as exc:  # a damaged entry: recomputed like a truncated one
         raise ValueError(str(exc)) from None
+    if _scored(units, task)[0] != units:  # an entry-point method's entry from before a0cc799: its map indexes
+        raise ValueError("units not in prompt order inside the scored region")  # the units as listed: recompute
     lines = check(value["lines"], list[LineUnits], "lines")
     return units, lines, check(value["info"], dict[str, Any], "info")
 

@@ -206,7 +206,8 @@ def test_a_methods_units_are_scored_in_the_region_in_prompt_order(tiny_gpt2: Pat
                                                                    one_thread: None) -> None:
     """As ``attnalign score`` scores them (METRICS.md s2, s6): a unit outside the description (the
     import line) is not scored, one across its edge is cut there, and a tie goes to the earlier unit
-    however the method listed them."""
+    however the method listed them. The code-to-words map, a score per unit as listed, follows the
+    units; a cache entry from before, in the order listed, is recomputed."""
     from pytest_attnalign.attribution import attribute
     from pytest_attnalign.methods import Method
     from pytest_attnalign.study import Study, StudyConfig
@@ -222,10 +223,20 @@ def test_a_methods_units_are_scored_in_the_region_in_prompt_order(tiny_gpt2: Pat
         def attribute(self, ctx: object) -> list[tuple[int, int, float]]:
             return [(0, 4, 9.0), later, (hi - 3, hi + 2, 0.5), earlier]  # (0, 4): "from", before the region
 
+        def line_units(self, ctx: object) -> list[tuple[int, int, list[float]]]:
+            return [(0, 10, [9.0, 1.0, 0.5, 1.0])]
+
     study = Study(StudyConfig(cache_dir=tmp_path, device="cpu", max_new_tokens=8))
-    result = attribute(study, study.context(str(tiny_gpt2), task), Listed())
+    ctx = study.context(str(tiny_gpt2), task)
+    result = attribute(study, ctx, Listed())
     assert result.units == ((earlier[0], earlier[1], 1.0), (later[0], later[1], 1.0), (hi - 3, hi, 0.5))
     assert result.top_k(1) == [earlier[:2]]
+    assert study.attribute_lines(ctx, Listed())[1] == [(0, 10, [(0, 1.0), (1, 1.0), (2, 0.5)])]  # indices: scored units
     again = Study(StudyConfig(cache_dir=tmp_path, device="cpu", max_new_tokens=8))
     cached = attribute(again, again.context(str(tiny_gpt2), task), Listed())
     assert cached.cached and cached.units == result.units
+    from pytest_attnalign.study import _decode_attribution
+
+    entry = {"units": [list(u) for u in Listed().attribute(ctx)], "lines": [], "info": {}}
+    with pytest.raises(ValueError, match="units not in prompt order inside the scored region"):
+        _decode_attribution(entry, task)
