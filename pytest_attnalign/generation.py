@@ -50,7 +50,7 @@ def stop_rule_text(text: str) -> str:
 #: Part of a cached generation's key: bump when a rule that a generation entry embodies changes (stop rule,
 #: body span), so that old entries are regenerated. Attribution entries are keyed by the generated ids and
 #: the explained steps themselves, so those of unchanged generations stay valid.
-GENERATION_RULES = 2  # 2: a body on the def line, a comment after the signature (2026-12-03)
+GENERATION_RULES = 3  # 2: a body on the def line, a comment after the signature; 3: code after a def-line docstring (2026-12-03)
 
 _FENCE = re.compile(r"```[ \t]*(?:python|py|Python)?[ \t]*\n(.*?)(?:```|\Z)", re.S)
 # Top-level lines that continue a module after a function without ending "the generated function".
@@ -289,7 +289,7 @@ def _signature_end(code: str, at: int) -> int | tuple[int, int] | None:
     def offset(position: tuple[int, int]) -> int:
         return starts[position[0] - 1] + position[1]
 
-    depth, colon, body, docstring = 0, False, None, False
+    depth, colon, body, docstring, after_doc = 0, False, None, False, False
     try:
         for tok in tokenize.generate_tokens(io.StringIO(code[at:]).readline):
             if not colon:
@@ -308,8 +308,14 @@ def _signature_end(code: str, at: int) -> int | tuple[int, int] | None:
                 body, docstring = [offset(tok.start), offset(tok.end)], tok.type == tokenize.STRING
             elif tok.type in (tokenize.NEWLINE, tokenize.ENDMARKER):
                 break
-            elif tok.type not in (tokenize.COMMENT, tokenize.NL):
-                body[1], docstring = offset(tok.end), False
+            elif tok.type in (tokenize.COMMENT, tokenize.NL):
+                continue
+            elif docstring and tok.type == tokenize.OP and tok.string == ";":
+                after_doc = True  # ``def f(): """doc"""; return 1``: the docstring is no body
+            elif after_doc:
+                body, docstring, after_doc = [offset(tok.start), offset(tok.end)], False, False
+            else:  # ``"a" "b"`` is still a docstring; ``"a".upper()`` is code
+                body[1], docstring = offset(tok.end), docstring and tok.type == tokenize.STRING
     except (tokenize.TokenError, SyntaxError):  # code cut off inside a bracket or a string
         pass
     if body is None:

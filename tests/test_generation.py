@@ -118,9 +118,20 @@ def test_the_body_follows_the_signatures_colon(function: str, body: str) -> None
     assert explained_text(f"```python\n{function}\n```", "chat", MBPP).strip() == body.strip()
 
 
-def test_a_docstring_on_the_def_line_is_no_body() -> None:
-    a, b = body_span(MBPP, "chat", '```python\ndef remove_Occ(s, ch): """Remove ch."""\n```')
+@pytest.mark.parametrize("docstring", ['"""Remove ch."""', '"Remove" " ch."', '"""Remove ch.""";'])
+def test_a_docstring_on_the_def_line_is_no_body(docstring: str) -> None:
+    a, b = body_span(MBPP, "chat", f'```python\ndef remove_Occ(s, ch): {docstring}\n```')
     assert a == b
+
+
+@pytest.mark.parametrize(("line", "body"), [
+    ('"""Remove ch."""; return s.replace(ch, "")', 'return s.replace(ch, "")'),  # the docstring, then code
+    ('"Remove" " ch."; return s', "return s"),
+    ('"Remove ch.".upper(); return s', '"Remove ch.".upper(); return s'),  # a string expression, not a docstring
+])
+def test_code_after_a_docstring_on_the_def_line_is_the_body(line: str, body: str) -> None:
+    """The docstring statement before a ``;`` was counted in the body (explained and scored as code)."""
+    assert explained_text(f"```python\ndef remove_Occ(s, ch): {line}\n```", "chat", MBPP).strip() == body
 
 
 def test_no_body_explains_nothing() -> None:
