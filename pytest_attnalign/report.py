@@ -269,13 +269,16 @@ def failure_message(record: Record, shown_at: str | None = None) -> str:
     missed = ", ".join(f"{m['word']} ({m['type']})" for m in record.missed_keywords) or "none"
     output = ([f"test output: as under {shown_at} (same generation)"] if shown_at else
               ["test output (tail):", "    " + (ex.get("stderr_tail") or "(none)").strip().replace("\n", "\n    ")])
+    where = ([f"the model wrote no code: {record.method} attributed nothing (no top-{k}, no error pattern)"]
+             if record.no_code else
+             [f"top-{k} units of {record.method} marked [[...]] in the task description:",
+              "    " + mark_units(task.description_text, record.top_k[k], a).replace("\n", "\n    "),
+              f"labelled keywords missed by the top-{k}: {missed}",
+              f"error pattern: {', '.join(record.error_patterns)}"])
     return "\n".join([
         f"{record.task_id} failed its tests under {record.model} ({record.prompt_format} format); "
         f"outcome: {ex['outcome']}",
-        f"top-{k} units of {record.method} marked [[...]] in the task description:",
-        "    " + mark_units(task.description_text, record.top_k[k], a).replace("\n", "\n    "),
-        f"labelled keywords missed by the top-{k}: {missed}",
-        f"error pattern: {', '.join(record.error_patterns)}",
+        *where,
         *output,
     ])
 

@@ -209,8 +209,10 @@ class Study:
             top_k={str(k): [list(t) for t in top_k(located, k)] for k in ks},
             metrics=per_k,
             error_k=self.config.error_k,
-            error_patterns=error_patterns(passed, labels, error_top, task.description),
-            missed_keywords=[dataclasses.asdict(lab) for lab in missed_labels(labels, error_top, task.description)],
+            # no code, no attention: its labels were not "missed" (the pattern table leaves it out too)
+            error_patterns=[] if no_code else error_patterns(passed, labels, error_top, task.description),
+            missed_keywords=[] if no_code else [dataclasses.asdict(lab)
+                                                for lab in missed_labels(labels, error_top, task.description)],
             attribution={**info, "method": registry()[method_name].provenance.as_dict()},  # for reports elsewhere
             line_units=lines,
         )

@@ -202,3 +202,18 @@ def test_model_modules_import_without_a_cycle() -> None:
 @pytest.mark.parametrize("name", MODEL_MODULES)
 def test_each_model_module_imports_alone(name: str) -> None:
     subprocess.run([sys.executable, "-c", f"import pytest_attnalign.{name}"], check=True, timeout=120)
+
+
+def test_an_item_whose_model_wrote_no_code_has_no_error_pattern(keyword_model: list[KeywordModel], tmp_path: Path,
+                                                                offline: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Its labels were once all "missed by the top-10" (a top-10 that does not exist), in the record,
+    the failure message and the page's pattern filter, while the pattern table left it out."""
+    from pytest_attnalign.report import failure_message
+
+    monkeypatch.setattr(KeywordModel, "_code", lambda self, prompt: "")
+    record = Study(StudyConfig(cache_dir=tmp_path)).run_item("keywords", "shap", "HumanEval/0")
+    assert record.no_code and not record.passed and record.units == []
+    assert record.error_patterns == [] and record.missed_keywords == []
+    message = failure_message(record)
+    assert "the model wrote no code: shap attributed nothing (no top-10, no error pattern)" in message
+    assert "missed" not in message and "[[" not in message
