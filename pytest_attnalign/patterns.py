@@ -29,8 +29,9 @@ def missed_labels(labels: Sequence[Label], top: Sequence[Span], region: Span) ->
 
 
 def error_patterns(passed: bool, labels: Sequence[Label], top: Sequence[Span], region: Span) -> list[str]:
-    """The patterns of one item, in :data:`PATTERNS` order; none for a passing item."""
-    if passed:
+    """The patterns of one item, in :data:`PATTERNS` order; none for a passing item, nor for one with no
+    labelled keyword in ``region`` (Mbpp/274): "every keyword covered" would hold only vacuously."""
+    if passed or not any(strict_overlap((lab.start, lab.end), region) for lab in labels):
         return []
     missed_types = {lab.type for lab in missed_labels(labels, top, region)}
     found = [MISSED[t] for t in TYPE_ORDER if t in missed_types]
