@@ -199,6 +199,7 @@ def _finish(
         "tasks_unlabelled": [r["task_id"] for r in records if not r["labels"]],
         "mismatched": stats["mismatched"],
         "snapped": stats["snapped"],
+        "padded": sum(lab["word"] != lab["word"].strip() for lab in all_labels),
         "types": dict(sorted(Counter(lab["type"] for lab in all_labels).items())),
         **{k: stats[k] for k in ("word_from_span", "inside_word", "blank_rows_dropped", "type2") if k in stats},
     }
@@ -232,7 +233,9 @@ A task with `"labels": []` was labelled with none (Mbpp/274); a missing task is 
 
 - HumanEval: {he['spans']} spans on {he['tasks']} tasks. CSV offsets (into the prompt without its
   empty lines) mapped onto the packaged prompt by aligning the texts; {he['word_from_span']} empty `word`
-  cells (the literal `None`) taken from the span.
+  cells (the literal `None`) taken from the span. {he['padded']} spans keep the spaces or indentation
+  the labeller's selection took in (`'    factorial'`): kept as labelled, so a word unit earns only
+  its share of such a span's recall.
 - MBPP: {mb['spans']} spans on {mb['tasks_labelled']} tasks ({', '.join(mb['tasks_unlabelled'])} has none).
   End-inclusive offsets made half-open; {mb['blank_rows_dropped']} blank separator rows dropped.
   {mb['snapped']} spans that lay inside another word ("in" inside "find": the study placed every
