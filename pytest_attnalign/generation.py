@@ -49,7 +49,8 @@ def stop_rule_text(text: str) -> str:
 
 #: Part of a cached generation's key: bump when a rule that a generation entry embodies changes (stop rule,
 #: body span), so that old entries are regenerated. Attribution entries are keyed by the generated ids and
-#: the explained steps themselves, so those of unchanged generations stay valid.
+#: the explained steps themselves, so those of unchanged generations stay valid; methods that regenerate
+#: (``Method.decodes``) key this version too.
 GENERATION_RULES = 3  # 2: a body on the def line, a comment after the signature; 3: code after a def-line docstring (2026-12-03)
 
 _FENCE = re.compile(r"```[ \t]*(?:python|py|Python)?[ \t]*\n(.*?)(?:```|\Z)", re.S)

@@ -86,14 +86,17 @@ class OpenAIModel:
     timeout: float
     device: str = "api"
     dtype: str = "n/a"
-    revision: str = ""  # the requested model name: stable, so cache keys do not change mid-run
+    revision: str = ""  # the requested model name (and server): stable, so cache keys do not change mid-run
     info: dict[str, Any] = field(default_factory=dict)
     usage_total: dict[str, int] = field(default_factory=lambda: {"prompt_tokens": 0, "completion_tokens": 0, "calls": 0})
     usage_for_last_call: dict[str, Any] | None = None
     consecutive_failures: int = 0
 
     def __post_init__(self) -> None:
-        self.revision = self.revision or self.spec.source
+        # Two servers may serve different models under one name, so the server is part of the identity;
+        # OpenAI's own keeps the bare name, so its paid generations cached before stay valid.
+        self.revision = self.revision or (self.spec.source if self.base_url == DEFAULT_BASE_URL
+                                          else f"{self.spec.source}@{self.base_url}")
 
     @property
     def identity(self) -> dict[str, str]:

@@ -133,7 +133,11 @@ class Study:
                "format": ctx.prompt.format, "completion": ctx.generation.completion,
                "generated_ids": list(ctx.generation.generated_ids), "explained": list(ctx.generation.explained),
                "method": method.name, "entry": ATTRIBUTION_ENTRY,
-               "settings": method.settings(), **({"code": code} if code else {})}
+               "settings": method.settings(), **({"code": code} if code else {}),
+               # a perturbed prompt decodes under the generation's budget and rules: the original may stop
+               # early under two budgets (same ids), its perturbed prompts not (rules: as for the generation)
+               **({"budget": ctx.generation.max_new_tokens, **({"rules": GENERATION_RULES} if ctx.lm.has_internals else {})}
+                  if method.decodes else {})}
         cacheable = code.get("module_sha256", "") is not None  # no source to hash: a stale result could be served
         cached = self.cache.get("attribution", key, lambda v: _decode_attribution(v, ctx.task)) if cacheable else None
         if cached is not None:

@@ -98,6 +98,9 @@ def test_cache_key_holds_settings_and_the_method_code(installed: None, tiny_gpt2
     assert len({round(u[2], 9) for u in first}) > 1
     ident = code_identity(get_method("ig_reading"))
     assert ident["class"] == "attnalign_ig.IntegratedGradientsReading" and re.fullmatch(r"[0-9a-f]{16}", ident["module_sha256"])
+    # a release may change only modules the class imports: its version is keyed too (it once was not, and
+    # the record named the new version beside the old one's numbers)
+    assert ident["origin"] == "attnalign-ig 0.1.0"
     assert code_identity(get_method("shap")) == {}  # built-ins keep their keys
 
 

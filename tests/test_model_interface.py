@@ -217,3 +217,22 @@ def test_an_item_whose_model_wrote_no_code_has_no_error_pattern(keyword_model: l
     message = failure_message(record)
     assert "the model wrote no code: shap attributed nothing (no top-10, no error pattern)" in message
     assert "missed" not in message and "[[" not in message
+
+
+def test_a_perturbation_result_is_not_reused_under_another_budget(keyword_model: list[KeywordModel], tmp_path: Path,
+                                                                  offline: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The original completion may stop early under two budgets (the same ids), its perturbed prompts not:
+    bert_masking's scores under budget 400 were once served from the cache entry of budget 40."""
+    def regenerate(self: KeywordModel, task: Task, generation: Generation, task_prompts: Sequence[str],
+                   **speed: Any) -> list[str]:
+        return [self._code(p)[: generation.max_new_tokens] for p in task_prompts]  # cut at the budget
+
+    monkeypatch.setattr(KeywordModel, "regenerate", regenerate)
+
+    def run(budget: int, cache: Path) -> Any:
+        return Study(StudyConfig(cache_dir=cache, max_new_tokens=budget)).run_item("keywords", "bert_masking", "HumanEval/0")
+
+    short, long = run(40, tmp_path / "shared"), run(400, tmp_path / "shared")
+    assert short.completion == long.completion and not long.attribution["cached"]
+    assert [u[2] for u in long.units] == [u[2] for u in run(400, tmp_path / "fresh").units] != [u[2] for u in short.units]
+    assert run(400, tmp_path / "shared").attribution["cached"]  # the same budget still hits

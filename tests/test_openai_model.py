@@ -42,7 +42,7 @@ def test_generation_over_http() -> None:
     task = get_task("HumanEval/0")
     with OpenAIStub(_reply, reported_model="gpt-4-0613") as srv:
         lm = load_openai_model(resolve_model("openai:gpt-4"), base_url=srv.base_url, max_retries=0, timeout=5)
-        assert lm.revision == "gpt-4" and lm.device == "api" and not lm.has_internals and not hasattr(lm, "tokenizer")
+        assert lm.device == "api" and not lm.has_internals and not hasattr(lm, "tokenizer")
         prompt, gen = generate(lm, task)  # the model's own generate; default format is chat
     assert len(srv.requests) == 1
     body = srv.requests[0].body
@@ -64,8 +64,9 @@ def test_generation_over_http() -> None:
                                                    "served_model": "gpt-4-0613"}
     assert gen.as_dict()["usage"] == gen.usage
     assert lm.usage_total["calls"] == 1 and lm.usage_total["completion_tokens"] == len(REPLY.split())
-    assert lm.revision == "gpt-4" and lm.identity == {"model": "openai:gpt-4", "source": "gpt-4",
-                                                      "revision": "gpt-4", "dtype": "n/a"}
+    assert lm.identity == {"model": "openai:gpt-4", "source": "gpt-4", "revision": f"gpt-4@{srv.base_url}", "dtype": "n/a"}
+    official = load_openai_model(resolve_model("openai:gpt-4"), api_key="k")  # no request
+    assert official.identity["revision"] == "gpt-4"  # OpenAI's server: the key of generations cached before
     assert lm.info["system_fingerprint"] == "fp_stub"
 
 
@@ -186,3 +187,18 @@ def test_a_rules_bump_regenerates_local_generations_not_paid_ones(monkeypatch: p
         study = Study(StudyConfig(cache_dir=tmp_path / "cache", device="cpu", max_new_tokens=8))
         api, local = study.context("openai:stub", task), study.context(tiny, task)
     assert len(srv.requests) == 1 and api.settings["generation_cached"] and not local.settings["generation_cached"]
+
+
+def test_two_servers_serving_one_model_name_are_two_models(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    """The second server's generation was once served from the first one's cache entry."""
+    from pytest_attnalign.study import Study, StudyConfig
+
+    task = get_task("HumanEval/0")
+    with OpenAIStub(_reply) as first, OpenAIStub(lambda _: REPLY.replace("return any", "return all")) as second:
+        completions = []
+        for srv in (first, second):
+            monkeypatch.setenv("OPENAI_BASE_URL", srv.base_url)
+            ctx = Study(StudyConfig(cache_dir=tmp_path)).context("openai:coder", task)
+            completions.append(ctx.generation.completion)
+            assert len(srv.requests) == 1 and not ctx.settings["generation_cached"]
+    assert completions[0] != completions[1]

@@ -392,8 +392,10 @@ def test_bert_masking_offline_substitutes_are_real_words(models: dict, offline: 
     assert method.settings()["force_different"] is True
 
 
-def test_bert_masking_uses_a_reachable_fill_mask_model(tmp_path: Path, models: dict) -> None:
-    """A local masked-LM directory (tiny random BERT, real BERT vocabulary) is used and recorded."""
+def test_bert_masking_uses_a_reachable_fill_mask_model(tmp_path: Path, models: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A local masked-LM directory (tiny random BERT, real BERT vocabulary) is used and recorded, keyed by
+    its content: a model re-saved there (or another directory reached by the same relative path) once
+    reused the first model's pipeline in the process and its cached scores on disk."""
     from transformers import AutoTokenizer, BertConfig, BertForMaskedLM
 
     _, vocab_file, _ = pt.embedding_files()
@@ -413,6 +415,29 @@ def test_bert_masking_uses_a_reachable_fill_mask_model(tmp_path: Path, models: d
         assert sub == pipe(masked, top_k=1)[0]["token_str"].strip()
     forced = pt.BertMasking(fill_mask_model=str(tmp_path), force_different=True).substitutes(ctx)
     assert all(sub and not pt.same_word(sub, word) for _, _, word, sub in forced)
+    first = method.settings()["fill_mask_revision"]
+    assert first.startswith("local:")
+    BertForMaskedLM(BertConfig(vocab_size=tok.vocab_size, hidden_size=48, num_hidden_layers=1, num_attention_heads=2,
+                               intermediate_size=64)).save_pretrained(str(tmp_path))
+    again = pt.BertMasking(fill_mask_model=str(tmp_path))
+    assert again.settings()["fill_mask_revision"] != first and again.pipeline() is not pipe
+    assert again.pipeline().model.config.hidden_size == 48
+    monkeypatch.chdir(tmp_path.parent)
+    assert pt.BertMasking(fill_mask_model=tmp_path.name).fill_mask_model == str(tmp_path.resolve())
+
+
+def test_a_subclass_overriding_its_computation_is_not_served_the_parents(models: dict, offline: None) -> None:
+    """The context's memo was keyed by settings alone: a subclass run after the built-in on one task got
+    the built-in's substitutes (and SHAP's values), then cached them under its own name."""
+    class FixedWord(pt.BertMasking):
+        def _substitutes(self, ctx: AttributionContext) -> list[tuple[int, int, str, str]]:
+            return [(s, e, w, "banana") for s, e, w, _ in super()._substitutes(ctx)]
+
+    ctx = context(models["gpt2"], 4)
+    builtin = pt.BertMasking().substitutes(ctx)
+    mine = FixedWord().substitutes(ctx)
+    assert {sub for *_, sub in mine} == {"banana"} != {sub for *_, sub in builtin}
+    assert pt.BertMasking().substitutes(ctx) is builtin  # the built-in's own memo still serves it
 
 
 def test_bert_masking_scores_are_one_minus_bleu(models: dict, offline: None) -> None:

@@ -260,8 +260,9 @@ def get_method(name: str, **settings: object) -> Method:
 
 
 def code_identity(method: Method) -> dict[str, str | None]:
-    """For a method defined outside this package: its class and a digest of the module defining it,
-    so a cached attribution is not reused after the method's code changed (built-ins: ``{}``)."""
+    """For a method defined outside this package: its class, a digest of the module defining it and, for
+    an entry point's method, its distribution's version, so a cached attribution is not reused after the
+    method's code changed (a release may change only modules the class imports; built-ins: ``{}``)."""
     cls = type(method)
     if cls.__module__.split(".")[0] == __name__.split(".")[0]:
         return {}
@@ -269,7 +270,9 @@ def code_identity(method: Method) -> dict[str, str | None]:
         digest: str | None = hashlib.sha256(inspect.getsource(inspect.getmodule(cls)).encode()).hexdigest()[:16]
     except (OSError, TypeError):  # defined interactively: no source to hash, so never cached (see Study.attribute)
         digest = None
-    return {"class": f"{cls.__module__}.{cls.__qualname__}", "module_sha256": digest}
+    info = registry().get(method.name)
+    return {"class": f"{cls.__module__}.{cls.__qualname__}", "module_sha256": digest,
+            **({"origin": info.origin} if info is not None and info.plugin else {})}
 
 
 __all__ = ["ENTRY_POINT_GROUP", "SELECTORS", "AttributionContext", "Method", "MethodInfo", "MethodNotApplicable",

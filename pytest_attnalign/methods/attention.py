@@ -110,6 +110,7 @@ class SelfAttention(Method):
     """One of the six self-attention views (or a compat variant), named ``{phase}_{view}``."""
 
     category = "self_attention"
+    decodes = False
     options = ("restated_copy",)
 
     def __init__(self, name: str, restated_copy: str = "ignore") -> None:

@@ -85,6 +85,10 @@ class Method:
     category: str = ""
     #: False for methods that need only generations (perturbation): they also run on API models.
     needs_internals: bool = True
+    #: Whether the scores depend on how the model decodes (its token budget, the stop rule), as they do
+    #: for methods that regenerate from perturbed prompts; their cached results are keyed by both.
+    #: False only where the scores are a function of the generated ids alone (attention, gradients).
+    decodes: bool = True
     #: Constructor keywords a user may set (``--attn-method-option NAME.KEY=VALUE``); the rest are library-only.
     options: tuple[str, ...] = ()
 
@@ -95,6 +99,12 @@ class Method:
 
     def attribute(self, ctx: AttributionContext) -> list[Unit]:
         raise NotImplementedError  # abstract
+
+    def memo_key(self, *parts: object) -> str:
+        """A :meth:`AttributionContext.memo` key for this method's own computation: named by the class, so
+        a subclass that overrides the computation is not served its parent's result from the context."""
+        cls = type(self)
+        return ":".join([f"{cls.__module__}.{cls.__qualname__}", *map(str, parts)])
 
     def line_units(self, ctx: AttributionContext) -> list[LineScores] | None:
         """The code-to-words map (:mod:`..linemap`): per line of the completion that holds explained

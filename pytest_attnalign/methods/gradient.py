@@ -179,6 +179,7 @@ class GradientMethod(Method):
     """``{saliency,inputxgradient}_{reading,coding}``; see the module docstring for definitions."""
 
     category = "gradient"
+    decodes = False
     options = ("restated_copy",)
 
     def __init__(self, name: str, max_steps: int | None = None, restated_copy: str = "ignore") -> None:

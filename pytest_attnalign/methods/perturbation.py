@@ -212,7 +212,7 @@ class ShapMethod(Method):
         return ShapResult(tuple(float(v) for v in phi), cache[(False,) * n], cache[(True,) * n], calls[0], len(cache))
 
     def attribute(self, ctx: AttributionContext) -> list[Unit]:
-        result = ctx.memo(f"shap:{self.evaluations}:{self.signed}:{self.l1_reg}:{self.mask_token}:{self.seed}",
+        result = ctx.memo(self.memo_key(self.evaluations, self.signed, self.l1_reg, self.mask_token, self.seed),
                           lambda: self.explain(ctx))
         return [(a, b, v if self.signed else abs(v)) for (a, b), v in zip(ctx.description_words(), result.values)]
 
@@ -326,9 +326,21 @@ def embedding_files() -> tuple[Path, Path, str]:
     return weights[0], vocab[0], f"nearest-neighbour:{EMBEDDING_PACKAGE}=={dist.version}"
 
 
+def local_fill_mask_revision(model_id: str) -> str:
+    """``local:DIGEST`` of a local fill-mask directory (a model re-saved there is another model), "" for a
+    hub id: part of the cache keys of the pipeline and of the results, beside the name."""
+    path = Path(model_id).expanduser()
+    if not path.is_dir():
+        return ""
+    from ..models import local_revision
+
+    return local_revision(path)
+
+
 @lru_cache(maxsize=None)
-def _fill_mask_pipeline(model_id: str) -> tuple[Any | None, str]:
-    """The fill-mask pipeline, or ``None`` and why not; never waits on an unreachable hub."""
+def _fill_mask_pipeline(model_id: str, revision: str) -> tuple[Any | None, str]:
+    """The fill-mask pipeline, or ``None`` and why not; never waits on an unreachable hub.
+    (``revision``, :func:`local_fill_mask_revision`, only keys this cache.)"""
     from transformers import pipeline
 
     from .. import hub
@@ -357,9 +369,9 @@ def _neighbours() -> EmbeddingNeighbours:
 
 
 @lru_cache(maxsize=None)
-def substitute_source(model_id: str) -> str:
+def substitute_source(model_id: str, revision: str) -> str:
     """Which source substitutes words in this process: ``fill-mask:MODEL`` or the offline neighbours."""
-    if _fill_mask_pipeline(model_id)[0] is not None:
+    if _fill_mask_pipeline(model_id, revision)[0] is not None:
         return f"fill-mask:{model_id}"
     return embedding_files()[2]
 
@@ -378,6 +390,8 @@ class BertMasking(Method):
         self.name = name
         self.force_different = force_different
         chosen = fill_mask_model or os.environ.get("ATTNALIGN_FILL_MASK_MODEL")
+        if chosen and Path(chosen).expanduser().is_dir():  # one name for a directory, whatever the working directory
+            chosen = str(Path(chosen).expanduser().resolve())
         # Only the default falls back to the offline neighbours: a model the user named must be the
         # one used, or the run stops (a silent substitute would make its numbers something else).
         self.explicit = bool(chosen)
@@ -387,7 +401,7 @@ class BertMasking(Method):
 
     def pipeline(self) -> Any | None:
         """The fill-mask pipeline, ``None`` for the offline neighbours; a named model must load."""
-        pipe, why = _fill_mask_pipeline(self.fill_mask_model)
+        pipe, why = _fill_mask_pipeline(self.fill_mask_model, local_fill_mask_revision(self.fill_mask_model))
         if pipe is None and self.explicit:
             raise AttnalignError(
                 f"bert_masking: fill-mask model {self.fill_mask_model!r} is not usable: {why}; pass a local directory "
@@ -397,9 +411,13 @@ class BertMasking(Method):
         return pipe
 
     def settings(self) -> dict[str, Any]:
-        self.pipeline()
-        source = substitute_source(self.fill_mask_model)
-        return {"fill_mask_model": self.fill_mask_model, "substitute_source": source,
+        pipe = self.pipeline()
+        revision = local_fill_mask_revision(self.fill_mask_model)
+        source = substitute_source(self.fill_mask_model, revision)
+        # the model's content, not only its name, keys cached results: a local directory's digest, a hub commit
+        found = {"fill_mask_revision": revision or getattr(pipe.model.config, "_commit_hash", None) or "unknown"
+                 } if pipe is not None and source.startswith("fill-mask:") else {}
+        return {"fill_mask_model": self.fill_mask_model, "substitute_source": source, **found,
                 "force_different": self.force_different or not source.startswith("fill-mask:"),
                 "substitute": ("best different whole word" if self.force_different else "top-1 prediction")
                 if source.startswith("fill-mask:") else "nearest neighbour other than the word",
@@ -407,7 +425,7 @@ class BertMasking(Method):
 
     def substitutes(self, ctx: AttributionContext) -> list[tuple[int, int, str, str]]:
         """``(start, end, original core, substitute)`` per description word, in task.prompt coordinates."""
-        return ctx.memo(f"bert_masking.substitutes:{self.fill_mask_model}:{self.force_different}",
+        return ctx.memo(self.memo_key("substitutes", self.fill_mask_model, self.force_different),
                         lambda: self._substitutes(ctx))
 
     def _substitutes(self, ctx: AttributionContext) -> list[tuple[int, int, str, str]]:
