@@ -150,8 +150,10 @@ def page_data(records: Sequence[Record], ks: Sequence[int]) -> dict[str, Any]:
 
 
 def _blob(data: dict[str, Any]) -> str:
-    """JSON safe inside <script>: no ``</`` can close the element early."""
-    return json.dumps(data, ensure_ascii=False, separators=(",", ":")).replace("</", "<\\/")
+    """JSON safe inside <script>, the same values once parsed: ``<``, ``>`` and ``&`` as JSON escapes, as
+    ``</script>`` would end the element and ``<!--<script>`` make the parser swallow the rest of the page."""
+    text = json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
 
 
 def render_html(run: Run) -> str:

@@ -17,7 +17,7 @@ import pytest
 
 from browser import Browser, find_chromium
 from pytest_attnalign.cli import main
-from pytest_attnalign.html import render_html, write_html
+from pytest_attnalign.html import page_data, render_html, write_html
 from pytest_attnalign.labels import prompt_labels
 from pytest_attnalign.methods import BUILTIN
 from pytest_attnalign.record import Record
@@ -54,8 +54,11 @@ RUN = Run(RECORDS, KS)
 
 
 def _blob(page: str) -> dict:
-    return json.loads(re.search(r'<script type="application/json" id="attn-data">(.*?)</script>', page, re.S)
-                      .group(1).replace("<\\/", "</"))
+    return json.loads(_data_block(page))
+
+
+def _data_block(page: str) -> str:
+    return re.search(r'<script type="application/json" id="attn-data">(.*?)</script>', page, re.S).group(1)
 
 
 def _chars(spans: list[list[int]] | list[tuple[int, int]]) -> set[int]:
@@ -111,11 +114,17 @@ def test_data_holds_each_records_code_map() -> None:
             assert [w for _, w in pairs] == [max(1, round(100 * v / top)) for *_, v in _line_words(r, line)]
 
 
-def test_a_script_end_tag_in_a_completion_cannot_break_the_page() -> None:
-    rec = dataclasses.replace(RECORDS[0], completion='    return "</script><b>x"\n')
+#: Model output HTML reads inside <script>: an end tag, and a comment opening a script, after which the
+#: parser took the rest of the page as the data's (no task views, no controls).
+HOSTILE = '    return "</script><b>x</b> & <!--<script>"\n'
+
+
+def test_a_script_end_tag_or_comment_in_a_completion_cannot_break_the_page() -> None:
+    rec = dataclasses.replace(RECORDS[0], completion=HOSTILE)
     page = render_html(Run([rec], KS))
     assert page.count("</script>") == 2  # the data's and the code's own
-    assert _blob(page)["gens"][0]["completion"] == rec.completion
+    assert not set("<>&") & set(_data_block(page))
+    assert _blob(page) == json.loads(json.dumps(page_data([rec], KS)))  # the same values, the completion's too
 
 
 def test_report_html_writes_the_page_and_checks_the_path_first(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -375,3 +384,18 @@ def test_full_size_page_stays_small_and_opens_fast(browser: Browser, tmp_path: P
     assert shown == f"{len(base)} of {len(base)} model x task views shown"
     assert size < 30e6
     assert load < 3.0
+
+
+def _exceptions(browser: Browser) -> list[str]:
+    return [e["params"]["exceptionDetails"].get("exception", {}).get("description", "")
+            for e in browser.events if e.get("method") == "Runtime.exceptionThrown"]
+
+
+def test_a_completion_holding_script_markup_leaves_the_page_whole(browser: Browser, tmp_path: Path) -> None:
+    rec = dataclasses.replace(RECORDS[0], completion=HOSTILE)
+    write_html(tmp_path / "run.html", Run([rec], KS))
+    browser.open(tmp_path / "run.html")
+    assert browser.js("document.getElementById('controls').children.length") == 7
+    _open(browser, rec.model, rec.task_id)
+    assert browser.js("document.querySelector('details.task pre.code').textContent") == HOSTILE
+    assert _exceptions(browser) == []
