@@ -399,3 +399,19 @@ def test_a_completion_holding_script_markup_leaves_the_page_whole(browser: Brows
     _open(browser, rec.model, rec.task_id)
     assert browser.js("document.querySelector('details.task pre.code').textContent") == HOSTILE
     assert _exceptions(browser) == []
+
+
+def test_methods_named_as_object_properties_show_only_where_they_ran(browser: Browser, tmp_path: Path) -> None:
+    """A method named "constructor" or "__proto__" (JSON allows any name) that ran on one task of two:
+    the other task's view once took every object's property for its record and threw."""
+    odd = [dataclasses.replace(RECORDS[0], method=name) for name in ("constructor", "__proto__")]
+    records = [r for r in RECORDS if r.model == "m" and r.task_id in ("HumanEval/0", "HumanEval/1")] + odd
+    ran = {task: [r.method for r in records if r.task_id == task] for task in ("HumanEval/0", "HumanEval/1")}
+    write_html(tmp_path / "run.html", Run(records, KS))
+    browser.open(tmp_path / "run.html")
+    for task, methods in ran.items():
+        _open(browser, "m", task)
+        shown = browser.js(f"[...document.querySelectorAll('details.task[data-task=\"{task}\"] .view')]"
+                           ".map(v => v.dataset.method)")
+        assert sorted(shown) == sorted(methods), task
+    assert _exceptions(browser) == []

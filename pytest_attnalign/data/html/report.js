@@ -45,8 +45,9 @@ function marked(text, labels, spans, units) {
 
 function fmt(x, pct) { return x === null || x === undefined ? "undefined" : pct ? (100 * x).toFixed(1) + "%" : x.toFixed(2); }
 
+// The shown methods this generation has: its own keys, as a method may be named "constructor" or "__proto__".
 function shownMethods(gen) {
-  return D.methods.filter((m) => m in gen.methods && (!state.method || m === state.method));
+  return D.methods.filter((m) => Object.hasOwn(gen.methods, m) && (!state.method || m === state.method));
 }
 
 // The completion as shown (leading newlines dropped), one span per line (class line, data-s/data-e:
