@@ -28,6 +28,7 @@ from __future__ import annotations
 import ipaddress
 import math
 import os
+import re
 from dataclasses import dataclass, field, replace
 from typing import Any, Sequence
 from urllib.parse import urlsplit
@@ -73,6 +74,13 @@ def _env_number(name: str, default: float, kind: type) -> Any:
     if value < 0:
         raise AttnalignError(f"{name}={raw!r} is negative: set it to 0 or more")
     return value
+
+
+def _unicode(text: str) -> str:
+    """``text`` with lone surrogates (valid in the server's JSON, ``"\\ud800"``, but not in UTF-8) made
+    U+FFFD: kept as they are, they failed the item when its generation was cached, and no run file
+    or page could hold them."""
+    return re.sub("[\ud800-\udfff]", "\ufffd", text)
 
 
 @dataclass
@@ -169,14 +177,14 @@ class OpenAIModel:
         usage: dict[str, Any] = {"prompt_tokens": 0, "completion_tokens": 0}
         if resp.usage is not None:
             usage = {"prompt_tokens": int(resp.usage.prompt_tokens or 0), "completion_tokens": int(resp.usage.completion_tokens or 0)}
-        usage["served_model"] = resp.model or self.spec.source
+        usage["served_model"] = _unicode(resp.model or self.spec.source)
         self.usage_for_last_call = usage
         self.usage_total["prompt_tokens"] += usage["prompt_tokens"]
         self.usage_total["completion_tokens"] += usage["completion_tokens"]
         self.usage_total["calls"] += 1
         if not resp.choices:
             raise AttnalignError(f"{self.base_url} returned no choices for model {self.spec.source!r}: check the server")
-        return resp.choices[0].message.content or ""
+        return _unicode(resp.choices[0].message.content or "")
 
     def _error(self, exc: Exception) -> AttnalignError:
         """Map an openai exception to an AttnalignError naming the fix."""

@@ -202,3 +202,15 @@ def test_two_servers_serving_one_model_name_are_two_models(monkeypatch: pytest.M
             completions.append(ctx.generation.completion)
             assert len(srv.requests) == 1 and not ctx.settings["generation_cached"]
     assert completions[0] != completions[1]
+
+
+def test_a_lone_surrogate_in_a_reply_is_replaced(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    """Valid in the server's JSON, not in UTF-8: the item once failed with a UnicodeEncodeError traceback
+    when its generation was written to the cache."""
+    from pytest_attnalign.study import Study, StudyConfig
+
+    with OpenAIStub(lambda _: REPLY.replace("    return any", "    # \ud800\n    return any")) as srv:
+        monkeypatch.setenv("OPENAI_BASE_URL", srv.base_url)
+        record = Study(StudyConfig(cache_dir=tmp_path)).run_item("openai:coder", "bert_masking", "HumanEval/0")
+    assert "    # \ufffd\n" in record.completion and record.passed
+    assert not [p for p in tmp_path.rglob("*.tmp*")]
