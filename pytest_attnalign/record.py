@@ -9,6 +9,7 @@ foreign file fails with one line instead of a KeyError inside the report.
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -19,6 +20,9 @@ from .jsonshape import ShapeError, check, from_json
 from .linemap import LineUnits
 
 T = TypeVar("T")
+#: A key of ``top_k`` and ``metrics``: str(K) of a K from 1 to under 10**18 in ASCII digits (isdigit() takes
+#: "²", which int() refuses; int() refuses 5,000 digits).
+_K = re.compile(r"[1-9][0-9]{0,17}")
 
 
 @dataclass(frozen=True)
@@ -68,16 +72,22 @@ class Record:
 
     def check_values(self, where: str = "record") -> None:
         """What the shape leaves open and the report and page rely on: a known task, spans inside its
-        prompt, finite scores, top-K keys that are Ks, code-map units among the record's units. A run
-        file's reader calls it, so a damaged file is refused on reading, not by a crash while rendering;
-        raises :class:`jsonshape.ShapeError` naming the field."""
+        prompt, finite scores, top-K and metrics keys that are Ks, text where they show text, code-map units
+        among the record's units. A run file's reader calls it, so a damaged file is refused on reading,
+        not by a crash while rendering; raises :class:`jsonshape.ShapeError` naming the field."""
         from .tasks import get_task
 
         length = len(_named(f"{where}.task_id", get_task, self.task_id).prompt)
         for key in ("source", "revision", "dtype"):
             if key not in self.model_identity:
                 raise ShapeError(f"{where}.model_identity: missing {key!r}")
-        check(self.attribution.get("settings", {}), dict, f"{where}.attribution.settings")
+        settings = check(self.attribution.get("settings", {}), dict, f"{where}.attribution.settings")
+        texts = {"execution.outcome": self.execution.get("outcome"),  # sorted, joined, shown as text
+                 "execution.stderr_tail": self.execution.get("stderr_tail", ""),
+                 "usage.served_model": (self.usage or {}).get("served_model", ""),
+                 "attribution.settings.restated_copy": settings.get("restated_copy", "")}
+        for name, value in texts.items():
+            check(value, str, f"{where}.{name}")
         if "method" in self.attribution:  # the method's provenance (runs since 2026-12-03)
             kept = check(self.attribution["method"], dict[str, Any], f"{where}.attribution.method")
             for key, kind in (("category", str), ("origin", str), ("options", list[str])):
@@ -87,9 +97,11 @@ class Record:
             _named(f"{where}.units[{i}]", check_score, score)
         for i, (start, end) in enumerate(self.human):
             _named(f"{where}.human[{i}]", check_span, start, end, length, "human span")
+        for part in ("top_k", "metrics"):
+            for k in getattr(self, part):
+                if not _K.fullmatch(k):
+                    raise ShapeError(f"{where}.{part}: key {k!r:.40} is not a K such as \"10\"")
         for k, spans in self.top_k.items():
-            if not (k.isdigit() and int(k) > 0):
-                raise ShapeError(f"{where}.top_k: key {k!r} is not a K such as \"10\"")
             for j, (start, end) in enumerate(check(spans, list[Span], f"{where}.top_k.{k}")):
                 _named(f"{where}.top_k.{k}[{j}]", check_span, start, end, length, "top-K span")
         for k, scores in self.metrics.items():

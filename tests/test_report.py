@@ -65,6 +65,10 @@ def _first_unit(unit: list[Any]) -> Callable[[dict[str, Any]], None]:
     return lambda doc: doc["records"][0]["units"].__setitem__(0, unit)
 
 
+def _section(name: str, key: str, value: Any) -> Callable[[dict[str, Any]], None]:
+    return lambda doc: doc["records"][0][name].__setitem__(key, value)
+
+
 def _map_unit(index: int) -> Callable[[dict[str, Any]], None]:
     return lambda doc: doc["records"][0]["line_units"][0][2].__setitem__(0, [index, 0.5])
 
@@ -81,6 +85,14 @@ def _map_unit(index: int) -> Callable[[dict[str, Any]], None]:
     (_first_unit([4, 99_999, 1.0]), "records[0].units[0]: unit [4, 99999] must satisfy 0 <= start <= end <="),
     (_record_field("human", [[4, 99_999]]), "records[0].human[0]: human span [4, 99999] must satisfy"),
     (_first_unit([4, 9, float("nan")]), "records[0].units[0]: score nan must be a finite number"),
+    (_record_field("top_k", {"9" * 5000: []}), "records[0].top_k: key '99999"),  # past int()'s digit limit
+    (_record_field("top_k", {"\u00b2": []}), "records[0].top_k: key '\u00b2' is not a K"),  # isdigit(), not int()
+    (_record_field("metrics", {"abc": {}}), "records[0].metrics: key 'abc' is not a K"),
+    (_section("execution", "outcome", 5), "records[0].execution.outcome: expected str, got int"),  # blanked the page
+    (_section("execution", "stderr_tail", ["x"]), "records[0].execution.stderr_tail: expected str, got list"),
+    (_record_field("usage", {"served_model": 5}), "records[0].usage.served_model: expected str, got int"),
+    (_section("attribution", "settings", {"restated_copy": ["ignore"]}),
+     "records[0].attribution.settings.restated_copy: expected str, got list"),
 ])
 def test_a_damaged_run_file_is_refused_on_reading_not_by_a_crash(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], damage: Callable[[dict[str, Any]], None], message: str
