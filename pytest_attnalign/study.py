@@ -29,6 +29,7 @@ from .models import load_model
 from .patterns import error_patterns, missed_labels
 from .record import Record
 from .tasks import Task, get_task
+from .versions import installed_versions
 
 
 NO_CODE = "the model emitted no code (no function body after the stop rule)"
@@ -36,6 +37,10 @@ NO_CODE = "the model emitted no code (no function body after the stop rule)"
 #: recomputed) instead of being read without the new part. 2: the code-to-words map (``lines``);
 #: 3: a newline merged with indentation maps to the line it indents.
 ATTRIBUTION_ENTRY = 3
+#: The libraries whose code computes cached values: another version may give other numbers (an upgrade,
+#: a cache shared by two environments), so entries are keyed by their versions. Not an API model's
+#: generation: its reply depends on the server (and a paid one stays cached).
+COMPUTING_LIBRARIES = ("torch", "transformers", "tokenizers", "numpy", "scikit-learn", "shap", "sacrebleu", "nltk")
 
 
 @dataclass(frozen=True)
@@ -92,7 +97,7 @@ class Study:
         gen_key = {**lm.identity, "device_type": lm.device.split(":")[0], "task": task.task_id, "prompt": task.prompt, "format": fmt,
                    "max_new_tokens": self.config.max_new_tokens,
                    # an API model's reply is cut by rules that did not change: its paid generations stay
-                   **({"rules": GENERATION_RULES} if lm.has_internals else {})}
+                   **({"rules": GENERATION_RULES, "libraries": installed_versions(COMPUTING_LIBRARIES)} if lm.has_internals else {})}
         cached = self.cache.get("generation", gen_key, _decode_generation)
         started = time.perf_counter()
         if cached is not None:
@@ -132,7 +137,7 @@ class Study:
         key = {**ctx.lm.identity, "device_type": ctx.lm.device.split(":")[0], "task": ctx.task.task_id, "prompt": ctx.task.prompt,
                "format": ctx.prompt.format, "completion": ctx.generation.completion,
                "generated_ids": list(ctx.generation.generated_ids), "explained": list(ctx.generation.explained),
-               "method": method.name, "entry": ATTRIBUTION_ENTRY,
+               "method": method.name, "entry": ATTRIBUTION_ENTRY, "libraries": installed_versions(COMPUTING_LIBRARIES),
                "settings": method.settings(), **({"code": code} if code else {}),
                # a perturbed prompt decodes under the generation's budget and rules: the original may stop
                # early under two budgets (same ids), its perturbed prompts not (rules: as for the generation)

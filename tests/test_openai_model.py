@@ -214,3 +214,26 @@ def test_a_lone_surrogate_in_a_reply_is_replaced(monkeypatch: pytest.MonkeyPatch
         record = Study(StudyConfig(cache_dir=tmp_path)).run_item("openai:coder", "bert_masking", "HumanEval/0")
     assert "    # \ufffd\n" in record.completion and record.passed
     assert not [p for p in tmp_path.rglob("*.tmp*")]
+
+
+def test_another_library_version_recomputes_all_but_paid_generations(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    """Entries were reused across torch/transformers/shap... versions (an upgrade, a cache two
+    environments share) while the run's header named the new versions."""
+    from tiny_models import build_tiny
+
+    from pytest_attnalign.study import Study, StudyConfig
+
+    task = get_task("HumanEval/0")
+    tiny = str(build_tiny("gpt2", tmp_path / "tiny-gpt2"))
+
+    def run() -> list[bool]:
+        study = Study(StudyConfig(cache_dir=tmp_path / "cache", device="cpu", max_new_tokens=8))
+        api, local = study.context("openai:stub", task), study.context(tiny, task)
+        return [api.settings["generation_cached"], local.settings["generation_cached"],
+                study.attribute(api, "bert_masking")[1]["cached"], study.attribute(local, "reading_all")[1]["cached"]]
+
+    with OpenAIStub(_reply) as srv:
+        monkeypatch.setenv("OPENAI_BASE_URL", srv.base_url)
+        assert run() == [False, False, False, False] and run() == [True, True, True, True]
+        monkeypatch.setattr("pytest_attnalign.study.installed_versions", lambda names: dict.fromkeys(names, "99.0"))
+        assert run() == [True, False, False, False]
