@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import platform
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -109,9 +110,36 @@ def write_run(path: Path, run: Run) -> None:
 def read_run(path: Path) -> Run:
     """The run written at ``path``; errors are one line naming the file."""
     try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
+        doc = json.loads(text)
     except OSError as exc:
         raise AttnalignError(f"cannot read run file {str(path)!r}: {exc.strerror or exc}") from None
     except (ValueError, RecursionError) as exc:  # RecursionError: nested deeper than the parser goes
         raise AttnalignError(f"run file {str(path)!r} is not JSON ({exc}): give a file written by --attn-json") from None
+    lone = _lone_surrogate(doc) if _SURROGATE_ESCAPE.search(text) else None
+    if lone:
+        raise AttnalignError(f"run file {str(path)!r} is damaged: {lone}: a lone surrogate (half a UTF-16 pair) "
+                             "can be neither printed nor written to the page: remove it from the file")
     return Run.from_json(doc, f"run file {str(path)!r}")
+
+
+#: How a lone surrogate gets into a run file: JSON may escape half a UTF-16 pair (UTF-8 cannot hold one).
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _lone_surrogate(doc: Any) -> str | None:
+    """A lone surrogate in ``doc`` named with its field, or None. Walked only where the file holds such
+    an escape: walking every run file would cost seconds at the study's size."""
+    stack: list[tuple[str, Any]] = [("", doc)]
+    while stack:
+        where, value = stack.pop()
+        if isinstance(value, str) and (found := _SURROGATE.search(value)):
+            return f"{where or 'the top level'}: {found.group()!r}"
+        if isinstance(value, dict):
+            if bad := next((key for key in value if _SURROGATE.search(key)), None):
+                return f"{where or 'the top level'}: key {bad!r}"
+            stack += reversed([(f"{where}.{key}" if where else key, item) for key, item in value.items()])
+        elif isinstance(value, list):
+            stack += reversed([(f"{where}[{i}]", item) for i, item in enumerate(value)])
+    return None

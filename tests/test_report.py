@@ -93,6 +93,10 @@ def _map_unit(index: int) -> Callable[[dict[str, Any]], None]:
     (_record_field("usage", {"served_model": 5}), "records[0].usage.served_model: expected str, got int"),
     (_section("attribution", "settings", {"restated_copy": ["ignore"]}),
      "records[0].attribution.settings.restated_copy: expected str, got list"),
+    # JSON may escape half a UTF-16 pair; such text can be neither printed nor written to the page
+    (_record_field("completion", "x\udc80"), "records[0].completion: '\\udc80': a lone surrogate (half a UTF-16"),
+    (_section("execution", "stderr_tail", "\udc80"), "records[0].execution.stderr_tail: '\\udc80': a lone surrogate"),
+    (_record_field("model", "m\ud800"), "records[0].model: '\\ud800': a lone surrogate"),
 ])
 def test_a_damaged_run_file_is_refused_on_reading_not_by_a_crash(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], damage: Callable[[dict[str, Any]], None], message: str
