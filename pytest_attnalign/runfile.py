@@ -22,6 +22,7 @@ from .generation import stop_rule_text
 from .jsonshape import ShapeError, check
 from .record import Record
 from .report import groups, library_versions, pass_counts, pooled, render, sort_records, with_code
+from .threads import Share
 
 FORMAT = "pytest-attnalign-run"
 VERSION = 1
@@ -29,6 +30,9 @@ VERSION = 1
 #: checked where present: a run built in code may carry none of them.
 RUN_KEYS: dict[str, Any] = {"lines": list[str], "missing": list[str], "errors": list[str], "cache_invalid": int,
                             "cache_write_failures": int, "shard": dict}
+#: The ``run.shard`` section's keys (runinfo.RunInfo.shard_dict), which ``attnalign merge`` reads.
+SHARD_KEYS: dict[str, Any] = {"index": int, "count": int, "study": list[str], "selected": list[str],
+                              "expected": list[str], "shares": list[Share]}
 
 
 @dataclass
@@ -92,14 +96,23 @@ class Run:
                 record.check_values(f"records[{i}]")
             ks = tuple(check(doc.get("ks"), list[int], "ks"))
             info = check(doc.get("run"), dict, "run")
-            for key, hint in RUN_KEYS.items():
-                if key in info:
-                    check(info[key], hint, f"run.{key}")
+            _check_present(info, RUN_KEYS, "run")
+            shard = info.get("shard", {})
+            _check_present(shard, SHARD_KEYS, "run.shard")
+            if {"index", "count"} <= shard.keys() and not 0 <= shard["index"] < shard["count"]:
+                raise ShapeError(f"run.shard: shard {shard['index']}/{shard['count']} does not exist (0 <= index < count)")
             env = check(doc.get("environment"), dict, "environment")
             versions = check(env.get("versions"), dict, "environment.versions")
         except ShapeError as exc:
             raise AttnalignError(f"{where} is damaged: {exc}") from None
         return cls(records, ks, info, versions)
+
+
+def _check_present(section: dict[str, Any], hints: dict[str, Any], where: str) -> None:
+    """Each of ``hints``' keys that ``section`` has checked against its type hint."""
+    for key, hint in hints.items():
+        if key in section:
+            check(section[key], hint, f"{where}.{key}")
 
 
 def write_run(path: Path, run: Run) -> None:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from openai_server import OpenAIStub
@@ -156,6 +158,41 @@ def test_a_shards_errored_items_leave_the_merged_run_incomplete(tmp_path: Path,
     assert main(["merge", *map(str, shards), "-o", str(tmp_path / "again.json")]) == 2
     assert capsys.readouterr().err == (f"attnalign: error: {shards[1]} is damaged: its run section lacks 'missing': "
                                        "merge the --attn-json files the shards' runs wrote\n")
+
+
+def _shard_field(key: str, value: object) -> Callable[[dict[str, Any]], None]:
+    return lambda doc: doc["run"]["shard"].__setitem__(key, value)
+
+
+@pytest.mark.parametrize(("damage", "message"), [
+    (_shard_field("expected", 5), "run.shard.expected: expected a list, got int"),
+    (_shard_field("expected", [5, [1]]), "run.shard.expected[0]: expected str, got int"),
+    (_shard_field("index", [0]), "run.shard.index: expected int, got list"),
+    (_shard_field("index", 2), "run.shard: shard 2/2 does not exist (0 <= index < count)"),
+    (_shard_field("count", "2"), "run.shard.count: expected int, got str"),
+    (_shard_field("selected", 5), "run.shard.selected: expected a list, got int"),
+    (_shard_field("shares", 5), "run.shard.shares: expected a list, got int"),
+    (_shard_field("shares", [{"x": 1}]), "run.shard.shares[0]: missing 'threads'"),
+    (_shard_field("shares", ["a"]), "run.shard.shares[0]: expected an object for Share, got str"),
+    (lambda doc: doc["records"][0]["top_k"].__setitem__("9" * 5000, []), "records[0].top_k: key '99999"),
+])
+def test_merge_refuses_a_damaged_shard_section_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], damage: Callable[[dict[str, Any]], None], message: str
+) -> None:
+    """Wrong types inside ``run.shard`` (what merge rebuilds the run's facts from) crashed merge with a TypeError."""
+    study = [f"test_alignment[m-shap-HumanEval/{i}]" for i in range(2)]
+    shards = [tmp_path / f"shard{i}.json" for i in range(2)]
+    for i, path in enumerate(shards):
+        info = RunInfo(expected=[study[i]], finished={study[i]}, shard=(i, 2), study=study, selected=study,
+                       shares=[{"threads": 1, "cores": 2, "processes": 1, "fixed": True}]).as_dict()
+        write_run(path, Run([make_record(f"HumanEval/{i}", word_units(f"HumanEval/{i}", 1.0, 0))], (5, 10), info))
+    doc = json.loads(shards[1].read_text())
+    damage(doc)
+    shards[1].write_text(json.dumps(doc))
+    assert main(["merge", *map(str, shards), "-o", str(tmp_path / "run.json")]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.startswith(f"attnalign: error: run file {str(shards[1])!r} is damaged: {message}")
+    assert err.count("\n") == 1 and not (tmp_path / "run.json").exists()
 
 
 def test_an_empty_shard_writes_its_run_file_and_succeeds(project: pytest.Pytester, tmp_path: Path) -> None:
