@@ -8,6 +8,7 @@ library versions it is given, so ``attnalign report RUN.json`` prints what the r
 from __future__ import annotations
 
 import importlib.metadata as md
+import re
 from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -30,6 +31,17 @@ def _pct(x: float | None) -> str:
 
 def _alpha(x: float | None) -> str:
     return "undefined" if x is None else f"{x:.2f}"
+
+
+#: C0 and C1 control characters other than newline and tab, and lone surrogates: in text from outside
+#: (a program's stderr, a model's code, a server's model name) they would drive the terminal (clear it,
+#: return the carriage over a line and fake a "passed" one in a CI log) or fail to print.
+_UNPRINTABLE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\ud800-\udfff]")
+
+
+def printable(text: str) -> str:
+    """``text`` for the terminal: each such character spelled as Python writes it (ESC as \\x1b, CR as \\r)."""
+    return _UNPRINTABLE.sub(lambda m: repr(m.group())[1:-1], text)
 
 
 _STUDY_ORDER = {name: i for i, name in enumerate([*BUILTIN, *COMPAT])}
@@ -222,10 +234,10 @@ items whose top-K missed a labelled word of that type, or covered all of them (a
 
 def render(records: Sequence[Record], ks: Sequence[int], run_lines: Sequence[str] = (),
            versions: Mapping[str, str] | None = None) -> str:
-    """The whole terminal summary; ``run_lines`` (runinfo.RunInfo.lines) follow the provenance header,
-    ``versions`` (default: the installed ones) are the run's :func:`library_versions`."""
+    """The whole terminal summary (:func:`printable`); ``run_lines`` (runinfo.RunInfo.lines) follow the
+    provenance header, ``versions`` (default: the installed ones) are the run's :func:`library_versions`."""
     if not records:
-        return "\n".join(["pytest-attnalign: no item produced a result", *run_lines])
+        return printable("\n".join(["pytest-attnalign: no item produced a result", *run_lines]))
     recs = sort_records(records)
     parts = ["\n".join([*header_lines(recs, library_versions() if versions is None else versions), *run_lines])]
     parts.append("Pass@1\n" + tabulate(pass_at_1(recs), headers=["model", "benchmark", "passed", "Pass@1"],
@@ -241,7 +253,7 @@ def render(records: Sequence[Record], ks: Sequence[int], run_lines: Sequence[str
     parts.append(f"Error patterns of failing items at K={recs[0].error_k} (automatic; see README)\n"
                  + tabulate(rp, headers=hp, disable_numparse=True))
     parts.append(LEGEND)
-    return "\n\n".join(parts)
+    return printable("\n\n".join(parts))
 
 
 def mark_units(text: str, spans: Sequence[Sequence[int]], offset: int = 0) -> str:
@@ -256,7 +268,7 @@ def mark_units(text: str, spans: Sequence[Sequence[int]], offset: int = 0) -> st
 
 
 def failure_message(record: Record, shown_at: str | None = None) -> str:
-    """Why an item failed, next to where the model looked: the ``-k`` view of one task.
+    """Why an item failed, next to where the model looked: the ``-k`` view of one task (:func:`printable`).
 
     ``shown_at``: the item of the same model x task that printed the test output, if not this one.
     """
@@ -275,16 +287,17 @@ def failure_message(record: Record, shown_at: str | None = None) -> str:
               "    " + mark_units(task.description_text, record.top_k[k], a).replace("\n", "\n    "),
               f"labelled keywords missed by the top-{k}: {missed}",
               f"error pattern: {', '.join(record.error_patterns)}"])
-    return "\n".join([
+    return printable("\n".join([
         f"{record.task_id} failed its tests under {record.model} ({record.prompt_format} format); "
         f"outcome: {ex['outcome']}",
         *where,
         *output,
-    ])
+    ]))
 
 
 def render_attribution(result: dict[str, Any], k: int) -> str:
-    """``attnalign attribute``: completion, labelled keywords and each method's top-K side by side."""
+    """``attnalign attribute``: completion, labelled keywords and each method's top-K side by side
+    (:func:`printable`)."""
     from .labels import prompt_labels
     from .tasks import get_task
 
@@ -312,4 +325,4 @@ def render_attribution(result: dict[str, Any], k: int) -> str:
                  "yes" if any(lab.start < e and s < lab.end for lab in labels) else ""]
                 for i, (s, e) in enumerate(res["top_k"])]
         lines.append(tabulate(rows, headers=["rank", "unit", "span", "score", "labelled"], disable_numparse=True))
-    return "\n".join(lines)
+    return printable("\n".join(lines))

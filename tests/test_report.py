@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -13,7 +15,7 @@ from synthetic import line_map, make_record, word_units
 from pytest_attnalign.cli import main
 from pytest_attnalign.labels import human_spans
 from pytest_attnalign.record import Record
-from pytest_attnalign.report import pooled, render, with_code
+from pytest_attnalign.report import failure_message, pooled, render, render_attribution, with_code
 from pytest_attnalign.runfile import Run, read_run, write_run
 from pytest_attnalign.tasks import get_task
 
@@ -50,6 +52,31 @@ def test_header_says_how_the_restated_copy_was_treated() -> None:
     assert "method settings" not in text  # one line for the ten methods, not one entry each
     mixed = render([attn("saliency_coding", "credit"), attn("coding_all", "ignore"), attn("reading_first", "credit")], [5])
     assert "copy of the description): credit: reading_first, saliency_coding; ignore: coding_all" in mixed
+
+
+#: What a served model name, a model id, a setting or a program's stderr may hold: ESC sequences that
+#: clear the screen, a CR back over the line, a fake pytest verdict, a bell, a C1 CSI.
+DRIVER = "\x1b[2J\x1b[H\r=== 1 passed in 0.01s ===\x07\x9b"
+
+
+def test_text_from_outside_cannot_drive_the_terminal() -> None:
+    """The summary, the failure message and ``attnalign attribute`` spell control characters as escapes
+    (\\x1b, \\r), keeping newlines and tabs: the raw ones could fake a "passed" line in a CI log."""
+    r = make_record("HumanEval/0", [(4, 9, 1.0)], method="shap", usage={"served_model": "stub" + DRIVER},
+                    model_identity={"model": "m", "source": "s" + DRIVER, "revision": "r", "dtype": "float32"},
+                    attribution={"seconds": 0.5, "settings": {"evaluations": DRIVER}, "cached": False})
+    r = dataclasses.replace(r, execution={**r.execution, "stderr_tail": "Traceback:\n\tboom" + DRIVER})
+    escaped = DRIVER.encode("unicode_escape").decode()
+    attribution = {"task_id": "HumanEval/0", "model": "m" + DRIVER, "prompt_format": "chat", "max_new_tokens": 9,
+                   "completion": "    return 1" + DRIVER, "explained_steps": [0, 2], "explained_tokens": ["x"],
+                   "methods": {}}
+    summary, failure, attributed = render([r], [5]), failure_message(r), render_attribution(attribution, 5)
+    for text in (summary, failure, attributed):
+        assert not re.search(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]", text)
+    assert f"(served as stub{escaped})" in summary and f"s{escaped} revision r" in summary
+    assert f"shap evaluations={escaped}" in summary
+    assert f"    Traceback:\n    \tboom{escaped}" in failure
+    assert f"under m{escaped} (chat format" in attributed and f"    return 1{escaped}" in attributed
 
 
 # ------------------------------------------------------------------------------- damaged run files
