@@ -30,7 +30,7 @@ from .bootstrap import Estimate, paired
 from .compare import compare_table, settings_diff
 from .errors import AttnalignError
 from .record import Record
-from .report import groups, task_order
+from .report import groups, printable, task_order
 from .runfile import Run
 
 METRICS = {"p": "precision", "r": "recall", "f1": "f1", "alpha": "alpha"}
@@ -306,10 +306,12 @@ def judge(run: Run, gates: Sequence[Gate], base: Run | None = None, fails: Seque
             lines.append(f"Compared with {base_name}" + (f" ({'; '.join(notes)})" if notes else "") + ":")
             lines.append(compare_table(run, base))
             verdicts += [v for fail in fails for v in evaluate_compare_fail(fail, run, base)]
+    held = not refused and all(v.held for v in verdicts)
     if own and (gates or fails):  # the figures lack items: a verdict on them is none, neither "held" nor "FAILED"
-        return False, [*lines, f"gates not judged: the run {own}"]
-    lines += [v.line for v in verdicts]
-    return not refused and all(v.held for v in verdicts), lines
+        held, verdict_lines = False, [f"gates not judged: the run {own}"]
+    else:
+        verdict_lines = [v.line for v in verdicts]
+    return held, [printable(line) for line in (*lines, *verdict_lines)]  # model names come from run files
 
 
 def _part_of_a_run(run: Run) -> str | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import time
@@ -134,6 +135,9 @@ def test_a_gate_holds_and_fails_with_a_doctored_threshold() -> None:
     held, lines = judge(run, parse_gates(["mine.f1@10>=coding_last.f1@10!"]))
     assert held, lines
     (line,) = lines
+    driven = run_of([dataclasses.replace(r, model="m\x1b[2J\r") for r in run.records])
+    (escaped,) = judge(driven, parse_gates(["mine.f1@10>=coding_last.f1@10!"]))[1]  # a name from a run file
+    assert escaped == line.replace("[m]", "[m\\x1b[2J\\r]")
     assert line.startswith(f"gate mine.f1@10>=coding_last.f1@10! [m]: held: {f1:.1%} vs ")
     assert "difference +" in line and "95% CI [+" in line and "paired bootstrap over 20 tasks, 1000 resamples" in line
     assert judge(run, parse_gates(["mine.f1@10>=coding_last.f1@10!"]))[1] == lines  # line for line
