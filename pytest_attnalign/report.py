@@ -7,7 +7,6 @@ library versions it is given, so ``attnalign report RUN.json`` prints what the r
 
 from __future__ import annotations
 
-import importlib.metadata as md
 import re
 from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
@@ -19,6 +18,7 @@ from .alignment import KScore, score_tasks
 from .methods import BUILTIN, COMPAT, Provenance, registry
 from .patterns import PATTERNS
 from .record import Record
+from .versions import installed_versions
 
 LABEL_MODE_TEXT = {"corrected": "corrected (MBPP spans half-open and on whole words; README)",
                    "study": "study (MBPP spans off by one as the study scored them, comparable with the paper)"}
@@ -149,13 +149,7 @@ def pattern_counts(records: Sequence[Record]) -> tuple[list[str], list[list[Any]
 
 def library_versions() -> dict[str, str]:
     """The installed versions the header names (stored in the run JSON with the records)."""
-    out = {}
-    for dist in LIBRARIES:
-        try:
-            out[dist] = md.version(dist)
-        except md.PackageNotFoundError:
-            out[dist] = "absent"
-    return out
+    return installed_versions(LIBRARIES)
 
 
 def provenance(records: Sequence[Record]) -> dict[str, Provenance]:
