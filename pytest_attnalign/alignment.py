@@ -27,8 +27,9 @@ DEFAULT_KS = (5, 10, 20)
 
 def check_span(start: object, end: object, length: int, what: str = "span") -> Span:
     """A validated half-open range inside a text of ``length`` characters (bools are not ints)."""
-    if not all(isinstance(x, numbers.Integral) and not isinstance(x, bool) for x in (start, end)):
-        raise AttnalignError(f"{what} [{start!r}, {end!r}] must be two integers")
+    for x in (start, end):  # ``type(x) is int`` first: millions of spans are read back with a run file
+        if type(x) is not int and (not isinstance(x, numbers.Integral) or isinstance(x, bool)):
+            raise AttnalignError(f"{what} [{start!r}, {end!r}] must be two integers")
     s, e = int(start), int(end)  # type: ignore[call-overload]
     if not 0 <= s <= e <= length:
         raise AttnalignError(f"{what} [{s}, {e}] must satisfy 0 <= start <= end <= {length} (the text's length)")
@@ -37,7 +38,8 @@ def check_span(start: object, end: object, length: int, what: str = "span") -> S
 
 def check_score(score: object) -> float:
     """A finite real score: a NaN would make the top-K order meaningless."""
-    if not isinstance(score, numbers.Real) or isinstance(score, bool) or not math.isfinite(score):
+    if (type(score) is not float and (not isinstance(score, numbers.Real) or isinstance(score, bool))
+            or not math.isfinite(score)):
         raise AttnalignError(f"score {score!r} must be a finite number")
     return float(score)
 

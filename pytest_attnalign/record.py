@@ -92,9 +92,13 @@ class Record:
             kept = check(self.attribution["method"], dict[str, Any], f"{where}.attribution.method")
             for key, kind in (("category", str), ("origin", str), ("options", list[str])):
                 check(kept.get(key), kind, f"{where}.attribution.method.{key}")
-        for i, (start, end, score) in enumerate(self.units):
-            _named(f"{where}.units[{i}]", check_span, start, end, length, "unit")
-            _named(f"{where}.units[{i}]", check_score, score)
+        i = 0
+        try:  # a field's path is spelled only when it is wrong: a run file holds millions of units
+            for i, (start, end, score) in enumerate(self.units):
+                check_span(start, end, length, "unit")
+                check_score(score)
+        except AttnalignError as exc:
+            raise ShapeError(f"{where}.units[{i}]: {exc}") from None
         for i, (start, end) in enumerate(self.human):
             _named(f"{where}.human[{i}]", check_span, start, end, length, "human span")
         for part in ("top_k", "metrics"):
