@@ -78,6 +78,9 @@ class Record:
         from .tasks import get_task
 
         length = len(_named(f"{where}.task_id", get_task, self.task_id).prompt)
+        for name in ("model", "method"):
+            if not getattr(self, name).strip():
+                raise ShapeError(f"{where}.{name}: empty")
         for key in ("source", "revision", "dtype"):
             if key not in self.model_identity:
                 raise ShapeError(f"{where}.model_identity: missing {key!r}")

@@ -92,9 +92,16 @@ class Run:
             records = [Record.from_dict(r, f"records[{i}]")
                        for i, r in enumerate(check(doc.get("records"), list, "records"))]
             records = [dataclasses.replace(r, stop_rule=stop_rule_text(r.stop_rule)) for r in records]
+            items: dict[tuple[str, str, str], int] = {}
             for i, record in enumerate(records):
                 record.check_values(f"records[{i}]")
+                first = items.setdefault((record.model, record.method, record.task_id), i)
+                if first != i:  # it would count twice in every table, gate and page
+                    raise ShapeError(f"records[{i}]: a second record of {record.model} x {record.method} x "
+                                     f"{record.task_id} (the first is records[{first}])")
             ks = tuple(check(doc.get("ks"), list[int], "ks"))
+            if any(k < 1 for k in ks) or len(set(ks)) != len(ks):
+                raise ShapeError(f"ks: {list(ks)} must be distinct positive integers")
             info = check(doc.get("run"), dict, "run")
             _check_present(info, RUN_KEYS, "run")
             shard = info.get("shard", {})

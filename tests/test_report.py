@@ -124,6 +124,12 @@ def _map_unit(index: int) -> Callable[[dict[str, Any]], None]:
     (_record_field("completion", "x\udc80"), "records[0].completion: '\\udc80': a lone surrogate (half a UTF-16"),
     (_section("execution", "stderr_tail", "\udc80"), "records[0].execution.stderr_tail: '\\udc80': a lone surrogate"),
     (_record_field("model", "m\ud800"), "records[0].model: '\\ud800': a lone surrogate"),
+    # these read and counted wrong: an item twice in the tables, a K's table twice, an unnamed method
+    (lambda doc: doc["records"].append(doc["records"][0]),
+     "records[1]: a second record of m x coding_last x HumanEval/0 (the first is records[0])"),
+    (lambda doc: doc.__setitem__("ks", [5, 5, 10]), "ks: [5, 5, 10] must be distinct positive integers"),
+    (lambda doc: doc.__setitem__("ks", [0, 10]), "ks: [0, 10] must be distinct positive integers"),
+    (_record_field("method", ""), "records[0].method: empty"),
 ])
 def test_a_damaged_run_file_is_refused_on_reading_not_by_a_crash(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], damage: Callable[[dict[str, Any]], None], message: str
