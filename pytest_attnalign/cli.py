@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -16,6 +17,13 @@ from .errors import AttnalignError
 from .methods.perturbation import DEFAULT_FILL_MASK_MODEL, SHAP_EVALUATIONS
 
 T = TypeVar("T")
+
+
+def _given(value: str) -> str:
+    """An option's value that is not empty: ``--html ""`` (an unset variable) was taken as no option."""
+    if not value.strip():
+        raise argparse.ArgumentTypeError("empty value: give one, or leave the option out")
+    return value
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -28,7 +36,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("score", help="score attributions computed elsewhere (JSON Lines)")
-    s.add_argument("file", help="JSON Lines: one task a line (see README); - reads standard input")
+    s.add_argument("file", type=_given, help="JSON Lines: one task a line (see README); - reads standard input")
     s.add_argument("--k", type=int, nargs="+", default=[5, 10, 20], help="top-K sizes (default 5 10 20)")
     s.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     s.add_argument("--labels", choices=["corrected", "study"], default="corrected",
@@ -43,7 +51,7 @@ def _parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("check", help="run one completion against a task's tests (exit 0 pass, 1 fail/timeout/error, 2 bad input)")
     c.add_argument("task_id", help=task_ids)
-    c.add_argument("completion_file", help="text continuing the task's completion-mode prompt")
+    c.add_argument("completion_file", type=_given, help="text continuing the task's completion-mode prompt")
     c.add_argument("--timeout", type=float, default=10.0, help="wall-clock seconds")
     c.add_argument("--json", action="store_true")
     c.set_defaults(func=cmd_check)
@@ -51,20 +59,22 @@ def _parser() -> argparse.ArgumentParser:
     a = sub.add_parser("attribute", help="generate for one task and show each method's top-K units "
                                          "(exit 1 when a method failed on it)")
     a.add_argument("task_id", help=task_ids)
-    a.add_argument("--model", default="smollm2", help="alias, hub id, openai:MODEL or local directory (default smollm2)")
+    a.add_argument("--model", type=_given, default="smollm2", help="alias, hub id, openai:MODEL or local directory (default smollm2)")
     a.add_argument("--method", default="all", help="all (the twelve plus entry-point methods), builtin, plugins, a category or "
                                                     "comma-separated method names (default all)")
     a.add_argument("--k", type=int, default=10, help="top-K units to show (default 10)")
     a.add_argument("--prompt-format", choices=["completion", "chat", "chat-prefill"], default=None,
                    help="default: the model's")
+    a.add_argument("--max-new-tokens", type=int, default=None, metavar="N",
+                   help="token budget of the generation (default: the study's rule, canonical solution + 20)")
     a.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    a.add_argument("--cache-dir", default=None, help="default: $ATTNALIGN_CACHE_DIR, else $XDG_CACHE_HOME/pytest-attnalign or ~/.cache/pytest-attnalign")
+    a.add_argument("--cache-dir", type=_given, default=None, help="default: $ATTNALIGN_CACHE_DIR, else $XDG_CACHE_HOME/pytest-attnalign or ~/.cache/pytest-attnalign")
     a.add_argument("--shap-evaluations", type=int, default=None, metavar="N",
                    help=f"model evaluations per task for shap (default {SHAP_EVALUATIONS}, as in the study)")
-    a.add_argument("--fill-mask-model", default=None, metavar="ID",
+    a.add_argument("--fill-mask-model", type=_given, default=None, metavar="ID",
                    help="masked LM proposing bert_masking's substitutes (default $ATTNALIGN_FILL_MASK_MODEL or "
                         f"{DEFAULT_FILL_MASK_MODEL}; offline: pretrained embedding neighbours)")
-    a.add_argument("--method-option", action="append", default=[], metavar="METHOD.NAME=VALUE",
+    a.add_argument("--method-option", type=_given, action="append", default=[], metavar="METHOD.NAME=VALUE",
                    help="a method setting, repeatable: shap.signed=true, bert_masking.force_different=true, "
                         "METHOD.restated_copy=credit (self-attention and gradient methods); CATEGORY.NAME=VALUE sets "
                         "every selected method of the category that takes NAME (gradient.restated_copy=credit)")
@@ -73,23 +83,23 @@ def _parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("report", help="print the summary a run printed, from its run file; compare and gate it "
                                       "as the plugin does (exit 1 when a gate or compare-fail failed)")
-    r.add_argument("run", help="a run file (written by --attn-json or --attn-save)")
-    r.add_argument("--compare", metavar="OTHER.json", help="a baseline run file: the change of every figure both have")
+    r.add_argument("run", type=_given, help="a run file (written by --attn-json or --attn-save)")
+    r.add_argument("--compare", type=_given, metavar="OTHER.json", help="a baseline run file: the change of every figure both have")
     r.add_argument("--gate", action="append", metavar="EXPR",
                    help="repeatable or comma list, e.g. mymethod.f1@10>=coding_last.f1@10, mymethod.alpha@10>=0.05 "
                         "(README: gate grammar)")
     r.add_argument("--compare-fail", action="append", metavar="EXPR",
                    help="repeatable or comma list, e.g. f1@10:2%% (2 percentage points), alpha@5:0.02, pass1:1%%")
     r.add_argument("--compare-force", action="store_true", help="compare even when the runs' settings differ")
-    r.add_argument("--html", metavar="PATH", help="also write the run as one self-contained web page (tables, charts "
+    r.add_argument("--html", type=_given, metavar="PATH", help="also write the run as one self-contained web page (tables, charts "
                                                   "and each task's description with the top-K units marked, and the "
                                                   "CODING methods' code-to-words map)")
     r.set_defaults(func=cmd_report)
 
     m = sub.add_parser("merge", help="combine the run files of --attn-shard shards into the unsharded run's file "
                                      "and print its summary")
-    m.add_argument("shards", nargs="+", metavar="SHARD.json", help="each shard's --attn-json file")
-    m.add_argument("-o", "--output", required=True, metavar="RUN.json", help="the merged run file to write")
+    m.add_argument("shards", type=_given, nargs="+", metavar="SHARD.json", help="each shard's --attn-json file")
+    m.add_argument("-o", "--output", type=_given, required=True, metavar="RUN.json", help="the merged run file to write")
     m.add_argument("--allow-missing", action="store_true",
                    help="merge even when shards are absent or stopped early: the run is partial and its summary names "
                         "the items that did not run")
@@ -125,12 +135,14 @@ def cmd_attribute(args: argparse.Namespace) -> int:
     methods = resolve_methods(args.method)  # names, paths and task are checked before any model loads
     resolve_model(args.model)
     task = get_task(args.task_id)
-    if args.fill_mask_model:
+    if args.fill_mask_model is not None:
         _flag("--fill-mask-model", local_directory, args.fill_mask_model)
     cache = _flag("--cache-dir", cache_directory,
-                  Path(args.cache_dir).expanduser() if args.cache_dir else default_cache_dir())
+                  Path(args.cache_dir).expanduser() if args.cache_dir is not None else default_cache_dir())
     if args.k < 1:
         raise AttnalignError(f"--k must be positive, got {args.k}")
+    if args.max_new_tokens is not None and args.max_new_tokens < 1:
+        raise AttnalignError(f"--max-new-tokens must be positive, got {args.max_new_tokens}")
     if args.shap_evaluations is not None and args.shap_evaluations < 1:
         raise AttnalignError(f"--shap-evaluations must be positive (the study used {SHAP_EVALUATIONS}), "
                              f"got {args.shap_evaluations}")
@@ -143,7 +155,7 @@ def cmd_attribute(args: argparse.Namespace) -> int:
     cores = CoreShare(cache / "runs")  # its share of the cores while pytest runs use the rest
     cores.apply()
     study = Study(StudyConfig(prompt_format=args.prompt_format, cache_dir=cache, device=args.device,
-                              method_options=options))
+                              max_new_tokens=args.max_new_tokens, method_options=options))
     try:
         for name in set(options) & set(methods):  # settings and a named fill-mask model, before generating
             study.method(name).settings()
@@ -155,7 +167,7 @@ def cmd_attribute(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from .gates import check_names, judge, parse_compare_fails, parse_gates
+    from .gates import check_baseline_ks, check_names, judge, parse_compare_fails, parse_gates
     from .html import write_html
     from .preflight import not_an_input, output_file
     from .runfile import read_run
@@ -169,16 +181,17 @@ def cmd_report(args: argparse.Namespace) -> int:
     if fails and not args.compare:
         raise AttnalignError("--compare-fail: no baseline: add --compare OTHER.json")
     base = _flag("--compare", read_run, Path(args.compare)) if args.compare else None
+    if base is not None:
+        _flag("--compare-fail", check_baseline_ks, fails, base, args.compare)
     page = _flag("--html", output_file, Path(args.html).expanduser(), "report.html") if args.html else None
     if page is not None:
         _flag("--html", not_an_input, page, [("the run file", Path(args.run)),
                                              *([("the --compare baseline", Path(args.compare))] if args.compare else [])],
               "the page")
     held, lines = judge(run, gates, base, fails, args.compare_force, args.compare or "", "--compare-force")
-    print("\n".join([run.summary(), *lines]))
-    if page is not None:
+    if page is not None:  # before printing: a reader that leaves early (| head) must not cost the page
         write_html(page, run)
-        print(f"page written to {page}")
+    print("\n".join([run.summary(), *lines, *([f"page written to {page}"] if page is not None else [])]))
     return 0 if held else 1
 
 
@@ -203,13 +216,23 @@ def _flag(flag: str, check: Callable[..., T], *args: Any) -> T:
         raise AttnalignError(f"{flag}: {exc}") from None
 
 
+#: Exit status when the reader of the output left (``attnalign report run.json | head``): a shell's
+#: status for a process killed by SIGPIPE, which Python turns into an exception instead.
+BROKEN_PIPE = 128 + 13
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        return args.func(args)
+        status = args.func(args)
+        sys.stdout.flush()  # inside the try: the pipe may break only here
+        return status
     except AttnalignError as exc:
         print(f"attnalign: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # not a traceback; stdout to devnull so the flush at exit does not fail again
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return BROKEN_PIPE
 
 
 if __name__ == "__main__":

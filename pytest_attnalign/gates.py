@@ -74,8 +74,16 @@ class CompareFail:
     significant: bool
 
 
-def _split(values: list[str] | None) -> list[str]:
-    return [v.strip() for value in values or [] for v in value.split(",") if v.strip()]
+def _split(values: list[str] | None, grammar: str) -> list[str]:
+    """The expressions of repeated, comma-listed values; a value with none is an error, not "no gate":
+    ``--attn-gate="$UNSET"`` in a CI line would otherwise always pass."""
+    out = []
+    for value in values or []:
+        exprs = [v.strip() for v in value.split(",") if v.strip()]
+        if not exprs:
+            raise AttnalignError(f"{value!r} holds no expression; grammar: {grammar} (or leave the option out)")
+        out += exprs
+    return out
 
 
 def _number(text: str, metric: str, grammar: str, expr: str) -> float:
@@ -102,7 +110,7 @@ def _metric(name: str, expr: str, grammar: str) -> str:
 def parse_gates(values: list[str] | None) -> list[Gate]:
     """``--attn-gate`` values (repeatable, comma lists); a malformed one raises naming the grammar."""
     out = []
-    for expr in _split(values):
+    for expr in _split(values, GATE_GRAMMAR):
         m = _GATE.fullmatch(expr)
         if not m or not m["lmethod"] or (m["rmetric"] and not m["rmethod"]):
             raise AttnalignError(f"{expr!r} is not a gate; grammar: {GATE_GRAMMAR}")
@@ -120,7 +128,7 @@ def parse_gates(values: list[str] | None) -> list[Gate]:
 def parse_compare_fails(values: list[str] | None) -> list[CompareFail]:
     """``--attn-compare-fail`` values (repeatable, comma lists); a malformed one raises naming the grammar."""
     out = []
-    for expr in _split(values):
+    for expr in _split(values, COMPARE_GRAMMAR):
         m = _COMPARE.fullmatch(expr)
         if not m:
             raise AttnalignError(f"{expr!r} is not a compare-fail expression; grammar: {COMPARE_GRAMMAR}")
@@ -130,6 +138,14 @@ def parse_compare_fails(values: list[str] | None) -> list[CompareFail]:
             raise AttnalignError(f"{expr!r}: the allowed drop must not be negative; grammar: {COMPARE_GRAMMAR}")
         out.append(CompareFail(expr, metric, None if m["pass1"] else int(m["lk"]), m["lmethod"], drop, bool(m["bang"])))
     return out
+
+
+def check_baseline_ks(fails: Sequence[CompareFail], base: Run, base_name: str) -> None:
+    """Every compare-fail's K is one the baseline has: its figure there is missing otherwise."""
+    missing = sorted({f.k for f in fails if f.k is not None and f.k not in base.ks})
+    if missing:
+        raise AttnalignError(f"K={', '.join(map(str, missing))} is not in the baseline {base_name} "
+                             f"(K: {', '.join(map(str, base.ks))})")
 
 
 def check_names(gates: Sequence[Gate], fails: Sequence[CompareFail], methods: Sequence[str], ks: Sequence[int]) -> None:

@@ -114,12 +114,14 @@ def build_prompt(task: Task, tokenizer: Any, prompt_format: str) -> Prompt:
     if prompt_format not in CHAT_FORMATS:
         raise AttnalignError(f"unknown prompt format {prompt_format!r}: use {', '.join(PROMPT_FORMATS)}")
     if not getattr(tokenizer, "chat_template", None):
-        raise AttnalignError("this model has no chat template: use --attn-prompt-format=completion")
+        raise AttnalignError("this model has no chat template: use --attn-prompt-format=completion "
+                             "(attnalign attribute: --prompt-format completion)")
     user = chat_user_message(task.prompt)
     text = tokenizer.apply_chat_template([{"role": "user", "content": user}], tokenize=False, add_generation_prompt=True)
     offset = text.find(task.prompt)
     if offset == -1:
-        raise AttnalignError("the chat template altered the task prompt: use --attn-prompt-format=completion")
+        raise AttnalignError("the chat template altered the task prompt: use --attn-prompt-format=completion "
+                             "(attnalign attribute: --prompt-format completion)")
     if prompt_format == "chat-prefill":
         # The task appears twice; the scored copy is the prefilled one, which the model continues
         # exactly as a base model continues the prompt in the study's completion protocol.

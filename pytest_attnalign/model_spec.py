@@ -49,7 +49,8 @@ def resolve_model(name: str) -> ModelSpec:
     path = Path(name).expanduser()
     if path.is_dir():
         if not (path / "config.json").exists():
-            raise AttnalignError(f"model directory {name!r} has no config.json: point --attn-model at a saved transformers model")
+            raise AttnalignError(f"model directory {name!r} has no config.json: point --attn-model (attnalign attribute: "
+                                 "--model) at a saved transformers model")
         return ModelSpec(name, str(path.resolve()), "hf", _default_format_for_dir(path))
     local_directory(name)
     if name.count("/") == 1 and all(name.split("/")) and not name.startswith((".", "/")):

@@ -95,7 +95,8 @@ def _check_positions(model: Any, task_id: str, prompt: int, budget: int) -> None
     (``max_position_embeddings`` is no such limit for rotary or extensible sinusoidal models.)"""
     limit = getattr(getattr(model, "config", None), "n_positions", None)
     if isinstance(limit, int) and prompt + budget > limit:
-        room = f"--attn-max-new-tokens {limit - prompt} fits it" if prompt < limit else "no budget fits it"
+        room = (f"--attn-max-new-tokens={limit - prompt} fits it (attnalign attribute: --max-new-tokens {limit - prompt})"
+                if prompt < limit else "no budget fits it")
         raise AttnalignError(f"{task_id}: its prompt ({prompt} tokens) and budget ({budget} new tokens) exceed the "
                              f"model's {limit} positions ({room}; a model with a longer context does)")
 

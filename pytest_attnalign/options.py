@@ -343,7 +343,7 @@ def parse_options(config: pytest.Config) -> Options:
     if collects_study(config):  # a user's own test files keep -k for their own ids
         usage(f"-k {get('keyword')!r}", check_task_filter, get("keyword"), benchmarks, get("attn_limit"))
     settings = usage("--attn-method-option", method_options, get("attn_shap_evaluations"), get("attn_fill_mask_model"),
-                     get("attn_method_option"), methods)
+                     get("attn_method_option"), methods if collects_study(config) else None)  # fixtures call any method
     from .methods import get_method
 
     for name, opts in settings.items():  # a bad value fails now, not at the first item

@@ -178,10 +178,12 @@ class AttnSession:
             self.baseline = read_run(o.compare)
         except AttnalignError as exc:
             raise pytest.UsageError(f"--attn-compare: {exc}") from None
-        missing = sorted({f.k for f in o.compare_fails if f.k is not None and f.k not in self.baseline.ks})
-        if missing:
-            raise pytest.UsageError(f"--attn-compare-fail: K={', '.join(map(str, missing))} is not in the baseline "
-                                    f"{o.compare} (K: {', '.join(map(str, self.baseline.ks))})")
+        from .gates import check_baseline_ks
+
+        try:
+            check_baseline_ks(o.compare_fails, self.baseline, str(o.compare))
+        except AttnalignError as exc:
+            raise pytest.UsageError(f"--attn-compare-fail: {exc}") from None
 
     def result(self) -> Run:
         from .runfile import Run

@@ -72,12 +72,18 @@ def test_bad_input_is_one_line_before_any_model_loads(
         (["attribute", "HumanEval/0", "--method", "saliency"], "unknown method 'saliency'"),
         (["attribute", "HumanEval/0", "--model", "nosuchmodel"], "unknown model 'nosuchmodel'"),
         (["attribute", "HumanEval/0", "--shap-evaluations", "0"], "--shap-evaluations must be positive"),
+        (["attribute", "HumanEval/0", "--max-new-tokens", "0"], "--max-new-tokens must be positive, got 0"),
         (["attribute", "HumanEval/0", "--method-option", "shap.sign=true"], "setting 'shap.sign=true' is not METHOD.NAME=VALUE"),
         (["attribute", "HumanEval/0", "--fill-mask-model", "/nonexistent"],
          "--fill-mask-model: no such directory '/nonexistent': give an existing model directory"),
         (["attribute", "HumanEval/0", "--cache-dir", "/dev/null"], "--cache-dir: '/dev/null' is not a directory"),
         (["attribute", "HumanEval/0", "--shap-evaluations", "7", "--method-option", "shap.evaluations=5"],
          "shap.evaluations=5 contradicts --shap-evaluations=7: give the setting once"),
+        (["attribute", "HumanEval/0", "--method", "coding_last", "--method-option", "shap.signed=true"],
+         "setting 'shap.signed=true': method shap is not selected in this run"),  # was ignored, exit 0
+        (["attribute", "HumanEval/0", "--method-option", "coding_last.restated_copy=credit",
+          "--method-option", "coding_last.restated_copy=ignore"],  # the last one silently won
+         "setting 'coding_last.restated_copy=ignore' contradicts 'coding_last.restated_copy=credit': give the setting once"),
         (["attribute", "HumanEval/0", "--method", "plugins"],
          "plugins selects no method: no entry-point method is installed (group pytest_attnalign.methods)"),
     ):
@@ -117,3 +123,13 @@ def test_one_method_failing_on_a_task_does_not_hide_the_others(tmp_path: Path) -
         assert set(methods[name]) == {"error"} and "generated no code" in methods[name]["error"]
     text = render_attribution(result, 3)
     assert "\nreading_all (" in text and "\ncoding_last: error: the model generated no code" in text
+
+
+def test_the_budget_is_set_as_in_pytest(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A model's positions error named --attn-max-new-tokens, which attribute did not have."""
+    model = str(build_tiny("gpt2", tmp_path / "gpt2"))
+    argv = ["attribute", "HumanEval/0", "--model", model, "--method", "reading_all", "--device", "cpu",
+            "--cache-dir", str(tmp_path / "cache"), "--max-new-tokens", "3", "--json"]
+    main(argv)
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["max_new_tokens"] == 3 and len(doc["explained_tokens"]) <= 3

@@ -287,10 +287,21 @@ def test_report_command_compares_and_gates(tmp_path: Path, capsys: pytest.Captur
         (["--gate", "nope.f1@10>=40%"], "--gate: 'nope.f1@10>=40%': method 'nope' is not in this run"),
         (["--gate", "mine.f1@7>=40%"], "--gate: 'mine.f1@7>=40%': K=7 is not in this run (K: 5, 10, 20)"),
         (["--compare-fail", "f1@10:2%"], "--compare-fail: no baseline: add --compare OTHER.json"),
+        (["--gate", ","], "--gate: ',' holds no expression; grammar: METHOD"),  # was no gate: exit 0
+        (["--compare-fail", ""], "--compare-fail: '' holds no expression; grammar: [METHOD.]METRIC@K:DROP"),
     ):
         assert main(["report", now, *argv]) == 2
         err = capsys.readouterr().err
         assert err.startswith(f"attnalign: error: {message}") and err.count("\n") == 1, err
+    write_run(tmp_path / "k5.json", dataclasses.replace(run_of(doctored(records, 3.0)), ks=(5, 10)))
+    argv = ["--compare", str(tmp_path / "k5.json"), "--compare-fail", "f1@20:2%", "--compare-force"]
+    assert main(["report", now, *argv]) == 2  # was judged "held" on a figure the baseline lacks; pytest refused it
+    assert capsys.readouterr().err == f"attnalign: error: --compare-fail: K=20 is not in the baseline {tmp_path / 'k5.json'} (K: 5, 10)\n"
+    for argv in (["--html", ""], ["--compare", ""]):  # an unset variable: was no page / no comparison, exit 0
+        with pytest.raises(SystemExit) as stop:
+            main(["report", now, *argv])
+        assert stop.value.code == 2
+        assert f"argument {argv[0]}: empty value: give one, or leave the option out" in capsys.readouterr().err
 
 
 def test_a_compare_fail_with_no_task_in_common_says_so() -> None:
@@ -299,3 +310,18 @@ def test_a_compare_fail_with_no_task_in_common_says_so() -> None:
     run, base = run_of(records[:2]), run_of(records[2:])
     held, lines = judge(run, [], base, parse_compare_fails(["f1@10:2%"]), base_name="b.json")
     assert not held and lines[-1] == "compare-fail f1@10:2% [m shap]: FAILED: no task scored in both runs to compare"
+
+
+def test_a_reader_that_leaves_early_costs_no_traceback_nor_the_page(tmp_path: Path) -> None:
+    """``attnalign report run.json --html page.html | head -1`` ended in a BrokenPipeError traceback,
+    and the page, written after the summary, was never written."""
+    import subprocess
+    import sys
+
+    write_run(tmp_path / "run.json", run_of(study_records(3, {"mine": 1.0})))
+    page = tmp_path / "page.html"
+    proc = subprocess.Popen([sys.executable, "-m", "pytest_attnalign.cli", "report", str(tmp_path / "run.json"),
+                             "--html", str(page)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # the reader is gone before the first line
+    err = proc.stderr.read().decode()
+    assert proc.wait() == 141 and err == "" and page.stat().st_size > 0

@@ -156,7 +156,7 @@ def test_a_prompt_past_the_models_positions_is_one_line(tmp_path: Path) -> None:
         generate(lm, task, "completion", max_new_tokens=8)
     short = get_task("HumanEval/0")
     room = 512 - len(lm.tokenizer(short.prompt)["input_ids"])
-    with pytest.raises(AttnalignError, match=rf"--attn-max-new-tokens {room} fits it"):
+    with pytest.raises(AttnalignError, match=rf"--attn-max-new-tokens={room} fits it \(attnalign attribute: --max-new-tokens {room}\)"):
         generate(lm, short, "completion", max_new_tokens=room + 1)
     assert generate(lm, short, "completion", max_new_tokens=room)[1].max_new_tokens == room
 

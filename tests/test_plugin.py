@@ -146,6 +146,8 @@ def records(path: Path) -> dict[str, Any]:
         ("--attn-compare-fail=f1@10:nan%", r"--attn-compare-fail: 'f1@10:nan%': 'nan%' is not a finite number; grammar"),
         ("--attn-compare-fail=alpha@10:inf", r"--attn-compare-fail: 'alpha@10:inf': 'inf' is not a finite number; grammar"),
         ("--attn-compare-fail=f1@10:2%", r"--attn-compare-fail: no baseline: add --attn-compare"),
+        ("--attn-gate=", r"--attn-gate: '' holds no expression; grammar: METHOD"),  # an unset variable: was no gate, exit 0
+        ("--attn-compare-fail=,", r"--attn-compare-fail: ',' holds no expression; grammar: \[METHOD.\]METRIC@K:DROP"),
         ("--attn-compare-fail=f1:2%", r"--attn-compare-fail: 'f1:2%' is not a compare-fail expression; grammar: \[METHOD.\]METRIC@K:DROP"),
         ("--attn-save=a/b", r"--attn-save: 'a/b' is not a run name: use letters, digits"),
         ("--attn-compare=nope", r"--attn-compare: no saved run in '.*' and no file 'nope': save one with --attn-save NAME"),
@@ -219,7 +221,7 @@ def test_model_directory_without_config_is_a_usage_error(project: pytest.Pyteste
     empty.mkdir()
     result = project.runpytest(f"--attn-model={empty}", *NO_CACHE)
     assert result.ret == pytest.ExitCode.USAGE_ERROR
-    result.stderr.re_match_lines([r"ERROR: --attn-model: model directory .* has no config.json: point --attn-model at a saved"])
+    result.stderr.re_match_lines([r"ERROR: --attn-model: model directory .* has no config.json: point --attn-model \(attnalign attribute: --model\) at a saved"])
 
 
 def test_an_option_value_taken_for_the_rootdir_is_a_usage_error(project: pytest.Pytester, tmp_path: Path) -> None:
@@ -437,7 +439,7 @@ def test_passing_and_failing_programs_give_passing_and_failing_items(
     section = summary(result)
     tables = section.split("\nPass@1\n", 1)[1]  # the header's incomplete line names the crashed items
     assert "crashing" not in tables and "saliency_reading" not in section
-    assert "model openai:stub: stub revision stub dtype n/a (served as stub-0613)" in section
+    assert f"model openai:stub: stub revision stub@{srv.base_url} dtype n/a (served as stub-0613)" in section
     assert re.search(r"openai:stub\s+humaneval\s+1/2\s+50\.0%", section)
     assert re.search(r"openai:stub\s+bert_masking\s+2\s", section)  # Table 2 row: two tasks pooled
     assert re.search(r"^bert_masking\s+1\s", section, re.M)  # Table 3 row: one model

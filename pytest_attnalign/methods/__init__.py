@@ -202,8 +202,9 @@ def method_options(shap_evaluations: int | None = None, fill_mask_model: str | N
     goes to every ``selected`` method (default: every method) of that category that takes KEY, and
     a method's own setting overrides it. A setting no such method takes is an error naming the
     valid ones; values are checked when the method is constructed (:func:`get_method`). A setting
-    that contradicts its dedicated option (``flags``: the two options' names, for the message) is an
-    error: one of them would silently win.
+    that contradicts its dedicated option (``flags``: the two options' names, for the message) or the
+    same setting given before is an error (one of them would silently win), and so is one for a method
+    that is not ``selected`` (it would do nothing).
     """
     reg = registry()
     out: dict[str, dict[str, object]] = {}
@@ -215,16 +216,26 @@ def method_options(shap_evaluations: int | None = None, fill_mask_model: str | N
     valid = ", ".join(_valid_settings(reg))
     general: list[tuple[str, str, object]] = []
     specific: list[tuple[str, str, object]] = []
+    given: dict[tuple[str, str, bool], tuple[str, object]] = {}  # (method, name, its own?) -> first setting
+
+    def once(method: str, name: str, value: object, own: bool, item: str) -> tuple[str, str, object]:
+        first, before = given.setdefault((method, name, own), (item, value))
+        if before != value:  # the later one would silently win
+            raise AttnalignError(f"setting {item!r} contradicts {first!r}: give the setting once")
+        return method, name, value
+
     for item in settings or []:
         key, eq, value = item.partition("=")
         target, _, name = key.strip().partition(".")
         if eq and target in reg and name in reg[target].options:
-            specific.append((target, name, _setting_value(value)))
+            if target not in [i.name for i in pool]:  # it would silently do nothing
+                raise AttnalignError(f"setting {item!r}: method {target} is not selected in this run")
+            specific.append(once(target, name, _setting_value(value), True, item))
         elif eq and name and target in categories() and target not in reg:
             takers = [i.name for i in pool if i.category == target and name in i.options]
             if not takers:
                 raise AttnalignError(f"setting {item!r}: no selected {target} method takes {name!r} (valid: {valid})")
-            general += [(t, name, _setting_value(value)) for t in takers]
+            general += [once(t, name, _setting_value(value), False, item) for t in takers]
         else:
             raise AttnalignError(f"setting {item!r} is not METHOD.NAME=VALUE or CATEGORY.NAME=VALUE with one of {valid}")
     dedicated = {("shap", "evaluations"): (flags[0], shap_evaluations),
