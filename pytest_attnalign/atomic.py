@@ -27,6 +27,26 @@ def write_atomic(path: Path, write: Callable[[TextIO], Any], prefix: str | None 
         raise
 
 
+def write_new(next_path: Callable[[], Path], write: Callable[[TextIO], Any]) -> Path:
+    """``write(fh)`` to a temp file, then linked to ``next_path()`` only where no file has that name (else
+    to the next name it gives), and returned: two writers never take one name. A saved run's counter
+    was claimed twice by two runs finishing together, and the later rename silently replaced the
+    first run. The directory must exist and allow hard links (every local and network filesystem does)."""
+    fd, tmp = _new_file(next_path().parent, ".new.")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            write(fh)
+        while True:
+            target = next_path()
+            try:
+                os.link(tmp, target)  # fails, rather than replaces, where the name is taken
+                return target
+            except FileExistsError:
+                continue
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def _new_file(directory: Path, prefix: str) -> tuple[int, Path]:
     """A new, uniquely named file open for writing, with the mode ``open()`` would give (0666 less the
     umask). ``tempfile.mkstemp`` creates 0600, and the rename kept it: a run file or web page that

@@ -193,6 +193,7 @@ def render_html(run: Run) -> str:
             f"<script>{js}</script></body></html>")
 
 
-def write_html(path: Path, run: Run) -> None:
-    """Atomically, like the run file: a half-written page never looks complete."""
+def write_html(path: Path, run: Run) -> Path:
+    """Atomically, like the run file: a half-written page never looks complete; returns ``path``."""
     write_atomic(path, lambda fh: fh.write(render_html(run)))
+    return path

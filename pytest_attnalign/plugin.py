@@ -213,20 +213,20 @@ class AttnSession:
         """Write the run file, the page and the saved run; one line each for the summary."""
         from .html import write_html
         from .runfile import write_run
-        from .storage import save_path
+        from .storage import save_run
 
         o, run, lines = self.options, self.result(), []
         targets = [("--attn-json", o.json_path, "records written to", write_run),
                    ("--attn-html", o.html_path, "page written to", write_html)]
-        if o.storage is not None and o.save_name is not None:
-            targets.append(("--attn-save", save_path(o.storage, o.save_name), "run saved as", write_run))
-        for flag, path, done, write in targets:
-            if path is None:
+        if o.storage is not None and o.save_name is not None:  # its file's name is found as it is written
+            targets.append(("--attn-save", o.storage, "run saved as", lambda where, run: save_run(where, o.save_name, run)))
+        for flag, where, done, write in targets:
+            if where is None:
                 continue
             try:
-                write(path, run)
+                path = write(where, run)
             except OSError as exc:  # checked at start-up, so the directory changed during the run
-                lines.append(f"{flag}: cannot write {path} ({exc.strerror or exc}): "
+                lines.append(f"{flag}: cannot write {where} ({exc.strerror or exc}): "
                              "not saved; the cache keeps the records for a re-run")
             else:
                 lines.append(f"{done} {path}")

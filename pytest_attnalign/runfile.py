@@ -14,7 +14,7 @@ import platform
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from .atomic import write_atomic
 from .errors import AttnalignError
@@ -122,9 +122,15 @@ def _check_present(section: dict[str, Any], hints: dict[str, Any], where: str) -
             check(section[key], hint, f"{where}.{key}")
 
 
-def write_run(path: Path, run: Run) -> None:
-    """Atomically (:func:`write_atomic`). The directory must exist."""
-    write_atomic(path, lambda fh: json.dump(run.to_json(), fh, indent=1, ensure_ascii=False))
+def write_run(path: Path, run: Run) -> Path:
+    """Atomically (:func:`write_atomic`); returns ``path``. The directory must exist."""
+    write_atomic(path, lambda fh: dump_run(run, fh))
+    return path
+
+
+def dump_run(run: Run, fh: TextIO) -> None:
+    """The run file's text."""
+    json.dump(run.to_json(), fh, indent=1, ensure_ascii=False)
 
 
 def read_run(path: Path) -> Run:

@@ -9,9 +9,13 @@ from __future__ import annotations
 import re
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .errors import AttnalignError
 from .preflight import output_file
+
+if TYPE_CHECKING:
+    from .runfile import Run
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _SAVED = re.compile(r"(?P<counter>\d{4,})_(?P<name>.+)\.json")
@@ -50,6 +54,14 @@ def save_path(directory: Path, name: str) -> Path:
     runs = saved_runs(directory)
     counter = int(_SAVED.fullmatch(runs[-1].name)["counter"]) + 1 if runs else 1  # type: ignore[index]
     return directory / f"{counter:04d}_{name}.json"
+
+
+def save_run(directory: Path, name: str, run: Run) -> Path:
+    """The run saved as the next ``NNNN_NAME.json`` no other run took (runs may finish together)."""
+    from .atomic import write_new
+    from .runfile import dump_run
+
+    return write_new(lambda: save_path(directory, name), lambda fh: dump_run(run, fh))
 
 
 def find_run(directory: Path, spec: str) -> Path:

@@ -8,6 +8,7 @@ import re
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -22,7 +23,7 @@ from pytest_attnalign.jsonshape import ShapeError
 from pytest_attnalign.record import Record
 from pytest_attnalign.report import pooled, sort_records
 from pytest_attnalign.runfile import Run, read_run, write_run
-from pytest_attnalign.storage import find_run, save_path
+from pytest_attnalign.storage import find_run, save_path, save_run
 
 KS = (5, 10, 20)
 
@@ -325,3 +326,21 @@ def test_a_reader_that_leaves_early_costs_no_traceback_nor_the_page(tmp_path: Pa
     proc.stdout.close()  # the reader is gone before the first line
     err = proc.stderr.read().decode()
     assert proc.wait() == 141 and err == "" and page.stat().st_size > 0
+
+
+def _save_after(barrier: Any, directory: Path) -> str:
+    barrier.wait()
+    return save_run(directory, "main", run_of(study_records(1, {"mine": 1.0}))).name
+
+
+def test_runs_saved_at_once_each_get_their_own_file(tmp_path: Path) -> None:
+    """Two runs finishing together both reported 'run saved as 0005_main.json': the second replaced the first."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")
+    with ctx.Manager() as manager, ctx.Pool(6) as pool:
+        barrier = manager.Barrier(6)
+        names = pool.starmap(_save_after, [(barrier, tmp_path)] * 6)
+    assert sorted(names) == [f"{i:04d}_main.json" for i in range(1, 7)]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(names)  # no temp file left
+    assert all(read_run(tmp_path / n).records for n in names)
