@@ -152,14 +152,14 @@ def cmd_attribute(args: argparse.Namespace) -> int:
 
     options = method_options(args.shap_evaluations, args.fill_mask_model, args.method_option, methods,
                              ("--shap-evaluations", "--fill-mask-model"))
-    cores = CoreShare(cache / "runs")  # its share of the cores while pytest runs use the rest
+    cores = CoreShare(cache / "runs")  # its share of the cores while pytest runs use the rest, re-read per method
     cores.apply()
     study = Study(StudyConfig(prompt_format=args.prompt_format, cache_dir=cache, device=args.device,
                               max_new_tokens=args.max_new_tokens, method_options=options))
     try:
         for name in set(options) & set(methods):  # settings and a named fill-mask model, before generating
             study.method(name).settings()
-        result = attribute_task(study, args.model, task.task_id, methods, args.k)
+        result = attribute_task(study, args.model, task.task_id, methods, args.k, cores.apply)
     finally:
         cores.leave()
     print(json.dumps(result) if args.json else render_attribution(result, args.k))

@@ -13,7 +13,7 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from .alignment import DEFAULT_KS, TaskUnits, check_score, check_span, in_prompt_order, in_region, score_tasks, top_k
 from .cache import ResultCache
@@ -267,19 +267,24 @@ def _decode_attribution(value: Any, task: Task) -> tuple[list[list[float]], list
     return units, lines, check(value["info"], dict[str, Any], "info")
 
 
-def attribute_task(study: Study, model_name: str, task_id: str, methods: list[str], k: int = 10) -> dict[str, Any]:
+def attribute_task(study: Study, model_name: str, task_id: str, methods: list[str], k: int = 10,
+                   before_each: Callable[[], Any] = lambda: None) -> dict[str, Any]:
     """Generate once and run every named method on one task: the library's one-call view.
 
     Methods that cannot apply to the model are reported with their reason (``skipped``), and a
     method that fails on this generation (e.g. CODING when the model emitted no code) with its
     error (``error``), instead of units: one method's failure does not hide the others' results.
+    ``before_each`` runs before the generation and each method (``attnalign attribute``: re-reading
+    its share of the cores, as a pytest run does before each item).
     """
     from .methods import MethodNotApplicable
 
     task = get_task(task_id)
+    before_each()
     ctx = study.context(model_name, task)
     out: dict[str, Any] = {}
     for name in methods:
+        before_each()
         try:
             units, info = study.attribute(ctx, name)
         except MethodNotApplicable as exc:

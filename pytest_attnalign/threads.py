@@ -4,7 +4,9 @@ running attnalign items at the moment, unless the user fixed the number (``--att
 Each process running items (a serial run, each xdist worker, ``attnalign attribute``) holds an
 exclusive ``flock`` on its own file in a registry directory (``CACHE_DIR/runs``). Counting the files
 whose lock is held counts the live processes: a killed process's lock dies with it, so stale files
-never count and are removed. torch on N cores defaults to N threads per process; two runs at once
+never count and are removed. Files are named by host and only this host's are counted: a cache on a
+shared filesystem (a job array's, hosts under ``-d --tx``) holds other machines' processes, whose
+cores are their own. torch on N cores defaults to N threads per process; two runs at once
 then fight over the cores and each ran ~7x slower than with its share (measured, 2 cores).
 The share is re-read before every item, so a run that started alone gives cores back when another
 one starts.
@@ -13,6 +15,8 @@ one starts.
 from __future__ import annotations
 
 import os
+import re
+import socket
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +26,10 @@ try:
     import fcntl
 except ImportError:  # Windows: no registry; every process counts itself alone
     fcntl = None  # type: ignore[assignment]
+
+
+#: This machine's name as a file name's part (registry files are counted per host).
+_HOST = re.sub(r"[^A-Za-z0-9.]", "_", socket.gethostname()) or "host"
 
 
 def cpu_cores() -> int:
@@ -59,7 +67,7 @@ class CoreShare:
             return
         try:
             self.registry.mkdir(parents=True, exist_ok=True)
-            name = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+            name = f"{_HOST}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
             fh = open(self.registry / f".{name}.new", "w")
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
             path = self.registry / f"{name}.lock"
@@ -79,7 +87,7 @@ class CoreShare:
         if fcntl is None:
             return 1
         live = 0
-        for path in self.registry.glob("*.lock"):
+        for path in self.registry.glob(f"{_HOST}-*.lock"):
             try:
                 with open(path) as fh:
                     try:

@@ -1,0 +1,47 @@
+"""The cores' registry: which processes share this machine's cores."""
+
+from __future__ import annotations
+
+import fcntl
+from pathlib import Path
+
+import pytest
+from tiny_models import build_tiny
+
+from pytest_attnalign import threads
+from pytest_attnalign.cli import main
+from pytest_attnalign.threads import CoreShare
+
+
+def test_only_this_hosts_processes_share_its_cores(tmp_path: Path) -> None:
+    """A cache on a shared filesystem holds other machines' registrations (flock is shared over NFS):
+    counting them gave 16 shards of 8 cores each one thread."""
+    registry = tmp_path / "runs"
+    registry.mkdir()
+    held = []
+    for name in ("otherhost-7-abcd.lock", f"{threads._HOST}-7-abcd.lock"):  # another host's, and ours
+        fh = open(registry / name, "w")
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        held.append(fh)
+    (registry / "otherhost-8-dead.lock").write_text("")  # unlocked: its host cleans it up, not this one
+    share = CoreShare(registry)
+    share.join()
+    try:
+        assert share.processes() == 2  # this process and the held one of this host
+        assert (registry / "otherhost-8-dead.lock").exists()
+    finally:
+        share.leave()
+        for fh in held:
+            fh.close()
+
+
+def test_attribute_rereads_its_share_before_each_method(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """It set its threads once, so a pytest run starting beside it left 3 threads on 2 cores."""
+    applied: list[int] = []
+    apply = CoreShare.apply
+    monkeypatch.setattr(CoreShare, "apply", lambda self: applied.append(1) or apply(self))
+    model = str(build_tiny("gpt2", tmp_path / "gpt2"))
+    argv = ["attribute", "HumanEval/0", "--model", model, "--method", "reading_all,coding_last,saliency_reading",
+            "--device", "cpu", "--cache-dir", str(tmp_path / "cache"), "--max-new-tokens", "3", "--json"]
+    assert main(argv) in (0, 1)
+    assert len(applied) >= 4  # at the start, before the generation and before each of the three methods
