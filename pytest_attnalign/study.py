@@ -69,6 +69,7 @@ class Study:
         self._models: dict[str, LanguageModel] = {}
         self._load_errors: dict[str, str] = {}
         self._contexts: OrderedDict[tuple[str, str], AttributionContext] = OrderedDict()
+        self._libraries = installed_versions(COMPUTING_LIBRARIES)  # part of every cache key; fixed in a process
 
     def model(self, name: str) -> LanguageModel:
         """The loaded model; a model that failed to load is tried once per process, never again."""
@@ -97,7 +98,7 @@ class Study:
         gen_key = {**lm.identity, "device_type": lm.device.split(":")[0], "task": task.task_id, "prompt": task.prompt, "format": fmt,
                    "max_new_tokens": self.config.max_new_tokens,
                    # an API model's reply is cut by rules that did not change: its paid generations stay
-                   **({"rules": GENERATION_RULES, "libraries": installed_versions(COMPUTING_LIBRARIES)} if lm.has_internals else {})}
+                   **({"rules": GENERATION_RULES, "libraries": self._libraries} if lm.has_internals else {})}
         cached = self.cache.get("generation", gen_key, _decode_generation)
         started = time.perf_counter()
         if cached is not None:
@@ -137,7 +138,7 @@ class Study:
         key = {**ctx.lm.identity, "device_type": ctx.lm.device.split(":")[0], "task": ctx.task.task_id, "prompt": ctx.task.prompt,
                "format": ctx.prompt.format, "completion": ctx.generation.completion,
                "generated_ids": list(ctx.generation.generated_ids), "explained": list(ctx.generation.explained),
-               "method": method.name, "entry": ATTRIBUTION_ENTRY, "libraries": installed_versions(COMPUTING_LIBRARIES),
+               "method": method.name, "entry": ATTRIBUTION_ENTRY, "libraries": self._libraries,
                "settings": method.settings(), **({"code": code} if code else {}),
                # a perturbed prompt decodes under the generation's budget and rules: the original may stop
                # early under two budgets (same ids), its perturbed prompts not (rules: as for the generation)
