@@ -55,7 +55,8 @@ def merge_runs(paths: list[Path], allow_missing: bool = False) -> Run:
                    errors={i for _, run, _ in shards for i in run.info.get("errors", [])},  # none before 2026-12-03
                    shares=[share for _, _, s in shards for share in s["shares"]],
                    cache_invalid=sum(run.info["cache_invalid"] for _, run, _ in shards),
-                   cache_write_failures=sum(run.info["cache_write_failures"] for _, run, _ in shards))
+                   cache_write_failures=sum(run.info["cache_write_failures"] for _, run, _ in shards),
+                   collected=len(first_shard["study"]))
     merged.info = info.as_dict()
     return merged
 

@@ -30,7 +30,7 @@ if TYPE_CHECKING:  # numpy and the report load only when a study runs
 
 PROPERTY = "attnalign"
 RUN_PROPERTY = "attnalign-run"  # an item's facts about the run (threads, cache), see runinfo.RunInfo
-STUDY_OUTPUT = "attnalign-study"  # an xdist worker's workeroutput: a shard's whole-study item ids and those -k/-m selected
+STUDY_OUTPUT = "attnalign-study"  # an xdist worker's workeroutput: the study's size; a shard's whole-study ids and those -k/-m selected
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -63,15 +63,19 @@ class AttnSession:
 
     @pytest.hookimpl(wrapper=True)
     def pytest_collection_modifyitems(self, config: pytest.Config, items: list[pytest.Item]) -> Any:
-        """--attn-shard: deselect other shards' model x task groups. The groups are shared out over the
-        whole study before -k/-m select (every collecting process computes the same assignment, and a
-        selection moves no item between shards); the whole study's ids go into the run file for
-        ``attnalign merge``, and how many items the selection kept into the summary's shard line."""
+        """Count the study's items before -k, -m, --lf or --deselect choose (the summary says when a run
+        covers part of it). --attn-shard: deselect other shards' model x task groups. The groups are
+        shared out over the whole study before -k/-m select (every collecting process computes the same
+        assignment, and a selection moves no item between shards); the whole study's ids go into the run
+        file for ``attnalign merge``, and how many items the selection kept into the summary's shard line."""
+        found = [(item, m) for item in items if (m := _ITEM_ID.search(item.nodeid))]
+        self.run.collected = len(found)
+        output: dict[str, Any] = getattr(config, "workeroutput", {})  # the controller collects nothing: see
+        output[STUDY_OUTPUT] = {"collected": len(found)}  # pytest_testnodedown
         if self.options.shard is None:
             return (yield)
         from .sharding import in_shard
 
-        found = [(item, m) for item in items if (m := _ITEM_ID.search(item.nodeid))]
         keep = in_shard([(m["model"], m["task"]) for _, m in found], self.options.shard, self.options.max_new_tokens)
         here = {id(item) for (item, _), kept in zip(found, keep) if kept}
         self.run.study = [item.nodeid for item, _ in found]
@@ -79,8 +83,7 @@ class AttnSession:
         selected = [item for item in items if _ITEM_ID.search(item.nodeid)]
         chosen = {item.nodeid for item in selected}  # in the study's order: a shuffling plugin (pytest-randomly)
         self.run.selected = [i for i in self.run.study if i in chosen]  # orders each shard's items its own way
-        if hasattr(config, "workeroutput"):  # the controller collects nothing: see pytest_testnodedown
-            config.workeroutput[STUDY_OUTPUT] = {"study": self.run.study, "selected": self.run.selected}
+        output[STUDY_OUTPUT].update(study=self.run.study, selected=self.run.selected)
         dropped = [item for item in selected if id(item) not in here]
         if dropped:
             config.hook.pytest_deselected(items=dropped)
@@ -90,10 +93,11 @@ class AttnSession:
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_testnodedown(self, node: Any, error: Any) -> None:
-        """Under -n, a shard's whole-study ids come from a worker that collected them."""
+        """Under -n, the study's size (and a shard's whole-study ids) come from a worker that collected them."""
         self.workers.discard(node.gateway.id)
+        output = getattr(node, "workeroutput", {}).get(STUDY_OUTPUT, {})
+        self.run.collected = self.run.collected or output.get("collected", 0)
         if not self.run.study:
-            output = getattr(node, "workeroutput", {}).get(STUDY_OUTPUT, {})
             self.run.study, self.run.selected = list(output.get("study", [])), list(output.get("selected", []))
 
     def pytest_collection_finish(self, session: pytest.Session) -> None:

@@ -29,7 +29,7 @@ VERSION = 1
 #: The ``run`` section's keys that the summary and ``attnalign merge`` read (runinfo.RunInfo.as_dict),
 #: checked where present: a run built in code may carry none of them.
 RUN_KEYS: dict[str, Any] = {"lines": list[str], "missing": list[str], "errors": list[str], "cache_invalid": int,
-                            "cache_write_failures": int, "shard": dict}
+                            "cache_write_failures": int, "collected": int, "shard": dict}
 #: The ``run.shard`` section's keys (runinfo.RunInfo.shard_dict), which ``attnalign merge`` reads.
 SHARD_KEYS: dict[str, Any] = {"index": int, "count": int, "study": list[str], "selected": list[str],
                               "expected": list[str], "shares": list[Share]}

@@ -25,6 +25,7 @@ class RunInfo:
     shard: tuple[int, int] | None = None  # --attn-shard (index, count)
     study: list[str] = field(default_factory=list)  # a shard's: every item of the unsharded run, in order
     selected: list[str] = field(default_factory=list)  # a shard's: the study's items -k/-m kept, in all shards
+    collected: int = 0  # study items before -k, -m, --lf or --deselect chose (0: not known)
 
     def add(self, item_facts: dict[str, Any]) -> None:
         """One item's facts (the plugin's per-item report property)."""
@@ -70,6 +71,14 @@ class RunInfo:
             return f"shard {index}/{count}: all of {of} items"
         return f"shard {index}/{count}: {len(self.expected)} of {of} items; the other shards run the rest"
 
+    def selection_line(self) -> str | None:
+        """An unsharded run of part of the study says so: its tables cover the chosen items only
+        (a shard says it in :meth:`shard_line`)."""
+        if self.shard is not None or not self.expected or len(self.expected) >= self.collected:
+            return None
+        return (f"selection: {len(self.expected)} of the study's {self.collected} items (-k, -m, --lf or --deselect); "
+                "the tables cover these only")
+
     def threads_line(self) -> str | None:
         if not self.shares:
             return None
@@ -92,13 +101,14 @@ class RunInfo:
 
     def lines(self) -> list[str]:
         """Header lines: partial and incomplete first, so a pasted summary cannot look complete."""
-        return [line for line in (self.partial_line(), self.errors_line(), self.shard_line(), self.threads_line(),
-                                  self.cache_line()) if line]
+        return [line for line in (self.partial_line(), self.errors_line(), self.selection_line(), self.shard_line(),
+                                  self.threads_line(), self.cache_line()) if line]
 
     def as_dict(self) -> dict[str, Any]:
         errors = self.errored
         return {"complete": not self.missing and not errors, "items": len(self.expected),
                 "ran": len(self.expected) - len(self.missing), "missing": self.missing,
+                **({"collected": self.collected} if self.collected else {}),
                 "errors": errors, "cache_invalid": self.cache_invalid,
                 "cache_write_failures": self.cache_write_failures,
                 "threads": sorted({s["threads"] for s in self.shares}), "lines": self.lines(),

@@ -538,7 +538,7 @@ def test_xdist_and_serial_print_identical_tables_and_records(
     assert section(xdist, "xdist") == section(serial, "serial")
     docs = {name: records(tmp_path / name / "run.json") for name in runs}
     assert docs["xdist"] == docs["serial"]
-    assert docs["serial"]["run"] == {"complete": True, "items": 12, "ran": 12, "missing": [], "errors": [],
+    assert docs["serial"]["run"] == {"complete": True, "items": 12, "ran": 12, "missing": [], "errors": [], "collected": 12,
                                      "cache_invalid": 0, "cache_write_failures": 0, "threads": [1],
                                      "lines": ["torch threads: 1 per process (--attn-threads)"]}
     assert (docs["serial"]["format"], docs["serial"]["version"]) == ("pytest-attnalign-run", 1)

@@ -209,7 +209,8 @@ def test_k_selects_within_the_shards_of_the_whole_study(
     project: pytest.Pytester, tiny_gpt2: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """Shards share out the whole study, then -k selects in each: the shard without the selected task
-    says so and succeeds, and the merged run is the unsharded -k run (complete), not a partial study.
+    says so and succeeds, and the merged run is the unsharded -k run (complete, and saying it is a
+    selection), not a partial study.
     Each run has a cold cache of its own (a record says whether its results came from the cache)."""
     def run(name: str, *extra: str) -> pytest.RunResult:
         return project.runpytest_subprocess(
@@ -229,6 +230,7 @@ def test_k_selects_within_the_shards_of_the_whole_study(
                                         "the other shards run them (shards share out the whole study's model x "
                                         "task groups, whatever -k/-m select)"])
     shards[1 - empty].stdout.fnmatch_lines([f"shard {1 - empty}/2: all of the 2 that -k/-m selected of the study's 8 items"])
+    whole.stdout.fnmatch_lines(["selection: 2 of the study's 8 items (-k, -m, --lf or --deselect); the tables cover these only"])
     assert main(["merge", *(str(tmp_path / f"shard{i}.json") for i in range(2)), "-o", str(tmp_path / "m.json")]) == 0
     assert "partial:" not in capsys.readouterr().out
     assert records(tmp_path / "m.json") == records(tmp_path / "whole.json")
