@@ -40,6 +40,9 @@ GATE_GRAMMAR = ("METHOD.METRIC@K OP (METHOD.METRIC@K | NUMBER)[!] with METRIC p,
 COMPARE_GRAMMAR = ("[METHOD.]METRIC@K:DROP[!] or pass1:DROP[!] with METRIC p, r, f1 or alpha, DROP in percentage "
                    "points for P/R/F1/Pass@1 (2%), plain for alpha (0.02); e.g. f1@10:2%")
 _OPS = {">=": operator.ge, ">": operator.gt, "<=": operator.le, "<": operator.lt}
+#: Float rounding allowed when a figure meets its bound, in ulps of the larger magnitude (at least 1, a
+#: fraction's scale): pooled figures are ratios and differences of floats (0.7 - 0.9 is -0.20000000000000007).
+_ROUNDING_ULPS = 64
 _TERM = r"(?:(?P<{p}method>\S+)\.)?(?P<{p}metric>[A-Za-z0-9]+)@(?P<{p}k>\d+)"
 _GATE = re.compile(rf"{_TERM.format(p='l')}\s*(?P<op>>=|<=|>|<)\s*(?:{_TERM.format(p='r')}|(?P<number>[^!]+?))\s*(?P<bang>!)?")
 _COMPARE = re.compile(rf"(?:{_TERM.format(p='l')}|(?P<pass1>pass1))\s*:\s*(?P<number>[^!]+?)\s*(?P<bang>!)?")
@@ -216,7 +219,7 @@ def _diff(x: float | None, metric: str) -> str:
 def _ci(est: Estimate, metric: str, shift: float = 0.0) -> str:
     if est.low is None or est.high is None:
         return "95% CI undefined"
-    lo, hi = est.low - shift, est.high - shift
+    lo, hi = _settled(est.low, shift) - shift, _settled(est.high, shift) - shift
     bounds = f"{lo:+.3f}, {hi:+.3f}" if metric == "alpha" else f"{lo * 100:+.2f}, {hi * 100:+.2f} points"
     kind = "bootstrap" if est.b is None else "paired bootstrap"
     return f"95% CI [{bounds}] ({kind} over {est.tasks} tasks, {est.resamples} resamples, fixed seed)"
@@ -247,7 +250,7 @@ def evaluate_gate(gate: Gate, run: Run) -> list[Verdict]:
             est = paired(_pooled(metric), a)
             threshold = shift = gate.right
             measured = f"{_fmt(est.a, metric)} vs threshold {_fmt(gate.right, metric)}"
-        diff = None if est.diff is None else est.diff - shift
+        diff = None if est.diff is None else _settled(est.diff, shift) - shift
         held = _holds(gate, est, threshold)
         note = f"; ! needs the whole CI {gate.op} 0" if gate.significant and not held and diff is not None else ""
         out.append(Verdict(f"{head}: {'held' if held else 'FAILED'}: {measured}, difference {_diff(diff, metric)}, "
@@ -255,16 +258,25 @@ def evaluate_gate(gate: Gate, run: Run) -> list[Verdict]:
     return out
 
 
+def _settled(x: float, bound: float) -> float:
+    """``bound`` where ``x`` differs from it by float rounding only, else ``x``: a figure exactly at its
+    threshold or allowed drop then meets it (``>=`` holds, ``>`` does not) and shows no -0.00 difference."""
+    return bound if abs(x - bound) <= _ROUNDING_ULPS * math.ulp(max(1.0, abs(x), abs(bound))) else x
+
+
+def _meets(x: float, op: str, bound: float) -> bool:
+    return _OPS[op](_settled(x, bound), bound)
+
+
 def _holds(gate: Gate, est: Estimate, threshold: float) -> bool:
     if est.diff is None:
         return False
-    test = _OPS[gate.op]
     if not gate.significant:
-        return test(est.diff, threshold)
+        return _meets(est.diff, gate.op, threshold)
     if est.low is None or est.high is None:
         return False
     bound = est.low if gate.op in (">=", ">") else est.high
-    return test(bound, threshold)
+    return _meets(bound, gate.op, threshold)
 
 
 def evaluate_compare_fail(fail: CompareFail, run: Run, base: Run) -> list[Verdict]:
@@ -288,9 +300,9 @@ def evaluate_compare_fail(fail: CompareFail, run: Run, base: Run) -> list[Verdic
         if est.diff is None:
             held = False
         elif fail.significant:
-            held = est.high is None or est.high >= -fail.drop
+            held = est.high is None or _meets(est.high, ">=", -fail.drop)
         else:
-            held = est.diff >= -fail.drop
+            held = _meets(est.diff, ">=", -fail.drop)
         out.append(Verdict(
             f"compare-fail {fail.text} [{' '.join(key)}]: {'held' if held else 'FAILED'}: {name} "
             f"{_fmt(est.b, fail.metric)} -> {_fmt(est.a, fail.metric)}, change {_diff(est.diff, fail.metric)}, "

@@ -20,10 +20,12 @@ from pytest_attnalign.cli import main
 from pytest_attnalign.errors import AttnalignError
 from pytest_attnalign.gates import judge, parse_compare_fails, parse_gates
 from pytest_attnalign.jsonshape import ShapeError
+from pytest_attnalign.labels import human_spans
 from pytest_attnalign.record import Record
 from pytest_attnalign.report import pooled, sort_records
 from pytest_attnalign.runfile import Run, read_run, write_run
 from pytest_attnalign.storage import find_run, save_path, save_run
+from pytest_attnalign.tasks import get_task
 
 KS = (5, 10, 20)
 
@@ -206,6 +208,30 @@ def test_a_gate_on_a_method_without_results_fails() -> None:
     assert not held and "no results" in line
 
 
+def spans_first(task_id: str, spans: int, words: int, **changes: Any) -> Record:
+    """A record whose top ``spans + words`` units are ``spans`` of the task's human spans themselves, then
+    ``words`` words outside every span: P and R are then ratios of whole counts."""
+    task = get_task(task_id)
+    human = sorted(human_spans(task))
+    a, b = task.description
+    outside = [(a + m.start(), a + m.end()) for m in re.finditer(r"\w+", task.prompt[a:b])
+               if not any(a + m.end() > x and a + m.start() < y for x, y in human)]
+    units = [(s, e, 3.0 if i < spans else 0.1) for i, (s, e) in enumerate(human)]
+    units += [(s, e, 2.0 if i < words else 0.0) for i, (s, e) in enumerate(outside)]
+    return make_record(task_id, units, **changes)
+
+
+@pytest.mark.parametrize(("op", "holds"), [(">=", True), (">", False), ("<=", True), ("<", False)])
+def test_a_figure_exactly_at_a_threshold_meets_it_whatever_the_rounding(op: str, holds: bool) -> None:
+    """P 3/4 and R 3/11 make F1 exactly 40%, computed as 0.39999999999999997: '>=40%' failed and '<40%' held."""
+    run = run_of([spans_first("HumanEval/1", 3, 1)])  # 11 human spans; at K=4: 3 of them and a word
+    f1 = pooled(run.records, [4])[4]
+    assert (f1.precision, f1.recall, f1.f1) == (0.75, 3 / 11, 0.39999999999999997)
+    held, (line,) = judge(run, parse_gates([f"shap.f1@4{op}40%"]))
+    assert held is holds, line
+    assert "40.0% vs threshold 40.0%, difference +0.00 points, 95% CI [+0.00, +0.00 points]" in line
+
+
 # ------------------------------------------------------------------------------- compare
 
 
@@ -231,6 +257,25 @@ def test_compare_fail_passes_an_honest_baseline_and_fails_a_doctored_one() -> No
     base_f1, now_f1 = pooled(better.records, [10])[10].f1, pooled(now.records, [10])[10].f1
     assert f"FAILED: F1@10 {base_f1:.1%} -> {now_f1:.1%}, change {(now_f1 - base_f1) * 100:+.2f} points" in line
     assert any(l.startswith("compare-fail pass1:1% [m]: held") for l in lines)
+
+
+def test_a_drop_of_exactly_the_allowed_drop_holds_whatever_the_rounding() -> None:
+    """P and Pass@1 from 90% to 70% is a drop of 0.7 - 0.9 = -0.20000000000000007: ':20%' failed from 90%
+    (held from 50%), and with '!' too, every resample dropping exactly as much."""
+    tasks = ["HumanEval/0", "HumanEval/1", "HumanEval/3", "HumanEval/4", "HumanEval/10", "HumanEval/11",
+             "HumanEval/12", "HumanEval/19", "HumanEval/25", "HumanEval/29"]  # 9 or more human spans each
+
+    def at(share: int) -> Run:  # at K=10, `share` of the units are human spans; `share` of the tasks pass
+        return run_of([spans_first(t, share, 10 - share, passed=i < share) for i, t in enumerate(tasks)])
+
+    now, base = at(7), at(9)
+    assert [pooled(r.records, [10])[10].precision for r in (now, base)] == [0.7, 0.9]
+    held, lines = judge(now, [], base, parse_compare_fails(["p@10:20%,p@10:20%!,pass1:20%,pass1:20%!"]))
+    assert held, lines
+    assert "P@10 90.0% -> 70.0%, change -20.00 points, 95% CI [-20.00, -20.00 points]" in lines[-4]
+    assert "Pass@1 90.0% -> 70.0%, change -20.00 points" in lines[-2]
+    held, lines = judge(now, [], base, parse_compare_fails(["p@10:19.99%!"]))  # a drop just past it fails
+    assert not held and "FAILED" in lines[-1]
 
 
 def test_differing_settings_refuse_the_comparison_unless_forced() -> None:
