@@ -38,10 +38,21 @@ def check_span(start: object, end: object, length: int, what: str = "span") -> S
 
 def check_score(score: object) -> float:
     """A finite real score: a NaN would make the top-K order meaningless."""
-    if (type(score) is not float and (not isinstance(score, numbers.Real) or isinstance(score, bool))
-            or not math.isfinite(score)):
-        raise AttnalignError(f"score {score!r} must be a finite number")
-    return float(score)
+    if type(score) is not float and (not isinstance(score, numbers.Real) or isinstance(score, bool)):
+        raise AttnalignError(f"score {_shown(score)} must be a finite number")
+    try:
+        value = float(score)
+    except OverflowError:  # an integer past the floats' range
+        value = math.inf
+    if not math.isfinite(value):
+        raise AttnalignError(f"score {_shown(score)} must be a finite number")
+    return value
+
+
+def _shown(value: object) -> str:
+    """A value's repr for an error line, cut with "..." (an integer of 400 digits is not printed whole)."""
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def locate_units(text: str, units: Iterable[Sequence[object]]) -> tuple[list[Located], int]:

@@ -43,7 +43,10 @@ def _check(value: Any, hint: Any, where: str) -> Any:
     if hint is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ShapeError(f"{where}: expected a number, got {type(value).__name__}")
-        return float(value)
+        try:
+            return float(value)
+        except OverflowError:  # an integer past the floats' range
+            raise ShapeError(f"{where}: the number {value!r:.40} is too large") from None
     origin, args, is_dataclass = _shape(hint)
     if origin in (typing.Union, types.UnionType):
         for arg in args:

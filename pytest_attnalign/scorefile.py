@@ -60,7 +60,7 @@ def parse_line(line: str, labels: str = "corrected") -> TaskUnits:
         obj = json.loads(line)
     except json.JSONDecodeError as exc:
         raise AttnalignError(f"not valid JSON ({exc.msg} at column {exc.colno})") from None
-    except RecursionError as exc:  # nested deeper than the parser goes
+    except (RecursionError, ValueError) as exc:  # nested deeper than the parser goes; an integer of 4,300+ digits
         raise AttnalignError(f"not valid JSON ({exc})") from None
     if not isinstance(obj, dict):
         raise AttnalignError(f"a line must be a JSON object, got {type(obj).__name__}")

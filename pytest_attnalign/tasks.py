@@ -153,7 +153,7 @@ def canonical_task_id(task_id: str) -> str:
 
     num = task_id.partition("/")[2]
     found = benchmark_of(task_id)
-    if found is None or not num.isdigit():
+    if found is None or not (num.isascii() and num.isdigit()):  # not "²" (int() fails) nor "١" (int() reads 1)
         raise AttnalignError(f"malformed task id {task_id!r}: use {' or '.join(b.ids for b in BENCHMARKS)}")
     return f"{found.prefix}/{int(num)}"
 

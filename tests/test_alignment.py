@@ -85,7 +85,8 @@ def test_triples_pass_through_and_are_validated() -> None:
             locate_units("abcdef", [bad])
 
 
-@pytest.mark.parametrize("score", [float("nan"), float("inf"), "0.5", None, True])
+@pytest.mark.parametrize("score", [float("nan"), float("inf"), "0.5", None, True,
+                                   pytest.param(10**400, id="int-past-float-range")])
 def test_non_finite_or_non_numeric_score_rejected(score: object) -> None:
     with pytest.raises(AttnalignError, match="finite number"):
         locate_units("abc", [("a", score)])

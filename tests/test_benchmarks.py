@@ -66,5 +66,8 @@ def test_unknown_benchmarks_and_ids_name_the_valid_ones() -> None:
         load_tasks("apps")
     with pytest.raises(AttnalignError, match=r"malformed task id 'Apps/1': use HumanEval/0\.\.163 or Mbpp/1\.\.974"):
         get_task("Apps/1")
+    for digits in ("\u00b2", "\u0661"):  # str.isdigit() holds for both; int() fails on one and reads the other as 1
+        with pytest.raises(AttnalignError, match=f"malformed task id 'HumanEval/{digits}'"):
+            get_task(f"HumanEval/{digits}")
     with pytest.raises(AttnalignError, match=r"unknown benchmark 'apps': use humaneval or mbpp"):
         labels.load_labels("apps")

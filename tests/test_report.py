@@ -112,6 +112,8 @@ def _map_unit(index: int) -> Callable[[dict[str, Any]], None]:
     (_first_unit([4, 99_999, 1.0]), "records[0].units[0]: unit [4, 99999] must satisfy 0 <= start <= end <="),
     (_record_field("human", [[4, 99_999]]), "records[0].human[0]: human span [4, 99999] must satisfy"),
     (_first_unit([4, 9, float("nan")]), "records[0].units[0]: score nan must be a finite number"),
+    (_first_unit([4, 9, 10**400]), "records[0].units[0][2]: the number 1000"),  # past float's range
+    (_record_field("task_id", "HumanEval/\u00b2"), "records[0].task_id: malformed task id 'HumanEval/\u00b2'"),
     (_record_field("top_k", {"9" * 5000: []}), "records[0].top_k: key '99999"),  # past int()'s digit limit
     (_record_field("top_k", {"\u00b2": []}), "records[0].top_k: key '\u00b2' is not a K"),  # isdigit(), not int()
     (_record_field("metrics", {"abc": {}}), "records[0].metrics: key 'abc' is not a K"),

@@ -92,6 +92,9 @@ def test_alpha_undefined_printed(tmp_path: Path, capsys: pytest.CaptureFixture[s
 BAD_LINES = [
     ("{not json", "not valid JSON"),
     ("[" * 100_000, "not valid JSON (maximum recursion depth exceeded"),  # deeper than the parser goes
+    ('{"text": "abc", "units": [["a", 1%s]], "human": []}' % ("0" * 5000), "not valid JSON (Exceeds the limit"),
+    ({"text": "abc", "units": [["a", 10**400]], "human": []}, "must be a finite number"),  # past float's range
+    ({"task_id": "HumanEval/\u00b2", "units": []}, "malformed task id"),
     ("[1, 2]", "JSON object"),
     ({"text": "abc", "human": []}, 'missing key "units"'),
     ({"text": "abc", "units": []}, "'human'"),
