@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections import OrderedDict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -240,9 +241,19 @@ def _decode_generation(value: Any) -> tuple[Prompt, Generation]:
 
 
 def checked_units(units: Any, length: int) -> list[list[float]]:
-    """``[start, end, score]`` lists of units inside a prompt of ``length`` characters with finite scores:
-    a span past the prompt or a NaN score would be scored (and cached) as if it were a result."""
-    return [[*check_span(int(s), int(e), length, "unit"), check_score(float(v))] for s, e, v in units]
+    """``[start, end, score]`` lists of units inside a prompt of ``length`` characters with finite scores,
+    checked as ``attnalign score`` checks its triples: a span past the prompt, a NaN score or an offset
+    that is a string or a fraction would be scored (and cached) as if it were a result."""
+    if not isinstance(units, Iterable) or isinstance(units, (str, bytes, dict)):
+        raise AttnalignError(f"units must be a list of [start, end, score], got {type(units).__name__}")
+    checked = []
+    for unit in units:
+        try:
+            s, e, v = unit
+        except (TypeError, ValueError):
+            raise AttnalignError(f"unit {unit!r:.60} is not [start, end, score]") from None
+        checked.append([*check_span(s, e, length, "unit"), check_score(v)])
+    return checked
 
 
 def _scored(units: list[list[float]], task: Task) -> tuple[list[list[float]], list[int]]:

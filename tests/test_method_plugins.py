@@ -174,10 +174,17 @@ def test_a_gate_rerun_computes_only_the_new_method(pytester: pytest.Pytester, mo
 
 
 @pytest.mark.parametrize("unit, why", [((0, 10**6, 1.0), "unit [0, 1000000] must satisfy 0 <= start <= end <= "),
-                                       ((0, 4, float("nan")), "score nan must be a finite number")])
+                                       ((0, 4, float("nan")), "score nan must be a finite number"),
+                                       # checked as `attnalign score` checks triples, not converted
+                                       ((0.5, 4, 1.0), "unit [0.5, 4] must be two integers"),
+                                       ((True, 4, 1.0), "unit [True, 4] must be two integers"),
+                                       ((0, 4, "0.5"), "score '0.5' must be a finite number"),
+                                       ((0, 4, 10**400), f"score {'1' + '0' * 36}... must be a finite number"),
+                                       ((0, 4), "unit (0, 4) is not [start, end, score]")])
 def test_a_method_returning_a_bad_unit_fails_in_one_line(tiny_gpt2: Path, tmp_path: Path, one_thread: None,
                                                          unit: tuple[int, int, float], why: str) -> None:
-    """A span past the prompt or a NaN score is neither scored nor cached as if it were a result."""
+    """A span past the prompt, a NaN score, a fractional offset or a string score is neither scored nor
+    cached as if it were a result."""
     from pytest_attnalign.methods import Method
     from pytest_attnalign.study import Study, StudyConfig
     from pytest_attnalign.tasks import get_task
