@@ -227,6 +227,14 @@ def test_tables_hold_the_runs_numbers(browser: Browser, page: Path) -> None:
     assert cells("table.table3") == [[str(c) for c in row] for row in table3(scored, KS)[1]]
 
 
+def test_the_page_rounds_as_the_terminal_does(browser: Browser, page: Path) -> None:
+    """A task's F1 and alpha on the page are Python's f"{x:.1%}" and f"{x:.2f}": exact ties (an alpha of
+    1/8 from four units) round half to even, where JavaScript's toFixed rounds them up."""
+    values = [0.125, -0.125, 0.0625, 0.375, 0.875, 1 / 3, 2 / 3, 0.135, 0.0, 1.0, -0.5, 0.00005, 0.9995, 0.6405]
+    shown = browser.js(f"{json.dumps(values)}.map(x => [fmt(x, false), fmt(x, true)])")
+    assert shown == [[f"{x:.2f}", f"{x:.1%}"] for x in values]
+
+
 def test_a_task_view_marks_exactly_the_records_top_k_and_labels(browser: Browser, page: Path) -> None:
     _reset(browser)
     task = get_task("HumanEval/3")

@@ -43,7 +43,17 @@ function marked(text, labels, spans, units) {
   return out;
 }
 
-function fmt(x, pct) { return x === null || x === undefined ? "undefined" : pct ? (100 * x).toFixed(1) + "%" : x.toFixed(2); }
+function fmt(x, pct) { return x === null || x === undefined ? "undefined" : pct ? fixed(100 * x, 1) + "%" : fixed(x, 2); }
+
+// Python's f"{x:.Nf}", as the terminal prints: an exact tie rounds half to even (toFixed rounds it away
+// from zero: 0.125 gave 0.13 here and 0.12 there). toFixed(100) spells a score's double exactly.
+function fixed(x, digits) {
+  const exact = Math.abs(x).toFixed(100), cut = exact.indexOf(".") + 1 + digits;
+  if (/^50*$/.test(exact.slice(cut)) && Number(exact[cut - 1]) % 2 === 0) {
+    return (x < 0 ? "-" : "") + exact.slice(0, digits ? cut : cut - 1);
+  }
+  return x.toFixed(digits);
+}
 
 // The shown methods this generation has: its own keys, as a method may be named "constructor" or "__proto__".
 function shownMethods(gen) {
