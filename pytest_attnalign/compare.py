@@ -30,8 +30,12 @@ def settings_diff(now: dict[str, Any], base: dict[str, Any]) -> list[str]:
     return out
 
 
-def common_tasks(a: list[Record], b: list[Record]) -> tuple[list[Record], list[Record]]:
-    """The records of ``a`` and ``b`` restricted to the task ids both have."""
+def scored_in_both(a: list[Record], b: list[Record], pass1: bool = False) -> tuple[list[Record], list[Record]]:
+    """The records of ``a`` and ``b`` of the tasks both scored: for alignment those whose model wrote code
+    in both (the only ones the tables pool), for Pass@1 every task both ran. The comparison table and the
+    compare-fail verdicts both pair with this, so a verdict judges the tasks of the figures shown."""
+    if not pass1:
+        a, b = with_code(a), with_code(b)
     both = {r.task_id for r in a} & {r.task_id for r in b}
     return [r for r in a if r.task_id in both], [r for r in b if r.task_id in both]
 
@@ -49,12 +53,12 @@ def _change(now: float | None, base: float | None, alpha: bool) -> str:
 def compare_table(now: Run, base: Run) -> str:
     """Per model x method x K in both runs: this run's P/R/F1/alpha and (the change); Pass@1 per model."""
     ks = [k for k in now.ks if k in base.ks]
-    theirs = groups(with_code(base.records), "model", "method")
+    theirs = groups(base.records, "model", "method")
     rows = []
-    for key, group in groups(with_code(now.records), "model", "method").items():
+    for key, group in groups(now.records, "model", "method").items():
         if key not in theirs:
             continue
-        mine, old = common_tasks(group, theirs[key])
+        mine, old = scored_in_both(group, theirs[key])
         a, b = pooled(mine, ks), pooled(old, ks)
         for k in ks:
             rows.append([*key, k, len(mine), _change(a[k].precision, b[k].precision, False),
@@ -64,7 +68,7 @@ def compare_table(now: Run, base: Run) -> str:
     pass_rows = []
     for (model,), group in groups(now.records, "model").items():
         if (model,) in old_models:
-            mine, old = common_tasks(group, old_models[(model,)])
+            mine, old = scored_in_both(group, old_models[(model,)], pass1=True)
             (p, n), (q, _) = pass_counts(mine).get((), (0, 0)), pass_counts(old).get((), (0, 0))
             pass_rows.append([model, n, _change(p / n, q / n, False) if n else "n/a"])
     if not rows and not pass_rows:

@@ -27,7 +27,7 @@ import numpy as np
 
 from .alignment import pool_sums, task_sums
 from .bootstrap import Estimate, paired
-from .compare import compare_table, settings_diff
+from .compare import compare_table, scored_in_both, settings_diff
 from .errors import AttnalignError
 from .record import Record
 from .report import groups, printable, task_order
@@ -179,21 +179,18 @@ class Verdict:
     held: bool
 
 
-def _paired_ids(a: list[Record], b: list[Record]) -> list[str]:
-    """The task ids both sides have, in task order: the bootstrap resamples these, pairing the sides."""
-    return sorted({r.task_id for r in a} & {r.task_id for r in b}, key=task_order)
+def _ids(records: list[Record]) -> list[str]:
+    """The task ids of ``records`` (:func:`compare.scored_in_both`'s, alike on both sides), in task order:
+    the bootstrap resamples these, pairing the sides."""
+    return sorted({r.task_id for r in records}, key=task_order)
 
 
 def _matrix(records: list[Record], ids: list[str], metric: str, k: int | None) -> np.ndarray:
-    """One row per task id: its :func:`alignment.task_sums` at K, or (passed, 1) for Pass@1.
-
-    A task whose model wrote no code adds nothing to the alignment sums (as in the tables)."""
+    """One row per task id: its :func:`alignment.task_sums` at K, or (passed, 1) for Pass@1."""
     by_id = {r.task_id: r for r in records}
 
     def row(r: Record) -> tuple[float, ...]:
-        if metric == "pass1":
-            return (float(r.passed), 1.0)
-        return (0.0,) * 7 if r.no_code else task_sums(r.task_units(), k)  # type: ignore[arg-type]
+        return (float(r.passed), 1.0) if metric == "pass1" else task_sums(r.task_units(), k)  # type: ignore[arg-type]
 
     return np.array([row(by_id[t]) for t in ids], dtype=float).reshape(len(ids), 2 if metric == "pass1" else 7)
 
@@ -240,7 +237,8 @@ def evaluate_gate(gate: Gate, run: Run) -> list[Verdict]:
             missing = gate.left.method if not left else gate.right.method  # type: ignore[union-attr]
             out.append(Verdict(f"{head}: FAILED: no result of {missing} to judge", False))
             continue
-        ids = _paired_ids(left, right)
+        left, right = scored_in_both(left, right)
+        ids = _ids(left)
         a = _matrix(left, ids, metric, gate.left.k)
         if isinstance(gate.right, Term):
             est = paired(_pooled(metric), a, _matrix(right, ids, metric, gate.right.k))
@@ -290,13 +288,14 @@ def evaluate_compare_fail(fail: CompareFail, run: Run, base: Run) -> list[Verdic
     out = []
     name = LABEL[fail.metric] + (f"@{fail.k}" if fail.k else "")
     for key in keys:
-        ids = _paired_ids(mine[key], theirs[key])
+        now, then = scored_in_both(mine[key], theirs[key], pass1=fail.metric == "pass1")  # the table's tasks
+        ids = _ids(now)
         if not ids:  # the figures of no task pair up: "undefined -> undefined" said nothing of why
             out.append(Verdict(f"compare-fail {fail.text} [{' '.join(key)}]: FAILED: no task scored in both runs "
                                "to compare", False))
             continue
-        est = paired(_pooled(fail.metric), _matrix(mine[key], ids, fail.metric, fail.k),
-                     _matrix(theirs[key], ids, fail.metric, fail.k))
+        est = paired(_pooled(fail.metric), _matrix(now, ids, fail.metric, fail.k),
+                     _matrix(then, ids, fail.metric, fail.k))
         if est.diff is None:
             held = False
         elif fail.significant:

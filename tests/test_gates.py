@@ -278,6 +278,28 @@ def test_a_drop_of_exactly_the_allowed_drop_holds_whatever_the_rounding() -> Non
     assert not held and "FAILED" in lines[-1]
 
 
+def test_a_compare_fail_judges_the_tasks_the_table_compares() -> None:
+    """A task with no code in one run only is left out of the table; the verdict paired it as a zero row,
+    so identical figures on the other tasks failed 'f1@10:0%' (F1@10 62.0% -> 61.8%, change -0.14 points)."""
+    def records(no_code: set[int]) -> list[Record]:
+        return [make_record(f"HumanEval/{i}", word_units(f"HumanEval/{i}", 0.5 + 0.2 * i, 0), no_code=i in no_code,
+                            **({"completion": "", "error_patterns": []} if i in no_code else {})) for i in range(6)]
+
+    now, base = run_of(records({5})), run_of(records(set()))
+    fails = parse_compare_fails(["f1@10:0%!", "f1@10:0%"])
+    held, lines = judge(now, [], base, fails)
+    assert held, lines
+    assert re.search(r"\nm +shap +10 +5 +\S+ \(\+0\.0\) +\S+ \(\+0\.0\) +\S+ \(\+0\.0\)", lines[1])  # 5 tasks
+    assert all("change +0.00 points, 95% CI [+0.00, +0.00 points] (paired bootstrap over 5 tasks" in line
+               for line in lines[2:])
+    assert "Pass@1" in lines[1] and re.search(r"\nm +6 +", lines[1])  # Pass@1 runs the no-code task's tests
+    gate = judge(now, parse_gates(["shap.f1@10>=0%"]))[1][0]
+    assert "(bootstrap over 5 tasks" in gate  # as Table 2 pools: the tasks with code
+    silent = run_of([dataclasses.replace(r, no_code=True) for r in now.records])  # no code at all: said, not skipped
+    held, lines = judge(silent, [], base, fails[1:])
+    assert not held and lines[-1] == "compare-fail f1@10:0% [m shap]: FAILED: no task scored in both runs to compare"
+
+
 def test_differing_settings_refuse_the_comparison_unless_forced() -> None:
     now = run_of(study_records(4, {"shap": 0.5}))
     other = [make_record(r.task_id, list(r.units), method="shap", labels="study",
