@@ -37,6 +37,7 @@ def merge_runs(paths: list[Path], allow_missing: bool = False) -> Run:
         by_index[shard["index"]] = where
     records = [r for _, run, _ in shards for r in run.records]
     _check_overlap(shards)
+    _check_error_k(shards)
     merged = Run(records, first.ks, versions=first.versions)
     for where, run, _ in shards:
         _check_settings(where, run, merged)
@@ -87,6 +88,19 @@ def _check_overlap(shards: list[tuple[str, Run, dict[str, Any]]]) -> None:
             if item in seen and seen[item] != where:
                 raise AttnalignError(f"{item} is in both {seen[item]} and {where}: merge each shard once")
             seen[item] = where
+
+
+def _check_error_k(shards: list[tuple[str, Run, dict[str, Any]]]) -> None:
+    """The summary and page state one error-pattern K: shards run with two ``--attn-error-k`` are refused
+    (a shard without records ran with none that shows)."""
+    seen: dict[int, str] = {}
+    for where, run, _ in shards:
+        for r in run.records:
+            seen.setdefault(r.error_k, where)
+    if len(seen) > 1:
+        (k, first), (other, where) = list(seen.items())[:2]
+        raise AttnalignError(f"{where} ran with --attn-error-k {other}, {first} with {k}: merge the shards of one run, "
+                             "each run with the same options")
 
 
 def _check_settings(where: str, run: Run, merged: Run) -> None:

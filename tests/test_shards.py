@@ -268,6 +268,21 @@ def test_merge_refuses_shards_of_two_versions_of_a_method(tmp_path: Path, capsys
                                        "shard from mymeth 0.2.0: merge the shards of one run\n")
 
 
+def test_merge_refuses_shards_of_two_error_pattern_ks(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Shards run with --attn-error-k 10 and 5 merged into one run whose summary said 'error-pattern K: 5'."""
+    study = [f"test_alignment[m-shap-HumanEval/{i}]" for i in range(3)]
+    shards = [tmp_path / f"shard{i}.json" for i in range(3)]
+    for i, path in enumerate(shards):  # shard 1 ran nothing: it has no K to differ
+        info = RunInfo(expected=[study[i]], finished={study[i]}, shard=(i, 3), study=study, selected=study).as_dict()
+        record = make_record(f"HumanEval/{i}", word_units(f"HumanEval/{i}", 1.0, 0), error_k=5 if i == 2 else 10)
+        write_run(path, Run([record] if i != 1 else [], (5, 10), info))
+    assert main(["merge", *map(str, shards), "-o", str(tmp_path / "run.json")]) == 2
+    assert capsys.readouterr().err == (f"attnalign: error: {shards[2]} ran with --attn-error-k 5, {shards[0]} with 10: "
+                                       "merge the shards of one run, each run with the same options\n")
+    assert not (tmp_path / "run.json").exists()
+    assert main(["merge", *map(str, shards[:2]), "-o", str(tmp_path / "run.json"), "--allow-missing"]) == 0
+
+
 def test_shards_whose_items_a_plugin_reorders_still_merge(project: pytest.Pytester, monkeypatch: pytest.MonkeyPatch,
                                                          tmp_path: Path) -> None:
     """A plugin that reorders items (pytest-randomly, another order in every process) leaves each shard's
