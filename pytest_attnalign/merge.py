@@ -2,7 +2,7 @@
 
 Records are the union of the shards'; the run facts (items expected, finished, threads, cache) are
 rebuilt from each shard's ``run.shard`` section, so a complete merge writes the file and prints the
-summary one unsharded run gives. Shards of different runs (other items, settings or library
+summary one unsharded run gives. Shards of different runs (other items, settings, library or Python
 versions), the same item twice, absent shards and shards that stopped early are refused with the
 reason; they may be allowed, and the merged run is then partial and names the items that did not run.
 """
@@ -27,6 +27,7 @@ def merge_runs(paths: list[Path], allow_missing: bool = False) -> Run:
     for where, run, shard in shards:
         for name, value, expected in (("shard count", shard["count"], count), ("K", run.ks, first.ks),
                                       ("library versions", run.versions, first.versions),
+                                      ("Python versions", run.python, first.python),
                                       ("items of the study", shard["study"], first_shard["study"]),
                                       ("items -k/-m selected", _selected(shard), _selected(first_shard))):
             if value != expected:
@@ -38,7 +39,7 @@ def merge_runs(paths: list[Path], allow_missing: bool = False) -> Run:
     records = [r for _, run, _ in shards for r in run.records]
     _check_overlap(shards)
     _check_error_k(shards)
-    merged = Run(records, first.ks, versions=first.versions)
+    merged = Run(records, first.ks, versions=first.versions, python=first.python)
     for where, run, _ in shards:
         _check_settings(where, run, merged)
     absent = [i for i in range(count) if i not in by_index]

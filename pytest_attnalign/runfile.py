@@ -43,6 +43,7 @@ class Run:
     ks: tuple[int, ...]
     info: dict[str, Any] = field(default_factory=dict)  # runinfo.RunInfo.as_dict (complete, missing, lines, ...)
     versions: dict[str, str] = field(default_factory=library_versions)
+    python: str = field(default_factory=platform.python_version)  # the run's, kept from its file (merge: the shards')
 
     def summary(self) -> str:
         """The terminal summary the run printed."""
@@ -75,7 +76,7 @@ class Run:
 
     def to_json(self) -> dict[str, Any]:
         return {"format": FORMAT, "version": VERSION, "settings": self.settings(),
-                "environment": {"versions": self.versions, "python": platform.python_version()},
+                "environment": {"versions": self.versions, "python": self.python},
                 "ks": list(self.ks), "run": self.info, "tables": self.tables(),
                 "records": [r.to_dict() for r in sort_records(self.records)]}
 
@@ -110,9 +111,10 @@ class Run:
                 raise ShapeError(f"run.shard: shard {shard['index']}/{shard['count']} does not exist (0 <= index < count)")
             env = check(doc.get("environment"), dict, "environment")
             versions = check(env.get("versions"), dict, "environment.versions")
+            python = check(env.get("python"), str, "environment.python")
         except ShapeError as exc:
             raise AttnalignError(f"{where} is damaged: {exc}") from None
-        return cls(records, ks, info, versions)
+        return cls(records, ks, info, versions, python)
 
 
 def _check_present(section: dict[str, Any], hints: dict[str, Any], where: str) -> None:

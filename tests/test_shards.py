@@ -283,6 +283,31 @@ def test_merge_refuses_shards_of_two_error_pattern_ks(tmp_path: Path, capsys: py
     assert main(["merge", *map(str, shards[:2]), "-o", str(tmp_path / "run.json"), "--allow-missing"]) == 0
 
 
+def test_the_merged_run_is_of_the_shards_python(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The merged file recorded the Python that ran merge; shards of two Pythons are two runs, as with libraries."""
+    study = [f"test_alignment[m-shap-HumanEval/{i}]" for i in range(2)]
+    shards = [tmp_path / f"shard{i}.json" for i in range(2)]
+    for i, path in enumerate(shards):
+        info = RunInfo(expected=[study[i]], finished={study[i]}, shard=(i, 2), study=study, selected=study).as_dict()
+        write_run(path, Run([make_record(f"HumanEval/{i}", word_units(f"HumanEval/{i}", 1.0, 0))], (5, 10), info))
+
+    def ran_under(path: Path, python: str) -> None:
+        doc = json.loads(path.read_text())
+        doc["environment"]["python"] = python
+        path.write_text(json.dumps(doc))
+
+    for path in shards:
+        ran_under(path, "3.9.0")
+    assert main(["merge", *map(str, shards), "-o", str(tmp_path / "run.json")]) == 0
+    assert json.loads((tmp_path / "run.json").read_text())["environment"]["python"] == "3.9.0"
+    ran_under(shards[1], "3.12.1")
+    capsys.readouterr()
+    assert main(["merge", *map(str, shards), "-o", str(tmp_path / "again.json")]) == 2
+    assert capsys.readouterr().err == (f"attnalign: error: {shards[1]} and {shards[0]} are shards of different runs "
+                                       "(Python versions differ): merge the shards of one run, each run with the same "
+                                       "options\n")
+
+
 def test_shards_whose_items_a_plugin_reorders_still_merge(project: pytest.Pytester, monkeypatch: pytest.MonkeyPatch,
                                                          tmp_path: Path) -> None:
     """A plugin that reorders items (pytest-randomly, another order in every process) leaves each shard's
