@@ -35,8 +35,9 @@ CHAT_FORMATS = ("chat", "chat-prefill")
 CHAT_INSTRUCTION = "Complete the following Python function. Reply with the whole function in one ```python code block.\n\n"
 PREFILL = "```python\n"
 BUDGET_SLACK = 20
-STOP_RULE = ("eos | end of the generated function (its first later top-level line; where the model writes the def, "
-             "one that is not a def, class, import or decorator: helper functions stay) | closing ``` fence (chat)")
+STOP_RULE = ("eos | end of the generated function (its first later top-level statement, comments not counting; where "
+             "the model writes the def, one that is not a def, class, import or decorator: helper functions stay) | "
+             "closing ``` fence of the first python or untagged code block (chat)")
 #: Earlier wordings of the same stop rule: records and cached generations keep the text they were made
 #: with, and a rewording must not make two runs of one rule look different (compare, merge).
 _STOP_RULE_WORDINGS = {"eos | end of the first top-level function (next top-level statement) | closing ``` fence (chat)": STOP_RULE}
@@ -51,9 +52,13 @@ def stop_rule_text(text: str) -> str:
 #: body span), so that old entries are regenerated. Attribution entries are keyed by the generated ids and
 #: the explained steps themselves, so those of unchanged generations stay valid; methods that regenerate
 #: (``Method.decodes``) key this version too.
-GENERATION_RULES = 3  # 2: a body on the def line, a comment after the signature; 3: code after a def-line docstring (2026-12-03)
+GENERATION_RULES = 4  # 2: a body on the def line, a comment after the signature; 3: code after a def-line docstring;
+# 4: a column-0 comment does not end a function, a code block tagged python3 (or after a shell block) is the code (2026-12-03)
 
-_FENCE = re.compile(r"```[ \t]*(?:python|py|Python)?[ \t]*\n(.*?)(?:```|\Z)", re.S)
+#: A code block's opening fence and its info string (any language: a closing fence is never read as one).
+_OPEN_FENCE = re.compile(r"```[ \t]*([^\n`]*?)[ \t]*\r?\n")
+#: The info strings of a block that holds the Python code (lower case; none is a Python block too).
+_PYTHON_TAGS = ("", "python", "py", "python3", "py3")
 # Top-level lines that continue a module after a function without ending "the generated function".
 _CONTINUES = ("def ", "async def ", "@", "import ", "from ", "class ")
 _DOCSTRING = re.compile(r"""^\s*[rRuU]?("{3}|'{3})""")
@@ -147,32 +152,82 @@ def cut_function(text: str, starts_inside: bool) -> str:
     """Cut code where its generated function ends (helper functions after it stay, see below).
 
     ``starts_inside`` is true when ``text`` continues a function whose ``def`` is in the prompt
-    (HumanEval completion); then the first top-level line of any kind ends it. Otherwise imports and
-    decorators may precede the ``def``, and helper functions may follow it.
+    (HumanEval completion); then the first top-level statement of any kind ends it. Otherwise imports
+    and decorators may precede the ``def``, and helper functions may follow it. A comment at column 0
+    is no statement (Python reads indented lines after it as the same body): the next statement
+    decides, and comments just before an ending statement go with it, as do comments the text ends on.
     """
+    end, pending = _function_end(text, starts_inside, final=True)
+    cut = end if end is not None else pending
+    return text if cut is None else text[:cut].rstrip() + "\n"
+
+
+def _function_end(text: str, starts_inside: bool, final: bool) -> tuple[int | None, int | None]:
+    """Where the function ends: the offset of the top-level statement that ends it (or of the comments
+    just before that statement), else None; and where trailing top-level comments start, else None.
+
+    While decoding (not ``final``) a last line that may still become a ``def``, ``import`` ... (``d``,
+    ``de``, ``def``: the token after ``def`` carries the space) decides nothing yet: it once stopped
+    decoding before every helper function."""
+    seen_def, pending, pos = starts_inside, None, 0
     lines = text.split("\n")
-    seen_def = starts_inside
     for i, line in enumerate(lines):
-        if not line.strip() or line[0] in " \t)]}":
-            continue
+        at, pos = pos, pos + len(line) + 1
         if i == 0 and starts_inside:
             continue  # the rest of the prompt's last line
+        if not line.strip():
+            continue
+        if line[0] in " \t)]}":
+            pending = None  # the comments were inside the body
+            continue
+        if line.startswith("#"):
+            pending = at if pending is None else pending
+            continue
+        if not final and i == len(lines) - 1 and not starts_inside and any(k.startswith(line) for k in _CONTINUES):
+            return None, None
+        ends = at if pending is None else pending
+        pending = None
         if starts_inside:
-            return "\n".join(lines[:i]).rstrip() + "\n"
+            return ends, None
         if line.startswith(("def ", "async def ")):
             seen_def = True
-            continue
-        if line.startswith(_CONTINUES) or line.startswith("#") and not seen_def:
-            continue
-        if seen_def:
-            return "\n".join(lines[:i]).rstrip() + "\n"
-    return text
+        elif not line.startswith(_CONTINUES) and seen_def:
+            return ends, None
+    return None, pending
+
+
+def _code_block(reply: str) -> tuple[int, str] | None:
+    """The offset and text of a reply's code: its first Python (or untagged) fenced block, else its
+    first block of another language; None without a fence. An unclosed block runs to the end."""
+    blocks = []
+    pos = 0
+    while (m := _OPEN_FENCE.search(reply, pos)) is not None:
+        close = reply.find("```", m.end())
+        blocks.append((m.group(1).lower(), m.end(), reply[m.end():] if close == -1 else reply[m.end():close]))
+        if close == -1:
+            break
+        pos = close + 3
+    found = next((b for b in blocks if b[0] in _PYTHON_TAGS), blocks[0] if blocks else None)
+    return None if found is None else (found[1], found[2])
+
+
+def _python_block_closed(reply: str) -> bool:
+    """Whether a chat reply has closed its first Python (or untagged) code block."""
+    pos = 0
+    while (m := _OPEN_FENCE.search(reply, pos)) is not None:
+        close = reply.find("```", m.end())
+        if close == -1:
+            return False
+        if m.group(1).lower() in _PYTHON_TAGS:
+            return True
+        pos = close + 3
+    return False
 
 
 def extract_code(reply: str) -> str:
-    """The first fenced code block of a chat reply, or the whole reply without a fence."""
-    m = _FENCE.search(reply)
-    return m.group(1) if m else reply
+    """The code of a chat reply (:func:`_code_block`), or the whole reply without a fence."""
+    block = _code_block(reply)
+    return reply if block is None else block[1]
 
 
 def _continues(task: Task) -> bool:
@@ -222,18 +277,18 @@ def completion_of(task: Task, prompt_format: str, raw: str) -> str:
 def has_ended(task: Task, prompt_format: str, raw: str) -> bool:
     """Whether decoding may stop: the function (or the fenced block) is complete."""
     if prompt_format == "chat":
-        return bool(re.search(r"```[^\n]*\n.*?```", raw, re.S))
+        return _python_block_closed(raw)
     if prompt_format == "chat-prefill" and "```" in raw:
         return True
-    cut = cut_function(raw, starts_inside=_continues(task))
-    return len(cut) < len(raw) and raw[len(cut.rstrip("\n")) :].strip() != ""
+    return _function_end(raw, starts_inside=_continues(task), final=False)[0] is not None
 
 
 def _function_body(code: str, name: str) -> tuple[int, int]:
     """Characters of the body of function ``name`` (else the first function) in ``code``.
 
     The body follows the ``def`` line(s) (a signature may span lines) and the docstring, and ends
-    with the function's last non-blank line. Code without any ``def`` is all body.
+    with the function's last non-blank line (a comment at or left of the ``def``'s indent is no line
+    of it unless code of the body follows). Code without any ``def`` is all body.
     """
     m = (re.search(rf"^[ \t]*(async\s+)?def\s+{re.escape(name)}\s*\(", code, re.M)
          or re.search(r"^[ \t]*(async\s+)?def\s+\w+\s*\(", code, re.M))
@@ -265,7 +320,11 @@ def _function_body(code: str, name: str) -> tuple[int, int]:
         skip()
     start = end = min(pos, len(code))
     for line in lines[i:]:
-        if line.strip() and len(line) - len(line.lstrip()) <= indent and line.lstrip()[0] not in ")]}":
+        outdented = line.strip() and len(line) - len(line.lstrip()) <= indent
+        if outdented and line.lstrip()[0] == "#":  # no statement: the body goes on if indented code follows
+            pos += len(line) + 1
+            continue
+        if outdented and line.lstrip()[0] not in ")]}":
             break
         if line.strip():
             end = min(pos + len(line.rstrip()), len(code))
@@ -335,10 +394,10 @@ def body_span(task: Task, prompt_format: str, raw: str) -> tuple[int, int]:
     A chat reply with neither a code block nor a ``def`` has no body.
     """
     if prompt_format == "chat":
-        m = _FENCE.search(raw)
-        if m is None and not re.search(r"^\s*(async\s+)?def\s", raw, re.M):
+        block = _code_block(raw)
+        if block is None and not re.search(r"^\s*(async\s+)?def\s", raw, re.M):
             return 0, 0  # a reply with neither a code block nor a def is prose: no body
-        offset, code = (m.start(1), m.group(1)) if m else (0, raw)
+        offset, code = block if block is not None else (0, raw)
         continues = _continues(task) and not _restates(code, task.entry_point) and code.startswith((" ", "\t"))
     else:
         offset, code = 0, _before_fence(raw) if prompt_format == "chat-prefill" else raw

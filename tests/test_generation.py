@@ -13,10 +13,11 @@ import pytest
 import torch
 from tiny_models import VOCAB, gpt2_tokenizer
 
-from pytest_attnalign.generation import PREFILL, body_span, build_prompt, explained_range, generate, token_budget
+from pytest_attnalign.generation import (PREFILL, body_span, build_prompt, completion_of, explained_range, extract_code,
+                                        generate, has_ended, token_budget)
 from pytest_attnalign.model_spec import ModelSpec
 from pytest_attnalign.models import LoadedModel
-from pytest_attnalign.tasks import get_task
+from pytest_attnalign.tasks import get_task, load_tasks
 
 HE0 = get_task("HumanEval/0")
 MBPP = get_task("Mbpp/11")  # remove_Occ
@@ -132,6 +133,84 @@ def test_a_docstring_on_the_def_line_is_no_body(docstring: str) -> None:
 def test_code_after_a_docstring_on_the_def_line_is_the_body(line: str, body: str) -> None:
     """The docstring statement before a ``;`` was counted in the body (explained and scored as code)."""
     assert explained_text(f"```python\ndef remove_Occ(s, ch): {line}\n```", "chat", MBPP).strip() == body
+
+
+COMMENTED = BODY.replace("        for b", "# the pairs after a\n        for b")  # a column-0 comment inside
+
+
+@pytest.mark.parametrize("fmt", ["completion", "chat", "chat-prefill"])
+def test_a_column_0_comment_does_not_end_the_function(fmt: str) -> None:
+    """Python reads indented lines after a column-0 comment as the same body: the comment ended the
+    function (MBPP's own Mbpp/64 solution lost its body; a helper, a comment and the tested function
+    lost the tested function). The next statement decides; comments before an ending one go with it."""
+    wrap = {"completion": lambda code: code, "chat": lambda code: f"```python\n{code}\n```\nDone.",
+            "chat-prefill": lambda code: f"{code}\n```\nDone."}[fmt]
+    signature = "def has_close_elements(numbers, threshold):\n" if fmt == "chat" else ""  # others continue the prompt
+    assert explained_text(wrap(signature + COMMENTED + "\n\n# Test\nprint(1)"), fmt) == COMMENTED
+    m64 = get_task("Mbpp/64")  # a column-0 comment, then the body indented by one space
+    code = m64.canonical_solution
+    lm = scripted(wrap(code), fmt)
+    _, gen = generate(lm, m64, fmt, max_new_tokens=400)
+    assert gen.completion.strip() == code.strip()
+    assert "".join(gen.explained_tokens).rstrip().endswith("return subjectmarks")
+    m2 = get_task("Mbpp/2")  # a helper, a comment, then the tested function
+    helper = ("def _common(a, b):\n    return set(a) & set(b)\n\n# Solution\n"
+              "def similar_elements(test_tup1, test_tup2):\n    return tuple(_common(test_tup1, test_tup2))")
+    _, gen = generate(scripted(wrap(helper + "\n\n# Example\nprint(similar_elements((1,), (1,)))"), fmt), m2, fmt,
+                      max_new_tokens=400)
+    assert gen.completion.strip() == helper
+    assert "".join(gen.explained_tokens).strip() == "return tuple(_common(test_tup1, test_tup2))"
+
+
+def test_a_comment_the_output_ends_on_is_cut_and_does_not_stop_decoding() -> None:
+    assert explained_text(COMMENTED + "\n# done", "completion") == COMMENTED
+    assert not has_ended(HE0, "completion", COMMENTED + "\n\n# Test")  # the next statement may be the body's
+    assert has_ended(HE0, "completion", COMMENTED + "\n\n# Test\nprint")
+    assert completion_of(HE0, "completion", COMMENTED + "\n\n# Test\nprint(1)") == COMMENTED + "\n"
+
+
+def test_a_line_that_may_become_a_def_does_not_stop_decoding() -> None:
+    """The token after ``def`` carries the space: ``\ndef`` ended the function, so decoding stopped before
+    every helper function that the rule keeps."""
+    written = "def remove_Occ(s, ch):\n    return s\n\n"
+    for partial in ("d", "def", "async", "i", "from", "@", "cl", "# a helper\nde"):
+        assert not has_ended(MBPP, "completion", written + partial), partial
+    for ending in ("print", "if", "x = 1", "assert", "# a test\nprint"):
+        assert has_ended(MBPP, "completion", written + ending), ending
+
+
+@pytest.mark.parametrize(("reply", "code"), [
+    ("```python3\nx = 1\n```\nIt sets x.", "x = 1\n"),  # the closing fence was read as an opener: "It sets x."
+    ("```Python\nx = 1\n```", "x = 1\n"),
+    ("```\nx = 1\n```", "x = 1\n"),
+    ("Install it:\n```bash\npip install numpy\n```\nThen:\n```python\nx = 1\n```", "x = 1\n"),
+    ("```python\r\nx = 1\r\n```", "x = 1\r\n"),
+    ("```bash\nls\n```\nNo Python here.", "ls\n"),  # no Python block: the first block
+    ("```python\nx = 1\n", "x = 1\n"),  # unclosed (the budget ran out)
+    ("x = 1", "x = 1"),  # no fence: the whole reply
+])
+def test_the_code_is_the_first_python_block(reply: str, code: str) -> None:
+    assert extract_code(reply) == code
+
+
+def test_a_chat_reply_stops_at_its_python_block_not_a_shell_block() -> None:
+    shell = "Install it:\n```bash\npip install numpy\n```\n"
+    assert not has_ended(HE0, "chat", shell + "Then:")
+    assert has_ended(HE0, "chat", shell + "Then:\n```python3\nx = 1\n```")
+    reply = shell + "Then:\n```python3\n" + RESTATED.split("```python\n")[1]
+    assert explained_text(reply, "chat") == BODY
+
+
+def test_every_canonical_solution_survives_the_stop_rule() -> None:
+    """Written out by a model in any format, the benchmark's own solution is cut nowhere (Mbpp/64 was)."""
+    lost = []
+    for task in load_tasks("all"):
+        whole = task.prompt + task.canonical_solution if task.benchmark == "humaneval" else task.canonical_solution
+        for fmt, raw in (("completion", task.canonical_solution), ("chat", f"```python\n{whole}\n```\n"),
+                         ("chat-prefill", task.canonical_solution + "\n```")):
+            if not completion_of(task, fmt, raw).rstrip().endswith(task.canonical_solution.rstrip()):
+                lost.append((task.task_id, fmt))
+    assert lost == []
 
 
 def test_no_body_explains_nothing() -> None:
