@@ -20,7 +20,7 @@ from .alignment import DEFAULT_KS, TaskUnits, check_score, check_span, in_prompt
 from .cache import ResultCache
 from .errors import AttnalignError, ModelUnavailable
 from .execution import Limits, run_completion
-from .generation import GENERATION_RULES, Generation, Prompt, generate, stop_rule_text
+from .generation import GENERATION_RULES, Generation, Prompt, body_span, generate, stop_rule_text
 from .jsonshape import check, from_json
 from .labels import human_spans, prompt_labels
 from .linemap import LineUnits, compact
@@ -170,7 +170,7 @@ class Study:
         method.check_applicable(self.model(model_name))  # skip before generating (API calls cost)
         ctx = self.context(model_name, task)
         gen = ctx.generation
-        no_code = has_no_code(gen)
+        no_code = has_no_code(task, gen)
         if not no_code:
             units, lines, info = self.attribute_lines(ctx, method_name)
         else:  # left out of the alignment tables; its tests still run for Pass@1
@@ -229,9 +229,15 @@ class Study:
         )
 
 
-def has_no_code(gen: Generation) -> bool:
-    """No code to score: an empty completion, or (local models) no body token to explain."""
-    return not gen.completion.strip() or (bool(gen.prompt_ids) and not gen.explained_steps)
+def has_no_code(task: Task, gen: Generation) -> bool:
+    """No code to score: an empty completion, or no function body (a local model: no body token to
+    explain; an API model, whose reply has no tokens here: no body in its text, by the same rule)."""
+    if not gen.completion.strip():
+        return True
+    if gen.prompt_ids:
+        return not gen.explained_steps
+    a, b = body_span(task, gen.prompt_format, gen.raw)
+    return not gen.raw[a:b].strip()
 
 
 def _decode_generation(value: Any) -> tuple[Prompt, Generation]:
@@ -284,8 +290,9 @@ def attribute_task(study: Study, model_name: str, task_id: str, methods: list[st
     """Generate once and run every named method on one task: the library's one-call view.
 
     Methods that cannot apply to the model are reported with their reason (``skipped``), and a
-    method that fails on this generation (e.g. CODING when the model emitted no code) with its
-    error (``error``), instead of units: one method's failure does not hide the others' results.
+    method that fails on this generation with its error (``error``), instead of units: one method's
+    failure does not hide the others' results. Where the model wrote no code every method reports
+    that error, as a run leaves such a task out of the tables.
     ``before_each`` runs before the generation and each method (``attnalign attribute``: re-reading
     its share of the cores, as a pytest run does before each item).
     """
@@ -294,10 +301,14 @@ def attribute_task(study: Study, model_name: str, task_id: str, methods: list[st
     task = get_task(task_id)
     before_each()
     ctx = study.context(model_name, task)
+    no_code = has_no_code(task, ctx.generation)
     out: dict[str, Any] = {}
     for name in methods:
         before_each()
         try:
+            if no_code:  # nothing was written to explain (READING's row would be the prompt's last)
+                study.method(name).check_applicable(ctx.lm)
+                raise AttnalignError(f"{NO_CODE}: nothing to attribute; a run leaves this task out of the tables")
             units, info = study.attribute(ctx, name)
         except MethodNotApplicable as exc:
             out[name] = {"skipped": str(exc)}

@@ -237,3 +237,21 @@ def test_another_library_version_recomputes_all_but_paid_generations(monkeypatch
         assert run() == [False, False, False, False] and run() == [True, True, True, True]
         monkeypatch.setattr("pytest_attnalign.study.installed_versions", lambda names: dict.fromkeys(names, "99.0"))
         assert run() == [True, False, False, False]
+
+
+@pytest.mark.parametrize(("reply", "no_code"), [
+    ("I'm sorry, I can't help with that.", True),  # prose: a completion, but no function body
+    ('```python\ndef has_close_elements(numbers, threshold):\n    """Check it."""\n```', True),  # signature only
+    (REPLY, False),
+])
+def test_an_api_reply_without_a_body_is_no_code(monkeypatch: pytest.MonkeyPatch, tmp_path, reply: str,
+                                                 no_code: bool) -> None:
+    """An API model's item with no body was attributed and pooled into the tables (only an empty
+    completion counted), where a local model's identical reply is left out."""
+    from pytest_attnalign.study import Study, StudyConfig
+
+    with OpenAIStub(lambda _: reply) as srv:
+        monkeypatch.setenv("OPENAI_BASE_URL", srv.base_url)
+        record = Study(StudyConfig(cache_dir=tmp_path, method_options={"shap": {"evaluations": 2}})).run_item("openai:stub", "shap", "HumanEval/0")
+    assert record.no_code is no_code and (record.units == []) is no_code
+    assert len(srv.requests) == (1 if no_code else 5)  # the generation (then SHAP's regenerations)
