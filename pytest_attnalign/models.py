@@ -314,5 +314,5 @@ def load_local_model(spec: ModelSpec, name: str, device: str, dtype: str, cache_
 #: that knows the backends (a new one plugs in here; see :mod:`.lm`).
 LOADERS: dict[str, Callable[[ModelSpec, str, str, str, Path | None], LanguageModel]] = {
     "hf": load_local_model,
-    "openai": lambda spec, _name, _device, _dtype, _cache_dir: load_openai_model(spec),
+    "openai": lambda spec, _name, _device, _dtype, cache_dir: load_openai_model(spec, cache_dir=cache_dir),
 }

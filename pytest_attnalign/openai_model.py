@@ -30,9 +30,11 @@ import math
 import os
 import re
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any, Sequence
 from urllib.parse import urlsplit
 
+from .cache import ResultCache
 from .errors import AttnalignError, ModelUnavailable
 from .generation import BUDGET_SLACK, STOP_RULE, Generation, Prompt, chat_user_message, completion_from_reply, completion_of
 from .model_spec import ModelSpec
@@ -99,6 +101,9 @@ class OpenAIModel:
     usage_total: dict[str, int] = field(default_factory=lambda: {"prompt_tokens": 0, "completion_tokens": 0, "calls": 0})
     usage_for_last_call: dict[str, Any] | None = None
     consecutive_failures: int = 0
+    #: Every reply as the server sent it, before any cut: a change of the stop rule or of the code
+    #: extraction re-cuts kept replies instead of asking (and paying) again. None: not kept.
+    replies: ResultCache | None = None
 
     def __post_init__(self) -> None:
         # Two servers may serve different models under one name, so the server is part of the identity;
@@ -151,7 +156,20 @@ class OpenAIModel:
         return self._chat(chat_user_message(task_prompt), budget)
 
     def _chat(self, user: str, max_tokens: int) -> str:
-        """One chat completion; usage and the served model name are recorded, API errors made one line."""
+        """One chat completion (a kept reply to the same request, else the server's); usage and the served
+        model name are recorded, API errors made one line."""
+        key = {**self.identity, "user": user, "max_tokens": max_tokens, "temperature": 0, "seed": 0}
+        kept = self.replies.get("api-reply", key, _decode_reply) if self.replies is not None else None
+        if kept is not None:
+            self.usage_for_last_call = kept[1]
+            return kept[0]
+        text = self._ask(user, max_tokens)
+        if self.replies is not None:
+            self.replies.put("api-reply", key, {"text": text, "usage": self.usage_for_last_call})
+        return text
+
+    def _ask(self, user: str, max_tokens: int) -> str:
+        """One request to the server (the arguments :meth:`_chat` keys its kept replies by)."""
         import openai
 
         if self.unavailable:
@@ -228,8 +246,10 @@ def load_openai_model(
     base_url: str | None = None,
     max_retries: int | None = None,
     timeout: float | None = None,
+    cache_dir: Path | None = None,
 ) -> OpenAIModel:
-    """Configure the client (no request is made); a missing key fails here, at start-up."""
+    """Configure the client (no request is made); a missing key fails here, at start-up. Replies are
+    kept in ``cache_dir``'s results (:attr:`OpenAIModel.replies`) where one is given."""
     try:
         import openai
     except ImportError:
@@ -249,6 +269,15 @@ def load_openai_model(
     retries = int(max_retries if max_retries is not None else _env_number("ATTNALIGN_OPENAI_MAX_RETRIES", DEFAULT_MAX_RETRIES, int))
     secs = float(timeout if timeout is not None else _env_number("ATTNALIGN_OPENAI_TIMEOUT", DEFAULT_TIMEOUT, float))
     client = openai.OpenAI(api_key=api_key, base_url=base_url, max_retries=retries, timeout=secs)
-    lm = OpenAIModel(spec, client, base_url, retries, secs)
+    lm = OpenAIModel(spec, client, base_url, retries, secs,
+                     replies=ResultCache(cache_dir / "results") if cache_dir is not None else None)
     lm.info.update({"base_url": base_url, "max_retries": retries, "timeout_s": secs})
     return lm
+
+
+def _decode_reply(value: Any) -> tuple[str, dict[str, Any]]:
+    """A kept reply and its call's usage, shape-checked (see :class:`cache.ResultCache`)."""
+    from .jsonshape import check
+
+    value = check(value, dict[str, Any], "reply entry")
+    return check(value["text"], str, "reply"), check(value["usage"], dict[str, Any], "usage")

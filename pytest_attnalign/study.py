@@ -20,7 +20,7 @@ from .alignment import DEFAULT_KS, TaskUnits, check_score, check_span, in_prompt
 from .cache import ResultCache
 from .errors import AttnalignError, ModelUnavailable
 from .execution import Limits, run_completion
-from .generation import GENERATION_RULES, Generation, Prompt, body_span, generate, stop_rule_text
+from .generation import GENERATION_RULES, STOP_RULE, Generation, Prompt, body_span, completion_of, generate, stop_rule_text
 from .jsonshape import check, from_json
 from .labels import human_spans, prompt_labels
 from .linemap import LineUnits, compact
@@ -98,13 +98,16 @@ class Study:
         fmt = self.config.prompt_format or lm.spec.prompt_format
         gen_key = {**lm.identity, "device_type": lm.device.split(":")[0], "task": task.task_id, "prompt": task.prompt, "format": fmt,
                    "max_new_tokens": self.config.max_new_tokens,
-                   # an API model's reply is cut by rules that did not change: its paid generations stay
+                   # an API model's paid reply stays: it is re-cut by today's rules when read
                    **({"rules": GENERATION_RULES, "libraries": self._libraries} if lm.has_internals else {})}
         cached = self.cache.get("generation", gen_key, _decode_generation)
         started = time.perf_counter()
         if cached is not None:
             prompt, generation = cached
             generation = dataclasses.replace(generation, stop_rule=stop_rule_text(generation.stop_rule))
+            if not lm.has_internals:  # a kept reply (its key holds no rules) is cut by today's rules
+                generation = dataclasses.replace(generation, stop_rule=STOP_RULE,
+                                                 completion=completion_of(task, generation.prompt_format, generation.raw))
         else:
             prompt, generation = generate(lm, task, fmt, self.config.max_new_tokens)
             self.cache.put("generation", gen_key, {"prompt": dataclasses.asdict(prompt),
@@ -142,9 +145,9 @@ class Study:
                "method": method.name, "entry": ATTRIBUTION_ENTRY, "libraries": self._libraries,
                "settings": method.settings(), **({"code": code} if code else {}),
                # a perturbed prompt decodes under the generation's budget and rules: the original may stop
-               # early under two budgets (same ids), its perturbed prompts not (rules: as for the generation)
-               **({"budget": ctx.generation.max_new_tokens, **({"rules": GENERATION_RULES} if ctx.lm.has_internals else {})}
-                  if method.decodes else {})}
+               # early under two budgets (same ids), its perturbed prompts not; an API model's perturbed
+               # replies are kept (OpenAIModel.replies), so a rules bump re-cuts them without asking again
+               **({"budget": ctx.generation.max_new_tokens, "rules": GENERATION_RULES} if method.decodes else {})}
         cacheable = code.get("module_sha256", "") is not None  # no source to hash: a stale result could be served
         cached = self.cache.get("attribution", key, lambda v: _decode_attribution(v, ctx.task)) if cacheable else None
         if cached is not None:

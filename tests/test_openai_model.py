@@ -168,7 +168,9 @@ def test_internals_methods_not_applicable() -> None:
 
 def test_a_rules_bump_regenerates_local_generations_not_paid_ones(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
     """GENERATION_RULES keys cached generations whose explained steps the rules decide (local models);
-    an API model's reply is cut by code the bump did not change, so its paid generation stays cached."""
+    an API model's paid reply stays cached and is cut by today's rules when read (a completion cut by
+    an earlier rule is not served)."""
+    import json
     from tiny_models import build_tiny
 
     from pytest_attnalign.generation import STOP_RULE
@@ -184,9 +186,16 @@ def test_a_rules_bump_regenerates_local_generations_not_paid_ones(monkeypatch: p
         assert len(srv.requests) == 1 and api.settings["generation_cached"] and local.settings["generation_cached"]
         assert api.generation.stop_rule == STOP_RULE
         monkeypatch.setattr("pytest_attnalign.study.GENERATION_RULES", 99)
+        today = api.generation.completion
+        for entry in (tmp_path / "cache" / "results" / "generation").rglob("*.json"):  # as an older rule cut it
+            doc = json.loads(entry.read_text())
+            if doc["value"]["generation"]["raw"] == REPLY:
+                doc["value"]["generation"].update(completion="\nstale\n", stop_rule="an older rule")
+                entry.write_text(json.dumps(doc))
         study = Study(StudyConfig(cache_dir=tmp_path / "cache", device="cpu", max_new_tokens=8))
         api, local = study.context("openai:stub", task), study.context(tiny, task)
     assert len(srv.requests) == 1 and api.settings["generation_cached"] and not local.settings["generation_cached"]
+    assert api.generation.completion == today and api.generation.stop_rule == STOP_RULE
 
 
 def test_two_servers_serving_one_model_name_are_two_models(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
@@ -254,4 +263,20 @@ def test_an_api_reply_without_a_body_is_no_code(monkeypatch: pytest.MonkeyPatch,
         monkeypatch.setenv("OPENAI_BASE_URL", srv.base_url)
         record = Study(StudyConfig(cache_dir=tmp_path, method_options={"shap": {"evaluations": 2}})).run_item("openai:stub", "shap", "HumanEval/0")
     assert record.no_code is no_code and (record.units == []) is no_code
-    assert len(srv.requests) == (1 if no_code else 5)  # the generation (then SHAP's regenerations)
+    assert len(srv.requests) == (1 if no_code else 4)  # the generation, then SHAP's other prompts (the whole one is kept)
+
+
+def test_a_rules_bump_recomputes_perturbations_from_kept_replies(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    """SHAP on an API model compares replies cut by the rules: a rules bump recomputes its values (a
+    perturbed reply may be cut otherwise), from the replies kept, without asking the server again."""
+    from pytest_attnalign.study import Study, StudyConfig
+
+    config = StudyConfig(cache_dir=tmp_path, method_options={"shap": {"evaluations": 2}})
+    with OpenAIStub(_reply) as srv:
+        monkeypatch.setenv("OPENAI_BASE_URL", srv.base_url)
+        first = Study(config).run_item("openai:stub", "shap", "HumanEval/0")
+        asked = len(srv.requests)
+        monkeypatch.setattr("pytest_attnalign.study.GENERATION_RULES", 99)
+        again = Study(config).run_item("openai:stub", "shap", "HumanEval/0")
+    assert asked > 1 and len(srv.requests) == asked  # nothing asked twice
+    assert not first.attribution["cached"] and not again.attribution["cached"] and again.units == first.units
