@@ -17,15 +17,23 @@ What is contained:
   ``PR_SET_CHILD_SUBREAPER``, every descendant that left the group (``setsid``, double-fork
   daemons) is re-parented to it rather than to init, so "kill the subtree until no child is left"
   reaps everything, however deep. Kills go through pidfds, never to a pid reused by a stranger.
-- Files: cwd, ``HOME`` and ``TMPDIR`` are the temp directory. As root the program runs as
-  ``nobody``: it cannot write files outside, signal its root supervisor, or exceed
-  ``RLIMIT_NPROC`` (which does not bind root). Where a mount namespace is available (root, or an
-  unprivileged user namespace otherwise) every mount except the temp directory is remounted
-  read-only in a private namespace: no path outside it (absolute, ``..``, ``/tmp``, ``/dev/shm``)
-  is writable, whoever the caller. :attr:`ExecResult.sandbox` records which protections held.
+- Files: cwd, ``HOME`` and ``TMPDIR`` are the temp directory. As root the program runs as a uid
+  of its own, reserved for it from :data:`SANDBOX_UIDS` (no other program running at the same
+  time in this network namespace has it; ``nobody``, shared, where the range is not mapped): it
+  cannot write files outside, signal its root supervisor or another program, read another
+  program's work directory, or exceed ``RLIMIT_NPROC`` (which does not bind root). Where a mount
+  namespace is available (root, or an unprivileged user namespace otherwise) every mount except
+  the temp directory is remounted read-only in a private namespace: no path outside it (absolute,
+  ``..``, ``/tmp``, ``/dev/shm``) is writable, whoever the caller. :attr:`ExecResult.sandbox`
+  records which protections held.
+- Processes at once: ``RLIMIT_NPROC`` counts every task of the program's real uid (since Linux
+  5.14, of the uid in the program's user namespace). A reserved uid (root) or the program's own
+  user namespace (a non-root caller with read-only mounts, Linux 5.14 or later) gives each program
+  its own allowance (``sandbox["nproc_own"]``); otherwise its count includes the caller's other
+  processes and the other programs running at the same time, which can use up its allowance.
 
 What is not contained:
-- Reading: the program reads what its user can read (``nobody``: world-readable files).
+- Reading: the program reads what its user can read (a reserved uid: world-readable files).
 - The network.
 - Without a mount namespace and as a non-root user, the program runs as the caller and can write or
   delete the caller's files by absolute path; a deliberately hostile program can also kill its
@@ -191,9 +199,9 @@ def _isolate_fs(libc: ctypes.CDLL, cfg: dict[str, Any], drop: tuple[int, int] | 
 
     A non-root caller needs an unprivileged user namespace for this (mapping its own uid, so
     capabilities vanish at the program's exec and the mounts, copied into a less privileged
-    namespace, stay locked read-only); root only needs a mount namespace, and drops to ``nobody``
-    afterwards, which cannot remount. As root the namespace also serves :func:`_expose`, even
-    when read-only mounts are not requested.
+    namespace, stay locked read-only); root only needs a mount namespace, and drops to the
+    program's uid afterwards, which cannot remount. As root the namespace also serves
+    :func:`_expose`, even when read-only mounts are not requested.
     """
     if not cfg["readonly"] and drop is None:
         return "disabled"
@@ -241,16 +249,18 @@ def _count_tasks(uid: int) -> int:
     return total
 
 
-def _nproc_rlimit(nproc: int, uid: int, own_userns: bool) -> int:
-    """RLIMIT_NPROC so that the program may have ``nproc`` tasks of its own.
+def _nproc_rlimit(nproc: int, uid: int, own_userns: bool, own_uid: bool) -> tuple[int, bool]:
+    """RLIMIT_NPROC so that the program may have ``nproc`` tasks, and whether the count is its own.
 
     The kernel counts all tasks of the real uid; since 5.14 it counts per user namespace, so in our
-    own namespace the count is the supervisor plus the program's tasks.
+    own namespace the count is the supervisor plus the program's tasks. Otherwise it is the tasks
+    the uid has now plus the program's: only a uid reserved for this program (``own_uid``) keeps
+    processes started later (another program's) from using up the program's allowance.
     """
     major, minor = (int(x) for x in os.uname().release.split(".")[:2])
     if own_userns and (major, minor) >= (5, 14):
-        return nproc + 1
-    return nproc + _count_tasks(uid)
+        return nproc + 1, True
+    return nproc + _count_tasks(uid), own_uid
 
 
 def _rlimits(limits: dict[str, Any], nproc_limit: int) -> dict[str, tuple[int, int]]:
@@ -444,7 +454,8 @@ def _supervise(config: str) -> int:
     run_uid = drop[0] if drop is not None else os.getuid()
     own_userns = not fs_note and os.getuid() != 0
     binding = run_uid != 0
-    rlimits = _rlimits(cfg["limits"], _nproc_rlimit(cfg["limits"]["nproc"], run_uid, own_userns))
+    nproc_limit, nproc_own = _nproc_rlimit(cfg["limits"]["nproc"], run_uid, own_userns, cfg["own_uid"])
+    rlimits = _rlimits(cfg["limits"], nproc_limit)
     if _signalled:  # the caller went away while we set up
         return 1
     token_r, token_w = os.pipe()
@@ -476,8 +487,8 @@ def _supervise(config: str) -> int:
     report = {
         "outcome": outcome, "seconds": round(seconds, 4), "returncode": rc, "note": note,
         "sandbox": {"uid": run_uid, "readonly_fs": not fs_note, "readonly_note": fs_note,
-                    "nproc_binding": binding, "rlimits": {k: list(v) for k, v in rlimits.items()},
-                    "leftover_processes": left},
+                    "nproc_binding": binding, "nproc_own": binding and nproc_own,
+                    "rlimits": {k: list(v) for k, v in rlimits.items()}, "leftover_processes": left},
     }
     sys.stdout.write(json.dumps(report) + "\n")
     return 0
@@ -494,7 +505,9 @@ if __name__ == "execution" and not __package__ and sys.argv[0] == "-c":
 
 import math
 import pwd
+import random
 import shutil
+import socket
 import subprocess
 import sysconfig
 import tempfile
@@ -513,6 +526,9 @@ SUPERVISOR_GRACE_S = 30.0
 #: The longest wall-clock limit a program may get: a day. Far above any test program's need, and
 #: far below what the OS's timers take (a larger one would overflow them in the middle of a run).
 MAX_TIMEOUT_S = 86400.0
+#: The uids a root caller's programs run as, one each: a range systemd leaves unused (between the
+#: container and the "foreign" uid ranges), below 2**31 for tools that read uids as signed.
+SANDBOX_UIDS = range(1_900_000_000, 1_900_000_000 + 65536)
 
 
 def check_timeout(seconds: object) -> float:
@@ -558,7 +574,8 @@ class ExecResult:
     pass: ran to its end, exit status 0. fail: an ``AssertionError`` escaped (the tests failed).
     timeout: wall-clock or CPU limit reached. error: anything else (SyntaxError, NameError,
     MemoryError, ``sys.exit``, a signal, a sandbox failure). ``sandbox`` records the isolation
-    that held (user, read-only filesystem, the rlimits actually set).
+    that held (user, read-only filesystem, the rlimits actually set). A reserved uid is recorded
+    as user ``reserved``, uid None: which one differs from run to run, and records must compare.
     """
 
     outcome: str
@@ -573,24 +590,73 @@ class ExecResult:
                 "returncode": self.returncode, "limits": self.limits.as_dict(), "sandbox": dict(self.sandbox)}
 
 
-def _sandbox_user() -> tuple[int, int, str] | None:
-    """``nobody`` when we are root (files outside become unwritable, RLIMIT_NPROC binds)."""
+@dataclass(frozen=True)
+class _User:
+    """Whom the program runs as when we are root; ``reservation`` keeps ``uid`` its own while it runs."""
+
+    uid: int
+    gid: int
+    reservation: socket.socket | None  # None: ``nobody``, shared with other programs
+
+
+def _recorded_user(user: _User | None, uid: int | None) -> dict[str, Any]:
+    """``user`` and ``uid`` for :attr:`ExecResult.sandbox` (see there); ``uid``: whom the program ran as."""
+    if user is not None and user.reservation is not None:
+        return {"user": "reserved", "uid": None}
+    uid = os.getuid() if uid is None else uid
+    try:
+        return {"user": pwd.getpwuid(uid).pw_name, "uid": uid}
+    except KeyError:  # an arbitrary container uid
+        return {"user": str(uid), "uid": uid}
+
+
+def _mapped(ids: str) -> bool:
+    """Whether :data:`SANDBOX_UIDS` are valid ids in our user namespace (``ids``: uid_map, gid_map)."""
+    try:
+        with open(f"/proc/self/{ids}", encoding="ascii") as fh:
+            extents = [tuple(map(int, line.split())) for line in fh]
+    except OSError:  # a kernel without user namespaces: every id is valid
+        return True
+    return any(first <= SANDBOX_UIDS.start and SANDBOX_UIDS.stop <= first + count for first, _, count in extents)
+
+
+def _reserve_uid() -> tuple[int, socket.socket] | None:
+    """A uid of :data:`SANDBOX_UIDS` that no other live program runs as, and its reservation.
+
+    The reservation is an abstract unix socket bound to a name of the uid: one socket at a time
+    holds a name (across processes: xdist workers, callers in other shells), and the kernel frees
+    it with the last descriptor of the socket (ours, then the supervisor's), even when killed.
+    Names are per network namespace: callers in other ones (containers sharing this kernel) are not
+    coordinated, and the random start of the search only makes a clash unlikely. None when the
+    range is not mapped in our user namespace (a rootless container maps 65536 ids).
+    """
+    if not (_mapped("uid_map") and _mapped("gid_map")):
+        return None
+    start = random.randrange(len(SANDBOX_UIDS))
+    for i in range(len(SANDBOX_UIDS)):
+        uid = SANDBOX_UIDS[(start + i) % len(SANDBOX_UIDS)]
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        try:
+            sock.bind(f"\0attnalign-sandbox-uid-{uid}")
+        except OSError:  # another program holds it
+            sock.close()
+            continue
+        return uid, sock
+    raise AttnalignError(f"all {len(SANDBOX_UIDS)} sandbox uids are in use")
+
+
+def _sandbox_user() -> _User | None:
+    """When we are root: a reserved uid (its own RLIMIT_NPROC count), else ``nobody`` (shared)."""
     if os.geteuid() != 0:
         return None
+    reserved = _reserve_uid()
+    if reserved is not None:
+        return _User(reserved[0], reserved[0], reserved[1])
     try:
         pw = pwd.getpwnam("nobody")
     except KeyError:
         return None
-    return pw.pw_uid, pw.pw_gid, pw.pw_name
-
-
-def _user_name(user: tuple[int, int, str] | None) -> str:
-    if user is not None:
-        return user[2]
-    try:
-        return pwd.getpwuid(os.getuid()).pw_name
-    except KeyError:  # an arbitrary container uid
-        return str(os.getuid())
+    return _User(pw.pw_uid, pw.pw_gid, None)
 
 
 def _interpreter_dirs() -> list[str]:
@@ -646,33 +712,37 @@ def run_program(source: str, limits: Limits = Limits(), *, readonly_fs: bool = T
 
     ``readonly_fs=False`` leaves the mounts writable (the other protections stay).
     """
-    user = _sandbox_user()
     top = tempfile.mkdtemp(prefix="attnalign-")
     work = os.path.join(top, "work")
     start = time.monotonic()
     proc: subprocess.Popen[bytes] | None = None
+    user: _User | None = None
     try:
+        user = _sandbox_user()
         os.mkdir(work, 0o700)
         program = os.path.join(work, "program.py")
         with open(program, "w", encoding="utf-8") as fh:
             fh.write(source)
-        if user is not None:  # nobody must reach work/ but nothing else of ours
+        if user is not None:  # the program's user must reach work/ but nothing else of ours
             os.chmod(top, 0o711)
-            os.chown(work, user[0], user[1])
-            os.chown(program, user[0], user[1])
+            os.chown(work, user.uid, user.gid)
+            os.chown(program, user.uid, user.gid)
         env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": work, "TMPDIR": work, "LANG": "C.UTF-8",
                "LC_ALL": "C.UTF-8", "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
                "MKL_NUM_THREADS": "1", MARKER: work}
         cfg = {"parent": os.getpid(), "python": sys.executable, "work": work, "stderr": os.path.join(top, "stderr"),
-               "drop": None if user is None else [user[0], user[1]],
+               "drop": None if user is None else [user.uid, user.gid],
+               "own_uid": user is not None and user.reservation is not None,
                "readonly": readonly_fs, "expose": _interpreter_dirs() + [work] if user is not None else [],
                "limits": limits.as_dict(), "env": env}
         # Imported, not run as a script, so that the cached bytecode spares a compile per program.
         code = "import sys; sys.path.append(sys.argv[1]); import execution"
         here = os.path.dirname(os.path.abspath(__file__))
         cmd = [sys.executable, "-I", "-S", "-B", "-c", code, here, json.dumps(cfg)]
+        # The supervisor inherits the uid's reservation: it stays held until the program is gone.
+        keep = () if user is None or user.reservation is None else (user.reservation.fileno(),)
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                cwd=top, env={"PATH": "/usr/bin:/bin", "LC_ALL": "C.UTF-8"})
+                                cwd=top, env={"PATH": "/usr/bin:/bin", "LC_ALL": "C.UTF-8"}, pass_fds=keep)
         try:
             out, err = proc.communicate(timeout=limits.timeout_s + SUPERVISOR_GRACE_S)
         except subprocess.TimeoutExpired:
@@ -684,17 +754,16 @@ def run_program(source: str, limits: Limits = Limits(), *, readonly_fs: bool = T
             _kill_marked(work)
             why = err.decode(errors="replace").strip()[-TAIL_CHARS:] or f"supervisor exit status {proc.returncode}"
             tail = _tail(Path(top, "stderr"))
-            sandbox: dict[str, Any] = {"user": _user_name(user), "uid": None, "readonly_fs": False,
-                                       "readonly_note": "", "nproc_binding": False, "rlimits": {},
-                                       "leftover_processes": None}
+            sandbox: dict[str, Any] = {**_recorded_user(user, None if user is None else user.uid),
+                                       "readonly_fs": False, "readonly_note": "", "nproc_binding": False,
+                                       "nproc_own": False, "rlimits": {}, "leftover_processes": None}
             return ExecResult("error", round(time.monotonic() - start, 4),
                               (tail + "\n" if tail else "") + f"[sandbox] supervisor failed: {why}",
                               None, limits, sandbox)
         tail = _tail(Path(top, "stderr"))
         if report["note"]:
             tail = (tail if not tail or tail.endswith("\n") else tail + "\n") + f"[sandbox] {report['note']}\n"
-        sandbox = dict(report["sandbox"])
-        sandbox["user"] = _user_name(user)
+        sandbox = {**report["sandbox"], **_recorded_user(user, report["sandbox"]["uid"])}
         return ExecResult(report["outcome"], report["seconds"], tail[-TAIL_CHARS:], report["returncode"],
                           limits, sandbox)
     finally:
@@ -707,6 +776,8 @@ def run_program(source: str, limits: Limits = Limits(), *, readonly_fs: bool = T
                 proc.wait()
                 _kill_marked(work)
         _remove_tree(top)
+        if user is not None and user.reservation is not None:
+            user.reservation.close()
 
 
 def run_completion(task: Task, completion: str, limits: Limits = Limits()) -> ExecResult:

@@ -14,6 +14,7 @@ import json
 import os
 import re
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -42,7 +43,7 @@ def _reported(result: ExecResult, key: str) -> list[str]:
 
 
 def _environ(pid: int) -> bytes | None:
-    """None when gone; a sandboxed process is always readable (our uid, or nobody while we are root)."""
+    """None when gone; a sandboxed process is always readable (our uid, or its own while we are root)."""
     try:
         with open(f"/proc/{pid}/environ", "rb") as fh:
             return fh.read()
@@ -311,11 +312,11 @@ def test_absolute_and_parent_paths_cannot_escape(outside: dict[str, Path], reado
     result, _ = _run(source, readonly_fs=readonly_fs)
     try:
         contained_by_fs = result.sandbox["readonly_fs"]
-        contained_by_user = result.sandbox["user"] == "nobody" and os.geteuid() == 0
+        contained_by_user = os.geteuid() == 0 and result.sandbox["user"] != "root"
         if not (contained_by_fs or contained_by_user):
             pytest.skip("not contained: writable mounts and not root (documented in execution.py)")
         _intact(outside)
-        if contained_by_fs:  # /tmp is world-writable: only the read-only mounts keep nobody out
+        if contained_by_fs:  # /tmp is world-writable: only the read-only mounts keep the program out
             assert not parent_file.exists()
             assert all(t.split("=")[1] != "done" for t in _reported(result, "TRIES")), result.stderr_tail
         assert_nothing_left(result, [])
@@ -394,7 +395,7 @@ def test_verify_benchmarks_command_reports_each_failure(monkeypatch: pytest.Monk
 
 
 def test_caller_temp_dir_below_a_private_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """pytest's own temp root is mode 700: as root, ``nobody`` still reaches its work directory."""
+    """pytest's own temp root is mode 700: as root, the program's uid still reaches its work directory."""
     private = tmp_path / "private"
     private.mkdir(mode=0o700)
     monkeypatch.setattr(execution.tempfile, "tempdir", str(private))
@@ -410,3 +411,114 @@ def test_a_failing_supervisor_is_an_error_not_a_crash(monkeypatch: pytest.Monkey
     assert result.outcome == "error"
     assert "[sandbox] supervisor failed" in result.stderr_tail and "execution" in result.stderr_tail
     assert result.as_dict()["sandbox"]["readonly_fs"] is False
+
+
+# ---------------------------------------------------------------------------------------------
+# Programs running at the same time
+# ---------------------------------------------------------------------------------------------
+
+_COMM = """
+    import ctypes, os, sys, threading, time
+    def set_comm(name):  # prctl(PR_SET_NAME): how the other program and the test see this one
+        ctypes.CDLL(None).prctl(15, name.encode(), 0, 0, 0)
+    def count(name):
+        n = 0
+        for pid in os.listdir("/proc"):
+            try:
+                with open(f"/proc/{pid}/comm") as fh:
+                    n += fh.read().strip() == name
+            except OSError:
+                pass
+        return n
+    print("UID", os.getuid(), file=sys.stderr)
+    def wait_for(ready, what):
+        deadline = time.monotonic() + 20
+        while not ready():
+            assert time.monotonic() < deadline, what
+            time.sleep(0.02)
+"""
+
+
+def _comm_count(name: str) -> int:
+    n = 0
+    for pid in os.listdir("/proc"):
+        try:
+            n += Path(f"/proc/{pid}/comm").read_text().strip() == name
+        except OSError:
+            continue
+    return n
+
+
+def test_programs_running_at_once_each_have_their_own_process_allowance() -> None:
+    """A starts first; B then forks up to its allowance; A can still start threads up to its own.
+
+    RLIMIT_NPROC counts every task of a uid: were both programs the same user, B's children would
+    use up the allowance A's limit was computed for, and A could not start a single thread.
+    """
+    nproc, token = 8, f"an{os.getpid() % 10**6}"
+    limits = Limits(timeout_s=30, nproc=nproc)
+    first = _COMM + f"""
+    set_comm("{token}A")
+    wait_for(lambda: count("{token}B") == {nproc - 1}, "B never forked its {nproc - 1} children")
+    stop, started = threading.Event(), 0
+    try:
+        for _ in range({nproc - 1}):
+            threading.Thread(target=stop.wait).start()
+            started += 1
+    except RuntimeError as exc:
+        print(exc, file=sys.stderr)
+    stop.set()
+    print("THREADS", started, file=sys.stderr)
+    """
+    second = _COMM + f"""
+    kids = 0
+    for _ in range({nproc + 8}):
+        try:
+            pid = os.fork()
+        except OSError:
+            break
+        if pid == 0:
+            set_comm("{token}B")
+            time.sleep(1000)
+            os._exit(0)
+        kids += 1
+    print("FORKED", kids, file=sys.stderr)
+    wait_for(lambda: count("{token}A") == 0, "A never finished")
+    """
+    results: dict[str, ExecResult] = {}
+    a = threading.Thread(target=lambda: results.setdefault("A", run_program(textwrap.dedent(first), limits)))
+    a.start()
+    try:
+        deadline = time.monotonic() + 20
+        while _comm_count(f"{token}A") == 0 and a.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        results["B"] = run_program(textwrap.dedent(second), limits)
+    finally:
+        a.join()
+    first_result, second_result = results["A"], results["B"]
+    if not all(r.sandbox["nproc_binding"] and r.sandbox["nproc_own"] for r in results.values()):
+        pytest.skip("RLIMIT_NPROC shared with other processes (not root, no user namespace; documented)")
+    assert second_result.outcome == "pass", second_result.stderr_tail
+    assert _reported(second_result, "FORKED") == [str(nproc - 1)]
+    assert first_result.outcome == "pass", first_result.stderr_tail
+    assert _reported(first_result, "THREADS") == [str(nproc - 1)]
+    assert _reported(first_result, "UID") != _reported(second_result, "UID") or os.geteuid() != 0
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root runs programs as another user")
+def test_as_root_each_program_runs_as_a_reserved_uid_and_nobody_where_none_is_mapped(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    source = _WORK + "print('UID', os.getuid(), file=sys.stderr)\nassert os.getuid() == os.getgid() and not os.getgroups()\n"
+    result, _ = _run(source)
+    assert result.outcome == "pass", result.stderr_tail
+    assert int(_reported(result, "UID")[0]) in execution.SANDBOX_UIDS
+    assert (result.sandbox["user"], result.sandbox["uid"], result.sandbox["nproc_own"]) == ("reserved", None, True)
+    assert_nothing_left(result, [])
+    again, _ = _run(source)  # likely another uid, the same record: run files compare
+    assert {k: v for k, v in again.sandbox.items() if k != "rlimits"} == {
+        k: v for k, v in result.sandbox.items() if k != "rlimits"}
+
+    monkeypatch.setattr(execution, "SANDBOX_UIDS", range(2**32 - 16, 2**32))  # beyond any uid_map
+    result, _ = _run(_WORK + "print('ok')\n")
+    assert result.outcome == "pass", result.stderr_tail
+    assert (result.sandbox["user"], result.sandbox["nproc_own"]) == ("nobody", False)
