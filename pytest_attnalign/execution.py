@@ -5,14 +5,16 @@ fresh ``python -I -S`` that imports this very file as a top-level module and sto
 ``__package__`` check below, before the library half. The supervisor makes itself a child
 subreaper, isolates the filesystem where it can, forks the program's interpreter (``python -I
 -B``: own session and process group, rlimits, minimal environment, stdin on ``/dev/null``, cwd,
-HOME and TMPDIR in a fresh temp directory), waits for it under the wall-clock limit, kills and
-reaps every process the program left behind and prints a one-line JSON report. The caller then
-reads the program's stderr tail and deletes the temp directory.
+HOME and TMPDIR in a fresh temp directory, stderr on a pipe), waits for it under the wall-clock
+limit while keeping the tail of its stderr, kills and reaps every process the program left behind,
+writes the tail to a file and prints a one-line JSON report. The caller then reads the tail and
+deletes the temp directory.
 
 What is contained:
 - Time, CPU, memory, file size, processes: the wall clock, ``RLIMIT_CPU`` (SIGXCPU, SIGKILL one
   second later), ``RLIMIT_AS``, ``RLIMIT_FSIZE``, ``RLIMIT_NPROC``, ``RLIMIT_CORE`` = 0, each capped
-  at the hard limit the supervisor inherited (the program cannot raise them back).
+  at the hard limit the supervisor inherited (the program cannot raise them back). Its stderr is
+  a pipe, not a file: any amount may be written, the last :data:`_STDERR_KEPT` bytes are kept.
 - Processes: at the end the program's process group is killed. Because the supervisor is a
   ``PR_SET_CHILD_SUBREAPER``, every descendant that left the group (``setsid``, double-fork
   daemons) is re-parented to it rather than to init, so "kill the subtree until no child is left"
@@ -64,6 +66,8 @@ if TYPE_CHECKING:
 #: Bytes written on the supervisor's private pipe (fd 3 of the program) by the bootstrap.
 _PASS, _FAIL = b"P", b"F"
 _TOKEN_FD = 3
+#: Bytes of the program's stderr kept (its tail), whatever it writes.
+_STDERR_KEPT = 1 << 16
 #: Environment marker of every sandboxed process (value: its work directory).
 MARKER = "ATTNALIGN_SANDBOX"
 
@@ -315,8 +319,19 @@ def _exec_program(libc: ctypes.CDLL, cfg: dict[str, Any], stderr_fd: int, token_
             os._exit(127)
 
 
-def _wait_exit(pid: int, timeout: float) -> bool:
-    """Wait for ``pid`` to exit, without reaping it (its pid must stay valid for killpg)."""
+def _read_into(fd: int, kept: bytearray) -> bool:
+    """Append what ``fd`` holds to ``kept``, keeping its last :data:`_STDERR_KEPT` bytes; False at EOF."""
+    data = os.read(fd, 1 << 16)
+    kept += data
+    del kept[:-_STDERR_KEPT]
+    return bool(data)
+
+
+def _wait_exit(pid: int, timeout: float, err: int, kept: bytearray) -> bool:
+    """Wait for ``pid`` to exit, without reaping it (its pid must stay valid for killpg).
+
+    Meanwhile drain the program's stderr pipe ``err`` into ``kept``, so that writing never blocks.
+    """
     global _waiting
     _waiting = True
     try:
@@ -326,17 +341,19 @@ def _wait_exit(pid: int, timeout: float) -> bool:
             fd = os.pidfd_open(pid)
         except (AttributeError, OSError):
             fd = -1
-        if fd >= 0:
-            try:
-                return bool(select.select([fd], [], [], timeout)[0])
-            finally:
-                os.close(fd)
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
-                return True
-            time.sleep(0.005)
-        return False
+        try:
+            while (left := deadline - time.monotonic()) > 0:
+                watched = [f for f in (fd, err) if f >= 0]  # without a pidfd: poll every 5 ms
+                ready = select.select(watched, [], [], left if fd >= 0 else min(left, 0.005))[0]
+                if err in ready and not _read_into(err, kept):
+                    err = -1  # EOF: no process holds the pipe any more
+                if fd in ready if fd >= 0 else os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT):
+                    return True
+            return False
+        finally:
+            if fd >= 0:
+                os.close(fd)
     finally:
         _waiting = False
 
@@ -448,7 +465,8 @@ def _supervise(config: str) -> int:
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)  # the caller dies -> we clean up
     if os.getppid() != cfg["parent"]:
         return 1
-    stderr_fd = os.open(cfg["stderr"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    stderr_fd = os.open(cfg["stderr"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)  # while writable
+    err_r, err_w = os.pipe()
     drop = tuple(cfg["drop"]) if cfg["drop"] is not None else None
     fs_note = _isolate_fs(libc, cfg, drop)
     run_uid = drop[0] if drop is not None else os.getuid()
@@ -462,11 +480,12 @@ def _supervise(config: str) -> int:
     start = time.monotonic()
     pid = os.fork()
     if pid == 0:
-        _exec_program(libc, cfg, stderr_fd, token_w, rlimits, me)
+        _exec_program(libc, cfg, err_w, token_w, rlimits, me)
     os.close(token_w)
-    interrupted = ""
+    os.close(err_w)
+    interrupted, kept = "", bytearray()
     try:
-        timed_out = not _wait_exit(pid, cfg["limits"]["timeout_s"])
+        timed_out = not _wait_exit(pid, cfg["limits"]["timeout_s"], err_r, kept)
     except _Interrupted as exc:
         timed_out, interrupted = True, str(exc)
     seconds = time.monotonic() - start
@@ -476,6 +495,13 @@ def _supervise(config: str) -> int:
         pass
     _, status, usage = os.wait4(pid, 0)
     left = _reap_everything(5.0)
+    os.set_blocking(err_r, False)
+    try:
+        while _read_into(err_r, kept):
+            pass
+    except BlockingIOError:  # a descendant that could not be killed still holds the pipe
+        pass
+    os.write(stderr_fd, kept)
     os.set_blocking(token_r, False)
     try:
         token = os.read(token_r, 64)

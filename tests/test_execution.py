@@ -232,6 +232,18 @@ def test_file_size_limit() -> None:
     assert_nothing_left(result, [])
 
 
+def test_stderr_beyond_the_file_size_limit_is_cut_not_an_error() -> None:
+    """Only the tail of stderr is kept: writing more than a file may hold does not fail the program."""
+    result, _ = _run("""
+        import os, sys
+        sys.stderr.write("x" * 3 * 2**20 + "\\n")
+        os.write(2, b"y" * 3 * 2**20 + b"\\n")
+        print("END", file=sys.stderr)
+    """, Limits(file_size_mb=1))
+    assert result.outcome == "pass", result.stderr_tail
+    assert result.stderr_tail.endswith("y\nEND\n") and len(result.stderr_tail) == execution.TAIL_CHARS
+
+
 def test_background_children_and_daemons_do_not_survive_a_passing_program() -> None:
     result, _ = _run(_WORK + """
         import subprocess, time
@@ -508,7 +520,8 @@ def test_programs_running_at_once_each_have_their_own_process_allowance() -> Non
 @pytest.mark.skipif(os.geteuid() != 0, reason="only root runs programs as another user")
 def test_as_root_each_program_runs_as_a_reserved_uid_and_nobody_where_none_is_mapped(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    source = _WORK + "print('UID', os.getuid(), file=sys.stderr)\nassert os.getuid() == os.getgid() and not os.getgroups()\n"
+    source = _WORK + ("print('UID', os.getuid(), file=sys.stderr)\n"
+                      "assert os.getuid() == os.getgid() and not os.getgroups()\n")
     result, _ = _run(source)
     assert result.outcome == "pass", result.stderr_tail
     assert int(_reported(result, "UID")[0]) in execution.SANDBOX_UIDS
