@@ -81,7 +81,9 @@ _PR_SET_PDEATHSIG, _PR_SET_CHILD_SUBREAPER = 1, 36
 #: Program bootstrap: like the reference HumanEval harness the program does not run as ``__main__``
 #: (a completion's ``if __name__ == "__main__":`` demo block or ``unittest.main()`` is skipped), and
 #: ``sys.exit`` before the end counts as an error. It reports pass/fail on the private fd so that an
-#: early ``os._exit(0)`` is not mistaken for a pass.
+#: early ``os._exit(0)`` is not mistaken for a pass. Once the tests have run the process ends (streams
+#: flushed, ``os._exit``), as the reference harness takes its verdict then: a thread the program left
+#: running does not turn a verdict into a timeout.
 _BOOT = r"""
 import os, sys, traceback, types
 def _boot():
@@ -99,7 +101,13 @@ def _boot():
     except BaseException:
         traceback.print_exc(); return 1
     os.write(fd, b"P"); return 0
-sys.exit(_boot())
+status = _boot()
+for stream in (sys.stdout, sys.stderr):
+    try:
+        stream.flush()
+    except BaseException:
+        pass
+os._exit(status)
 """
 
 

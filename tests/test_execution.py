@@ -119,6 +119,22 @@ def test_main_guard_is_not_run_like_the_reference_harness() -> None:
     assert result.outcome == "pass", result.stderr_tail
 
 
+@pytest.mark.parametrize(("tests", "outcome"), [("assert True", "pass"), ("assert False", "fail"),
+                                                ("undefined_name", "error")])
+def test_the_program_ends_once_its_tests_ran_though_a_thread_still_runs(tests: str, outcome: str) -> None:
+    """Like the reference harness: the verdict is in when the tests have run, not a timeout."""
+    limits = Limits(timeout_s=10)
+    result, _ = _run(_WORK + f"""
+        import threading, time
+        threading.Thread(target=time.sleep, args=(1000,)).start()  # not a daemon
+        sys.stderr.write("NO NEWLINE")  # still flushed
+        {tests}
+    """, limits)
+    assert result.outcome == outcome, result.stderr_tail
+    assert result.seconds < limits.timeout_s / 2 and "NO NEWLINE" in result.stderr_tail
+    assert_nothing_left(result, [])
+
+
 def test_limits_are_recorded() -> None:
     limits = Limits(timeout_s=4.5, memory_mb=512, file_size_mb=2, nproc=16)
     assert limits.cpu_s == 5  # derived from the wall clock
