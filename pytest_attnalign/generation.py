@@ -3,15 +3,16 @@
 Rules (recorded with every :class:`Generation`):
 - ``completion`` format: the task's prompt as given; the model continues it.
 - ``chat`` format: the task's prompt inside a user message of the model's chat template; the code is
-  taken from the first fenced block of the reply (or the whole reply when it has no fence).
+  taken from the reply's fenced block that defines the function (:mod:`.code_cut`), or the whole
+  reply when it has no fence.
 - ``chat-prefill`` format: as ``chat``, and the assistant turn is prefilled with the fenced task
   prompt, so the model continues the code as a base model does (for instruct models that continue).
 - Budget: tokens of the canonical solution + 20 (the study's rule). In chat format the reply restates
   the signature and often the docstring, so the budget there is tokens of prompt + canonical + 20.
 - Stop rule: decoding stops at end-of-sequence, or once the generated function has ended (a new
-  top-level line; where the model writes the ``def``, one that is not a ``def``, ``class``, import or
-  decorator, so helper functions stay), or after the closing fence in the chat formats; the
-  completion is then cut there.
+  top-level statement; where the model writes the ``def``, one after the tested function's that is not
+  a ``def``, ``class``, import or decorator, so helper functions stay), or after the closing fence in
+  the chat formats; the completion is then cut there (:mod:`.code_cut`).
 - Explained steps: the generated tokens of the function's BODY (:func:`body_span`), never a fence,
   prose, the restated ``def`` line or docstring, nor anything after the function. Step ``j``
   explains generated token ``y_j``, predicted at position ``P - 1 + j`` (``P`` prompt tokens).
@@ -24,6 +25,8 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 from .benchmarks import get_benchmark
+from .code_cut import (before_fence, block_settled, chosen_block, cut_function, defines, extract_code, function_ended,
+                       inside_statement)
 from .errors import AttnalignError
 from .tasks import Task
 
@@ -35,16 +38,19 @@ CHAT_FORMATS = ("chat", "chat-prefill")
 CHAT_INSTRUCTION = "Complete the following Python function. Reply with the whole function in one ```python code block.\n\n"
 PREFILL = "```python\n"
 BUDGET_SLACK = 20
-STOP_RULE = ("eos | end of the generated function (its first later top-level statement, comments not counting; where "
-             "the model writes the def, one that is not a def, class, import or decorator: helper functions stay) | "
-             "closing ``` fence of the first python or untagged code block (chat)")
-#: Earlier wordings of the same stop rule: records and cached generations keep the text they were made
-#: with, and a rewording must not make two runs of one rule look different (compare, merge).
-_STOP_RULE_WORDINGS = {"eos | end of the first top-level function (next top-level statement) | closing ``` fence (chat)": STOP_RULE}
+STOP_RULE = ("eos | end of the tested function (its first later top-level statement as Python reads it; where the "
+             "model writes the def, one that is not a def, class, import or decorator: helper functions stay; a "
+             "cut-off statement after it dropped) | closing ``` fence of the block that defines it (chat)")
+#: Earlier wordings of one rule, read as its last wording: records and cached generations keep the text they
+#: were made with, and a rewording must not make two runs of one rule look different (compare, merge). The rule
+#: before 2026-12-03 (line-based, first fence) is another rule: its records keep its own text.
+_STOP_RULE_WORDINGS = {"eos | end of the first top-level function (next top-level statement) | closing ``` fence (chat)":
+                       "eos | end of the generated function (its first later top-level line; where the model writes the def, "
+                       "one that is not a def, class, import or decorator: helper functions stay) | closing ``` fence (chat)"}
 
 
 def stop_rule_text(text: str) -> str:
-    """``text`` in today's wording when it is an earlier wording of the same rule."""
+    """``text`` in its rule's last wording when it is an earlier wording of that rule."""
     return _STOP_RULE_WORDINGS.get(text, text)
 
 
@@ -52,15 +58,10 @@ def stop_rule_text(text: str) -> str:
 #: body span), so that old entries are regenerated. Attribution entries are keyed by the generated ids and
 #: the explained steps themselves, so those of unchanged generations stay valid; methods that regenerate
 #: (``Method.decodes``) key this version too.
-GENERATION_RULES = 4  # 2: a body on the def line, a comment after the signature; 3: code after a def-line docstring;
-# 4: a column-0 comment does not end a function, a code block tagged python3 (or after a shell block) is the code (2026-12-03)
+GENERATION_RULES = 5  # 2: a body on the def line, a comment after the signature; 3: code after a def-line docstring;
+# 4: a column-0 comment does not end a function, a code block tagged python3 (or after a shell block) is the code;
+# 5: the tested function's end, statements read as Python does, a cut-off trailing statement dropped (2026-12-03)
 
-#: A code block's opening fence and its info string (any language: a closing fence is never read as one).
-_OPEN_FENCE = re.compile(r"```[ \t]*([^\n`]*?)[ \t]*\r?\n")
-#: The info strings of a block that holds the Python code (lower case; none is a Python block too).
-_PYTHON_TAGS = ("", "python", "py", "python3", "py3")
-# Top-level lines that continue a module after a function without ending "the generated function".
-_CONTINUES = ("def ", "async def ", "@", "import ", "from ", "class ")
 _DOCSTRING = re.compile(r"""^\s*[rRuU]?("{3}|'{3})""")
 
 
@@ -148,95 +149,9 @@ def token_budget_rule(prompt_format: str) -> str:
     return "prompt + canonical solution + 20" if prompt_format == "chat" else "canonical solution + 20"
 
 
-def cut_function(text: str, starts_inside: bool) -> str:
-    """Cut code where its generated function ends (helper functions after it stay, see below).
-
-    ``starts_inside`` is true when ``text`` continues a function whose ``def`` is in the prompt
-    (HumanEval completion); then the first top-level statement of any kind ends it. Otherwise imports
-    and decorators may precede the ``def``, and helper functions may follow it. A comment at column 0
-    is no statement (Python reads indented lines after it as the same body): the next statement
-    decides, and comments just before an ending statement go with it, as do comments the text ends on.
-    """
-    end, pending = _function_end(text, starts_inside, final=True)
-    cut = end if end is not None else pending
-    return text if cut is None else text[:cut].rstrip() + "\n"
-
-
-def _function_end(text: str, starts_inside: bool, final: bool) -> tuple[int | None, int | None]:
-    """Where the function ends: the offset of the top-level statement that ends it (or of the comments
-    just before that statement), else None; and where trailing top-level comments start, else None.
-
-    While decoding (not ``final``) a last line that may still become a ``def``, ``import`` ... (``d``,
-    ``de``, ``def``: the token after ``def`` carries the space) decides nothing yet: it once stopped
-    decoding before every helper function."""
-    seen_def, pending, pos = starts_inside, None, 0
-    lines = text.split("\n")
-    for i, line in enumerate(lines):
-        at, pos = pos, pos + len(line) + 1
-        if i == 0 and starts_inside:
-            continue  # the rest of the prompt's last line
-        if not line.strip():
-            continue
-        if line[0] in " \t)]}":
-            pending = None  # the comments were inside the body
-            continue
-        if line.startswith("#"):
-            pending = at if pending is None else pending
-            continue
-        if not final and i == len(lines) - 1 and not starts_inside and any(k.startswith(line) for k in _CONTINUES):
-            return None, None
-        ends = at if pending is None else pending
-        pending = None
-        if starts_inside:
-            return ends, None
-        if line.startswith(("def ", "async def ")):
-            seen_def = True
-        elif not line.startswith(_CONTINUES) and seen_def:
-            return ends, None
-    return None, pending
-
-
-def _code_block(reply: str) -> tuple[int, str] | None:
-    """The offset and text of a reply's code: its first Python (or untagged) fenced block, else its
-    first block of another language; None without a fence. An unclosed block runs to the end."""
-    blocks = []
-    pos = 0
-    while (m := _OPEN_FENCE.search(reply, pos)) is not None:
-        close = reply.find("```", m.end())
-        blocks.append((m.group(1).lower(), m.end(), reply[m.end():] if close == -1 else reply[m.end():close]))
-        if close == -1:
-            break
-        pos = close + 3
-    found = next((b for b in blocks if b[0] in _PYTHON_TAGS), blocks[0] if blocks else None)
-    return None if found is None else (found[1], found[2])
-
-
-def _python_block_closed(reply: str) -> bool:
-    """Whether a chat reply has closed its first Python (or untagged) code block."""
-    pos = 0
-    while (m := _OPEN_FENCE.search(reply, pos)) is not None:
-        close = reply.find("```", m.end())
-        if close == -1:
-            return False
-        if m.group(1).lower() in _PYTHON_TAGS:
-            return True
-        pos = close + 3
-    return False
-
-
-def extract_code(reply: str) -> str:
-    """The code of a chat reply (:func:`_code_block`), or the whole reply without a fence."""
-    block = _code_block(reply)
-    return reply if block is None else block[1]
-
-
 def _continues(task: Task) -> bool:
     """Whether the task's completion-mode prompt ends inside its function (HumanEval), not before it."""
     return get_benchmark(task.benchmark).continues_function
-
-
-def _restates(code: str, entry_point: str) -> bool:
-    return re.search(rf"^\s*(async\s+)?def\s+{re.escape(entry_point)}\s*\(", code, re.M) is not None
 
 
 def completion_from_reply(task: Task, reply: str) -> str:
@@ -245,18 +160,10 @@ def completion_from_reply(task: Task, reply: str) -> str:
     A reply that restates the function defines it again after the prompt's docstring-only stub,
     which Python accepts and which overrides the stub; a bare body continues the prompt directly.
     """
-    code = extract_code(reply)
-    if _restates(code, task.entry_point):
-        return "\n" + cut_function(code.strip("\n") + "\n", starts_inside=False)
-    if _continues(task) and code.startswith((" ", "\t")):
+    code = extract_code(reply, task.entry_point)
+    if _continues(task) and not defines(code, task.entry_point) and code.lstrip("\r\n").startswith((" ", "\t")):
         return cut_function(code, starts_inside=True)
-    return "\n" + cut_function(code.strip("\n") + "\n", starts_inside=False)
-
-
-def _before_fence(raw: str) -> str:
-    """A prefilled reply's code: everything before the fence that closes the prefilled block."""
-    end = raw.find("```")
-    return raw if end == -1 else raw[:end]
+    return "\n" + cut_function(code.strip("\n") + "\n", starts_inside=False, entry_point=task.entry_point)
 
 
 def completion_from_text(task: Task, prompt_format: str, raw: str) -> str:
@@ -264,8 +171,8 @@ def completion_from_text(task: Task, prompt_format: str, raw: str) -> str:
     if prompt_format == "chat":
         return completion_from_reply(task, raw)
     if prompt_format == "chat-prefill":
-        raw = _before_fence(raw)
-    return cut_function(raw, starts_inside=_continues(task))
+        raw = before_fence(raw)
+    return cut_function(raw, starts_inside=_continues(task), entry_point=task.entry_point)
 
 
 def completion_of(task: Task, prompt_format: str, raw: str) -> str:
@@ -277,10 +184,10 @@ def completion_of(task: Task, prompt_format: str, raw: str) -> str:
 def has_ended(task: Task, prompt_format: str, raw: str) -> bool:
     """Whether decoding may stop: the function (or the fenced block) is complete."""
     if prompt_format == "chat":
-        return _python_block_closed(raw)
-    if prompt_format == "chat-prefill" and "```" in raw:
+        return block_settled(raw, task.entry_point)
+    if prompt_format == "chat-prefill" and before_fence(raw) != raw:
         return True
-    return _function_end(raw, starts_inside=_continues(task), final=False)[0] is not None
+    return function_ended(raw, _continues(task), task.entry_point)
 
 
 def _function_body(code: str, name: str) -> tuple[int, int]:
@@ -324,6 +231,8 @@ def _function_body(code: str, name: str) -> tuple[int, int]:
         if outdented and line.lstrip()[0] == "#":  # no statement: the body goes on if indented code follows
             pos += len(line) + 1
             continue
+        if outdented and inside_statement(code[:pos]):  # a line of a string or brackets opened in the body
+            outdented = False
         if outdented and line.lstrip()[0] not in ")]}":
             break
         if line.strip():
@@ -394,13 +303,14 @@ def body_span(task: Task, prompt_format: str, raw: str) -> tuple[int, int]:
     A chat reply with neither a code block nor a ``def`` has no body.
     """
     if prompt_format == "chat":
-        block = _code_block(raw)
+        block = chosen_block(raw, task.entry_point)
         if block is None and not re.search(r"^\s*(async\s+)?def\s", raw, re.M):
             return 0, 0  # a reply with neither a code block nor a def is prose: no body
-        offset, code = block if block is not None else (0, raw)
-        continues = _continues(task) and not _restates(code, task.entry_point) and code.startswith((" ", "\t"))
+        offset, code = (block.start, block.code) if block is not None else (0, raw)
+        continues = (_continues(task) and not defines(code, task.entry_point)
+                     and code.lstrip("\r\n").startswith((" ", "\t")))
     else:
-        offset, code = 0, _before_fence(raw) if prompt_format == "chat-prefill" else raw
+        offset, code = 0, before_fence(raw) if prompt_format == "chat-prefill" else raw
         continues = _continues(task)
     if continues:
         return offset, offset + len(cut_function(code, starts_inside=True).rstrip())

@@ -187,18 +187,102 @@ def test_a_line_that_may_become_a_def_does_not_stop_decoding() -> None:
     ("```python\r\nx = 1\r\n```", "x = 1\r\n"),
     ("```bash\nls\n```\nNo Python here.", "ls\n"),  # no Python block: the first block
     ("```python\nx = 1\n", "x = 1\n"),  # unclosed (the budget ran out)
+    ("```python\nx = '```'\n```", "x = '```'\n"),  # a fence inside a line closes nothing
     ("x = 1", "x = 1"),  # no fence: the whole reply
 ])
 def test_the_code_is_the_first_python_block(reply: str, code: str) -> None:
     assert extract_code(reply) == code
 
 
-def test_a_chat_reply_stops_at_its_python_block_not_a_shell_block() -> None:
-    shell = "Install it:\n```bash\npip install numpy\n```\n"
-    assert not has_ended(HE0, "chat", shell + "Then:")
-    assert has_ended(HE0, "chat", shell + "Then:\n```python3\nx = 1\n```")
-    reply = shell + "Then:\n```python3\n" + RESTATED.split("```python\n")[1]
+def test_a_chat_reply_stops_at_the_block_that_defines_the_function() -> None:
+    """Not at a shell block, an example's output or a usage example before it (the code was then the
+    example, and decoding stopped before the function was written)."""
+    function = "```python3\n" + RESTATED.split("```python\n")[1]
+    closing = function.index("```\n", 10)
+    for before in ("Install it:\n```bash\npip install numpy\n```\n", "It prints:\n```\nTrue\n```\n",
+                   "Usage:\n```python\nprint(has_close_elements([1.0], 0.5))\n```\n"):
+        assert not has_ended(HE0, "chat", before + "Then:")
+        assert not has_ended(HE0, "chat", before + function[:closing])  # still open
+        assert has_ended(HE0, "chat", before + function[:closing + 3])
+        assert explained_text(before + function, "chat") == BODY
+
+
+@pytest.mark.parametrize("tag", ["python title=a.py", "Python 3", "python3.10", "py", "PY3"])
+def test_a_python_tag_may_carry_a_version_or_attributes(tag: str) -> None:
+    reply = f"```{tag}\n" + RESTATED.split("```python\n")[1]
+    assert has_ended(HE0, "chat", reply[:reply.index("```\n", 10) + 3])
     assert explained_text(reply, "chat") == BODY
+
+
+def test_a_fence_inside_a_line_of_code_closes_nothing() -> None:
+    body = "    fence = '```'\n    return s.replace(fence, '')"
+    reply = "```python\ndef remove_Occ(s, ch):\n" + body + "\n```\nDone."
+    assert not has_ended(MBPP, "chat", reply[:reply.index("'```'") + 5])
+    assert explained_text(reply, "chat", MBPP) == body
+
+
+@pytest.mark.parametrize("tail", [
+    "\n\ndef test_remove_Occ():\n    assert remove_Occ(\"hello\",\"l\") == ",
+    "\n\nimport unittest\n\nclass TestRemoveOcc(unittest.TestCase):\n    def test_1(self):\n        self.assertEqual(remove_Occ(",
+    "\n\n@",
+])
+@pytest.mark.parametrize("fmt", ["completion", "chat", "chat-prefill"])
+def test_a_statement_the_budget_cut_off_after_the_function_is_dropped(fmt: str, tail: str) -> None:
+    """Helpers after the function stay; a test the model began and the budget cut (a SyntaxError) ran
+    with it and failed a correct function."""
+    code = "def remove_Occ(s, ch):\n    return s.replace(ch, '')"
+    raw = {"completion": code + tail, "chat": "```python\n" + code + tail, "chat-prefill": code + tail}[fmt]
+    completion = completion_of(MBPP, fmt, raw)
+    compile(completion, "<completion>", "exec")  # what compiles stays (an `import unittest`)
+    assert completion.strip().startswith(code) and "test" not in completion.lower().replace("unittest", "")
+    helper = "\n\ndef helper(s):\n    return s"
+    assert completion_of(MBPP, fmt, raw.replace(tail, helper + tail)).strip().startswith(code + helper)
+
+
+def test_a_helper_and_an_assignment_before_the_function_stay() -> None:
+    """The function is the tested one: a module constant between a helper and it cut the tested function off."""
+    code = ("def _first(s, ch):\n    return s.replace(ch, '', 1)\n\n_MEMO = {}\n\n"
+            "def remove_Occ(s, ch):\n    return _first(s, ch)")
+    for fmt, raw in (("completion", code + "\n\nprint(1)"), ("chat", f"```python\n{code}\n```")):
+        assert completion_of(MBPP, fmt, raw).strip() == code
+        assert explained_text(raw, fmt, MBPP) == "    return _first(s, ch)"
+    assert not has_ended(MBPP, "completion", code.split("def remove_Occ")[0] + "print")  # the function may follow
+
+
+@pytest.mark.parametrize("body", [
+    '    """Remove the first and last occurrence\nof ch from s."""\n    i = s.find(ch)\n    return s[:i] + s[i + 1:]',
+    "    sql = '''\nSELECT 1\n'''\n    return s",
+    "    x = [1,\n2]\n    return s",
+])
+def test_a_line_of_a_string_or_brackets_at_column_0_does_not_end_the_function(body: str) -> None:
+    raw = "def remove_Occ(s, ch):\n" + body + "\n\nprint(1)"
+    assert completion_of(MBPP, "completion", raw).strip() == raw[:raw.index("\n\nprint")]
+    assert not has_ended(MBPP, "completion", raw[:raw.index("\n\nprint")])
+    assert explained_text(raw, "completion", MBPP).endswith(body.rsplit("\n", 1)[1])
+
+
+def test_stopping_early_never_changes_the_completion() -> None:
+    """For outputs of many shapes, wherever decoding may stop (the first character prefix where has_ended
+    holds), the prefix's completion and body are the whole output's."""
+    bodies = ["    return s.replace(ch, '')\n", "    s = s.replace(ch, '', 1)\n# col0\n    return s\n",
+              "    '''Doc\nat col 0.'''\n    return s  # t\n", "    x = [1,\n2]\n    return s\n"]
+    tails = ["", "\n\n# Test\nprint(remove_Occ('hello', 'l'))\n", "\nif __name__ == '__main__':\n    print(1)\n",
+             "\n\ndef helper(x):\n    return x\n", "\n\n# done\n", "\n\nclass T:\n    pass\n\nx = T()\n",
+             "\n@decorate\ndef g():\n    pass\nprint(g())\n", "\ndef\n", "\n\ndef test_it():\n    assert remove_Occ("]
+    heads = ["", "import re\n\n", "def _h(s):\n    return s\n\nLIMIT = 3\n# Solution\n"]
+    cases = []
+    for head, body, tail in ((h, b, t) for h in heads for b in bodies for t in tails):
+        code = head + "def remove_Occ(s, ch):\n" + body + tail
+        cases += [("completion", code), ("chat-prefill", code + "```\nDone."),
+                  ("chat", "Here:\n```bash\nls\n```\n```python\n" + code + "```\nMore:\n```python\nprint(3)\n```\n")]
+    cases += [(fmt, raw.replace("\n", "\r\n")) for fmt, raw in cases[::5]]
+    for fmt, whole in cases:
+        expected = completion_of(MBPP, fmt, whole).rstrip(), body_span(MBPP, fmt, whole)
+        for k in range(1, len(whole)):
+            if has_ended(MBPP, fmt, whole[:k]):
+                assert (completion_of(MBPP, fmt, whole[:k]).rstrip(), body_span(MBPP, fmt, whole[:k])) == expected, \
+                    (fmt, whole, k)
+                break
 
 
 def test_every_canonical_solution_survives_the_stop_rule() -> None:
@@ -257,3 +341,13 @@ def test_a_tiny_chat_model_runs_the_prefilled_format_end_to_end(tmp_path) -> Non
     tokens = ctx.description_tokens()
     assert tokens and min(i for _, _, i in tokens) > len(lm.tokenizer(prompt.text[: prompt.task_offset])["input_ids"]) - 2
     assert len(get_method("reading_last").attribute(ctx)) == len(tokens)
+
+
+def test_an_earlier_rule_keeps_its_own_wording() -> None:
+    """A rewording of one rule reads as its last wording (runs compare as one rule); the rule before
+    2026-12-03 is another rule, and its records must not claim today's."""
+    from pytest_attnalign.generation import STOP_RULE, stop_rule_text
+
+    oldest = "eos | end of the first top-level function (next top-level statement) | closing ``` fence (chat)"
+    assert stop_rule_text(oldest).startswith("eos | end of the generated function (its first later top-level line;")
+    assert stop_rule_text(oldest) != STOP_RULE and stop_rule_text(STOP_RULE) == STOP_RULE
