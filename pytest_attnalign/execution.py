@@ -18,7 +18,11 @@ What is contained:
 - Processes: at the end the program's process group is killed. Because the supervisor is a
   ``PR_SET_CHILD_SUBREAPER``, every descendant that left the group (``setsid``, double-fork
   daemons) is re-parented to it rather than to init, so "kill the subtree until no child is left"
-  reaps everything, however deep. Kills go through pidfds, never to a pid reused by a stranger.
+  reaps everything, however deep. With a uid of its own (below) every process running as that uid
+  is killed too, before the program is reaped (a process it ptraces could not be reaped while its
+  tracer lives) and again by the caller before the uid is released, even if the supervisor died;
+  set-uid bits are ignored (``PR_SET_NO_NEW_PRIVS``), so no process of the program leaves its uid.
+  Kills go through pidfds, never to a pid reused by a stranger.
 - Files: cwd, ``HOME`` and ``TMPDIR`` are the temp directory. As root the program runs as a uid
   of its own, reserved for it from :data:`SANDBOX_UIDS` (no other program running at the same
   time in this network namespace has it; ``nobody``, shared, where the range is not mapped): it
@@ -76,7 +80,7 @@ _CLONE_NEWNS, _CLONE_NEWUSER = 0x00020000, 0x10000000
 _MS_RDONLY, _MS_NOSUID, _MS_NODEV, _MS_NOEXEC = 1, 2, 4, 8
 _MS_REMOUNT, _MS_NOATIME, _MS_NODIRATIME, _MS_BIND = 32, 1024, 2048, 4096
 _MS_REC, _MS_PRIVATE, _MS_RELATIME, _MS_STRICTATIME = 16384, 1 << 18, 1 << 21, 1 << 24
-_PR_SET_PDEATHSIG, _PR_SET_CHILD_SUBREAPER = 1, 36
+_PR_SET_PDEATHSIG, _PR_SET_CHILD_SUBREAPER, _PR_SET_NO_NEW_PRIVS = 1, 36, 38
 
 #: Program bootstrap: like the reference HumanEval harness the program does not run as ``__main__``
 #: (a completion's ``if __name__ == "__main__":`` demo block or ``unittest.main()`` is skipped), and
@@ -246,14 +250,18 @@ def _isolate_fs(libc: ctypes.CDLL, cfg: dict[str, Any], drop: tuple[int, int] | 
     return f"could not remount read-only: {', '.join(failed)}" if failed else ""
 
 
+def _proc_status(pid: int) -> dict[str, str]:
+    with open(f"/proc/{pid}/status", encoding="utf-8") as fh:
+        return dict(line.split(":", 1) for line in fh if ":" in line)
+
+
 def _count_tasks(uid: int) -> int:
     """Tasks (threads included) whose real uid is ``uid``: what RLIMIT_NPROC counts."""
     total = 0
     for name in os.listdir("/proc"):
         if name.isdigit():
             try:
-                with open(f"/proc/{name}/status", encoding="utf-8") as fh:
-                    status = dict(line.split(":", 1) for line in fh if ":" in line)
+                status = _proc_status(int(name))
                 if int(status["Uid"].split()[0]) == uid:
                     total += int(status["Threads"])
             except (OSError, KeyError, ValueError):
@@ -312,6 +320,8 @@ def _exec_program(libc: ctypes.CDLL, cfg: dict[str, Any], stderr_fd: int, token_
             os.setgid(cfg["drop"][1])
             os.setuid(cfg["drop"][0])
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)  # after setuid, which clears it
+        # Set-uid bits are ignored: every process of the program keeps its uid (see _kill_uid).
+        _check(libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "PR_SET_NO_NEW_PRIVS")
         if os.getppid() != supervisor:
             os._exit(125)
         for name, pair in rlimits.items():
@@ -422,29 +432,83 @@ def _kill_subtree(me: int) -> None:
             os.close(fd)
 
 
-def _reap_everything(grace: float) -> int:
-    """Kill and reap until we have no child left; 0, or how many survived ``grace`` seconds."""
-    me, deadline = os.getpid(), time.monotonic() + grace
+def _kill_uid(uid: int, grace: float) -> int:
+    """SIGKILL every process running as ``uid`` until none is left; 0, or how many outlived ``grace`` s.
+
+    A reserved uid is the program's alone, so whatever runs as it is the program's, wherever it
+    went: out of our subtree once the supervisor died, or a tracer that keeps the program's zombie
+    from us. The uid may go to another program only once nothing runs as it. A process counts if
+    any of its uids is ``uid``; a zombie does not (it runs nothing; its parent reaps it). Each live
+    one seen means another round, so a child forked meanwhile is found. A pidfd pins the process
+    while we check that it is the uid's.
+    """
+    deadline = time.monotonic() + grace
     while True:
+        live = 0
+        for name in os.listdir("/proc"):
+            if not name.isdigit():
+                continue
+            pid = int(name)
+            try:
+                fd = os.pidfd_open(pid)
+            except ProcessLookupError:
+                continue
+            except OSError:  # a kernel without pidfds (before 5.3)
+                fd = -1
+            try:
+                status = _proc_status(pid)
+                if uid not in map(int, status["Uid"].split()):
+                    continue
+                live += status["State"].split()[0] not in ("Z", "X") or int(status["Threads"]) > 1
+                if fd >= 0:
+                    signal.pidfd_send_signal(fd, signal.SIGKILL)
+                else:
+                    os.kill(pid, signal.SIGKILL)
+            except (OSError, KeyError, ValueError, IndexError):
+                continue
+            finally:
+                if fd >= 0:
+                    os.close(fd)
+        if not live or time.monotonic() > deadline:
+            return live
+        time.sleep(0.002)
+
+
+def _reap_everything(program: int, uid: int | None, grace: float) -> tuple[int | None, Any, int]:
+    """Kill and reap until no child is left and, with a uid of the program's own, nothing runs as it.
+
+    Returns the program's wait status and resource usage (None: never reaped) and 0, or how many
+    processes survived ``grace`` seconds. Never blocks on one process: a program that another of
+    its processes ptraces can be reaped only once that tracer is gone, so everything is killed
+    first and reaped as it goes.
+    """
+    me, deadline = os.getpid(), time.monotonic() + grace
+    status = usage = None
+    while True:
+        left = 0 if uid is None else _kill_uid(uid, 0)
         try:
-            while os.waitpid(-1, os.WNOHANG)[0] != 0:
-                pass
-        except ChildProcessError:
-            return 0  # a subreaper without children has no live descendants at all
+            while (reaped := os.wait4(-1, os.WNOHANG))[0] != 0:
+                if reaped[0] == program:
+                    status, usage = reaped[1], reaped[2]
+        except ChildProcessError:  # a subreaper without children has no live descendants at all
+            if not left:
+                return status, usage, 0
         if time.monotonic() > deadline:
-            return max(1, len(_proc_tree(me)))
+            return status, usage, max(left, len(_proc_tree(me)))
         _kill_subtree(me)
         time.sleep(0.002)
 
 
-def _classify(timed_out: bool, interrupted: str, status: int, cpu: float, token: bytes,
+def _classify(timed_out: bool, interrupted: str, status: int | None, cpu: float, token: bytes,
               cfg: dict[str, Any]) -> tuple[str, int | None, str]:
-    """(outcome, returncode, note) from how the program ended."""
+    """(outcome, returncode, note) from how the program ended (``status`` None: it was never reaped)."""
     limits = cfg["limits"]
     if interrupted:
         return "error", None, f"interrupted ({interrupted}); process group killed"
     if timed_out:
         return "timeout", None, f"wall-clock limit of {limits['timeout_s']} s reached; process group killed"
+    if status is None:
+        return "error", None, "the program's process could not be reaped"
     if os.WIFSIGNALED(status):
         sig = os.WTERMSIG(status)
         if sig == signal.SIGXCPU or (sig == signal.SIGKILL and cpu >= limits["cpu_s"] - 0.05):
@@ -501,8 +565,7 @@ def _supervise(config: str) -> int:
         os.killpg(pid, signal.SIGKILL)  # pid is not reaped yet, so the group id is still ours
     except OSError:
         pass
-    _, status, usage = os.wait4(pid, 0)
-    left = _reap_everything(5.0)
+    status, usage, left = _reap_everything(pid, run_uid if cfg["own_uid"] else None, 5.0)
     os.set_blocking(err_r, False)
     try:
         while _read_into(err_r, kept):
@@ -515,7 +578,8 @@ def _supervise(config: str) -> int:
         token = os.read(token_r, 64)
     except BlockingIOError:
         token = b""
-    outcome, rc, note = _classify(timed_out, interrupted, status, usage.ru_utime + usage.ru_stime, token, cfg)
+    cpu = 0.0 if usage is None else usage.ru_utime + usage.ru_stime
+    outcome, rc, note = _classify(timed_out, interrupted, status, cpu, token, cfg)
     if left:
         note = (note + "; " if note else "") + f"{left} descendant process(es) could not be killed"
     report = {
@@ -725,6 +789,21 @@ def _kill_marked(work: str) -> None:
                 continue
 
 
+#: Reservations of uids that something still ran as after :data:`KILL_GRACE_S`: never released.
+_stuck: list[socket.socket] = []
+#: Seconds the caller keeps killing what runs as a program's uid; should anything outlive them, the
+#: uid stays reserved for as long as the caller lives.
+KILL_GRACE_S = 10.0
+
+
+def _release(uid: int, reservation: socket.socket) -> None:
+    """Release ``uid`` for later programs once nothing runs as it (the supervisor may have died first)."""
+    if _kill_uid(uid, KILL_GRACE_S):
+        _stuck.append(reservation)
+    else:
+        reservation.close()
+
+
 def _remove_tree(path: str) -> None:
     """Delete the temp directory, even if the program left unreadable directories behind."""
     try:
@@ -809,9 +888,9 @@ def run_program(source: str, limits: Limits = Limits(), *, readonly_fs: bool = T
                 proc.kill()
                 proc.wait()
                 _kill_marked(work)
-        _remove_tree(top)
         if user is not None and user.reservation is not None:
-            user.reservation.close()
+            _release(user.uid, user.reservation)
+        _remove_tree(top)
 
 
 def run_completion(task: Task, completion: str, limits: Limits = Limits()) -> ExecResult:

@@ -13,6 +13,7 @@ import dataclasses
 import json
 import os
 import re
+import signal
 import textwrap
 import threading
 import time
@@ -49,6 +50,20 @@ def _environ(pid: int) -> bytes | None:
             return fh.read()
     except OSError:  # gone, a kernel thread, or another user's process (a reused pid)
         return None
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
+def _ppid(pid: int) -> int:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_bytes().rpartition(b")")[2].split()[1])
+    except (OSError, IndexError, ValueError):
+        return 0
 
 
 def _marked(work: str) -> list[int]:
@@ -361,6 +376,89 @@ def test_no_process_survives_a_timeout_with_escaped_children() -> None:
     """, Limits(timeout_s=1.5))
     assert result.outcome == "timeout"
     assert_nothing_left(result)
+
+
+def _live_with(argv0: str) -> list[int]:
+    """Live processes whose argv[0] is ``argv0`` (a zombie's command line is empty)."""
+    prefix = argv0.encode() + b"\0"
+    return [int(p) for p in os.listdir("/proc") if p.isdigit() and _cmdline(int(p)).startswith(prefix)]
+
+
+def _kill_live_with(argv0: str) -> None:
+    """Clean-up when a test failed: what it left must not outlive it."""
+    for pid in _live_with(argv0):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+
+
+def test_a_tracer_of_the_program_neither_holds_its_verdict_nor_outlives_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A child leaves the session, ptraces the program and execs without the environment marker.
+
+    The program's zombie can be reaped only once its tracer is gone: a supervisor that waited for
+    it first hung until the caller killed it (an error for a passing program), and the tracer, out
+    of reach of the marker, went on running as a uid then handed to another program.
+    """
+    monkeypatch.setattr(execution, "SUPERVISOR_GRACE_S", 3.0)  # without the fix: a hang of seconds, not 30
+    token = f"attnalign-tracer-{os.getpid()}"
+    try:
+        result, seconds = _run(_WORK + f"""
+            import ctypes
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.ptrace.argtypes = [ctypes.c_long] * 2 + [ctypes.c_void_p] * 2
+            libc.prctl(0x59616D61, ctypes.c_ulong(-1), 0, 0, 0)  # PR_SET_PTRACER_ANY (Yama's ptrace_scope 1)
+            r, w = os.pipe()
+            if os.fork() == 0:
+                os.setsid()
+                parent = os.getppid()
+                attached = libc.ptrace(16, parent, None, None) == 0  # PTRACE_ATTACH
+                if attached:
+                    os.waitpid(parent, 0)
+                    libc.ptrace(7, parent, None, None)  # PTRACE_CONT
+                os.write(w, b"y" if attached else b"n")
+                os.execve(sys.executable, [{token!r}, "-c", "import time; time.sleep(60)"], {{}})
+            print("TRACED", os.read(r, 1).decode(), file=sys.stderr)
+            assert sum([1, 2]) == 3
+        """, Limits(timeout_s=3))
+        if _reported(result, "TRACED") == ["n"]:
+            pytest.skip("ptrace not permitted here")
+        assert result.outcome == "pass", result.stderr_tail
+        assert seconds < 3.0
+        assert _live_with(token) == []
+        assert_nothing_left(result, [])
+    finally:
+        _kill_live_with(token)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only a uid of the program's own (root) tells its processes apart")
+def test_nothing_runs_as_the_programs_uid_once_its_supervisor_was_killed() -> None:
+    """A killed supervisor (a signal, the OOM killer) reaps nothing: before another program may have the
+    uid, the caller kills whatever still runs as it, with the environment marker or without."""
+    token = f"attnalign-orphan-{os.getpid()}"
+    source = textwrap.dedent(f"""
+        import os, sys, time
+        if os.fork() == 0:
+            os.setsid()
+            os.execve(sys.executable, [{token!r}, "-c", "import time; time.sleep(60)"], {{}})
+        time.sleep(60)
+    """)
+    results: list[ExecResult] = []
+    runner = threading.Thread(target=lambda: results.append(run_program(source, Limits(timeout_s=20))))
+    runner.start()
+    try:
+        deadline = time.monotonic() + 20
+        while not _live_with(token) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        (supervisor,) = [int(p) for p in os.listdir("/proc") if p.isdigit() and _ppid(int(p)) == os.getpid()
+                         and b"import execution" in _cmdline(int(p))]
+        os.kill(supervisor, signal.SIGKILL)
+        runner.join()
+        assert results[0].outcome == "error" and "supervisor failed" in results[0].stderr_tail
+        assert _live_with(token) == []
+    finally:
+        _kill_live_with(token)
+        runner.join()
 
 
 # ---------------------------------------------------------------------------------------------
