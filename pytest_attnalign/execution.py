@@ -32,6 +32,10 @@ What is contained:
   the temp directory is remounted read-only in a private namespace: no path outside it (absolute,
   ``..``, ``/tmp``, ``/dev/shm``) is writable, whoever the caller. :attr:`ExecResult.sandbox`
   records which protections held.
+- Network: where a network namespace can be made (root, or the user namespace above) the program
+  runs in one of its own, with no interface but a loopback that is down: no network at all, and
+  abstract unix socket names of its own (``sandbox["private_net"]``); otherwise the caller's network.
+  Each of its processes may have :data:`_NOFILE` files open at once (``RLIMIT_NOFILE``).
 - Processes at once: ``RLIMIT_NPROC`` counts every task of the program's real uid (since Linux
   5.14, of the uid in the program's user namespace). A reserved uid (root) or the program's own
   user namespace (a non-root caller with read-only mounts, Linux 5.14 or later) gives each program
@@ -40,7 +44,6 @@ What is contained:
 
 What is not contained:
 - Reading: the program reads what its user can read (a reserved uid: world-readable files).
-- The network.
 - Without a mount namespace and as a non-root user, the program runs as the caller and can write or
   delete the caller's files by absolute path; a deliberately hostile program can also kill its
   supervisor (same user) and then daemonize (the caller kills what still carries the run's
@@ -72,11 +75,13 @@ _PASS, _FAIL = b"P", b"F"
 _TOKEN_FD = 3
 #: Bytes of the program's stderr kept (its tail), whatever it writes.
 _STDERR_KEPT = 1 << 16
+#: Files each process of the program may have open (``RLIMIT_NOFILE``): the usual soft limit.
+_NOFILE = 1024
 #: Environment marker of every sandboxed process (value: its work directory).
 MARKER = "ATTNALIGN_SANDBOX"
 
 # Linux constants (sched.h, sys/mount.h, sys/prctl.h).
-_CLONE_NEWNS, _CLONE_NEWUSER = 0x00020000, 0x10000000
+_CLONE_NEWNS, _CLONE_NEWUSER, _CLONE_NEWNET = 0x00020000, 0x10000000, 0x40000000
 _MS_RDONLY, _MS_NOSUID, _MS_NODEV, _MS_NOEXEC = 1, 2, 4, 8
 _MS_REMOUNT, _MS_NOATIME, _MS_NODIRATIME, _MS_BIND = 32, 1024, 2048, 4096
 _MS_REC, _MS_PRIVATE, _MS_RELATIME, _MS_STRICTATIME = 16384, 1 << 18, 1 << 21, 1 << 24
@@ -255,6 +260,18 @@ def _proc_status(pid: int) -> dict[str, str]:
         return dict(line.split(":", 1) for line in fh if ":" in line)
 
 
+def _unshare(libc: ctypes.CDLL, flag: int) -> str:
+    """Enter a new namespace of kind ``flag``, which the program inherits; '' or why not.
+
+    Root may; a non-root caller only inside the user namespace :func:`_isolate_fs` made.
+    """
+    try:
+        _check(libc.unshare(flag), "unshare")
+    except OSError as exc:
+        return str(exc)
+    return ""
+
+
 def _count_tasks(uid: int) -> int:
     """Tasks (threads included) whose real uid is ``uid``: what RLIMIT_NPROC counts."""
     total = 0
@@ -292,6 +309,7 @@ def _rlimits(limits: dict[str, Any], nproc_limit: int) -> dict[str, tuple[int, i
         "RLIMIT_FSIZE": (limits["file_size_mb"] * mb,) * 2,
         "RLIMIT_NPROC": (nproc_limit,) * 2,
         "RLIMIT_CORE": (0, 0),
+        "RLIMIT_NOFILE": (_NOFILE, _NOFILE),
     }
     out = {}
     for name, (soft, hard) in wanted.items():
@@ -541,6 +559,8 @@ def _supervise(config: str) -> int:
     err_r, err_w = os.pipe()
     drop = tuple(cfg["drop"]) if cfg["drop"] is not None else None
     fs_note = _isolate_fs(libc, cfg, drop)
+    # No network, and abstract unix socket names of its own: it cannot bind the uid reservations.
+    net_note = _unshare(libc, _CLONE_NEWNET)
     run_uid = drop[0] if drop is not None else os.getuid()
     own_userns = not fs_note and os.getuid() != 0
     binding = run_uid != 0
@@ -585,6 +605,7 @@ def _supervise(config: str) -> int:
     report = {
         "outcome": outcome, "seconds": round(seconds, 4), "returncode": rc, "note": note,
         "sandbox": {"uid": run_uid, "readonly_fs": not fs_note, "readonly_note": fs_note,
+                    "private_net": not net_note, "private_note": f"net: {net_note}" if net_note else "",
                     "nproc_binding": binding, "nproc_own": binding and nproc_own,
                     "rlimits": {k: list(v) for k, v in rlimits.items()}, "leftover_processes": left},
     }
@@ -627,6 +648,8 @@ MAX_TIMEOUT_S = 86400.0
 #: The uids a root caller's programs run as, one each: a range systemd leaves unused (between the
 #: container and the "foreign" uid ranges), below 2**31 for tools that read uids as signed.
 SANDBOX_UIDS = range(1_900_000_000, 1_900_000_000 + 65536)
+#: Abstract unix socket name (then the uid) that reserves a uid of :data:`SANDBOX_UIDS`.
+_RESERVATION = "attnalign-sandbox-uid-"
 
 
 def check_timeout(seconds: object) -> float:
@@ -725,22 +748,31 @@ def _reserve_uid() -> tuple[int, socket.socket] | None:
     holds a name (across processes: xdist workers, callers in other shells), and the kernel frees
     it with the last descriptor of the socket (ours, then the supervisor's), even when killed.
     Names are per network namespace: callers in other ones (containers sharing this kernel) are not
-    coordinated, and the random start of the search only makes a clash unlikely. None when the
-    range is not mapped in our user namespace (a rootless container maps 65536 ids).
+    coordinated, and the random start of the search only makes a clash unlikely. Programs run in a
+    network namespace of their own and cannot bind these names; where none could be made, a
+    program's ``RLIMIT_NOFILE`` and ``RLIMIT_NPROC`` bound how many it holds. None when the range
+    is not mapped in our user namespace (a rootless container maps 65536 ids).
     """
     if not (_mapped("uid_map") and _mapped("gid_map")):
         return None
     start = random.randrange(len(SANDBOX_UIDS))
     for i in range(len(SANDBOX_UIDS)):
         uid = SANDBOX_UIDS[(start + i) % len(SANDBOX_UIDS)]
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         try:
-            sock.bind(f"\0attnalign-sandbox-uid-{uid}")
-        except OSError:  # another program holds it
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        except OSError as exc:
+            raise AttnalignError(f"cannot reserve a sandbox uid: {exc}") from None
+        try:
+            sock.bind(f"\0{_RESERVATION}{uid}")
+        except OSError as exc:
             sock.close()
-            continue
+            if exc.errno == errno.EADDRINUSE:  # another program holds it
+                continue
+            raise AttnalignError(f"cannot reserve a sandbox uid: {exc}") from None
         return uid, sock
-    raise AttnalignError(f"all {len(SANDBOX_UIDS)} sandbox uids are in use")
+    raise AttnalignError(f"all {len(SANDBOX_UIDS)} sandbox uids ({SANDBOX_UIDS[0]}-{SANDBOX_UIDS[-1]}) are in use: "
+                         f"every abstract unix socket name @{_RESERVATION}N in this network namespace is bound, "
+                         f"by as many programs running at once or by another process holding the names")
 
 
 def _sandbox_user() -> _User | None:
@@ -868,7 +900,8 @@ def run_program(source: str, limits: Limits = Limits(), *, readonly_fs: bool = T
             why = err.decode(errors="replace").strip()[-TAIL_CHARS:] or f"supervisor exit status {proc.returncode}"
             tail = _tail(Path(top, "stderr"))
             sandbox: dict[str, Any] = {**_recorded_user(user, None if user is None else user.uid),
-                                       "readonly_fs": False, "readonly_note": "", "nproc_binding": False,
+                                       "readonly_fs": False, "readonly_note": "", "private_net": False,
+                                       "private_note": "", "nproc_binding": False,
                                        "nproc_own": False, "rlimits": {}, "leftover_processes": None}
             return ExecResult("error", round(time.monotonic() - start, 4),
                               (tail + "\n" if tail else "") + f"[sandbox] supervisor failed: {why}",

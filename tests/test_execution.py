@@ -14,6 +14,7 @@ import json
 import os
 import re
 import signal
+import socket
 import textwrap
 import threading
 import time
@@ -160,6 +161,7 @@ def test_limits_are_recorded() -> None:
     rl = record["sandbox"]["rlimits"]
     assert rl["RLIMIT_CORE"] == [0, 0]
     assert rl["RLIMIT_CPU"][0] <= 5 and rl["RLIMIT_AS"][0] <= 512 * 2**20 and rl["RLIMIT_FSIZE"][0] <= 2 * 2**20
+    assert rl["RLIMIT_NOFILE"][0] <= 1024
     assert {"user", "readonly_fs", "nproc_binding"} <= set(record["sandbox"])
 
 
@@ -376,6 +378,37 @@ def test_no_process_survives_a_timeout_with_escaped_children() -> None:
     """, Limits(timeout_s=1.5))
     assert result.outcome == "timeout"
     assert_nothing_left(result)
+
+
+def test_the_program_has_no_network_and_abstract_socket_names_of_its_own() -> None:
+    """Its own network namespace: the caller's loopback server and abstract unix socket are out of reach."""
+    server = socket.create_server(("127.0.0.1", 0))
+    name = f"\0attnalign-test-{os.getpid()}"
+    unix = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    unix.bind(name)
+    try:
+        result, _ = _run(f"""
+            import socket, sys
+            def attempt(what, family, kind, address, action):
+                s = socket.socket(family, kind)
+                try:
+                    getattr(s, action)(address)
+                    print(what, "done", file=sys.stderr)
+                except OSError as exc:
+                    print(what, type(exc).__name__, file=sys.stderr)
+            attempt("TCP", socket.AF_INET, socket.SOCK_STREAM, ("127.0.0.1", {server.getsockname()[1]}), "connect")
+            attempt("UNIX", socket.AF_UNIX, socket.SOCK_DGRAM, {name!r}, "connect")
+            attempt("BIND", socket.AF_UNIX, socket.SOCK_DGRAM, {name!r}, "bind")
+            print("IFACES", *(n for _, n in socket.if_nameindex()), file=sys.stderr)
+        """)
+    finally:
+        server.close()
+        unix.close()
+    assert result.outcome == "pass", result.stderr_tail
+    if not result.sandbox["private_net"]:
+        pytest.skip(f"no network namespace: {result.sandbox['private_note']} (documented in execution.py)")
+    assert _reported(result, "TCP") != ["done"] and _reported(result, "UNIX") != ["done"]
+    assert _reported(result, "BIND") == ["done"] and _reported(result, "IFACES") == ["lo"]
 
 
 def _live_with(argv0: str) -> list[int]:
@@ -649,3 +682,68 @@ def test_as_root_each_program_runs_as_a_reserved_uid_and_nobody_where_none_is_ma
     result, _ = _run(_WORK + "print('ok')\n")
     assert result.outcome == "pass", result.stderr_tail
     assert (result.sandbox["user"], result.sandbox["nproc_own"]) == ("nobody", False)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root reserves uids")
+def test_a_program_cannot_take_the_uids_other_programs_need(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A binds every uid's reservation name; B, started meanwhile, still gets a uid and runs.
+
+    In the caller's network namespace A's names would be the reservations themselves: every
+    ``run_program`` started while A ran raised (all uids in use).
+    """
+    uids = range(execution.SANDBOX_UIDS.start + 4 * (os.getpid() % 16000), execution.SANDBOX_UIDS.start
+                 + 4 * (os.getpid() % 16000) + 4)
+    monkeypatch.setattr(execution, "SANDBOX_UIDS", uids)
+    token = f"an{os.getpid() % 10**6}"
+    hog = _COMM + f"""
+    import socket
+    held = []
+    for uid in {list(uids)!r}:
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        try:
+            s.bind("\\0{execution._RESERVATION}%d" % uid)
+            held.append(s)
+        except OSError:
+            s.close()
+    print("HELD", len(held), file=sys.stderr)
+    set_comm("{token}A")
+    deadline = time.monotonic() + 10
+    while count("{token}B") == 0 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    """
+    second = _COMM + f"""
+    set_comm("{token}B")
+    time.sleep(0.3)
+    """
+    results: dict[str, ExecResult] = {}
+    a = threading.Thread(target=lambda: results.setdefault("A", run_program(textwrap.dedent(hog), Limits(timeout_s=20))))
+    a.start()
+    try:
+        deadline = time.monotonic() + 20
+        while _comm_count(f"{token}A") == 0 and a.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        results["B"] = run_program(textwrap.dedent(second), Limits(timeout_s=20))
+    finally:
+        a.join()
+    assert results["A"].outcome == "pass", results["A"].stderr_tail
+    assert _reported(results["A"], "HELD") == ["4"] and results["A"].seconds < 5  # it saw B run
+    assert results["B"].outcome == "pass", results["B"].stderr_tail
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root reserves uids")
+def test_no_uid_left_to_reserve_is_one_line_naming_the_cause(monkeypatch: pytest.MonkeyPatch) -> None:
+    uids = range(execution.SANDBOX_UIDS.start + 65534, execution.SANDBOX_UIDS.start + 65536)
+    monkeypatch.setattr(execution, "SANDBOX_UIDS", uids)
+    held = [socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) for _ in uids]
+    try:
+        for sock, uid in zip(held, uids):
+            sock.bind(f"\0{execution._RESERVATION}{uid}")
+        with pytest.raises(AttnalignError) as info:
+            run_program("print('never runs')\n")
+    finally:
+        for sock in held:
+            sock.close()
+    assert str(info.value) == (
+        "all 2 sandbox uids (1900065534-1900065535) are in use: every abstract unix socket name "
+        "@attnalign-sandbox-uid-N in this network namespace is bound, by as many programs running at once "
+        "or by another process holding the names")
