@@ -36,6 +36,9 @@ What is contained:
   runs in one of its own, with no interface but a loopback that is down: no network at all, and
   abstract unix socket names of its own (``sandbox["private_net"]``); otherwise the caller's network.
   Each of its processes may have :data:`_NOFILE` files open at once (``RLIMIT_NOFILE``).
+- IPC: likewise an IPC namespace of its own (``sandbox["private_ipc"]``): the SysV shared memory,
+  message queues and semaphores and the POSIX message queues it creates vanish with it, rather
+  than outlive the run, owned by a uid a later program gets.
 - Processes at once: ``RLIMIT_NPROC`` counts every task of the program's real uid (since Linux
   5.14, of the uid in the program's user namespace). A reserved uid (root) or the program's own
   user namespace (a non-root caller with read-only mounts, Linux 5.14 or later) gives each program
@@ -81,7 +84,7 @@ _NOFILE = 1024
 MARKER = "ATTNALIGN_SANDBOX"
 
 # Linux constants (sched.h, sys/mount.h, sys/prctl.h).
-_CLONE_NEWNS, _CLONE_NEWUSER, _CLONE_NEWNET = 0x00020000, 0x10000000, 0x40000000
+_CLONE_NEWNS, _CLONE_NEWUSER, _CLONE_NEWNET, _CLONE_NEWIPC = 0x00020000, 0x10000000, 0x40000000, 0x08000000
 _MS_RDONLY, _MS_NOSUID, _MS_NODEV, _MS_NOEXEC = 1, 2, 4, 8
 _MS_REMOUNT, _MS_NOATIME, _MS_NODIRATIME, _MS_BIND = 32, 1024, 2048, 4096
 _MS_REC, _MS_PRIVATE, _MS_RELATIME, _MS_STRICTATIME = 16384, 1 << 18, 1 << 21, 1 << 24
@@ -561,6 +564,10 @@ def _supervise(config: str) -> int:
     fs_note = _isolate_fs(libc, cfg, drop)
     # No network, and abstract unix socket names of its own: it cannot bind the uid reservations.
     net_note = _unshare(libc, _CLONE_NEWNET)
+    # SysV shared memory, message queues, semaphores and POSIX message queues of its own: they go
+    # with the namespace, once the program and the supervisor are gone, not to the uid's next program.
+    ipc_note = _unshare(libc, _CLONE_NEWIPC)
+    private_note = "; ".join(f"{kind}: {why}" for kind, why in (("net", net_note), ("ipc", ipc_note)) if why)
     run_uid = drop[0] if drop is not None else os.getuid()
     own_userns = not fs_note and os.getuid() != 0
     binding = run_uid != 0
@@ -605,7 +612,7 @@ def _supervise(config: str) -> int:
     report = {
         "outcome": outcome, "seconds": round(seconds, 4), "returncode": rc, "note": note,
         "sandbox": {"uid": run_uid, "readonly_fs": not fs_note, "readonly_note": fs_note,
-                    "private_net": not net_note, "private_note": f"net: {net_note}" if net_note else "",
+                    "private_net": not net_note, "private_ipc": not ipc_note, "private_note": private_note,
                     "nproc_binding": binding, "nproc_own": binding and nproc_own,
                     "rlimits": {k: list(v) for k, v in rlimits.items()}, "leftover_processes": left},
     }
@@ -901,7 +908,7 @@ def run_program(source: str, limits: Limits = Limits(), *, readonly_fs: bool = T
             tail = _tail(Path(top, "stderr"))
             sandbox: dict[str, Any] = {**_recorded_user(user, None if user is None else user.uid),
                                        "readonly_fs": False, "readonly_note": "", "private_net": False,
-                                       "private_note": "", "nproc_binding": False,
+                                       "private_ipc": False, "private_note": "", "nproc_binding": False,
                                        "nproc_own": False, "rlimits": {}, "leftover_processes": None}
             return ExecResult("error", round(time.monotonic() - start, 4),
                               (tail + "\n" if tail else "") + f"[sandbox] supervisor failed: {why}",

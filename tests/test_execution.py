@@ -9,7 +9,10 @@ The suite passes as root and as an ordinary user.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import dataclasses
+import errno
 import json
 import os
 import re
@@ -409,6 +412,42 @@ def test_the_program_has_no_network_and_abstract_socket_names_of_its_own() -> No
         pytest.skip(f"no network namespace: {result.sandbox['private_note']} (documented in execution.py)")
     assert _reported(result, "TCP") != ["done"] and _reported(result, "UNIX") != ["done"]
     assert _reported(result, "BIND") == ["done"] and _reported(result, "IFACES") == ["lo"]
+
+
+def _sysv_ids(key: int) -> list[tuple[str, int]]:
+    """The caller's SysV IPC objects (kind, id) with ``key``."""
+    found = []
+    for kind in ("shm", "msg", "sem"):
+        for line in Path(f"/proc/sysvipc/{kind}").read_text().splitlines()[1:]:
+            if int(line.split()[0]) == key:
+                found.append((kind, int(line.split()[1])))
+    return found
+
+
+def test_ipc_objects_the_program_creates_do_not_outlive_it() -> None:
+    """Its own IPC namespace: no SysV object or POSIX message queue is left for the uid's next program."""
+    key, queue = 0x5A000000 + os.getpid() % 2**20, f"/attnalign-test-{os.getpid()}"
+    libc = ctypes.CDLL(None, use_errno=True)
+    rt = ctypes.CDLL(ctypes.util.find_library("rt"), use_errno=True)
+    try:
+        result, _ = _run(f"""
+            import ctypes, ctypes.util, sys
+            libc = ctypes.CDLL(None, use_errno=True)
+            rt = ctypes.CDLL(ctypes.util.find_library("rt"), use_errno=True)
+            made = [libc.shmget({key}, 4096, 0o1600), libc.msgget({key}, 0o1600), libc.semget({key}, 1, 0o1600),
+                    rt.mq_open({queue.encode()!r}, 0o100 | 2, 0o600, None)]  # IPC_CREAT; O_CREAT | O_RDWR
+            print("MADE", *made, file=sys.stderr)
+            assert min(made) >= 0, ctypes.get_errno()
+        """)
+        assert result.outcome == "pass", result.stderr_tail
+        if not result.sandbox["private_ipc"]:
+            pytest.skip(f"no IPC namespace: {result.sandbox['private_note']} (documented in execution.py)")
+        assert _sysv_ids(key) == []
+        assert rt.mq_unlink(queue.encode()) == -1 and ctypes.get_errno() == errno.ENOENT
+    finally:
+        for kind, ident in _sysv_ids(key):  # IPC_RMID
+            getattr(libc, f"{kind}ctl")(ident, *((0, 0) if kind == "sem" else (0,)), None)
+        rt.mq_unlink(queue.encode())
 
 
 def _live_with(argv0: str) -> list[int]:
