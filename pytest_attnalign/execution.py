@@ -30,7 +30,9 @@ What is contained:
   program's work directory, or exceed ``RLIMIT_NPROC`` (which does not bind root). Where a mount
   namespace is available (root, or an unprivileged user namespace otherwise) every mount except
   the temp directory is remounted read-only in a private namespace: no path outside it (absolute,
-  ``..``, ``/tmp``, ``/dev/shm``) is writable, whoever the caller. :attr:`ExecResult.sandbox`
+  ``..``, ``/tmp``) is writable, whoever the caller, but ``/dev/shm``, which in that namespace is
+  a tmpfs of the program's own (POSIX semaphores: ``multiprocessing.Lock()``), no larger than the
+  file-size limit, that vanishes with it (``sandbox["private_shm"]``). :attr:`ExecResult.sandbox`
   records which protections held.
 - Network: where a network namespace can be made (root, or the user namespace above) the program
   runs in one of its own, with no interface but a loopback that is down: no network at all, and
@@ -218,17 +220,18 @@ def _expose(libc: ctypes.CDLL, paths: list[str], uid: int, gid: int) -> None:
             os.close(fd)
 
 
-def _isolate_fs(libc: ctypes.CDLL, cfg: dict[str, Any], drop: tuple[int, int] | None) -> str:
-    """Enter a private mount namespace; make every mount but the work dir read-only. '' or why not.
+def _isolate_fs(libc: ctypes.CDLL, cfg: dict[str, Any], drop: tuple[int, int] | None) -> tuple[str, str]:
+    """Enter a private mount namespace; make every mount but the work dir read-only; mount /dev/shm.
 
+    Returns ('' or why the mounts are not read-only, '' or why /dev/shm is not the program's own).
     A non-root caller needs an unprivileged user namespace for this (mapping its own uid, so
     capabilities vanish at the program's exec and the mounts, copied into a less privileged
     namespace, stay locked read-only); root only needs a mount namespace, and drops to the
     program's uid afterwards, which cannot remount. As root the namespace also serves
-    :func:`_expose`, even when read-only mounts are not requested.
+    :func:`_expose` and :func:`_private_shm`, even when read-only mounts are not requested.
     """
     if not cfg["readonly"] and drop is None:
-        return "disabled"
+        return "disabled", "no mount namespace"
     uid, gid, work = os.getuid(), os.getgid(), cfg["work"]
     try:
         _check(libc.unshare(_CLONE_NEWNS | (0 if uid == 0 else _CLONE_NEWUSER)), "unshare")
@@ -239,13 +242,12 @@ def _isolate_fs(libc: ctypes.CDLL, cfg: dict[str, Any], drop: tuple[int, int] | 
         _mount(libc, None, "/", None, _MS_REC | _MS_PRIVATE)  # nothing below propagates to the host
         if drop is not None:
             _expose(libc, cfg["expose"], drop[0], drop[1])
-        if not cfg["readonly"]:
-            return "disabled"
-        _mount(libc, work, work, None, _MS_BIND | _MS_REC)  # its own mount: stays writable
+        if cfg["readonly"]:
+            _mount(libc, work, work, None, _MS_BIND | _MS_REC)  # its own mount: stays writable
     except OSError as exc:
-        return str(exc)
+        return str(exc), "no mount namespace"
     failed = []
-    for mp in _mountpoints():
+    for mp in _mountpoints() if cfg["readonly"] else []:
         if mp == work or mp.startswith(work + "/"):
             continue
         try:
@@ -255,7 +257,23 @@ def _isolate_fs(libc: ctypes.CDLL, cfg: dict[str, Any], drop: tuple[int, int] | 
         except OSError as exc:
             if exc.errno not in (errno.EACCES, errno.ENOENT, errno.ENOTDIR):  # unreachable: harmless
                 failed.append(mp)
-    return f"could not remount read-only: {', '.join(failed)}" if failed else ""
+    note = "disabled" if not cfg["readonly"] else f"could not remount read-only: {', '.join(failed)}" if failed else ""
+    return note, _private_shm(libc, cfg["limits"]["file_size_mb"])
+
+
+def _private_shm(libc: ctypes.CDLL, size_mb: int) -> str:
+    """Mount a tmpfs of ``size_mb`` MB of its own at /dev/shm, after the read-only remounts; '' or why not.
+
+    POSIX semaphores and shared memory live there (``multiprocessing.Lock()``): the program gets a
+    writable one, bounded (the file-size limit in all, :data:`_NOFILE` files), that vanishes
+    with the namespace, rather than the caller's (read-only like every mount, or shared).
+    """
+    try:
+        _mount(libc, "tmpfs", "/dev/shm", "tmpfs", _MS_NOSUID | _MS_NODEV | _MS_NOEXEC,
+               f"mode=1777,size={size_mb}m,nr_inodes={_NOFILE}")
+    except OSError as exc:
+        return str(exc)
+    return ""
 
 
 def _proc_status(pid: int) -> dict[str, str]:
@@ -561,13 +579,14 @@ def _supervise(config: str) -> int:
     stderr_fd = os.open(cfg["stderr"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)  # while writable
     err_r, err_w = os.pipe()
     drop = tuple(cfg["drop"]) if cfg["drop"] is not None else None
-    fs_note = _isolate_fs(libc, cfg, drop)
+    fs_note, shm_note = _isolate_fs(libc, cfg, drop)
     # No network, and abstract unix socket names of its own: it cannot bind the uid reservations.
     net_note = _unshare(libc, _CLONE_NEWNET)
     # SysV shared memory, message queues, semaphores and POSIX message queues of its own: they go
     # with the namespace, once the program and the supervisor are gone, not to the uid's next program.
     ipc_note = _unshare(libc, _CLONE_NEWIPC)
-    private_note = "; ".join(f"{kind}: {why}" for kind, why in (("net", net_note), ("ipc", ipc_note)) if why)
+    private_note = "; ".join(f"{kind}: {why}" for kind, why in (("net", net_note), ("ipc", ipc_note),
+                                                                 ("shm", shm_note)) if why)
     run_uid = drop[0] if drop is not None else os.getuid()
     own_userns = not fs_note and os.getuid() != 0
     binding = run_uid != 0
@@ -612,7 +631,8 @@ def _supervise(config: str) -> int:
     report = {
         "outcome": outcome, "seconds": round(seconds, 4), "returncode": rc, "note": note,
         "sandbox": {"uid": run_uid, "readonly_fs": not fs_note, "readonly_note": fs_note,
-                    "private_net": not net_note, "private_ipc": not ipc_note, "private_note": private_note,
+                    "private_net": not net_note, "private_ipc": not ipc_note, "private_shm": not shm_note,
+                    "private_note": private_note,
                     "nproc_binding": binding, "nproc_own": binding and nproc_own,
                     "rlimits": {k: list(v) for k, v in rlimits.items()}, "leftover_processes": left},
     }
@@ -908,7 +928,8 @@ def run_program(source: str, limits: Limits = Limits(), *, readonly_fs: bool = T
             tail = _tail(Path(top, "stderr"))
             sandbox: dict[str, Any] = {**_recorded_user(user, None if user is None else user.uid),
                                        "readonly_fs": False, "readonly_note": "", "private_net": False,
-                                       "private_ipc": False, "private_note": "", "nproc_binding": False,
+                                       "private_ipc": False, "private_shm": False, "private_note": "",
+                                       "nproc_binding": False,
                                        "nproc_own": False, "rlimits": {}, "leftover_processes": None}
             return ExecResult("error", round(time.monotonic() - start, 4),
                               (tail + "\n" if tail else "") + f"[sandbox] supervisor failed: {why}",

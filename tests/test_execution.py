@@ -372,6 +372,33 @@ def test_absolute_and_parent_paths_cannot_escape(outside: dict[str, Path], reado
         parent_file.unlink(missing_ok=True)
 
 
+def test_dev_shm_is_a_small_tmpfs_of_the_programs_own() -> None:
+    """``multiprocessing.Lock()`` needs a writable /dev/shm (POSIX semaphores): the program gets one of
+    its own, no larger than the file-size limit; the caller's is left untouched."""
+    name = f"attnalign-shm-{os.getpid()}"
+    try:
+        result, _ = _run(f"""
+            import errno, multiprocessing, sys
+            with multiprocessing.Lock():
+                pass
+            for part in (1, 2):  # 2 x 600 KiB in a 1 MiB tmpfs
+                try:
+                    with open(f"/dev/shm/{name}-{{part}}", "wb") as fh:
+                        fh.write(bytes(600 * 1024))
+                    print("WROTE", part, file=sys.stderr)
+                except OSError as exc:
+                    print("FULL", errno.errorcode[exc.errno], file=sys.stderr)
+        """, Limits(file_size_mb=1))
+        assert result.outcome == "pass", result.stderr_tail
+        if not result.sandbox["private_shm"]:
+            pytest.skip(f"/dev/shm not the program's own: {result.sandbox['private_note']} (documented)")
+        assert _reported(result, "WROTE") == ["1"] and _reported(result, "FULL") == ["ENOSPC"]
+        assert not any(p.name.startswith(name) for p in Path("/dev/shm").iterdir())
+    finally:
+        for path in Path("/dev/shm").glob(f"{name}-*"):
+            path.unlink()
+
+
 def test_no_process_survives_a_timeout_with_escaped_children() -> None:
     result, _ = _run(_WORK + """
         import subprocess, time
