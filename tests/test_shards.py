@@ -121,13 +121,19 @@ def test_shards_merge_into_the_unsharded_run(
     assert doc["run"]["complete"] is False and f"partial: 4 of 8 items ran; missing: " in out
 
 
-def test_merge_refuses_to_write_over_a_shard(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """``-o`` naming one of the shards would replace it with the merged run: refused before anything is read."""
+def _two_shards(tmp_path: Path) -> list[Path]:
+    """Run files of shards 0/2 and 1/2 of a two-task study, one synthetic record each."""
     study = [f"test_alignment[m-shap-HumanEval/{i}]" for i in range(2)]
     shards = [tmp_path / f"shard{i}.json" for i in range(2)]
     for i, path in enumerate(shards):
         info = RunInfo(expected=[study[i]], finished={study[i]}, shard=(i, 2), study=study, selected=study).as_dict()
         write_run(path, Run([make_record(f"HumanEval/{i}", word_units(f"HumanEval/{i}", 1.0, 0))], (5, 10), info))
+    return shards
+
+
+def test_merge_refuses_to_write_over_a_shard(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``-o`` naming one of the shards would replace it with the merged run: refused before anything is read."""
+    shards = _two_shards(tmp_path)
     before = [path.read_bytes() for path in shards]
     assert main(["merge", *map(str, shards), "-o", str(shards[0])]) == 2
     out, err = capsys.readouterr()
@@ -285,11 +291,7 @@ def test_merge_refuses_shards_of_two_error_pattern_ks(tmp_path: Path, capsys: py
 
 def test_the_merged_run_is_of_the_shards_python(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """The merged file recorded the Python that ran merge; shards of two Pythons are two runs, as with libraries."""
-    study = [f"test_alignment[m-shap-HumanEval/{i}]" for i in range(2)]
-    shards = [tmp_path / f"shard{i}.json" for i in range(2)]
-    for i, path in enumerate(shards):
-        info = RunInfo(expected=[study[i]], finished={study[i]}, shard=(i, 2), study=study, selected=study).as_dict()
-        write_run(path, Run([make_record(f"HumanEval/{i}", word_units(f"HumanEval/{i}", 1.0, 0))], (5, 10), info))
+    shards = _two_shards(tmp_path)
 
     def ran_under(path: Path, python: str) -> None:
         doc = json.loads(path.read_text())
