@@ -88,9 +88,14 @@ def before_fence(text: str) -> str:
     return text if closing is None else text[:closing.start()]
 
 
+def find_def(code: str, name: str) -> re.Match[str] | None:
+    """The first line of ``code`` that begins a ``def`` of ``name`` (at any indent)."""
+    return re.search(rf"^[ \t]*(async\s+)?def\s+{re.escape(name)}\s*\(", code, re.M)
+
+
 def defines(code: str, name: str) -> bool:
     """Whether ``code`` has a ``def`` of ``name`` (at any indent)."""
-    return re.search(rf"^\s*(async\s+)?def\s+{re.escape(name)}\s*\(", code, re.M) is not None
+    return find_def(code, name) is not None
 
 
 @dataclass(frozen=True)

@@ -25,8 +25,8 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 from .benchmarks import get_benchmark
-from .code_cut import (before_fence, block_settled, chosen_block, cut_function, defines, extract_code, function_ended,
-                       inside_statement)
+from .code_cut import (before_fence, block_settled, chosen_block, cut_function, defines, extract_code, find_def,
+                       function_ended, inside_statement)
 from .errors import AttnalignError
 from .tasks import Task
 
@@ -197,8 +197,7 @@ def _function_body(code: str, name: str) -> tuple[int, int]:
     with the function's last non-blank line (a comment at or left of the ``def``'s indent is no line
     of it unless code of the body follows). Code without any ``def`` is all body.
     """
-    m = (re.search(rf"^[ \t]*(async\s+)?def\s+{re.escape(name)}\s*\(", code, re.M)
-         or re.search(r"^[ \t]*(async\s+)?def\s+\w+\s*\(", code, re.M))
+    m = find_def(code, name) or re.search(r"^[ \t]*(async\s+)?def\s+\w+\s*\(", code, re.M)
     if m is None:
         lead = len(code) - len(code.lstrip())
         return lead, lead + len(cut_function(code[lead:], starts_inside=False).rstrip())

@@ -36,7 +36,7 @@ from urllib.parse import urlsplit
 
 from .cache import ResultCache
 from .errors import AttnalignError, ModelUnavailable
-from .generation import BUDGET_SLACK, STOP_RULE, Generation, Prompt, chat_user_message, completion_from_reply, completion_of
+from .generation import BUDGET_SLACK, STOP_RULE, Generation, Prompt, chat_user_message, completion_of
 from .model_spec import ModelSpec
 from .tasks import Task
 
@@ -139,10 +139,8 @@ class OpenAIModel:
         prompt = Prompt(text, "chat", offset, (offset + a, offset + b))
         budget = max_new_tokens or api_budget(task.prompt, task)
         raw = self.complete_task_prompt(task.prompt, task, budget)
-        completion = completion_from_reply(task, raw)
-        if not completion.strip():
-            completion = ""
-        gen = Generation(task.task_id, "chat", budget, STOP_RULE, raw, completion, (), (), usage=self.usage_for_last_call)
+        gen = Generation(task.task_id, "chat", budget, STOP_RULE, raw, completion_of(task, "chat", raw), (), (),
+                         usage=self.usage_for_last_call)
         return prompt, gen
 
     def regenerate(self, task: Task, generation: Generation, task_prompts: Sequence[str], **_speed: Any) -> list[str]:
