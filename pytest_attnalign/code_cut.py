@@ -29,12 +29,35 @@ _CLOSING = re.compile(r"^[ \t]*```", re.M)
 
 @dataclass(frozen=True)
 class Block:
-    """A fenced block of a chat reply: its info string's kind, where its code starts, the code."""
+    """A fenced block of a chat reply: its info string's kind, where its code starts, the code as
+    written and how far its opening fence is indented (a block inside a Markdown list item)."""
 
     kind: str  # "python", "untagged" or "other"
     start: int
     code: str
     closed: bool
+    indent: int  # characters before the opening fence
+
+    @property
+    def text(self) -> str:
+        """The code as Markdown reads it: up to the opening fence's indentation removed from each
+        line (CommonMark's rule), so a block in a list item is not run as an IndentationError."""
+        return "".join(line[removed:] for line, removed in self._lines())
+
+    def reply_offset(self, at: int) -> int:
+        """Where ``text[at]`` is in the reply; a line's start maps to the line's start as written."""
+        pos = self.start
+        for line, removed in self._lines():
+            if at < len(line) - removed or (at == len(line) - removed and not line.endswith("\n")):
+                return pos + (removed + at if at else 0)
+            at -= len(line) - removed
+            pos += len(line)
+        return pos
+
+    def _lines(self) -> list[tuple[str, int]]:
+        """Each line of ``code`` (with its newline) and how many indentation characters Markdown removes."""
+        return [(line, min(self.indent, len(line) - len(line.lstrip(" \t"))))
+                for line in re.findall(r"[^\n]*\n|[^\n]+", self.code)]
 
 
 def code_blocks(reply: str) -> list[Block]:
@@ -51,7 +74,8 @@ def code_blocks(reply: str) -> list[Block]:
         info = opening.group(1).split()
         kind = "untagged" if not info else "python" if _PYTHON_TAG.fullmatch(info[0]) else "other"
         end = len(reply) if closing is None else closing.start()
-        blocks.append(Block(kind, start, reply[start:end], closing is not None))
+        indent = len(opening.group(0)) - len(opening.group(0).lstrip(" \t"))
+        blocks.append(Block(kind, start, reply[start:end], closing is not None, indent))
         if closing is None:
             break
         line_end = reply.find("\n", closing.end())
@@ -70,9 +94,9 @@ def chosen_block(reply: str, entry_point: str | None) -> Block | None:
 
 
 def extract_code(reply: str, entry_point: str | None = None) -> str:
-    """The code of a chat reply (:func:`chosen_block`), or the whole reply without a fence."""
+    """The code of a chat reply (:func:`chosen_block`, as Markdown reads it), or the whole reply without a fence."""
     block = chosen_block(reply, entry_point)
-    return reply if block is None else block.code
+    return reply if block is None else block.text
 
 
 def block_settled(reply: str, entry_point: str | None) -> bool:

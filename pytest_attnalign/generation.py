@@ -58,9 +58,10 @@ def stop_rule_text(text: str) -> str:
 #: body span), so that old entries are regenerated. Attribution entries are keyed by the generated ids and
 #: the explained steps themselves, so those of unchanged generations stay valid; methods that regenerate
 #: (``Method.decodes``) key this version too.
-GENERATION_RULES = 5  # 2: a body on the def line, a comment after the signature; 3: code after a def-line docstring;
+GENERATION_RULES = 6  # 2: a body on the def line, a comment after the signature; 3: code after a def-line docstring;
 # 4: a column-0 comment does not end a function, a code block tagged python3 (or after a shell block) is the code;
-# 5: the tested function's end, statements read as Python does, a cut-off trailing statement dropped (2026-12-03)
+# 5: the tested function's end, statements read as Python does, a cut-off trailing statement dropped (2026-12-03);
+# 6: a chat block indented under a list item read as Markdown reads it
 
 _DOCSTRING = re.compile(r"""^\s*[rRuU]?("{3}|'{3})""")
 
@@ -299,22 +300,27 @@ def body_span(task: Task, prompt_format: str, raw: str) -> tuple[int, int]:
     HumanEval in completion and prefill formats continues the prompt's function, so the body starts
     at the first generated character. A restated or newly written function (chat replies, MBPP)
     has its body after its ``def`` line(s) and docstring. The body ends with the function's last line.
-    A chat reply with neither a code block nor a ``def`` has no body.
+    A chat reply with neither a code block nor a ``def`` has no body; a block's code is read as Markdown
+    reads it (:attr:`code_cut.Block.text`) and its span mapped back to ``raw``.
     """
     if prompt_format == "chat":
         block = chosen_block(raw, task.entry_point)
         if block is None and not re.search(r"^\s*(async\s+)?def\s", raw, re.M):
             return 0, 0  # a reply with neither a code block nor a def is prose: no body
-        offset, code = (block.start, block.code) if block is not None else (0, raw)
+        code, place = (block.text, block.reply_offset) if block is not None else (raw, _same)
         continues = (_continues(task) and not defines(code, task.entry_point)
                      and code.lstrip("\r\n").startswith((" ", "\t")))
     else:
-        offset, code = 0, before_fence(raw) if prompt_format == "chat-prefill" else raw
+        code, place = before_fence(raw) if prompt_format == "chat-prefill" else raw, _same
         continues = _continues(task)
     if continues:
-        return offset, offset + len(cut_function(code, starts_inside=True).rstrip())
+        return place(0), place(len(cut_function(code, starts_inside=True).rstrip()))
     a, b = _function_body(code, task.entry_point)
-    return offset + a, offset + b
+    return place(a), place(b)
+
+
+def _same(at: int) -> int:
+    return at
 
 
 def decoded_ends(tokenizer: Any, ids: Sequence[int]) -> Iterator[int]:

@@ -189,6 +189,8 @@ def test_a_line_that_may_become_a_def_does_not_stop_decoding() -> None:
     ("```python\nx = 1\n", "x = 1\n"),  # unclosed (the budget ran out)
     ("```python\nx = '```'\n```", "x = '```'\n"),  # a fence inside a line closes nothing
     ("x = 1", "x = 1"),  # no fence: the whole reply
+    ("1. The code:\n   ```python\n   x = 1\n   if x:\n       y = 2\n   ```", "x = 1\nif x:\n    y = 2\n"),  # a list item's block
+    ("  ```python\n x = 1\n\n  ```", "x = 1\n\n"),  # up to the fence's indentation is removed
 ])
 def test_the_code_is_the_first_python_block(reply: str, code: str) -> None:
     assert extract_code(reply) == code
@@ -212,6 +214,15 @@ def test_a_python_tag_may_carry_a_version_or_attributes(tag: str) -> None:
     reply = f"```{tag}\n" + RESTATED.split("```python\n")[1]
     assert has_ended(HE0, "chat", reply[:reply.index("```\n", 10) + 3])
     assert explained_text(reply, "chat") == BODY
+
+
+def test_a_block_in_a_list_item_runs_as_markdown_reads_it() -> None:
+    """Its lines carry the list item's indentation, which ran as an IndentationError (Pass@1 0 for a correct
+    function); the explained body is the same tokens as in a block at column 0."""
+    code = "def remove_Occ(s, ch):\n    s = s.replace(ch, '', 1)\n    return s[::-1].replace(ch, '', 1)[::-1]\n"
+    reply = "Steps:\n\n1. Write it:\n   ```python\n" + "".join("   " + line for line in code.splitlines(True)) + "   ```\n2. Done."
+    assert completion_of(MBPP, "chat", reply) == "\n" + code
+    assert explained_text(reply, "chat", MBPP).split() == explained_text(f"```python\n{code}```", "chat", MBPP).split()
 
 
 def test_a_fence_inside_a_line_of_code_closes_nothing() -> None:
@@ -274,7 +285,8 @@ def test_stopping_early_never_changes_the_completion() -> None:
     for head, body, tail in ((h, b, t) for h in heads for b in bodies for t in tails):
         code = head + "def remove_Occ(s, ch):\n" + body + tail
         cases += [("completion", code), ("chat-prefill", code + "```\nDone."),
-                  ("chat", "Here:\n```bash\nls\n```\n```python\n" + code + "```\nMore:\n```python\nprint(3)\n```\n")]
+                  ("chat", "Here:\n```bash\nls\n```\n```python\n" + code + "```\nMore:\n```python\nprint(3)\n```\n"),
+                  ("chat", "1. Code:\n  ```python\n" + code.replace("\n", "\n  ") + "```\n2. Done.\n")]
     cases += [(fmt, raw.replace("\n", "\r\n")) for fmt, raw in cases[::5]]
     for fmt, whole in cases:
         expected = completion_of(MBPP, fmt, whole).rstrip(), body_span(MBPP, fmt, whole)
