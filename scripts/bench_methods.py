@@ -2,8 +2,8 @@
 
     python scripts/bench_methods.py --limit 3 [--methods perturbation] [--baseline study|previous|plain-replays]
 
-For each of the first N HumanEval tasks: one greedy generation (the model's default prompt format,
-timed apart), then, method by method in the study's order, the baseline and this code, interleaved
+For each of the first N tasks of a benchmark (HumanEval by default, ``--benchmark mbpp``): one
+greedy generation (the model's default prompt format, timed apart), then, method by method in the study's order, the baseline and this code, interleaved
 per method so both see the same machine load:
 
 - ``new``: the methods as a run of the plugin calls them, on one context per task: the first
@@ -59,9 +59,11 @@ from typing import Any, Iterator
 def _parse() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="smollm2")
-    ap.add_argument("--limit", type=int, default=10, help="first N HumanEval tasks (default 10)")
+    ap.add_argument("--benchmark", choices=("humaneval", "mbpp"), default="humaneval",
+                    help="the benchmark whose tasks are timed (default humaneval)")
+    ap.add_argument("--limit", type=int, default=10, help="first N tasks of the benchmark (default 10)")
     ap.add_argument("--offset", type=int, default=0, help="skip this many tasks first (resume a long run)")
-    ap.add_argument("--tasks", default="", help="comma-separated HumanEval indices (instead of offset/limit)")
+    ap.add_argument("--tasks", default="", help="comma-separated task indices in the benchmark (instead of offset/limit)")
     ap.add_argument("--methods", default="all", help="all, a category or comma-separated names")
     ap.add_argument("--baseline", choices=("study", "previous", "plain-replays", "none"), default="study")
     ap.add_argument("--no-floor", action="store_true", help="skip the floor of the perturbation methods")
@@ -221,16 +223,16 @@ def main() -> int:
 
     methods = resolve_methods(args.methods)
     kinds = {n: available().get(n) for n in methods}
-    all_tasks = load_tasks("humaneval")
+    all_tasks = load_tasks(args.benchmark)
     if args.tasks:
         try:
             indices = [int(i) for i in args.tasks.split(",")]
         except ValueError:
-            raise SystemExit(f"--tasks {args.tasks!r}: give comma-separated HumanEval indices, e.g. --tasks 0,2") from None
+            raise SystemExit(f"--tasks {args.tasks!r}: give comma-separated task indices, e.g. --tasks 0,2") from None
     else:
         indices = list(range(args.offset, min(args.offset + args.limit, len(all_tasks))))
     if not indices or not all(0 <= i < len(all_tasks) for i in indices):
-        raise SystemExit(f"no such HumanEval tasks: {args.tasks or f'--offset {args.offset} --limit {args.limit}'} "
+        raise SystemExit(f"no such {args.benchmark} tasks: {args.tasks or f'--offset {args.offset} --limit {args.limit}'} "
                          f"(indices run from 0 to {len(all_tasks) - 1})")
     if args.workers > 1 and len(indices) > 1:
         records = _in_workers(args, indices)
@@ -258,7 +260,7 @@ def _start_worker(args: argparse.Namespace) -> None:
     from pytest_attnalign.tasks import load_tasks
 
     methods = resolve_methods(args.methods)
-    _WORKER.update(bench=Bench(args, methods, {n: available().get(n) for n in methods}), tasks=load_tasks("humaneval"))
+    _WORKER.update(bench=Bench(args, methods, {n: available().get(n) for n in methods}), tasks=load_tasks(args.benchmark))
 
 
 def _worker_task(index: int) -> dict[str, Any]:
