@@ -16,11 +16,16 @@ import tokenize
 import warnings
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Iterator
 
 #: Top-level lines that continue a module after a function without ending "the generated function".
 CONTINUES = ("def ", "async def ", "@", "import ", "from ", "class ")
 #: A fence line: three or more backticks at the start of a line (after indentation), then the info string.
 _FENCE_LINE = re.compile(r"^[ \t]*```+[ \t]*([^\n`]*?)[ \t]*$", re.M)
+#: A line of a chat reply's plain text that begins code: a def, class, decorator or import at column 0
+#: (an import only where the line compiles: "import the data" is prose).
+_CODE_START = re.compile(r"^(?:(?:async[ \t]+)?def[ \t]+\w+[ \t]*\(|class[ \t]+\w+|@\w"
+                         r"|(?P<imports>import[ \t]|from[ \t]+[\w.]+[ \t]+import[ \t]))", re.M)
 #: The info string's first word of a block that holds Python code (``python3.10``, ``Python 3``, ``py``).
 _PYTHON_TAG = re.compile(r"(python|py)(\d+(\.\d+)*)?", re.I)
 #: A line that closes a block: one that begins with a fence.
@@ -84,19 +89,42 @@ def code_blocks(reply: str) -> list[Block]:
 
 
 def chosen_block(reply: str, entry_point: str | None) -> Block | None:
-    """The block that holds the code: the first Python or untagged block that defines ``entry_point``,
-    else the first Python block, else the first untagged one, else the first block; None without any."""
+    """The block that holds the code: the first Python or untagged block that defines ``entry_point``;
+    None when none does and the reply defines it outside its blocks (the function written as plain text,
+    then a usage example in a block); else the first Python block, else the first untagged one, else the
+    first block; None without any."""
     blocks = code_blocks(reply)
     candidates = [b for b in blocks if b.kind != "other"]
-    return (next((b for b in candidates if entry_point and defines(b.code, entry_point)), None)
-            or next((b for b in blocks if b.kind == "python"), None)
+    defining = next((b for b in candidates if entry_point and defines(b.code, entry_point)), None)
+    if defining is not None or (entry_point and _outside(reply, blocks, (m.start() for m in _defs(reply, entry_point)))
+                                is not None):
+        return defining
+    return (next((b for b in blocks if b.kind == "python"), None)
             or next(iter(candidates), None) or next(iter(blocks), None))
 
 
 def extract_code(reply: str, entry_point: str | None = None) -> str:
-    """The code of a chat reply (:func:`chosen_block`, as Markdown reads it), or the whole reply without a fence."""
+    """The code of a chat reply: its :func:`chosen_block` as Markdown reads it; without one, the reply from
+    its first line outside a block that begins code (a def, class, decorator or import at column 0: the
+    prose before it is no code), else the whole reply (a bare body)."""
     block = chosen_block(reply, entry_point)
-    return reply if block is None else block.text
+    if block is not None:
+        return block.text
+    starts = (m.start() for m in _CODE_START.finditer(reply)
+              if not m.group("imports") or _syntax_error_at(_line_at(reply, m.start())) is None)
+    start = _outside(reply, code_blocks(reply), starts)
+    return reply if start is None else reply[start:]
+
+
+def _outside(reply: str, blocks: list[Block], positions: Iterator[int]) -> int | None:
+    """The first of ``positions`` (ascending) that lies outside every block of ``reply`` and its fence lines."""
+    spans = [(reply.rfind("\n", 0, b.start - 1) + 1, b.start + len(b.code)) for b in blocks]
+    return next((p for p in positions if not any(a <= p < e for a, e in spans)), None)
+
+
+def _line_at(text: str, start: int) -> str:
+    end = text.find("\n", start)
+    return text[start:] + "\n" if end == -1 else text[start:end + 1]
 
 
 def block_settled(reply: str, entry_point: str | None) -> bool:
@@ -114,7 +142,11 @@ def before_fence(text: str) -> str:
 
 def find_def(code: str, name: str) -> re.Match[str] | None:
     """The first line of ``code`` that begins a ``def`` of ``name`` (at any indent)."""
-    return re.search(rf"^[ \t]*(async\s+)?def\s+{re.escape(name)}\s*\(", code, re.M)
+    return next(_defs(code, name), None)
+
+
+def _defs(code: str, name: str) -> Iterator[re.Match[str]]:
+    return re.finditer(rf"^[ \t]*(async\s+)?def\s+{re.escape(name)}\s*\(", code, re.M)
 
 
 def defines(code: str, name: str) -> bool:

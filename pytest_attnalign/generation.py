@@ -61,7 +61,7 @@ def stop_rule_text(text: str) -> str:
 GENERATION_RULES = 6  # 2: a body on the def line, a comment after the signature; 3: code after a def-line docstring;
 # 4: a column-0 comment does not end a function, a code block tagged python3 (or after a shell block) is the code;
 # 5: the tested function's end, statements read as Python does, a cut-off trailing statement dropped (2026-12-03);
-# 6: a chat block indented under a list item read as Markdown reads it
+# 6: a chat block indented under a list item read as Markdown reads it; a function written outside the blocks
 
 _DOCSTRING = re.compile(r"""^\s*[rRuU]?("{3}|'{3})""")
 

@@ -225,6 +225,19 @@ def test_a_block_in_a_list_item_runs_as_markdown_reads_it() -> None:
     assert explained_text(reply, "chat", MBPP).split() == explained_text(f"```python\n{code}```", "chat", MBPP).split()
 
 
+@pytest.mark.parametrize("reply", [
+    "Here is the function:\n\n{code}\nIt removes every ch.",  # no block: the prose before the def was run
+    "Import nothing; just:\n{code}",  # a prose line that begins with "Import" is no import
+    "{code}\nUsage:\n```python\nprint(remove_Occ('hello', 'l'))\n```\n",  # the usage block was the code
+    "```python\nimport os\nprint(remove_Occ('hello', 'l'))\n```\nwhere\n{code}",
+])
+def test_a_function_written_outside_the_blocks_is_the_code(reply: str) -> None:
+    code = "def remove_Occ(s, ch):\n    return s.replace(ch, '')\n"
+    reply = reply.format(code=code)
+    assert completion_of(MBPP, "chat", reply) == "\n" + code
+    assert explained_text(reply, "chat", MBPP) == "    return s.replace(ch, '')"
+
+
 def test_a_fence_inside_a_line_of_code_closes_nothing() -> None:
     body = "    fence = '```'\n    return s.replace(fence, '')"
     reply = "```python\ndef remove_Occ(s, ch):\n" + body + "\n```\nDone."
