@@ -319,11 +319,13 @@ def judge(run: Run, gates: Sequence[Gate], base: Run | None = None, fails: Seque
     verdicts = [v for gate in gates for v in evaluate_gate(gate, run)]
     refused, own = False, _part_of_a_run(run)
     if base is not None:
-        differ = settings_diff(run.settings(), base.settings())
+        # a baseline without a record has no settings: "differ" would list every one as blank
+        differ = settings_diff(run.settings(), base.settings()) if base.records else []
         partial = _part_of_a_run(base)  # the baseline's figures lack tasks
         if (differ or partial) and not force:
             refused = bool(fails)
-            why = f"settings differ from {base_name}: {'; '.join(differ)}" if differ else f"{base_name} {partial}"
+            why = "; ".join(([f"{base_name} {partial}"] if partial else [])  # the first reason to fix
+                            + ([f"settings differ from {base_name}: {'; '.join(differ)}"] if differ else []))
             lines.append(f"comparison refused: {why}; pass {force_flag} to compare anyway")
         else:
             forced = f"settings differ, compared as forced: {'; '.join(differ)}" if differ else ""

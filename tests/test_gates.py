@@ -411,3 +411,19 @@ def test_runs_saved_at_once_each_get_their_own_file(tmp_path: Path) -> None:
     assert sorted(names) == [f"{i:04d}_main.json" for i in range(1, 7)]
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(names)  # no temp file left
     assert all(read_run(tmp_path / n).records for n in names)
+
+
+def test_a_baseline_that_errored_everywhere_is_refused_as_incomplete_not_for_blank_settings() -> None:
+    """Every item of the baseline errored: the refusal listed every setting as differing from blank
+    (labels '' -> 'corrected', ...) and never said why; the first reason is that it is incomplete."""
+    run = run_of(study_records(20, {"mine": 1.5, "coding_last": 0.2}))
+    empty = Run([], KS, {"complete": False, "errors": ["HumanEval/0 mine"], "missing": []}, run.versions)
+    held, lines = judge(run, [], empty, parse_compare_fails(["f1@10:2%"]), base_name="e.json")
+    assert not held and lines == ["comparison refused: e.json is incomplete (0 items missing, 1 without a result; "
+                                  "see its header): rerun those items (the cache keeps the others' results); "
+                                  "pass --compare-force to compare anyway"]
+    partial = run_of(study_records(20, {"mine": 1.5, "coding_last": 0.2}))
+    partial.info = {**partial.info, "complete": False, "missing": ["x"], "errors": []}
+    partial.ks = (5,)
+    _, lines = judge(run, [], partial, parse_compare_fails(["f1@10:2%"]), base_name="p.json")
+    assert lines[0].startswith("comparison refused: p.json is incomplete (1 items missing") and "; settings differ" in lines[0]
