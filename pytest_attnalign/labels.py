@@ -17,7 +17,7 @@ from typing import Any
 
 from .benchmarks import get_benchmark
 from .errors import AttnalignError
-from .tasks import DATA, Task
+from .tasks import DATA, Task, canonical_task_id
 
 #: Folder of the shipped label files, a path or importlib.resources Traversable (module-level so
 #: tests can point it elsewhere).
@@ -66,6 +66,15 @@ def _parse_label(raw: object, path: Any, lineno: int) -> Label:
     return Label(start, end, word, kind, tuple(snapped) if snapped else None)
 
 
+def _spelled(tid: object, tasks: Any) -> str:
+    """``; write Mbpp/1`` where ``tid`` is a task's id spelled another way (``Mbpp/01``, ``MBPP/1``)."""
+    try:
+        canon = canonical_task_id(tid) if isinstance(tid, str) else None
+    except AttnalignError:
+        return ""
+    return f"; write {canon}" if canon in tasks else ""
+
+
 @lru_cache(maxsize=None)
 def _read(benchmark: str) -> dict[str, tuple[str, tuple[Label, ...]]]:
     """task_id -> (sha256 of the labelled text, labels); cached and immutable."""
@@ -73,6 +82,7 @@ def _read(benchmark: str) -> dict[str, tuple[str, tuple[Label, ...]]]:
     path = LABELS_DIR / bench.labels
     if not path.is_file():
         raise AttnalignError(f"labels file {path} missing: {FIX}")
+    tasks = bench.load()  # a line of another id would be ignored, and its task reported as unlabelled
     table: dict[str, tuple[str, tuple[Label, ...]]] = {}
     with path.open(encoding="utf-8") as fh:
         for lineno, line in enumerate(fh, start=1):
@@ -83,8 +93,11 @@ def _read(benchmark: str) -> dict[str, tuple[str, tuple[Label, ...]]]:
             if not isinstance(rec, dict) or set(rec) != {"task_id", "text_sha256", "labels"}:
                 raise _bad(path, lineno, "a line needs exactly the keys task_id, text_sha256, labels")
             tid, sha, labels = rec["task_id"], rec["text_sha256"], rec["labels"]
-            if not isinstance(tid, str) or not bench.owns(tid) or tid in table:
-                raise _bad(path, lineno, f"task_id {tid!r} is not a new {bench.prefix}/N id")
+            if not isinstance(tid, str) or tid not in tasks:  # the exact id: not Mbpp/01, Mbpp/9999 nor Mbpp/abc
+                ids = f"ids {bench.ids}{_spelled(tid, tasks)}"
+                raise _bad(path, lineno, f"task_id {tid!r} is not a task of {bench.name} ({ids})")
+            if tid in table:
+                raise _bad(path, lineno, f"task_id {tid!r} appears twice")
             if not isinstance(sha, str) or not _SHA.match(sha) or not isinstance(labels, list):
                 raise _bad(path, lineno, "text_sha256 must be 64 hex digits and labels a list")
             table[tid] = (sha, tuple(_parse_label(raw, path, lineno) for raw in labels))

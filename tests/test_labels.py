@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 import subprocess
 import sys
 from collections import Counter
@@ -163,3 +164,31 @@ def test_study_label_mode_reproduces_the_off_by_one_spans() -> None:
     assert human_spans(he, "study") == human_spans(he)  # HumanEval's spans were exact
     with pytest.raises(AttnalignError, match="unknown label mode"):
         human_spans(task, "published")
+
+
+def _line(task_id: object) -> str:
+    return json.dumps({"task_id": task_id, "text_sha256": "0" * 64, "labels": []}) + "\n"
+
+
+@pytest.mark.parametrize(
+    ("task_id", "why"),
+    [("Mbpp/9999", r"\(ids Mbpp/1\.\.974\)"), ("Mbpp/abc", r"\(ids Mbpp/1\.\.974\)"),
+     ("Mbpp/0", r"\(ids Mbpp/1\.\.974\)"), ("HumanEval/1", r"\(ids Mbpp/1\.\.974\)"), (7, r"\(ids Mbpp/1\.\.974\)"),
+     ("Mbpp/01", r"\(ids Mbpp/1\.\.974; write Mbpp/1\)"), ("MBPP/1", r"\(ids Mbpp/1\.\.974; write Mbpp/1\)")],
+)
+def test_a_line_for_no_task_of_the_benchmark_is_a_user_error(labels_dir: Path, task_id: object, why: str) -> None:
+    """Its labels would be ignored, and a misspelt id would show up as its task having none."""
+    (labels_dir / "mbpp.jsonl").write_text(_line("Mbpp/2") + _line(task_id), encoding="utf-8")
+    with pytest.raises(AttnalignError) as info:
+        load_labels("mbpp")
+    message = str(info.value)
+    assert "\n" not in message
+    assert re.fullmatch(rf"malformed labels file {re.escape(str(labels_dir / 'mbpp.jsonl'))} line 2: "
+                        rf"task_id {re.escape(repr(task_id))} is not a task of mbpp {why}; "
+                        r"regenerate it with python scripts/convert_labels\.py", message), message
+
+
+def test_a_task_listed_twice_is_a_user_error(labels_dir: Path) -> None:
+    (labels_dir / "mbpp.jsonl").write_text(_line("Mbpp/2") + _line("Mbpp/2"), encoding="utf-8")
+    with pytest.raises(AttnalignError, match=r"line 2: task_id 'Mbpp/2' appears twice; regenerate it with python"):
+        load_labels("mbpp")
