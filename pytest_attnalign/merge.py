@@ -34,14 +34,16 @@ def merge_runs(paths: list[Path], allow_missing: bool = False) -> Run:
                 raise AttnalignError(f"{where} and {first_where} are shards of different runs ({name} differ): "
                                      "merge the shards of one run, each run with the same options")
         if shard["index"] in by_index:
-            raise AttnalignError(f"shard {shard['index']}/{count} given twice ({by_index[shard['index']]} and {where})")
+            raise AttnalignError(f"shard {shard['index']}/{count} given twice ({by_index[shard['index']]} and {where}): "
+                                 "give each shard's file once")
         by_index[shard["index"]] = where
     records = [r for _, run, _ in shards for r in run.records]
     _check_overlap(shards)
     _check_error_k(shards)
     merged = Run(records, first.ks, versions=first.versions, python=first.python)
-    for where, run, _ in shards:
-        _check_settings(where, run, merged)
+    with_records = [(where, run) for where, run, _ in shards if run.records]  # one without ran with none that shows
+    for where, run in with_records[1:]:
+        _check_settings(where, run, *with_records[0])
     absent = [i for i in range(count) if i not in by_index]
     if absent and not allow_missing:
         names = ", ".join(f"{i}/{count}" for i in absent)
@@ -104,22 +106,28 @@ def _check_error_k(shards: list[tuple[str, Run, dict[str, Any]]]) -> None:
                              "each run with the same options")
 
 
-def _check_settings(where: str, run: Run, merged: Run) -> None:
-    """Each shard's settings must be the merged run's: a model, method or rule set differently is refused."""
-    mine, union = run.settings(), merged.settings()
-    if not run.records:
-        return
-    kept = {r.method: r.attribution["method"] for r in merged.records if "method" in r.attribution}
+#: The option that sets each compared setting, named in a refusal.
+_SET_BY = {"labels": "--attn-labels", "stop_rule": "the pytest-attnalign version (its stop rule)",
+           "execution_limits": "--attn-timeout", "models": "--attn-dtype, --attn-max-new-tokens, --attn-prompt-format",
+           "methods": "--attn-method-option"}
+
+
+def _check_settings(where: str, run: Run, first_where: str, first: Run) -> None:
+    """A shard's settings must be the first shard's: a model, method or rule set differently is refused,
+    naming both shards' values and the option that sets them."""
+    mine, theirs = run.settings(), first.settings()
+    kept = {r.method: r.attribution["method"] for r in first.records if "method" in r.attribution}
     for r in run.records:  # provenance (files before 2026-12-03 keep none): one version of each method's package
-        if "method" in r.attribution and r.attribution["method"] != kept[r.method]:
+        if "method" in r.attribution and r.method in kept and r.attribution["method"] != kept[r.method]:
             raise AttnalignError(f"{where} ran method {r.method} from {r.attribution['method']['origin']}, "
-                                 f"another shard from {kept[r.method]['origin']}: merge the shards of one run")
+                                 f"{first_where} from {kept[r.method]['origin']}: merge the shards of one run")
     for part in ("models", "methods"):
         for name, value in mine[part].items():
-            if union[part][name] != value:
-                raise AttnalignError(f"{where} ran {part[:-1]} {name} with other settings than the other shards "
-                                     f"({value} vs {union[part][name]}): merge the shards of one run")
+            if name in theirs[part] and theirs[part][name] != value:
+                raise AttnalignError(f"{where} ran {part[:-1]} {name} with {value}, {first_where} with "
+                                     f"{theirs[part][name]}: merge the shards of one run, each with the same "
+                                     f"{_SET_BY[part]}")
     for key in ("labels", "stop_rule", "execution_limits"):
-        if mine[key] != union[key]:
-            raise AttnalignError(f"{where} has {key} {mine[key]!r}, the other shards {union[key]!r}: "
-                                 "merge the shards of one run")
+        if mine[key] != theirs[key]:
+            raise AttnalignError(f"{where} has {key} {mine[key]!r}, {first_where} {theirs[key]!r}: merge the shards "
+                                 f"of one run, each with the same {_SET_BY[key]}")

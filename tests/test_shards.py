@@ -88,7 +88,7 @@ def test_shards_merge_into_the_unsharded_run(
     # refusals: a shard twice, a missing shard, another run's shard
     one = str(tmp_path / "shard0" / "run.json")
     for argv, error in (
-        ([one, one], "shard 0/2 given twice"),
+        ([one, one], "shard 0/2 given twice .*: give each shard's file once"),
         ([one], r"shard 1/2 missing: give every shard's run file, or --allow-missing"),
         ([one, str(tmp_path / "whole" / "run.json")], "is not a shard's run file"),
     ):
@@ -100,7 +100,9 @@ def test_shards_merge_into_the_unsharded_run(
     (tmp_path / "other.json").write_text(json.dumps(other))
     assert main(["merge", str(tmp_path / "other.json"), str(tmp_path / "shard1" / "run.json"), "-o",
                  str(tmp_path / "x.json")]) == 2
-    assert "other.json has labels 'study', the other shards 'corrected, study'" in capsys.readouterr().err
+    err = capsys.readouterr().err  # the two shards' values and the option, not a union that holds both
+    assert re.search(r"run.json has labels 'corrected', \S*other.json 'study': merge the shards of one run, "
+                     r"each with the same --attn-labels", err), err
 
     # a shard that stopped early (interrupted, -x) is refused as an absent one is
     stopped = json.loads(Path(one).read_text())
@@ -270,8 +272,8 @@ def test_merge_refuses_shards_of_two_versions_of_a_method(tmp_path: Path, capsys
         info = RunInfo(expected=[study[i]], finished={study[i]}, shard=(i, 2), study=study, selected=study).as_dict()
         write_run(path, Run([record], (5, 10), info))
     assert main(["merge", *map(str, shards), "-o", str(tmp_path / "run.json")]) == 2
-    assert capsys.readouterr().err == (f"attnalign: error: {shards[0]} ran method mine from mymeth 0.1.0, another "
-                                       "shard from mymeth 0.2.0: merge the shards of one run\n")
+    assert capsys.readouterr().err == (f"attnalign: error: {shards[1]} ran method mine from mymeth 0.2.0, {shards[0]} "
+                                       "from mymeth 0.1.0: merge the shards of one run\n")
 
 
 def test_merge_refuses_shards_of_two_error_pattern_ks(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -328,3 +330,19 @@ def test_shards_whose_items_a_plugin_reorders_still_merge(project: pytest.Pytest
     docs = [json.loads((tmp_path / f"s{i}.json").read_text())["run"]["shard"] for i in range(2)]
     assert docs[0]["selected"] == docs[1]["selected"] == docs[0]["study"]
     assert main(["merge", str(tmp_path / "s0.json"), str(tmp_path / "s1.json"), "-o", str(tmp_path / "m.json")]) == 0
+
+
+def test_merge_names_both_shards_settings_and_the_option(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The refusal compared a shard with the union of all shards (itself included: 'fixed 6' vs
+    'fixed 6, fixed 8') and named no option to align."""
+    study = [f"test_alignment[m-mine-HumanEval/{i}]" for i in range(2)]
+    shards = [tmp_path / f"shard{i}.json" for i in range(2)]
+    for i, path in enumerate(shards):
+        record = make_record(f"HumanEval/{i}", word_units(f"HumanEval/{i}", 1.0, 0), method="mine",
+                             attribution={"seconds": 0.5, "settings": {"samples": 6 + 2 * i}, "cached": False})
+        info = RunInfo(expected=[study[i]], finished={study[i]}, shard=(i, 2), study=study, selected=study).as_dict()
+        write_run(path, Run([record], (5, 10), info))
+    assert main(["merge", *map(str, shards), "-o", str(tmp_path / "run.json")]) == 2
+    assert capsys.readouterr().err == (f"attnalign: error: {shards[1]} ran method mine with {{'samples': 8}}, {shards[0]} "
+                                       "with {'samples': 6}: merge the shards of one run, each with the same "
+                                       "--attn-method-option\n")
