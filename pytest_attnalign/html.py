@@ -162,7 +162,8 @@ def render_html(run: Run) -> str:
     css = (ASSETS / "report.css").read_text(encoding="utf-8")
     js = (ASSETS / "report.js").read_text(encoding="utf-8")
     if not recs:
-        body = "<p>pytest-attnalign: no item produced a result</p>"
+        lines = ["pytest-attnalign: no item produced a result", *run.info.get("lines", [])]  # why: its incomplete line
+        body = "".join(f"<p>{html.escape(line)}</p>" for line in lines)
         return f'<!DOCTYPE html><html lang="en"><meta charset="utf-8"><title>attnalign</title><body>{body}</body></html>'
     header = [*header_lines(recs, run.versions), *run.info.get("lines", [])]
     scored = with_code(recs)

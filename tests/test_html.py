@@ -74,6 +74,9 @@ def test_page_is_self_contained() -> None:
 def test_a_run_without_records_is_a_page_that_says_so() -> None:
     page = render_html(Run([], KS))
     assert "no item produced a result" in page and "attn-data" not in page
+    why = "incomplete: 1 of 1 items gave no result (an error); the tables lack: HumanEval/0 <x>"
+    page = render_html(Run([], KS, {"complete": False, "lines": [why]}))  # the page dropped why
+    assert "<p>incomplete: 1 of 1 items gave no result (an error); the tables lack: HumanEval/0 &lt;x&gt;</p>" in page
 
 
 def test_data_holds_each_records_top_k_relative_to_the_description() -> None:
