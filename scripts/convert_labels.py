@@ -33,8 +33,9 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run as a plain script from a clone that is not pip-installed
     sys.path.insert(0, str(ROOT))
 
+from pytest_attnalign.benchmarks import get_benchmark  # noqa: E402
 from pytest_attnalign.errors import AttnalignError  # noqa: E402
-from pytest_attnalign.tasks import get_task  # noqa: E402
+from pytest_attnalign.tasks import Task  # noqa: E402
 
 DEFAULT_SOURCE = ROOT / ".." / "shared" / "data" / "attention-labels"
 DEFAULT_OUT = ROOT / "pytest_attnalign" / "data" / "labels"  # package data: ships in the wheel
@@ -57,6 +58,11 @@ TYPE2_DECISION = (
     "  stays in the file as source_type='Type2'"
 )
 _SPAN = re.compile(r"^\(\s*(\d+)\s*,\s*(\d+)\s*\)$")
+#: The columns each source CSV must have (others, such as MBPP's unnamed row number, are ignored).
+COLUMNS = {
+    "humaneval.csv": ("prompt_id", "prompt", "word", "label type", "index range"),
+    "mbpp.csv": ("prompt_id", "Prompt", "Word", "Label Type", "index"),
+}
 
 
 def _span(raw: str, where: str) -> tuple[int, int]:
@@ -105,10 +111,33 @@ def _sha(text: str) -> str:
 
 
 def _read_csv(path: Path) -> list[dict[str, str]]:
+    """The records of one source CSV, after checking its header has :data:`COLUMNS` and every record
+    as many cells as the header."""
     if not path.exists():
         raise AttnalignError(f"labels source {path} missing: pass --source DIR holding humaneval.csv and mbpp.csv")
     with path.open(newline="", encoding="utf-8") as fh:
-        return list(csv.DictReader(fh))
+        reader = csv.DictReader(fh)
+        header = reader.fieldnames or []
+        missing = [c for c in COLUMNS[path.name] if c not in header]
+        if missing:
+            names = f"column{'s' * (len(missing) > 1)} {', '.join(map(repr, missing))}"
+            raise AttnalignError(f"{path} lacks the {names} (its header: {', '.join(map(repr, header)) or 'none'}): "
+                                 "restore the header, or pass --source DIR holding the study's CSVs")
+        rows = list(reader)
+    for i, row in enumerate(rows, start=1):
+        if None in row or None in row.values():  # DictReader's marks for extra and missing cells
+            raise AttnalignError(f"{path.name} record {i}: its cells do not match the header's {len(header)} columns")
+    return rows
+
+
+def _task(benchmark: str, raw_id: str, where: str) -> Task:
+    """The task a record's ``prompt_id`` (its number, ``601``) names, or a one-line error naming the record."""
+    bench = get_benchmark(benchmark)
+    num = raw_id.strip()
+    task = bench.load().get(f"{bench.prefix}/{int(num)}") if num.isascii() and num.isdigit() else None
+    if task is None:
+        raise AttnalignError(f"{where}: prompt_id {raw_id!r} is not a task of {bench.name} (ids {bench.ids})")
+    return task
 
 
 def _aligned(csv_text: str, label_text: str) -> list[tuple[int, int, int]]:
@@ -124,7 +153,7 @@ def convert_humaneval(source: Path) -> tuple[list[dict[str, Any]], dict[str, Any
     stats: Counter[str] = Counter()
     for i, row in enumerate(_read_csv(source / "humaneval.csv"), start=1):
         where = f"humaneval.csv record {i}"
-        task = get_task(f"HumanEval/{int(row['prompt_id'])}")
+        task = _task("humaneval", row["prompt_id"], where)
         text = task.label_text
         entry = tasks.setdefault(task.task_id, {"task": task, "labels": []})
         key = (task.task_id, row["prompt"])
@@ -150,7 +179,7 @@ def convert_mbpp(source: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     stats: Counter[str] = Counter()
     for i, row in enumerate(_read_csv(source / "mbpp.csv"), start=1):
         where = f"mbpp.csv record {i}"
-        task = get_task(f"Mbpp/{int(row['prompt_id'])}")
+        task = _task("mbpp", row["prompt_id"], where)
         text = task.label_text
         if row["Prompt"] != text:
             raise AttnalignError(f"{where}: Prompt differs from the MBPP text of {task.task_id}")
