@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .alignment import KScore, TaskUnits, score_tasks, strict_overlap, top_k
+from .fixtures import _one_line
 from .labels import human_spans, prompt_labels
 from .methods import AttributionContext, Method, Unit
 from .tasks import Task
@@ -36,7 +37,8 @@ class Attribution:
     def covered_labels(self, k: int = 10) -> list[str]:
         """The programmers' labelled words that some top-K unit overlaps, in prompt order."""
         top = self.top_k(k)
-        return [lab.word for lab in prompt_labels(self.task) if any(strict_overlap((lab.start, lab.end), t) for t in top)]
+        labels = _one_line(prompt_labels, self.task)  # a bad labels file: one line in the user's test, as fixtures
+        return [lab.word for lab in labels if any(strict_overlap((lab.start, lab.end), t) for t in top)]
 
     def agreement(self, other: Attribution, k: int = 10) -> float:
         """The share of this top-K that overlaps some unit of ``other``'s top-K (by characters, so
@@ -46,7 +48,8 @@ class Attribution:
 
     def score(self, k: int = 10, labels: str = "corrected") -> KScore:
         """P, R, F1 and alpha of this one task against the labels, as the tables compute them."""
-        units = TaskUnits(self.task.prompt, self.units, tuple(human_spans(self.task, labels)), 0, self.task.task_id)
+        spans = tuple(_one_line(human_spans, self.task, labels))  # a bad labels file or mode: one line
+        units = TaskUnits(self.task.prompt, self.units, spans, 0, self.task.task_id)
         return score_tasks([units], [k])[k]
 
 

@@ -192,3 +192,40 @@ def test_a_task_listed_twice_is_a_user_error(labels_dir: Path) -> None:
     (labels_dir / "mbpp.jsonl").write_text(_line("Mbpp/2") + _line("Mbpp/2"), encoding="utf-8")
     with pytest.raises(AttnalignError, match=r"line 2: task_id 'Mbpp/2' appears twice; regenerate it with python"):
         load_labels("mbpp")
+
+
+USER_TEST = '''
+import json
+import pytest
+from pytest_attnalign import labels
+from pytest_attnalign.attribution import Attribution
+from pytest_attnalign.tasks import get_task
+
+
+@pytest.fixture
+def stale_labels(tmp_path, monkeypatch):
+    line = {"task_id": "Mbpp/1", "text_sha256": "0" * 64, "labels": []}
+    (tmp_path / "mbpp.jsonl").write_text(json.dumps(line) + "\\n", encoding="utf-8")
+    monkeypatch.setattr(labels, "LABELS_DIR", tmp_path)
+    labels._read.cache_clear()
+    yield
+    labels._read.cache_clear()
+
+
+@pytest.mark.parametrize("view", ["covered_labels", "score"])
+def test_user(stale_labels, view):
+    attribution = Attribution("m", get_task("Mbpp/1"), ((4, 9, 1.0),), {}, False)
+    getattr(attribution, view)(1)
+'''
+
+
+def test_a_labels_error_in_a_users_test_is_one_line(pytester: pytest.Pytester) -> None:
+    """``Attribution.covered_labels``/``score`` in a user's test: the fix, as the attn_* fixtures show it."""
+    pytester.makepyfile(test_user=USER_TEST)
+    result = pytester.runpytest("-p", "no:cacheprovider")
+    result.assert_outcomes(failed=2)
+    out = result.stdout.str()
+    message = ("labels of Mbpp/1 were made for a different text (sha256 mismatch): "
+               "regenerate it with python scripts/convert_labels.py")
+    result.stdout.fnmatch_lines(["*_ test_user[[]covered_labels[]] _*", message, "*_ test_user[[]score[]] _*", message])
+    assert "pytest_attnalign/" not in out and "\nE  " not in out and "Error:" not in out, out  # no traceback
