@@ -122,7 +122,7 @@ def attn_attribute(request: pytest.FixtureRequest, attn_context: Any) -> Callabl
     from .attribution import attribute
 
     study = _state(request.config)[1]
-    return lambda method: attribute(study, attn_context, method)
+    return lambda method: _one_line(attribute, study, attn_context, method)  # a misspelt method: its one line
 
 
 @pytest.fixture

@@ -184,3 +184,15 @@ def test_engine_masks_and_replaces_words_of_the_task() -> None:
     assert task.prompt[c:d] not in masked[a:a + 40] and len(masked) < len(task.prompt)
     with pytest.raises(ValueError, match="keep has 1 entries for"):
         engine.masked([True])
+
+
+def test_an_attribution_error_in_a_users_test_is_one_line(project: pytest.Pytester, tiny_gpt2: Path) -> None:
+    """``attn_attribute`` with a misspelt method printed a traceback through the library; as the other
+    fixtures do, the test fails with the error's one line (its fix)."""
+    (project.path / "tests" / "test_user.py").write_text(
+        'import pytest\n\n\n@pytest.mark.attn_task("HumanEval/0")\n'
+        'def test_typo(attn_attribute):\n    attn_attribute("reading_lats")\n')
+    result = project.runpytest("tests/test_user.py", f"--attn-model={tiny_gpt2}", *NO_CACHE)
+    result.assert_outcomes(failed=1)
+    out = result.stdout.str()
+    assert "reading_lats" in out and "pytest_attnalign/" not in out and "\nE  " not in out, out
