@@ -268,6 +268,29 @@ def _hub_unusable(name: str, repo_id: str) -> bool:
                          "download it elsewhere and pass its local directory to --attn-model")
 
 
+def _unloadable(name: str, source: str, exc: Exception) -> AttnalignError | None:
+    """transformers' failure to load ``source`` as the user's error, on one line; None (the traceback
+    stays) when the cause is neither a directory's files nor the hub's answer (a bug of ours or a library's)."""
+    if isinstance(exc, (ValueError, KeyError)):  # transformers' own complaint about the files: no tokenizer, unknown type
+        why = " ".join(str(exc).split())  # transformers spreads these over several lines
+    else:
+        why = " ".join((str(exc).strip().splitlines() or [""])[0].split())
+    why = f"{type(exc).__name__}: {why[:160]}" if why else type(exc).__name__
+    files = ("the model's files are incomplete, damaged or of a kind transformers cannot load (a config.json, "
+             "tokenizer files and weights are needed)")
+    if Path(source).is_dir():
+        # the user's files, whatever their loader raised (safetensors' SafetensorError on damaged weights,
+        # torch's on a truncated .bin, OSError on missing weights): the hub has no part in it
+        return AttnalignError(f"cannot load model {name!r} from directory {source!r} ({why}): {files}")
+    if isinstance(exc, OSError):
+        return AttnalignError(
+            f"cannot load model {name!r} from {source!r} ({str(exc).splitlines()[0][:160]}): if the hub is "
+            "unreachable or the model gated, download it elsewhere and pass its local directory to --attn-model")
+    if isinstance(exc, (ValueError, KeyError)):
+        return AttnalignError(f"cannot load model {name!r} from {source!r} ({why}): {files}")
+    return None
+
+
 def load_model(name: str, device: str = "auto", dtype: str = "auto", cache_dir: Path | None = None) -> LanguageModel:
     """Load a resolved model with its kind's loader (device, dtype and cache directory concern local models)."""
     spec = resolve_model(name)
@@ -291,17 +314,11 @@ def load_local_model(spec: ModelSpec, name: str, device: str, dtype: str, cache_
         tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=only_local)
         model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype, attn_implementation="eager",
                                                      local_files_only=only_local)
-    except OSError as exc:
-        raise AttnalignError(
-            f"cannot load model {name!r} from {source!r} ({str(exc).splitlines()[0][:160]}): if the hub is "
-            "unreachable or the model gated, download it elsewhere and pass its local directory to --attn-model"
-        ) from None
-    except (ValueError, KeyError) as exc:  # transformers' own complaint about the files: no tokenizer, unknown type
-        why = " ".join(str(exc).split())[:160]  # transformers spreads these over several lines
-        raise AttnalignError(
-            f"cannot load model {name!r} from {source!r} ({type(exc).__name__}: {why}): the model's files are "
-            "incomplete or of a kind transformers cannot load (a config.json, tokenizer files and weights are needed)"
-        ) from None
+    except Exception as exc:
+        error = _unloadable(name, source, exc)
+        if error is None:
+            raise
+        raise error from None
     if revision == "main":
         revision = getattr(model.config, "_commit_hash", None) or "main"
     model.to(dev).eval()

@@ -100,8 +100,25 @@ def test_a_model_directory_without_a_tokenizer_is_one_line(tmp_path: Path, capsy
             "--cache-dir", str(tmp_path / "cache")]
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith(f"attnalign: error: cannot load model '{model}' from '{model}' "
+    assert len(err) == 1 and err[0].startswith(f"attnalign: error: cannot load model '{model}' from directory '{model}' "
                                                "(ValueError: Couldn't instantiate the backend tokenizer"), err
+
+
+def test_a_model_directory_with_damaged_weights_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """safetensors' own error on a damaged model.safetensors ended the command in a traceback."""
+    from tiny_models import gpt2_tokenizer, tiny_config
+
+    model = tmp_path / "model"
+    tiny_config("gpt2").save_pretrained(str(model))
+    gpt2_tokenizer().save_pretrained(str(model))
+    (model / "model.safetensors").write_text("not safetensors")
+    argv = ["attribute", "HumanEval/0", "--model", str(model), "--method", "reading_last", "--device", "cpu",
+            "--cache-dir", str(tmp_path / "cache")]
+    assert main(argv) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.count("\n") == 1, err
+    assert err.startswith(f"attnalign: error: cannot load model '{model}' from directory '{model}' (SafetensorError: "
+                          "Error while deserializing header") and "pass its local directory" not in err, err
 
 
 def test_no_code_is_an_error_of_every_method(tmp_path: Path) -> None:

@@ -122,11 +122,31 @@ def test_a_directory_transformers_cannot_load_is_one_line(tmp_path: Path) -> Non
     """transformers' ValueError about the files (here: no tokenizer) is the user's to fix, not a traceback."""
     (tmp_path / "config.json").write_text(LLAMA_CONFIG)
     spec = model_spec.resolve_model(str(tmp_path))
-    with pytest.raises(AttnalignError, match=rf"^cannot load model '{tmp_path}' from '{tmp_path}' \(ValueError: "
+    with pytest.raises(AttnalignError, match=rf"^cannot load model '{tmp_path}' from directory '{tmp_path}' \(ValueError: "
                                              r"Couldn't instantiate the backend tokenizer .*\): the model's files are "
                                              r"incomplete") as caught:
         models.load_local_model(spec, str(tmp_path), "cpu", "auto", None)
     assert "\n" not in str(caught.value)
+
+
+def test_a_directory_with_damaged_weights_is_one_line_naming_it(tmp_path: Path) -> None:
+    """safetensors' SafetensorError (not an OSError or ValueError) was a traceback; and a directory's
+    files are the user's: no advice to download the model elsewhere and pass its directory."""
+    from tiny_models import gpt2_tokenizer, tiny_config
+
+    tiny_config("gpt2").save_pretrained(str(tmp_path))
+    gpt2_tokenizer().save_pretrained(str(tmp_path))
+    (tmp_path / "model.safetensors").write_text("not safetensors")
+    spec = model_spec.resolve_model(str(tmp_path))
+    with pytest.raises(AttnalignError, match=rf"^cannot load model 'm' from directory '{tmp_path}' \(SafetensorError: "
+                                             r"Error while deserializing header[^)\n]*\): the model's files are "
+                                             r"incomplete, damaged or of a kind transformers cannot load") as caught:
+        models.load_local_model(spec, "m", "cpu", "auto", None)
+    assert "\n" not in str(caught.value) and "hub" not in str(caught.value)
+    (tmp_path / "model.safetensors").unlink()  # no weights at all: transformers' OSError, not the hub's either
+    with pytest.raises(AttnalignError, match=rf"^cannot load model 'm' from directory '{tmp_path}' \(OSError: ") as caught:
+        models.load_local_model(spec, "m", "cpu", "auto", None)
+    assert "\n" not in str(caught.value) and "hub" not in str(caught.value)
 
 
 def test_cuda_asked_for_without_cuda_names_the_option_of_pytest_and_of_the_cli(monkeypatch: pytest.MonkeyPatch) -> None:
