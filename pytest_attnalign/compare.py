@@ -11,7 +11,7 @@ from typing import Any
 from tabulate import tabulate
 
 from .record import Record
-from .report import groups, pass_counts, pooled, with_code
+from .report import groups, pass_counts, pooled, task_order, with_code
 from .runfile import Run
 
 
@@ -50,6 +50,24 @@ def _change(now: float | None, base: float | None, alpha: bool) -> str:
     return f"{now:.2f} ({now - base:+.2f})" if alpha else f"{now:.1%} ({(now - base) * 100:+.1f})"
 
 
+#: Task ids a "nothing in common" line names of each run before "and N more".
+SHOW_TASKS = 3
+
+
+def _names(values: set[str], what: str) -> str:
+    """``methods a, b`` (``method a``; ``no method`` for none)."""
+    return f"{what}{'s' if len(values) != 1 else ''} {', '.join(sorted(values))}" if values else f"no {what}"
+
+
+def _holdings(run: Run) -> str:
+    """What a run scored, for a line saying two runs share nothing: its models, methods and tasks."""
+    ids = sorted({r.task_id for r in run.records}, key=task_order)
+    more = f" and {len(ids) - SHOW_TASKS} more" if len(ids) > SHOW_TASKS else ""
+    tasks = f"{len(ids)} task{'s' if len(ids) != 1 else ''} ({', '.join(ids[:SHOW_TASKS])}{more})" if ids else "no task"
+    return (f"{_names({r.model for r in run.records}, 'model')}, {_names({r.method for r in run.records}, 'method')}, "
+            f"{tasks}")
+
+
 def compare_table(now: Run, base: Run) -> str:
     """Per model x method x K in both runs: this run's P/R/F1/alpha and (the change); Pass@1 per model."""
     ks = [k for k in now.ks if k in base.ks]
@@ -71,10 +89,16 @@ def compare_table(now: Run, base: Run) -> str:
             mine, old = scored_in_both(group, old_models[(model,)], pass1=True)
             (p, n), (q, _) = pass_counts(mine).get((), (0, 0)), pass_counts(old).get((), (0, 0))
             pass_rows.append([model, n, _change(p / n, q / n, False) if n else "n/a"])
-    if not rows and not pass_rows:
-        return "no model x method in both runs: nothing to compare"
+    if not any(row[3] for row in rows) and not any(row[1] for row in pass_rows):
+        # no figure pairs up: empty tables and "0 n/a" said nothing of why (a run of other methods or tasks)
+        return (f"nothing to compare: no model x method scored a task in both runs (this run: {_holdings(now)}; "
+                f"the baseline: {_holdings(base)})")
+    alignment = ("Alignment, this run (change in points; alpha: change) on the tasks both runs scored\n"
+                 + tabulate(rows, headers=["model", "method", "K", "tasks", "P", "R", "F1", "alpha"],
+                            disable_numparse=True)) if rows else \
+        (f"Alignment: no model x method in both runs (this run: {_names({r.method for r in now.records}, 'method')}; "
+         f"the baseline: {_names({r.method for r in base.records}, 'method')})")
     return "\n\n".join([
-        "Alignment, this run (change in points; alpha: change) on the tasks both runs scored\n"
-        + tabulate(rows, headers=["model", "method", "K", "tasks", "P", "R", "F1", "alpha"], disable_numparse=True),
+        alignment,
         "Pass@1, this run (change in points)\n"
         + tabulate(pass_rows, headers=["model", "tasks", "Pass@1"], disable_numparse=True)])

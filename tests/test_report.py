@@ -189,3 +189,27 @@ def test_an_earlier_wording_of_the_stop_rule_reads_as_its_rule(tmp_path: Path) -
     write_run(tmp_path / "old.json", Run([make_record("HumanEval/0", [(4, 9, 1.0)], stop_rule=old)], (5,), {}))
     read = read_run(tmp_path / "old.json").records[0].stop_rule
     assert read.startswith("eos | end of the generated function (its first later top-level line;") and read != STOP_RULE
+
+
+def test_runs_with_nothing_in_common_say_so(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """No method and no task in both runs: the comparison was two empty tables and "m 0 n/a", exit 0.
+    It says what each run has; exit 0 unless a --compare-fail needed the comparison (as a refused one)."""
+    now = [make_record(f"HumanEval/{i}", [(4, 9, 1.0)], method="shap") for i in range(5)]
+    write_run(tmp_path / "now.json", Run(now, (5, 10), {}))
+    write_run(tmp_path / "base.json",
+              Run([make_record("Mbpp/2", [(4, 9, 1.0)], method="coding_last", model="other")], (5, 10), {}))
+    assert main(["report", str(tmp_path / "now.json"), "--compare", str(tmp_path / "base.json")]) == 0
+    tail = capsys.readouterr().out.split(f"Compared with {tmp_path / 'base.json'}")[1]
+    assert tail == (":\nnothing to compare: no model x method scored a task in both runs (this run: model m, method "
+                    "shap, 5 tasks (HumanEval/0, HumanEval/1, HumanEval/2 and 2 more); the baseline: model other, "
+                    "method coding_last, 1 task (Mbpp/2))\n")
+    assert main(["report", str(tmp_path / "now.json"), "--compare", str(tmp_path / "base.json"),
+                 "--compare-fail", "f1@10:2%"]) == 1
+    assert "compare-fail f1@10:2%: FAILED: no model x method in both runs to compare" in capsys.readouterr().out
+    # the same model and tasks, other methods: Pass@1 compares, the alignment table says why it is empty
+    write_run(tmp_path / "other.json",
+              Run([dataclasses.replace(r, method="coding_last") for r in now], (5, 10), {}))
+    assert main(["report", str(tmp_path / "now.json"), "--compare", str(tmp_path / "other.json")]) == 0
+    out = capsys.readouterr().out
+    assert ":\nAlignment: no model x method in both runs (this run: method shap; the baseline: method " \
+           "coding_last)\n\nPass@1" in out and "\nm        5        0.0% (+0.0)" in out
