@@ -167,7 +167,7 @@ def cmd_attribute(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from .gates import check_baseline_ks, check_names, judge, parse_compare_fails, parse_gates
+    from .gates import Term, _part_of_a_run, check_baseline_ks, check_names, judge, parse_compare_fails, parse_gates
     from .html import write_html
     from .preflight import not_an_input, output_file
     from .runfile import read_run
@@ -176,6 +176,10 @@ def cmd_report(args: argparse.Namespace) -> int:
     gates = _flag("--gate", parse_gates, args.gate)
     fails = _flag("--compare-fail", parse_compare_fails, args.compare_fail)
     methods = sorted({r.method for r in run.records})
+    if _part_of_a_run(run):  # its records may lack a method whose every item errored: judge() says "gates not
+        # judged" (as the plugin does) instead of calling a method the run selected absent; K is still checked
+        methods = sorted({*methods, *(t.method for g in gates for t in (g.left, g.right) if isinstance(t, Term)),
+                          *(f.method for f in fails if f.method is not None)})
     _flag("--gate", check_names, gates, [], methods, run.ks)
     _flag("--compare-fail", check_names, [], fails, methods, run.ks)
     if fails and not args.compare:

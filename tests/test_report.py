@@ -191,6 +191,24 @@ def test_an_earlier_wording_of_the_stop_rule_reads_as_its_rule(tmp_path: Path) -
     assert read.startswith("eos | end of the generated function (its first later top-level line;") and read != STOP_RULE
 
 
+def test_gates_on_a_run_whose_every_item_errored_are_not_judged(tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    """No record names the method the run selected: --gate called it absent (exit 2, "methods: ") where
+    the plugin says the gates of an incomplete run are not judged (exit 1)."""
+    info = {"complete": False, "errors": ["test_x.py::test[HumanEval/0-reading_last]"], "missing": [], "lines": []}
+    write_run(tmp_path / "none.json", Run([], (5, 10), info))
+    assert main(["report", str(tmp_path / "none.json"), "--gate", "reading_last.f1@10>=1%"]) == 1
+    out, err = capsys.readouterr()
+    assert err == "" and out.splitlines()[-1] == (
+        "gates not judged: the run is incomplete (0 items missing, 1 without a result; see its header): rerun "
+        "those items (the cache keeps the others' results)")
+    assert main(["report", str(tmp_path / "none.json"), "--gate", "reading_last.f1@7>=1%"]) == 2  # K is the run's
+    assert "K=7 is not in this run (K: 5, 10)" in capsys.readouterr().err
+    write_run(tmp_path / "whole.json", Run([make_record("HumanEval/0", [(4, 9, 1.0)], method="shap")], (5, 10), {}))
+    assert main(["report", str(tmp_path / "whole.json"), "--gate", "reading_last.f1@10>=1%"]) == 2  # a whole run's
+    assert "method 'reading_last' is not in this run (methods: shap)" in capsys.readouterr().err  # names are checked
+
+
 def test_runs_with_nothing_in_common_say_so(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """No method and no task in both runs: the comparison was two empty tables and "m 0 n/a", exit 0.
     It says what each run has; exit 0 unless a --compare-fail needed the comparison (as a refused one)."""
