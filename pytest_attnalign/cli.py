@@ -1,6 +1,7 @@
 """The ``attnalign`` command: thin argument parsing over the library.
 
-Every sub-command prints an :class:`AttnalignError` as one line on stderr and exits 2.
+Every sub-command prints an :class:`AttnalignError` as one line on stderr and exits 2; an interrupt
+(Ctrl-C) prints one line and exits 130.
 """
 
 from __future__ import annotations
@@ -220,6 +221,9 @@ def _flag(flag: str, check: Callable[..., T], *args: Any) -> T:
         raise AttnalignError(f"{flag}: {exc}") from None
 
 
+#: Exit status when interrupted (Ctrl-C): a shell's status for a process killed by SIGINT.
+INTERRUPTED = 128 + 2
+
 #: Exit status when the reader of the output left (``attnalign report run.json | head``): a shell's
 #: status for a process killed by SIGPIPE, which Python turns into an exception instead.
 BROKEN_PIPE = 128 + 13
@@ -234,6 +238,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except AttnalignError as exc:
         print(f"attnalign: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C: one line, not the traceback of wherever it landed
+        print("attnalign: interrupted", file=sys.stderr)
+        return INTERRUPTED
     except BrokenPipeError:  # not a traceback; stdout to devnull so the flush at exit does not fail again
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return BROKEN_PIPE
