@@ -17,6 +17,16 @@ from typing import Any, TypeVar
 from .errors import AttnalignError
 from .methods.perturbation import DEFAULT_FILL_MASK_MODEL, SHAP_EVALUATIONS
 
+#: What ``attnalign --help`` says the command is (the module docstring is the developers').
+DESCRIPTION = ("Attention alignment of code LLMs with human programmers (Kou et al., FSE 2024): score "
+               "attributions computed elsewhere, generate for one task and show each attribution method's top-K "
+               "units, run completions against a task's tests, and print, compare, gate or merge the run files of "
+               "pytest --attn-* runs.")
+EPILOG = "exit status: 2 on a bad input or setting (one line on stderr), 130 when interrupted (Ctrl-C)"
+
+#: ``check`` and ``verify-benchmarks``' wall-clock seconds per program (the plugin's --attn-timeout default).
+TIMEOUT_S = 10.0
+
 T = TypeVar("T")
 
 
@@ -30,9 +40,11 @@ def _given(value: str) -> str:
 def _parser() -> argparse.ArgumentParser:
     from . import __version__
     from .benchmarks import BENCHMARKS, NAMES
+    from .execution import MAX_TIMEOUT_S
 
     task_ids = " or ".join(f"{b.prefix}/N" for b in BENCHMARKS)
-    p = argparse.ArgumentParser(prog="attnalign", description=__doc__.splitlines()[0])
+    timeout = f"(default {TIMEOUT_S:g}, at most {MAX_TIMEOUT_S:g}: a day)"
+    p = argparse.ArgumentParser(prog="attnalign", description=DESCRIPTION, epilog=EPILOG)
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -45,16 +57,17 @@ def _parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_score)
 
     v = sub.add_parser("verify-benchmarks", help="run every canonical solution through the sandbox")
-    v.add_argument("--benchmark", choices=[*NAMES, "all"], default="all")
+    v.add_argument("--benchmark", choices=[*NAMES, "all"], default="all", help="the benchmark to verify (default all)")
     v.add_argument("-j", "--jobs", type=int, default=0, help="parallel programs (default: CPU count)")
-    v.add_argument("--timeout", type=float, default=10.0, help="wall-clock seconds per program")
+    v.add_argument("--timeout", type=float, default=TIMEOUT_S, help=f"wall-clock seconds per program {timeout}")
     v.set_defaults(func=cmd_verify)
 
     c = sub.add_parser("check", help="run one completion against a task's tests (exit 0 pass, 1 fail/timeout/error, 2 bad input)")
     c.add_argument("task_id", help=task_ids)
     c.add_argument("completion_file", type=_given, help="text continuing the task's completion-mode prompt")
-    c.add_argument("--timeout", type=float, default=10.0, help="wall-clock seconds")
-    c.add_argument("--json", action="store_true")
+    c.add_argument("--timeout", type=float, default=TIMEOUT_S, help=f"wall-clock seconds the program may run {timeout}")
+    c.add_argument("--json", action="store_true",
+                   help="print one JSON object (task_id, outcome, seconds, stderr_tail) instead of a line")
     c.set_defaults(func=cmd_check)
 
     a = sub.add_parser("attribute", help="generate for one task and show each method's top-K units "
@@ -67,11 +80,13 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("--prompt-format", choices=["completion", "chat", "chat-prefill"], default=None,
                    help="default: the model's")
     a.add_argument("--max-new-tokens", type=int, default=None, metavar="N",
-                   help="token budget of the generation (default: the study's rule, canonical solution + 20)")
+                   help="new-token budget (default: the study's rule, canonical-solution tokens + 20; in chat format, "
+                        "where the reply restates the prompt, prompt + canonical solution tokens + 20)")
     a.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     a.add_argument("--cache-dir", type=_given, default=None, help="default: $ATTNALIGN_CACHE_DIR, else $XDG_CACHE_HOME/pytest-attnalign or ~/.cache/pytest-attnalign")
     a.add_argument("--shap-evaluations", type=int, default=None, metavar="N",
-                   help=f"model evaluations per task for shap (default {SHAP_EVALUATIONS}, as in the study)")
+                   help=f"coalitions KernelSHAP samples per task (default: {SHAP_EVALUATIONS}, as in the study); the "
+                        "all-masked and the whole prompt are regenerated too")
     a.add_argument("--fill-mask-model", type=_given, default=None, metavar="ID",
                    help="masked LM proposing bert_masking's substitutes (default $ATTNALIGN_FILL_MASK_MODEL or "
                         f"{DEFAULT_FILL_MASK_MODEL}; offline: pretrained embedding neighbours)")
