@@ -7,27 +7,22 @@ without the study's CSVs.
 from __future__ import annotations
 
 import csv
-import importlib.util
 from pathlib import Path
 from types import ModuleType
 
 import pytest
+from test_labels import _converter
 
 from pytest_attnalign.errors import AttnalignError
 from pytest_attnalign.tasks import get_task
 
-CONVERTER = Path(__file__).resolve().parent.parent / "scripts" / "convert_labels.py"
 HE_HEADER = ["prompt_id", "prompt", "word", "label type", "index range"]
 MBPP_HEADER = ["", "prompt_id", "Prompt", "Word", "Label Type", "index"]
 
 
 @pytest.fixture(scope="module")
 def conv() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("convert_labels", CONVERTER)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return _converter()
 
 
 def _he_row(prompt_id: str = "0") -> list[str]:
