@@ -300,7 +300,6 @@ def parse_options(config: pytest.Config) -> Options:
     from .model_spec import resolve_model
     from .models import check_dtype, default_cache_dir
     from .preflight import cache_directory, not_an_input, output_file
-    from .sharding import parse_shard
     from .storage import autosave_name, check_name, find_run, usable_storage
 
     get = config.getoption
@@ -371,11 +370,14 @@ def parse_options(config: pytest.Config) -> Options:
     save_name = usage("--attn-save", check_name, get("attn_save")) if get("attn_save") else (
         autosave_name() if get("attn_autosave") else None)
     # paths last: the end of a long run must not be where a typo shows
+    cache = get("attn_cache_dir")
+    cache_dir = usage("--attn-cache-dir", cache_directory, Path(cache).expanduser() if cache else default_cache_dir())
+    if hasattr(config, "workerinput"):  # only the controller reads the baseline and writes the files: a
+        return _options(get, models, methods, benchmarks, device, fmt, cache_dir, settings, ks, gates, fails,
+                        None, None, None, None, save_name)  # worker's host may lack their directories
     json_path = usage("--attn-json", output_file, Path(get("attn_json")).expanduser()) if get("attn_json") else None
     html_path = usage("--attn-html", output_file, Path(get("attn_html")).expanduser(),
                       "report.html") if get("attn_html") else None
-    cache = get("attn_cache_dir")
-    cache_dir = usage("--attn-cache-dir", cache_directory, Path(cache).expanduser() if cache else default_cache_dir())
     save_dir = compare = None
     if save_name or get("attn_compare") is not None:
         storage = Path(get("attn_storage")).expanduser() if get("attn_storage") else _default_storage(config)
@@ -387,6 +389,21 @@ def parse_options(config: pytest.Config) -> Options:
         usage("--attn-html", not_an_input, html_path,
               [(what, path) for what, path in (("the --attn-json file", json_path), ("the --attn-compare baseline", compare))
                if path], "the page")
+    return _options(get, models, methods, benchmarks, device, fmt, cache_dir, settings, ks, gates, fails,
+                    json_path, html_path, compare, save_dir, save_name)
+
+
+def _options(get: Callable[[str], Any], models: list[str], methods: list[str], benchmarks: list[str], device: str,
+             fmt: str | None, cache_dir: Path, settings: dict[str, dict[str, Any]], ks: tuple[int, ...], gates: Any,
+             fails: Any, json_path: Path | None, html_path: Path | None, compare: Path | None,
+             save_dir: Path | None, save_name: str | None) -> Options:
+    from .sharding import parse_shard
+
+    shard = get("attn_shard")
+    try:
+        parsed = parse_shard(shard) if shard is not None else None
+    except AttnalignError as exc:
+        raise pytest.UsageError(f"--attn-shard: {exc}") from None
     return Options(
         models=list(dict.fromkeys(models)), methods=methods,
         benchmarks=benchmarks,
@@ -396,7 +413,7 @@ def parse_options(config: pytest.Config) -> Options:
         method_options=settings, labels=get("attn_labels"),
         threads=get("attn_threads"), pass1=get("attn_pass1"), gates=gates, compare_fails=fails, compare=compare,
         compare_force=get("attn_compare_force"), storage=save_dir, save_name=save_name, html_path=html_path,
-        shard=usage("--attn-shard", parse_shard, get("attn_shard")) if get("attn_shard") is not None else None,
+        shard=parsed,
     )
 
 

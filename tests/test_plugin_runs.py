@@ -1,0 +1,37 @@
+"""Whole runs whose shape the plugin must see right: xdist workers over --tx (output paths left to
+the controller, restarts bounded, the controller not counted as a process running items), an --lf
+run being a selection, and a broken labels file failing the run before any item runs.
+
+Same pytester project, tiny GPT-2 and isolated environment as ``test_plugin``.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from test_plugin import NO_CACHE, _isolated_env, project, summary, tiny_gpt2  # noqa: F401 (fixtures)
+
+
+def _opts(model: Path, tmp_path: Path) -> list[str]:
+    return [f"--attn-model={model}", "--attn-method=reading_last", "--attn-limit=1", "--attn-max-new-tokens=4",
+            "--attn-device=cpu", f"--attn-cache-dir={tmp_path / 'cache'}", "-p", "no:randomly"]
+
+
+def test_workers_leave_the_controllers_output_paths_alone(
+    project: pytest.Pytester, tiny_gpt2: Path, tmp_path: Path
+) -> None:
+    """A worker on a host (here a directory) without the --attn-json file's directory: it checked
+    the path as if it wrote it, and every worker failed to start."""
+    elsewhere = tmp_path / "host"
+    shutil.copytree(project.path / "benchmarks", elsewhere / "benchmarks")
+    (project.path / "out").mkdir()
+    result = project.runpytest_subprocess(
+        *_opts(tiny_gpt2, tmp_path), "--attn-benchmark=humaneval", "--attn-threads=1", "--attn-json=out/run.json",
+        "--attn-html=out/run.html", "-d", "--tx", f"popen//chdir={elsewhere}", "--max-worker-restart=0",
+        *NO_CACHE, timeout=180)
+    assert result.ret in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED), result.stdout.str()
+    assert len(json.loads((project.path / "out" / "run.json").read_text())["records"]) == 1
+    assert (project.path / "out" / "run.html").exists() and not (elsewhere / "out").exists()
