@@ -334,6 +334,19 @@ def pytest_cmdline_main(config: pytest.Config) -> None:
     o = config.option
     if (getattr(o, "numprocesses", None) and o.dist == "no") or (getattr(o, "distload", False) and o.dist in ("no", "load")):
         o.dist, o.distload = "loadgroup", False
+    if getattr(o, "tx", None) and not getattr(o, "numprocesses", None) and getattr(o, "maxworkerrestart", "") is None:
+        # xdist bounds restarts only under -n (4 per worker): a --tx worker that cannot start (no
+        # such python, a host without the plugin) was restarted forever and the run never ended
+        o.maxworkerrestart = str(4 * tx_workers(o.tx))
+
+
+def tx_workers(specs: list[str]) -> int:
+    """How many workers ``--tx`` specs start (``2*popen`` is two), as xdist counts them."""
+    count = 0
+    for spec in specs:
+        times, star, _ = spec.partition("*")
+        count += int(times) if star and times.isdigit() else 1
+    return count
 
 
 _PREFIXES = "|".join(re.escape(b.prefix) for b in BENCHMARKS)

@@ -35,3 +35,21 @@ def test_workers_leave_the_controllers_output_paths_alone(
     assert result.ret in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED), result.stdout.str()
     assert len(json.loads((project.path / "out" / "run.json").read_text())["records"]) == 1
     assert (project.path / "out" / "run.html").exists() and not (elsewhere / "out").exists()
+
+
+def test_tx_workers_count_as_xdist_counts_them() -> None:
+    from pytest_attnalign.plugin import tx_workers
+
+    assert tx_workers(["popen"]) == 1
+    assert tx_workers(["2*popen", "3*ssh=host//python=python3", "popen//env:X=a*b"]) == 6
+
+
+def test_a_tx_worker_that_cannot_start_ends_the_run(project: pytest.Pytester, tmp_path: Path) -> None:
+    """xdist bounds restarts only under -n: a --tx worker without the plugin (its --attn-* options
+    unknown) was restarted forever and the run never ended."""
+    result = project.runpytest_subprocess(
+        "--attn-model=openai:stub", "--attn-method=shap", "--attn-benchmark=humaneval", "--attn-limit=1",
+        f"--attn-cache-dir={tmp_path / 'cache'}", "-d", "--tx", "popen//env:PYTEST_ADDOPTS=-p no:attnalign",
+        *NO_CACHE, timeout=90)  # seconds when bounded
+    assert result.ret != pytest.ExitCode.OK
+    assert "maximum crashed workers reached: 4" in result.stdout.str()
