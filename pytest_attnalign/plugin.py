@@ -274,9 +274,11 @@ class AttnSession:
         self.restore_sigterm()
 
     def runs_items(self) -> bool:
-        """A serial run or an xdist worker (an xdist controller only schedules)."""
-        return not self.config.option.collectonly and (
-            hasattr(self.config, "workerinput") or not getattr(self.config.option, "numprocesses", None))
+        """A serial run or an xdist worker (an xdist controller only schedules, under -n as under
+        -d/--dist with --tx: counting it left each worker fewer torch threads)."""
+        o = self.config.option
+        return not o.collectonly and (hasattr(self.config, "workerinput") or (
+            not getattr(o, "numprocesses", None) and not getattr(o, "tx", None) and getattr(o, "dist", "no") == "no"))
 
     def _has_study(self) -> bool:
         """Whether this run holds study items (a shard's may all be elsewhere): it then writes its

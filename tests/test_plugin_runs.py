@@ -8,6 +8,7 @@ Same pytester project, tiny GPT-2 and isolated environment as ``test_plugin``.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -53,3 +54,17 @@ def test_a_tx_worker_that_cannot_start_ends_the_run(project: pytest.Pytester, tm
         *NO_CACHE, timeout=90)  # seconds when bounded
     assert result.ret != pytest.ExitCode.OK
     assert "maximum crashed workers reached: 4" in result.stdout.str()
+
+
+def test_a_tx_controller_is_not_a_process_running_items(
+    project: pytest.Pytester, tiny_gpt2: Path, tmp_path: Path
+) -> None:
+    """Under -d --tx the controller joined the cores' registry: two workers shared the cores with it
+    ('up to 3 processes'), unlike under -n 2."""
+    result = project.runpytest_subprocess(
+        *_opts(tiny_gpt2, tmp_path), "--attn-benchmark=humaneval", "--attn-limit=2", "-d", "--tx", "2*popen",
+        *NO_CACHE, timeout=180)  # two groups: neither worker leaves before both have started an item
+    assert result.ret in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED), result.stdout.str()
+    cores = len(os.sched_getaffinity(0))
+    assert (f"torch threads: {max(1, cores // 2)} per process ({cores} cores shared by up to 2 attnalign processes;"
+            in summary(result))
