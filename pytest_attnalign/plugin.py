@@ -60,18 +60,32 @@ class AttnSession:
         self.item_seconds: dict[str, float] = {}  # setup + call + teardown so far, per item
         self.item_computed: dict[str, bool] = {}  # whether an item's record says it computed (see Record.computed)
         self.workers: set[str] = set()  # xdist workers up
+        # the study's items per module, as parametrized: --lf drops items (and whole modules) before
+        # pytest_collection_modifyitems sees them, so counting there called an --lf run the study
+        self.study_counts: dict[Path, int] = {}
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_make_collect_report(self, collector: pytest.Collector) -> Any:
+        """A study module that --lf skipped whole (no failure in it) still counts its items."""
+        report = yield
+        path = Path(str(collector.path))
+        if isinstance(collector, pytest.File) and path not in self.study_counts:
+            names = study_module_benchmarks(path, self.options)
+            if names:
+                self.study_counts[path] = len(study_params(self.options, names))
+        return report
 
     @pytest.hookimpl(wrapper=True)
     def pytest_collection_modifyitems(self, config: pytest.Config, items: list[pytest.Item]) -> Any:
-        """Count the study's items before -k, -m, --lf or --deselect choose (the summary says when a run
-        covers part of it). --attn-shard: deselect other shards' model x task groups. The groups are
+        """The study's items, as parametrized before --lf, -k, -m or --deselect chose (the summary says
+        when a run covers part of it). --attn-shard: deselect other shards' model x task groups. The groups are
         shared out over the whole study before -k/-m select (every collecting process computes the same
         assignment, and a selection moves no item between shards); the whole study's ids go into the run
         file for ``attnalign merge``, and how many items the selection kept into the summary's shard line."""
         found = [(item, m) for item in items if (m := _ITEM_ID.search(item.nodeid))]
-        self.run.collected = len(found)
+        self.run.collected = sum(self.study_counts.values())
         output: dict[str, Any] = getattr(config, "workeroutput", {})  # the controller collects nothing: see
-        output[STUDY_OUTPUT] = {"collected": len(found)}  # pytest_testnodedown
+        output[STUDY_OUTPUT] = {"collected": self.run.collected}  # pytest_testnodedown
         if self.options.shard is None:
             return (yield)
         from .sharding import in_shard
@@ -440,17 +454,33 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     s = _session(metafunc.config)
     if s is None:
         raise pytest.UsageError("pytest-attnalign items need the plugin active: pass --attn-* options")
-    from .tasks import load_tasks
 
     # a benchmark's module names it; the shipped module holds every benchmark selected
     names = [metafunc.module.BENCHMARK] if hasattr(metafunc.module, "BENCHMARK") else s.options.benchmarks
-    params = [
+    params = study_params(s.options, names)
+    s.study_counts[Path(str(metafunc.definition.path))] = len(params)  # before --lf, -k, -m or --deselect choose
+    metafunc.parametrize("attn_case", params)
+
+
+def study_params(options: Options, names: list[str]) -> list[Any]:
+    """The study's items of benchmarks ``names``: model x task x method."""
+    from .tasks import load_tasks
+
+    return [
         pytest.param((model, method, task.task_id), id=f"{model}-{method}-{task.task_id}",
                      marks=[pytest.mark.attnalign])
-        for tasks in [load_tasks(name)[: s.options.limit] for name in names]
-        for model in s.options.models for task in tasks for method in s.options.methods
+        for tasks in [load_tasks(name)[: options.limit] for name in names]
+        for model in options.models for task in tasks for method in options.methods
     ]
-    metafunc.parametrize("attn_case", params)
+
+
+def study_module_benchmarks(path: Path, options: Options) -> list[str]:
+    """The benchmarks whose items the study module at ``path`` holds (none: not a study module):
+    the shipped ``items/test_study.py`` every one selected, ``benchmarks/NAME/test_NAME.py`` its own."""
+    if path == Path(__file__).resolve().parent / "items" / "test_study.py":
+        return list(options.benchmarks)
+    name = path.parent.name
+    return [name] if name in options.benchmarks and path.name == f"test_{name}.py" else []
 
 
 @dataclass(frozen=True)

@@ -68,3 +68,26 @@ def test_a_tx_controller_is_not_a_process_running_items(
     cores = len(os.sched_getaffinity(0))
     assert (f"torch threads: {max(1, cores // 2)} per process ({cores} cores shared by up to 2 attnalign processes;"
             in summary(result))
+
+
+FAIL_HUMANEVAL_0 = """
+def pytest_runtest_call(item):
+    if "HumanEval/0]" in item.nodeid:
+        raise AssertionError("made to fail")
+"""
+
+
+def test_an_lf_run_is_a_selection_of_the_study(project: pytest.Pytester, tiny_gpt2: Path, tmp_path: Path) -> None:
+    """--lf drops items (and a module without failures whole) before pytest_collection_modifyitems:
+    counted there, an --lf run was the whole study (no selection line, collected 1 of 2)."""
+    project.makeconftest(FAIL_HUMANEVAL_0)
+    opts = [*_opts(tiny_gpt2, tmp_path), "--attn-benchmark=all", "--attn-pass1=report", "--attn-threads=1"]
+    first = project.runpytest_subprocess(*opts, timeout=180)
+    first.assert_outcomes(passed=1, failed=1)
+    for name, extra in (("serial", ()), ("xdist", ("-n", "2"))):
+        out = tmp_path / f"{name}.json"
+        result = project.runpytest_subprocess(*opts, "--lf", f"--attn-json={out}", *extra, timeout=180)
+        result.assert_outcomes(failed=1)
+        assert "selection: 1 of the study's 2 items (-k, -m, --lf or --deselect)" in summary(result), name
+        run = json.loads(out.read_text())["run"]
+        assert (run["items"], run["collected"], run["complete"]) == (1, 2, True), name
