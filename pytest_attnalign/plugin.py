@@ -63,6 +63,8 @@ class AttnSession:
         # the study's items per module, as parametrized: --lf drops items (and whole modules) before
         # pytest_collection_modifyitems sees them, so counting there called an --lf run the study
         self.study_counts: dict[Path, int] = {}
+        self.labels_checked: set[str] = set()  # task ids whose labels were read (see check_labels)
+        self.refused = False  # a usage error once the items were known (check_labels)
 
     @pytest.hookimpl(wrapper=True)
     def pytest_make_collect_report(self, collector: pytest.Collector) -> Any:
@@ -115,14 +117,35 @@ class AttnSession:
             self.run.study, self.run.selected = list(output.get("study", [])), list(output.get("selected", []))
 
     def pytest_collection_finish(self, session: pytest.Session) -> None:
-        self.run.expected = [i.nodeid for i in session.items if _ITEM_ID.search(i.nodeid)]
+        expected = [i.nodeid for i in session.items if _ITEM_ID.search(i.nodeid)]
+        if self._controller():
+            self.check_labels(expected)
+        self.run.expected = expected
         self.start_progress()
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_xdist_node_collection_finished(self, node: Any, ids: list[str]) -> None:
         """Under -n the controller collects nothing; every worker reports the same ids."""
-        self.run.expected = [i for i in ids if _ITEM_ID.search(i)]
+        expected = [i for i in ids if _ITEM_ID.search(i)]
+        self.check_labels(expected)
+        self.run.expected = expected
         self.start_progress()
+
+    def check_labels(self, nodeids: list[str]) -> None:
+        """Each task's labels are read once before any item runs: a missing, malformed or stale labels
+        file failed every item on its own, each after its model had loaded, generated and attributed."""
+        from .labels import human_spans
+        from .tasks import get_task
+
+        for task_id in dict.fromkeys(m["task"] for i in nodeids if (m := _ITEM_ID.search(i))):
+            if task_id in self.labels_checked:
+                continue
+            try:
+                human_spans(get_task(task_id), self.options.labels)
+            except AttnalignError as exc:
+                self.refused = True
+                raise pytest.UsageError(str(exc)) from None
+            self.labels_checked.add(task_id)
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_testnodeready(self, node: Any) -> None:
@@ -215,6 +238,8 @@ class AttnSession:
         if not self._controller():
             return
         self.restore_sigterm()
+        if self.refused:  # before any item ran: no files, no summary
+            return
         from .gates import judge
 
         o = self.options
@@ -304,7 +329,7 @@ class AttnSession:
         return not hasattr(self.config, "workerinput") and not self.config.option.collectonly
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
-        if not self._controller() or not self._has_study():
+        if not self._controller() or not self._has_study() or self.refused:
             return  # e.g. only users' own tests that use the attn_* fixtures: no study to summarise
         if self.progress is not None:
             terminalreporter.write_line(self.progress.final_line())

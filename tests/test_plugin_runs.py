@@ -91,3 +91,36 @@ def test_an_lf_run_is_a_selection_of_the_study(project: pytest.Pytester, tiny_gp
         assert "selection: 1 of the study's 2 items (-k, -m, --lf or --deselect)" in summary(result), name
         run = json.loads(out.read_text())["run"]
         assert (run["items"], run["collected"], run["complete"]) == (1, 2, True), name
+
+
+BAD_LABELS = """
+from pathlib import Path
+
+from pytest_attnalign import labels
+
+labels.LABELS_DIR = Path(__file__).parent / "labels"
+labels._read.cache_clear()
+
+
+def pytest_runtest_setup(item):
+    raise AssertionError("an item ran")
+"""
+
+
+@pytest.mark.parametrize("extra", [(), ("-n", "2")], ids=["serial", "xdist"])
+def test_a_broken_labels_file_fails_the_run_before_any_item(
+    project: pytest.Pytester, tiny_gpt2: Path, tmp_path: Path, extra: tuple[str, ...]
+) -> None:
+    """Labels were read only once an item had loaded its model, generated and attributed: every item
+    then failed on its own with the same message."""
+    project.makeconftest(BAD_LABELS)
+    (project.path / "labels").mkdir()
+    (project.path / "labels" / "humaneval.jsonl").write_text('{"task_id": "HumanEval/0", "labels": [\n')
+    result = project.runpytest_subprocess(
+        f"--attn-model={tiny_gpt2}", "--attn-method=reading_last,coding_all", "--attn-benchmark=humaneval",
+        "--attn-limit=2", f"--attn-cache-dir={tmp_path / 'cache'}", *extra, *NO_CACHE, timeout=120)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR, result.stdout.str()
+    errors = [line for line in result.stderr.lines if "malformed labels file" in line]
+    assert len(errors) == 1 and errors[0].startswith("ERROR: malformed labels file "), result.stderr.str()
+    assert "python scripts/convert_labels.py" in errors[0]
+    assert "an item ran" not in result.stdout.str() + result.stderr.str()
