@@ -299,8 +299,9 @@ def parse_options(config: pytest.Config) -> Options:
     from .methods import resolve_methods
     from .model_spec import resolve_model
     from .models import check_dtype, default_cache_dir
-    from .preflight import cache_directory, not_an_input, output_file
-    from .storage import autosave_name, check_name, find_run, usable_storage
+    from .preflight import cache_directory
+    from .sharding import parse_shard
+    from .storage import autosave_name, check_name
 
     get = config.getoption
     for dest, expected in _NON_EMPTY.items():
@@ -372,9 +373,30 @@ def parse_options(config: pytest.Config) -> Options:
     # paths last: the end of a long run must not be where a typo shows
     cache = get("attn_cache_dir")
     cache_dir = usage("--attn-cache-dir", cache_directory, Path(cache).expanduser() if cache else default_cache_dir())
-    if hasattr(config, "workerinput"):  # only the controller reads the baseline and writes the files: a
-        return _options(get, models, methods, benchmarks, device, fmt, cache_dir, settings, ks, gates, fails,
-                        None, None, None, None, save_name)  # worker's host may lack their directories
+    json_path = html_path = save_dir = compare = None
+    if not hasattr(config, "workerinput"):  # only the controller reads the baseline and writes the files: a
+        json_path, html_path, save_dir, compare = _controller_paths(config, usage, save_name)  # worker's host may lack them
+    return Options(
+        models=list(dict.fromkeys(models)), methods=methods,
+        benchmarks=benchmarks,
+        ks=ks, limit=get("attn_limit"), device=device,
+        dtype=get("attn_dtype"), prompt_format=fmt, max_new_tokens=get("attn_max_new_tokens"),
+        cache_dir=cache_dir, timeout=get("attn_timeout"), error_k=get("attn_error_k"), json_path=json_path,
+        method_options=settings, labels=get("attn_labels"),
+        threads=get("attn_threads"), pass1=get("attn_pass1"), gates=gates, compare_fails=fails, compare=compare,
+        compare_force=get("attn_compare_force"), storage=save_dir, save_name=save_name, html_path=html_path,
+        shard=usage("--attn-shard", parse_shard, get("attn_shard")) if get("attn_shard") is not None else None,
+    )
+
+
+def _controller_paths(config: pytest.Config, usage: Callable[..., Any],
+                      save_name: str | None) -> tuple[Path | None, Path | None, Path | None, Path | None]:
+    """The run file, the page, the storage a run saves into and the baseline, each checked: (json, html,
+    storage, baseline)."""
+    from .preflight import not_an_input, output_file
+    from .storage import find_run, usable_storage
+
+    get = config.getoption
     json_path = usage("--attn-json", output_file, Path(get("attn_json")).expanduser()) if get("attn_json") else None
     html_path = usage("--attn-html", output_file, Path(get("attn_html")).expanduser(),
                       "report.html") if get("attn_html") else None
@@ -389,32 +411,7 @@ def parse_options(config: pytest.Config) -> Options:
         usage("--attn-html", not_an_input, html_path,
               [(what, path) for what, path in (("the --attn-json file", json_path), ("the --attn-compare baseline", compare))
                if path], "the page")
-    return _options(get, models, methods, benchmarks, device, fmt, cache_dir, settings, ks, gates, fails,
-                    json_path, html_path, compare, save_dir, save_name)
-
-
-def _options(get: Callable[[str], Any], models: list[str], methods: list[str], benchmarks: list[str], device: str,
-             fmt: str | None, cache_dir: Path, settings: dict[str, dict[str, Any]], ks: tuple[int, ...], gates: Any,
-             fails: Any, json_path: Path | None, html_path: Path | None, compare: Path | None,
-             save_dir: Path | None, save_name: str | None) -> Options:
-    from .sharding import parse_shard
-
-    shard = get("attn_shard")
-    try:
-        parsed = parse_shard(shard) if shard is not None else None
-    except AttnalignError as exc:
-        raise pytest.UsageError(f"--attn-shard: {exc}") from None
-    return Options(
-        models=list(dict.fromkeys(models)), methods=methods,
-        benchmarks=benchmarks,
-        ks=ks, limit=get("attn_limit"), device=device,
-        dtype=get("attn_dtype"), prompt_format=fmt, max_new_tokens=get("attn_max_new_tokens"),
-        cache_dir=cache_dir, timeout=get("attn_timeout"), error_k=get("attn_error_k"), json_path=json_path,
-        method_options=settings, labels=get("attn_labels"),
-        threads=get("attn_threads"), pass1=get("attn_pass1"), gates=gates, compare_fails=fails, compare=compare,
-        compare_force=get("attn_compare_force"), storage=save_dir, save_name=save_name, html_path=html_path,
-        shard=parsed,
-    )
+    return json_path, html_path, save_dir, compare
 
 
 def _check_fill_mask_model(option: str | None, settings: dict[str, dict[str, Any]], methods: list[str],
