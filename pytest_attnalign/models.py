@@ -121,12 +121,26 @@ def pick_device(device: str = "auto") -> str:
         worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
         index = int(worker[2:]) if worker[2:].isdigit() else 0
         return f"cuda:{index % torch.cuda.device_count()}"
-    if device == "cpu" or device.startswith("cuda"):
-        if device.startswith("cuda") and not torch.cuda.is_available():
-            raise AttnalignError(f"device {device!r} asked for but CUDA is not available: use device cpu "
-                                 "(--attn-device=cpu; attnalign attribute: --device cpu)")
+    return check_device(device)
+
+
+def check_device(device: str) -> str:
+    """An explicit device this machine has: cpu, cuda or cuda:N with N below the GPU count (torch would
+    fail only at the first tensor moved there, deep in a model load)."""
+    if device == "cpu":
         return device
-    raise AttnalignError(f"unknown device {device!r}: use auto, cpu, cuda or cuda:N")
+    if device != "cuda" and not (device.startswith("cuda:") and device[5:].isdigit()):
+        raise AttnalignError(f"unknown device {device!r}: use auto, cpu, cuda or cuda:N")
+    import torch
+
+    if not torch.cuda.is_available():
+        raise AttnalignError(f"device {device!r} asked for but CUDA is not available: use device cpu "
+                             "(--attn-device=cpu; attnalign attribute: --device cpu)")
+    count = torch.cuda.device_count()
+    if device != "cuda" and int(device[5:]) >= count:
+        raise AttnalignError(f"device {device!r} asked for but this machine has {count} GPU(s), cuda:0 to "
+                             f"cuda:{count - 1}: use one of them or auto")
+    return device
 
 
 def pick_dtype(dtype: str, device: str) -> Any:

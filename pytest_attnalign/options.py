@@ -328,6 +328,10 @@ def parse_options(config: pytest.Config) -> Options:
     device = get("attn_device")
     if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", device):
         raise pytest.UsageError(f"--attn-device: unknown {device!r}; use auto, cpu, cuda or cuda:N")
+    if device.startswith("cuda") and _items_run_here(config):
+        from .models import check_device
+
+        usage("--attn-device", check_device, device)
     fmt = get("attn_prompt_format")
     if fmt is not None and fmt not in PROMPT_FORMATS:
         raise pytest.UsageError(f"--attn-prompt-format: unknown {fmt!r}; use {' or '.join(PROMPT_FORMATS)}")
@@ -387,6 +391,16 @@ def parse_options(config: pytest.Config) -> Options:
         compare_force=get("attn_compare_force"), storage=save_dir, save_name=save_name, html_path=html_path,
         shard=usage("--attn-shard", parse_shard, get("attn_shard")) if get("attn_shard") is not None else None,
     )
+
+
+def _items_run_here(config: pytest.Config) -> bool:
+    """Whether the items run on this machine: a serial run, or the controller of local workers (``-n``,
+    ``--tx popen``); not a worker (its controller checked) nor the controller of ``--tx ssh=...`` hosts,
+    whose GPUs are theirs."""
+    def local(spec: str) -> bool:  # execnet's XSpec: "[N*]key[=value]//key[=value]...", popen a local process
+        return "popen" in {part.split("=")[0] for part in re.sub(r"^\d+\*", "", spec).split("//")}
+
+    return not hasattr(config, "workerinput") and all(map(local, config.getoption("tx", None) or []))
 
 
 def _controller_paths(config: pytest.Config, usage: Callable[..., Any],

@@ -24,9 +24,11 @@ RESTATED_COPY = ("ignore", "credit")
 MIN_COPY_CHARS = 8
 
 
-def check_mode(mode: object) -> str:
+def check_mode(method: str, mode: object) -> str:
+    """A ``restated_copy`` value, refused naming the method (as shap names itself), since a category
+    setting (``gradient.restated_copy=...``) reaches several."""
     if mode not in RESTATED_COPY:
-        raise AttnalignError(f"restated_copy must be ignore or credit, not {mode!r}")
+        raise AttnalignError(f"{method}: restated_copy must be ignore or credit, not {mode!r}")
     return str(mode)
 
 

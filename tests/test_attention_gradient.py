@@ -108,8 +108,10 @@ def test_names_and_settings() -> None:
         "rows": "P-1+j per body token, summed", "layers": "0", "heads": "last", "dtype": "float32",
         "restated_copy": "ignore"}
     assert get_method("saliency_coding", restated_copy="credit").settings()["restated_copy"] == "credit"
-    with pytest.raises(AttnalignError, match="restated_copy must be ignore or credit"):
+    with pytest.raises(AttnalignError, match="^coding_all: restated_copy must be ignore or credit, not 'yes'$"):
         get_method("coding_all", restated_copy="yes")
+    with pytest.raises(AttnalignError, match="^saliency_reading: restated_copy must be"):
+        get_method("saliency_reading", restated_copy="maybe")
     assert get_method("reading_last").settings()["layers"] == "last"
     assert get_method("inputxgradient_reading").settings()["target"] == "log_prob"
     for bad in ("reading_head0", "compat_reading_all", "writing_all", "saliency_writing"):

@@ -118,6 +118,8 @@ def records(path: Path) -> dict[str, Any]:
                                           r"self_attention.restated_copy, gradient.restated_copy, shap.evaluations, shap.signed, "
                                           r"bert_masking.fill_mask_model"),
         ("--attn-method-option=shap.signed=maybe", r"--attn-method-option: shap: signed must be true or false, got 'maybe'"),
+        ("--attn-method-option=gradient.restated_copy=maybe", r"--attn-method-option: saliency_reading: restated_copy must be "
+                                                              r"ignore or credit, not 'maybe'$"),
         ("--attn-labels=paper", r"--attn-labels: unknown 'paper'; use corrected or study"),
         ("--attn-timeout=0", r"--attn-timeout: timeout must be a number of seconds above 0 and at most 86400 \(a day\), not 0\.0$"),
         ("--attn-timeout=nan", r"--attn-timeout: timeout must be a number of seconds above 0 and at most 86400 \(a day\), not nan$"),
@@ -206,6 +208,48 @@ def test_contradicting_or_empty_options_are_one_line_usage_errors(
     assert result.ret == pytest.ExitCode.USAGE_ERROR, result.stdout.str()
     assert [line for line in result.errlines if line.strip()] == [f"ERROR: {expected}"]
     assert not run.exists() and base.read_text() == "{}"
+
+
+@pytest.mark.parametrize(("gpus", "args", "expected"), [
+    (0, ["--attn-device=cuda"], "--attn-device: device 'cuda' asked for but CUDA is not available: use device cpu "
+                                r"\(--attn-device=cpu; attnalign attribute: --device cpu\)$"),
+    (0, ["--attn-device=cuda:0", "-n", "2"], "--attn-device: device 'cuda:0' asked for but CUDA is not available"),
+    (2, ["--attn-device=cuda:2", "--tx", "2*popen", "--dist", "load"],
+     r"--attn-device: device 'cuda:2' asked for but this machine has 2 GPU\(s\), cuda:0 to cuda:1: use one of them or auto$"),
+])
+def test_a_gpu_this_machine_lacks_is_a_usage_error_at_start_up(
+    project: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, gpus: int, args: list[str], expected: str
+) -> None:
+    """It failed each model's first item, after the run had started (serial) or on every worker (-n)."""
+    import torch
+
+    import pytest_attnalign.models as models
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: gpus > 0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
+    monkeypatch.setattr(models, "load_model", lambda *a, **k: pytest.fail("a model loaded"))
+    small = ["--attn-limit=1", "--attn-method=reading_all", "--attn-max-new-tokens=2"]  # short if it regresses
+    result = project.runpytest(*args, *small, *NO_CACHE)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR, result.stdout.str()
+    errors = [line for line in result.errlines if line.strip()]
+    assert len(errors) == 1 and re.match("ERROR: " + expected, errors[0]), errors
+
+
+def test_only_local_workers_have_their_device_checked_by_the_controller() -> None:
+    """A controller dispatching to --tx ssh hosts may have no GPU itself: their devices are theirs."""
+    from types import SimpleNamespace
+
+    from pytest_attnalign.options import _items_run_here
+
+    def here(tx: list[str] | None, worker: bool = False) -> bool:
+        config = SimpleNamespace(getoption=lambda name, default=None: tx if name == "tx" else default)
+        if worker:
+            config.workerinput = {}
+        return _items_run_here(config)  # type: ignore[arg-type]
+
+    assert here(None) and here([]) and here(["popen", "3*popen//python=python3"]) and here(["id=a//popen"])
+    assert not here(None, worker=True)
+    assert not here(["ssh=gpu1//python=python3"]) and not here(["popen", "2*ssh=gpu2"]) and not here(["socket=1.2.3.4:8888"])
 
 
 def test_agreeing_setting_and_its_option_run(project: pytest.Pytester) -> None:

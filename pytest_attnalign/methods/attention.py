@@ -114,7 +114,7 @@ class SelfAttention(Method):
     options = ("restated_copy",)
 
     def __init__(self, name: str, restated_copy: str = "ignore") -> None:
-        self.restated_copy = check_mode(restated_copy)
+        self.restated_copy = check_mode(name, restated_copy)
         self.compat = name.startswith("compat_")
         views = _COMPAT_VIEWS if self.compat else _LAYER_VIEWS
         self.phase, _, self.view = name.removeprefix("compat_").partition("_")

@@ -189,7 +189,7 @@ class GradientMethod(Method):
         if max_steps is not None and (not isinstance(max_steps, int) or max_steps < 1):
             raise AttnalignError(f"max_steps must be a positive integer or None, not {max_steps!r}")
         self.name, self.kind, self.phase, self.max_steps = name, kind, phase, max_steps
-        self.restated_copy = check_mode(restated_copy)
+        self.restated_copy = check_mode(name, restated_copy)
 
     def settings(self) -> dict[str, Any]:
         return {"target": "log_prob", "wrt": "inputs_embeds", "norm": "l2",
