@@ -124,8 +124,9 @@ def add_options(parser: pytest.Parser) -> None:
                 help="corrected (default) or study: MBPP's off-by-one spans as the study scored them, "
                      "to compare with the published tables")
     g.addoption("--attn-threads", type=int, default=_DEFAULTS["attn_threads"], metavar="N",
-                help="torch CPU threads per process (default: the cores divided by the attnalign processes "
-                     "running items at the moment: xdist workers and other runs sharing the cache directory)")
+                help="torch CPU threads per process (default: $OMP_NUM_THREADS when set, else the cores divided by "
+                     "the attnalign processes running items at the moment: xdist workers and other runs sharing the "
+                     "cache directory)")
     g.addoption("--attn-pass1", default=_DEFAULTS["attn_pass1"], metavar="MODE",
                 help="fail (default): an item fails when its generated code fails the benchmark's tests; "
                      "report: Pass@1 is only reported, so the exit status reflects errors and gates alone")

@@ -84,8 +84,9 @@ class RunInfo:
             return None
         threads = sorted({s["threads"] for s in self.shares})
         span = str(threads[0]) if len(threads) == 1 else f"{threads[0]}-{threads[-1]}"
-        if any(s["fixed"] for s in self.shares):
-            return f"torch threads: {span} per process (--attn-threads)"
+        fixed_by = {s.get("fixed_by") or "--attn-threads" for s in self.shares if s["fixed"]}  # files before 12-03:
+        if fixed_by:                                                                         # only the option fixed
+            return f"torch threads: {span} per process ({', '.join(sorted(fixed_by))})"
         procs = max(s["processes"] for s in self.shares)
         return (f"torch threads: {span} per process ({self.shares[0]['cores']} cores shared by up to {procs} "
                 f"attnalign process{'es' if procs > 1 else ''}; --attn-threads N to fix)")

@@ -1,5 +1,6 @@
 """One rule for torch's CPU threads in every mode: this machine's cores divided by the processes
-running attnalign items at the moment, unless the user fixed the number (``--attn-threads``).
+running attnalign items at the moment, unless the user fixed the number (``--attn-threads``, else
+``$OMP_NUM_THREADS``, which torch itself honours: a job script's ``OMP_NUM_THREADS=1`` was overridden).
 
 Each process running items (a serial run, each xdist worker, ``attnalign attribute``) holds an
 exclusive ``flock`` on its own file in a registry directory (``CACHE_DIR/runs``). Counting the files
@@ -46,10 +47,18 @@ class Share:
     threads: int
     cores: int
     processes: int
-    fixed: bool  # set by --attn-threads
+    fixed_by: str  # "--attn-threads", "OMP_NUM_THREADS" or "" (the share)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"threads": self.threads, "cores": self.cores, "processes": self.processes, "fixed": self.fixed}
+        return {"threads": self.threads, "cores": self.cores, "processes": self.processes,
+                "fixed": bool(self.fixed_by), "fixed_by": self.fixed_by}
+
+
+def omp_threads() -> int | None:
+    """``$OMP_NUM_THREADS`` as torch reads it (the outermost level of a list like ``4,2``) when it is
+    a positive integer; otherwise None (torch ignores such a value too, with a warning)."""
+    first = os.environ.get("OMP_NUM_THREADS", "").split(",")[0].strip()
+    return int(first) if first.isdigit() and int(first) > 0 else None
 
 
 class CoreShare:
@@ -57,7 +66,9 @@ class CoreShare:
 
     def __init__(self, registry: Path, fixed: int | None = None) -> None:
         self.registry = registry
-        self.fixed = fixed
+        omp = omp_threads()
+        self.fixed, self.fixed_by = ((fixed, "--attn-threads") if fixed is not None
+                                     else (omp, "OMP_NUM_THREADS") if omp is not None else (None, ""))
         self._lock: IO[str] | None = None
         self._path: Path | None = None
 
@@ -109,4 +120,4 @@ class CoreShare:
         threads = self.fixed or max(1, cores // processes)
         if torch.get_num_threads() != threads:
             torch.set_num_threads(threads)
-        return Share(threads, cores, processes, self.fixed is not None)
+        return Share(threads, cores, processes, self.fixed_by)

@@ -856,12 +856,15 @@ time.sleep(120)
 
 
 def test_concurrent_runs_each_use_their_share_of_the_cores(
-    project: pytest.Pytester, tiny_gpt2: Path, tmp_path: Path
+    project: pytest.Pytester, tiny_gpt2: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Another attnalign process on the same cache (here a stand-in holding its registry lock) halves
-    a serial run's threads; once it is gone the run takes all cores; --attn-threads overrides both."""
+    a serial run's threads; once it is gone the run takes all cores; --attn-threads overrides both,
+    and so does $OMP_NUM_THREADS, which torch honours (the share overrode it)."""
     import subprocess
     import sys
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
 
     cache = tmp_path / "cache"
     opts = [f"--attn-model={tiny_gpt2}", "--attn-method=reading_last", "--attn-limit=1", "--attn-benchmark=humaneval",
@@ -873,6 +876,9 @@ def test_concurrent_runs_each_use_their_share_of_the_cores(
         assert other.stdout is not None and other.stdout.readline() == "joined\n"
         shared = project.runpytest_subprocess(*opts, timeout=120)
         fixed = project.runpytest_subprocess(*opts, "--attn-threads=3", timeout=120)
+        monkeypatch.setenv("OMP_NUM_THREADS", "5")
+        omp = project.runpytest_subprocess(*opts, timeout=120)
+        monkeypatch.delenv("OMP_NUM_THREADS")
     finally:
         other.kill()
         other.wait()
@@ -880,6 +886,7 @@ def test_concurrent_runs_each_use_their_share_of_the_cores(
     assert (f"torch threads: {max(1, cores // 2)} per process ({cores} cores shared by up to 2 attnalign processes; "
             "--attn-threads N to fix)") in summary(shared)
     assert "torch threads: 3 per process (--attn-threads)" in summary(fixed)
+    assert "torch threads: 5 per process (OMP_NUM_THREADS)" in summary(omp)
     assert f"torch threads: {cores} per process ({cores} cores shared by up to 1 attnalign process;" in summary(alone)
     assert [p.name for p in (cache / "runs").iterdir()] == []  # stale and finished registrations are gone
 

@@ -45,3 +45,29 @@ def test_attribute_rereads_its_share_before_each_method(tmp_path: Path, monkeypa
             "--device", "cpu", "--cache-dir", str(tmp_path / "cache"), "--max-new-tokens", "3", "--json"]
     assert main(argv) in (0, 1)
     assert len(applied) >= 4  # at the start, before the generation and before each of the three methods
+
+
+@pytest.mark.parametrize(("env", "option", "expected", "fixed_by"), [
+    (None, None, None, ""), ("3", None, 3, "OMP_NUM_THREADS"), ("4,2", None, 4, "OMP_NUM_THREADS"),
+    ("3", 2, 2, "--attn-threads"), ("0", None, None, ""), ("abc", None, None, ""), (" ", None, None, ""),
+])
+def test_omp_num_threads_fixes_the_threads_unless_the_option_does(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, env: str | None, option: int | None, expected: int | None,
+    fixed_by: str
+) -> None:
+    """A job script's OMP_NUM_THREADS=1 was overridden by the share; a value torch ignores is ignored."""
+    import torch
+
+    if env is None:
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    else:
+        monkeypatch.setenv("OMP_NUM_THREADS", env)
+    before = torch.get_num_threads()
+    share = CoreShare(tmp_path / "runs", option)
+    try:
+        applied = share.apply()
+    finally:
+        share.leave()
+        torch.set_num_threads(before)
+    assert applied.fixed_by == fixed_by and applied.as_dict()["fixed"] is bool(fixed_by)
+    assert applied.threads == (expected or threads.cpu_cores())  # alone in its registry: all cores
