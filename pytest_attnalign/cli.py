@@ -164,11 +164,12 @@ def cmd_attribute(args: argparse.Namespace) -> int:
                              f"got {args.shap_evaluations}")
     from .report import render_attribution
     from .study import Study, StudyConfig, attribute_task
+    from .registry import registry_of
     from .threads import CoreShare
 
     options = method_options(args.shap_evaluations, args.fill_mask_model, args.method_option, methods,
                              ("--shap-evaluations", "--fill-mask-model"))
-    cores = CoreShare(cache / "runs")  # its share of the cores while pytest runs use the rest, re-read per method
+    cores = CoreShare(registry_of(cache))  # its share of the cores while pytest runs use the rest, re-read per method
     cores.apply()
     study = Study(StudyConfig(prompt_format=args.prompt_format, cache_dir=cache, device=args.device,
                               max_new_tokens=args.max_new_tokens, method_options=options))

