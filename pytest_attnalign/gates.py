@@ -345,7 +345,8 @@ def judge(run: Run, gates: Sequence[Gate], base: Run | None = None, fails: Seque
 
 def _part_of_a_run(run: Run) -> str | None:
     """Why ``run``'s figures are those of part of a run (one shard, or items missing or without a
-    result), or None for a whole run."""
+    result), or None for a whole run: the one rule for a baseline, which :func:`judge` refuses and
+    ``--attn-compare`` with no value passes over (:func:`storage.find_run`)."""
     shard = run.info.get("shard")
     if isinstance(shard, dict):
         return (f"is shard {shard.get('index')}/{shard.get('count')}, part of a run: merge the shards "

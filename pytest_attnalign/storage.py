@@ -1,7 +1,8 @@
 """Saved runs (``--attn-save``, ``--attn-autosave``): numbered run files in a storage directory.
 
 As pytest-benchmark does, each saved run is ``NNNN_NAME.json`` with a counter one above the highest
-in the directory, so runs sort by age and ``--attn-compare`` with no value means the newest.
+in the directory, so runs sort by age and ``--attn-compare`` with no value means the newest that a
+comparison accepts as its baseline (a run with errored items is saved too, and would be refused).
 """
 
 from __future__ import annotations
@@ -65,8 +66,9 @@ def save_run(directory: Path, name: str, run: Run) -> Path:
 
 
 def find_run(directory: Path, spec: str) -> Path:
-    """The run ``spec`` names: empty for the newest saved run, a path to a run file, a saved run's file
-    name, its counter (``3`` or ``0003``) or its name (the newest of that name)."""
+    """The run ``spec`` names: empty for the newest usable saved run (:func:`_newest_usable`), a path to a
+    run file, a saved run's file name, its counter (``3`` or ``0003``) or its name (the newest of that
+    name; one the user named is taken as it is, and refused or forced when compared)."""
     if spec and Path(spec).expanduser().is_file():
         return Path(spec).expanduser()
     runs = saved_runs(directory) if directory.is_dir() else []
@@ -75,7 +77,7 @@ def find_run(directory: Path, spec: str) -> Path:
                              + (f" and no file {spec!r}" if spec else "")
                              + ": save one with --attn-save NAME or --attn-autosave, or give a run file's path")
     if not spec:
-        return runs[-1]
+        return _newest_usable(directory, runs)
     for path in reversed(runs):
         m = _SAVED.fullmatch(path.name)
         assert m is not None
@@ -84,3 +86,29 @@ def find_run(directory: Path, spec: str) -> Path:
     shown = ", ".join(p.stem for p in runs[-5:])
     raise AttnalignError(f"no saved run {spec!r} in {str(directory)!r} (latest: {shown}) and no such file: "
                          "give a saved run's name or counter, or a run file's path")
+
+
+def _newest_usable(directory: Path, runs: list[Path]) -> Path:
+    """The newest of ``runs`` (oldest first) that a comparison accepts as its baseline (a whole run:
+    :func:`gates._part_of_a_run`, the rule the comparison applies), read newest first up to it; an
+    incomplete run is saved too, and picking it refused the comparison while an older whole run was there."""
+    from .gates import _part_of_a_run
+    from .runfile import read_run
+
+    refused: list[str] = []  # why each newer run is not the baseline, newest first
+    forceable: Path | None = None  # the newest that --attn-compare-force would compare with
+    for path in reversed(runs):
+        try:
+            why = _part_of_a_run(read_run(path))
+        except AttnalignError as exc:  # not a run file (damaged, foreign, unreadable): its error says which
+            refused.append(str(exc))
+            continue
+        if why is None:
+            return path
+        refused.append(f"{path.name} {why}")
+        forceable = forceable or path
+    more = len(refused) - 1
+    older = f"; {more} older run{'s' if more > 1 else ''} not usable either" if more else ""
+    force = f"pass --attn-compare={forceable.name} --attn-compare-force to compare anyway, or " if forceable else ""
+    raise AttnalignError(f"no saved run in {str(directory)!r} is usable as a baseline: {refused[0]}{older}; "
+                         f"{force}save a complete run (--attn-save NAME)")
