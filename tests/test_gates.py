@@ -327,10 +327,10 @@ def test_saved_runs_are_numbered_and_found_by_name_counter_or_path(tmp_path: Pat
         find_run(tmp_path, "")
     first = save_path(tmp_path, "base")
     assert first.name == "0001_base.json"
-    first.write_text("{}")
-    second = save_path(tmp_path, "base")
+    write_run(first, run_of(study_records(1, {"shap": 1.0})))  # no value takes the newest usable baseline:
+    second = save_path(tmp_path, "base")                          # a run file (tests/test_storage.py)
     assert second.name == "0002_base.json"
-    second.write_text("{}")
+    write_run(second, run_of(study_records(1, {"shap": 1.0})))
     (tmp_path / "notes.json").write_text("{}")
     assert find_run(tmp_path, "") == second  # the newest
     assert find_run(tmp_path, "1") == find_run(tmp_path, "0001") == first
