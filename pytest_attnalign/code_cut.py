@@ -11,6 +11,7 @@ output is the cut of this one), so stopping early never changes a completion.
 from __future__ import annotations
 
 import io
+import keyword
 import re
 import tokenize
 import warnings
@@ -26,6 +27,9 @@ _FENCE_LINE = re.compile(r"^[ \t]*```+[ \t]*([^\n`]*?)[ \t]*$", re.M)
 #: (an import only where the line compiles: "import the data" is prose).
 _CODE_START = re.compile(r"^(?:(?:async[ \t]+)?def[ \t]+\w+[ \t]*\(|class[ \t]+\w+|@\w"
                          r"|(?P<imports>import[ \t]|from[ \t]+[\w.]+[ \t]+import[ \t]))", re.M)
+#: A line of a chat reply that Python may read as code whether or not it compiles alone: it begins with a keyword
+#: (``for x in xs:``, ``try:``, ``return``; soft ones: ``match x:``) or a decorator.
+_KEYWORD_START = re.compile(rf"^(?:@|(?:{'|'.join(keyword.kwlist + keyword.softkwlist)})\b)")
 #: The info string's first word of a block that holds Python code (``python3.10``, ``Python 3``, ``py``).
 _PYTHON_TAG = re.compile(r"(python|py)(\d+(\.\d+)*)?", re.I)
 #: A line that closes a block: one that begins with a fence.
@@ -103,17 +107,48 @@ def chosen_block(reply: str, entry_point: str | None) -> Block | None:
             or next(iter(candidates), None) or next(iter(blocks), None))
 
 
-def extract_code(reply: str, entry_point: str | None = None) -> str:
+def extract_code(reply: str, entry_point: str | None = None, prompt: str | None = None) -> str:
     """The code of a chat reply: its :func:`chosen_block` as Markdown reads it; without one, the reply from
     its first line outside a block that begins code (a def, class, decorator or import at column 0: the
-    prose before it is no code), else the whole reply (a bare body)."""
+    prose before it is no code); else, given the ``prompt`` of a task whose prompt ends inside its function,
+    its :func:`bare_body` after prose; else the whole reply."""
     block = chosen_block(reply, entry_point)
     if block is not None:
         return block.text
-    starts = (m.start() for m in _CODE_START.finditer(reply)
-              if not m.group("imports") or _syntax_error_at(_line_at(reply, m.start())) is None)
-    start = _outside(reply, code_blocks(reply), starts)
+    start = _outside(reply, code_blocks(reply), _code_starts(reply))
+    if start is None and prompt is not None:
+        start = bare_body(reply, prompt)
     return reply if start is None else reply[start:]
+
+
+def _code_starts(reply: str) -> Iterator[int]:
+    """Where lines that begin code (:data:`_CODE_START`) start in ``reply``."""
+    return (m.start() for m in _CODE_START.finditer(reply)
+            if not m.group("imports") or _syntax_error_at(_line_at(reply, m.start())) is None)
+
+
+def bare_body(reply: str, prompt: str) -> int | None:
+    """Where the body starts in a reply that continues ``prompt``'s function without writing its ``def``
+    (no block, no line that begins code): at its first indented line, when every line before it is blank,
+    a comment (a Markdown heading) or prose (:func:`_prose`) and the body from there, cut where the
+    function ends (a closing sentence at column 0 ends it), compiles after ``prompt``. None for any other
+    reply: prose alone (an indented list does not compile), or code that is no bare body."""
+    if code_blocks(reply) or next(_code_starts(reply), None) is not None:
+        return None
+    for line in re.finditer(r"[^\n]*\n|[^\n]+", reply):
+        text = line.group().strip()
+        if text and line.group()[0] in " \t":
+            code = cut_function(reply[line.start():], starts_inside=True)
+            return line.start() if _syntax_error_at(prompt + code) is None else None
+        if text and not text.startswith("#") and not _prose(text):
+            return None
+    return None
+
+
+def _prose(line: str) -> bool:
+    """Whether a line at column 0 is text, not code: Python reads it neither as a statement (``x = 1``, and
+    ``Sure``) nor as a block's header (``for x in xs:``): ``Here is the implementation:``."""
+    return _KEYWORD_START.match(line) is None and _syntax_error_at(line + "\n") is not None
 
 
 def _outside(reply: str, blocks: list[Block], positions: Iterator[int]) -> int | None:

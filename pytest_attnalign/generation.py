@@ -4,7 +4,8 @@ Rules (recorded with every :class:`Generation`):
 - ``completion`` format: the task's prompt as given; the model continues it.
 - ``chat`` format: the task's prompt inside a user message of the model's chat template; the code is
   taken from the reply's fenced block that defines the function (:mod:`.code_cut`), or the whole
-  reply when it has no fence.
+  reply when it has no fence (from its first line that begins code; a bare body after prose: from the
+  body's first line).
 - ``chat-prefill`` format: as ``chat``, and the assistant turn is prefilled with the fenced task
   prompt, so the model continues the code as a base model does (for instruct models that continue).
 - Budget: tokens of the canonical solution + 20 (the study's rule). In chat format the reply restates
@@ -25,8 +26,8 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 from .benchmarks import get_benchmark
-from .code_cut import (before_fence, block_settled, chosen_block, cut_function, defines, extract_code, find_def,
-                       function_ended, inside_statement)
+from .code_cut import (bare_body, before_fence, block_settled, chosen_block, cut_function, defines, extract_code,
+                       find_def, function_ended, inside_statement)
 from .errors import AttnalignError
 from .tasks import Task
 
@@ -58,10 +59,11 @@ def stop_rule_text(text: str) -> str:
 #: body span), so that old entries are regenerated. Attribution entries are keyed by the generated ids and
 #: the explained steps themselves, so those of unchanged generations stay valid; methods that regenerate
 #: (``Method.decodes``) key this version too.
-GENERATION_RULES = 6  # 2: a body on the def line, a comment after the signature; 3: code after a def-line docstring;
+GENERATION_RULES = 7  # 2: a body on the def line, a comment after the signature; 3: code after a def-line docstring;
 # 4: a column-0 comment does not end a function, a code block tagged python3 (or after a shell block) is the code;
 # 5: the tested function's end, statements read as Python does, a cut-off trailing statement dropped (2026-12-03);
-# 6: a chat block indented under a list item read as Markdown reads it; a function written outside the blocks
+# 6: a chat block indented under a list item read as Markdown reads it; a function written outside the blocks;
+# 7: prose before a chat reply's bare body (no block, no def) is no code, and the bare body is explained
 
 _DOCSTRING = re.compile(r"""^\s*[rRuU]?("{3}|'{3})""")
 
@@ -161,7 +163,7 @@ def completion_from_reply(task: Task, reply: str) -> str:
     A reply that restates the function defines it again after the prompt's docstring-only stub,
     which Python accepts and which overrides the stub; a bare body continues the prompt directly.
     """
-    code = extract_code(reply, task.entry_point)
+    code = extract_code(reply, task.entry_point, task.prompt if _continues(task) else None)
     if _continues(task) and not defines(code, task.entry_point) and code.lstrip("\r\n").startswith((" ", "\t")):
         return cut_function(code, starts_inside=True)
     return "\n" + cut_function(code.strip("\n") + "\n", starts_inside=False, entry_point=task.entry_point)
@@ -300,14 +302,20 @@ def body_span(task: Task, prompt_format: str, raw: str) -> tuple[int, int]:
     HumanEval in completion and prefill formats continues the prompt's function, so the body starts
     at the first generated character. A restated or newly written function (chat replies, MBPP)
     has its body after its ``def`` line(s) and docstring. The body ends with the function's last line.
-    A chat reply with neither a code block nor a ``def`` has no body; a block's code is read as Markdown
-    reads it (:attr:`code_cut.Block.text`) and its span mapped back to ``raw``.
+    A chat reply with neither a code block, a ``def`` nor a bare body (:func:`code_cut.bare_body`, the
+    prose before it left out) has no body; a block's code is read as Markdown reads it
+    (:attr:`code_cut.Block.text`) and its span mapped back to ``raw``.
     """
     if prompt_format == "chat":
         block = chosen_block(raw, task.entry_point)
-        if block is None and not re.search(r"^\s*(async\s+)?def\s", raw, re.M):
-            return 0, 0  # a reply with neither a code block nor a def is prose: no body
-        code, place = (block.text, block.reply_offset) if block is not None else (raw, _same)
+        bare = bare_body(raw, task.prompt) if block is None and _continues(task) else None
+        if block is None and bare is None and not re.search(r"^\s*(async\s+)?def\s", raw, re.M):
+            return 0, 0  # a reply with neither a code block, a def nor a bare body is prose: no body
+        if block is not None:
+            code, place = block.text, block.reply_offset
+        else:
+            start = bare or 0
+            code, place = raw[start:], lambda at: start + at
         continues = (_continues(task) and not defines(code, task.entry_point)
                      and code.lstrip("\r\n").startswith((" ", "\t")))
     else:

@@ -238,6 +238,87 @@ def test_a_function_written_outside_the_blocks_is_the_code(reply: str) -> None:
     assert explained_text(reply, "chat", MBPP) == "    return s.replace(ch, '')"
 
 
+PROSE = "Here is the implementation:\n\n"
+#: HumanEval/0's body as the study's chat reply wrote it: no def, no block
+PAIRS = ("    for i, a in enumerate(numbers):\n        for j, b in enumerate(numbers):\n"
+         "            if i != j and abs(a - b) < threshold:\n                return True\n    return False")
+
+
+@pytest.mark.parametrize(("reply", "body"), [
+    (PROSE + PAIRS + "\n", PAIRS),  # the prose ran as code: a SyntaxError, Pass@1 0 for a correct body
+    (PROSE + PAIRS + "\n\nThis compares every pair; it is O(n^2).\n", PAIRS),  # a closing sentence is cut too
+    ("Sure! The numbers are compared pairwise.\nSolution:\n\n## Code\n" + PAIRS, PAIRS),  # prose, a heading
+    (PROSE + "    # every pair\n" + PAIRS, "    # every pair\n" + PAIRS),  # a body that begins with a comment
+    (PROSE + '    """Pairs closer than\nthreshold."""\n' + PAIRS, '    """Pairs closer than\nthreshold."""\n' + PAIRS),
+])
+def test_prose_before_a_bare_body_is_no_code(reply: str, body: str) -> None:
+    """A completion-style reply: prose, then the function's body alone. The body continues the prompt's
+    function (it compiles there and is what runs), and it, not the prose, is explained."""
+    completion = completion_of(HE0, "chat", reply)
+    assert completion.rstrip() == body
+    exec(compile(HE0.program(completion), "<program>", "exec"), {})  # HumanEval/0's own tests pass
+    a, b = body_span(HE0, "chat", reply)
+    assert reply[a:b] == body and a == reply.index(body)
+    assert explained_text(reply, "chat") == body
+
+
+def test_a_bare_body_alone_continues_the_prompt() -> None:
+    """As before, appended to the prompt's signature; its body is now explained (it was "no code")."""
+    for reply in (PAIRS, PAIRS + "\n", "\n" + PAIRS + "\n"):
+        assert completion_of(HE0, "chat", reply).strip("\n") == PAIRS
+        a, b = body_span(HE0, "chat", reply)
+        assert reply[a:b] == PAIRS
+    assert explained_text(PAIRS, "chat") == PAIRS
+
+
+@pytest.mark.parametrize("reply", [
+    "Sorry, I cannot help with that.",
+    "Steps:\n  1. Compare each pair.\n  2. Return True if any are close.\n",  # an indented list is no body
+    PROSE + "    for each pair, compare them\n",  # indented prose does not compile
+])
+def test_a_prose_reply_is_still_no_code(reply: str) -> None:
+    assert body_span(HE0, "chat", reply) == (0, 0)
+    assert completion_of(HE0, "chat", reply) == "\n" + reply.strip("\n") + "\n"  # run as it is, as before
+
+
+@pytest.mark.parametrize("reply", [
+    "for i, a in enumerate(numbers):\n    if a < threshold:\n        return True\n",  # the indented lines are its block
+    "try:\n    return numbers[0] < threshold\nexcept IndexError:\n    return False\n",
+    "result = False\n" + PAIRS,  # a statement
+    "Sure\n" + PAIRS,  # one word Python reads as a statement
+    "import math\n" + PAIRS,
+])
+def test_code_before_an_indented_line_is_never_dropped(reply: str) -> None:
+    """Only prose goes: a line Python reads as a statement or a block's header keeps the reply as it was."""
+    assert completion_of(HE0, "chat", reply).lstrip("\n").startswith(reply.split("\n")[0] + "\n")
+    assert body_span(HE0, "chat", reply) == (0, 0)
+
+
+def test_an_mbpp_reply_has_no_function_to_continue() -> None:
+    """An MBPP prompt ends before the function: an indented body after prose is no completion there."""
+    reply = PROSE + "    return s.replace(ch, '')\n"
+    assert completion_of(MBPP, "chat", reply) == "\n" + reply.strip("\n") + "\n"
+    assert body_span(MBPP, "chat", reply) == (0, 0)
+
+
+def test_every_prefix_of_prose_and_a_bare_body_runs_the_body_or_the_reply_as_before() -> None:
+    """While a reply is written, its code is either the reply as it stands (no body yet) or the body from its
+    first line, never the prose with it; the explained span and the code agree."""
+    reply = PROSE + PAIRS + "\n\nThis compares every pair.\n"
+    body_at, found = len(PROSE), 0
+    for k in range(len(reply) + 1):
+        part = reply[:k]
+        completion = completion_of(HE0, "chat", part)
+        a, b = body_span(HE0, "chat", part)
+        if a == b:
+            assert completion == ("\n" + part.strip("\n") + "\n" if part.strip() else ""), k
+            continue
+        found += 1
+        assert a == body_at and completion.rstrip() == part[a:b].rstrip(), k
+        compile(HE0.prompt + completion, "<completion>", "exec")
+    assert found and completion.rstrip() == PAIRS
+
+
 def test_a_fence_inside_a_line_of_code_closes_nothing() -> None:
     body = "    fence = '```'\n    return s.replace(fence, '')"
     reply = "```python\ndef remove_Occ(s, ch):\n" + body + "\n```\nDone."
