@@ -3,8 +3,9 @@
 Records are the union of the shards'; the run facts (items expected, finished, threads, cache) are
 rebuilt from each shard's ``run.shard`` section, so a complete merge writes the file and prints the
 summary one unsharded run gives. Shards of different runs (other items, settings, library or Python
-versions), the same item twice, absent shards and shards that stopped early are refused with the
-reason; they may be allowed, and the merged run is then partial and names the items that did not run.
+versions, pytest-attnalign's code), the same item twice, absent shards and shards that stopped early
+are refused with the reason; they may be allowed, and the merged run is then partial and names the
+items that did not run.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ def merge_runs(paths: list[Path], allow_missing: bool = False) -> Run:
             if value != expected:
                 raise AttnalignError(f"{where} and {first_where} are shards of different runs ({name} differ): "
                                      "merge the shards of one run, each run with the same options")
+        _check_code(where, run, first_where, first)
         if shard["index"] in by_index:
             raise AttnalignError(f"shard {shard['index']}/{count} given twice ({by_index[shard['index']]} and {where}): "
                                  "give each shard's file once")
@@ -40,7 +42,7 @@ def merge_runs(paths: list[Path], allow_missing: bool = False) -> Run:
     records = [r for _, run, _ in shards for r in run.records]
     _check_overlap(shards)
     _check_error_k(shards)
-    merged = Run(records, first.ks, versions=first.versions, python=first.python)
+    merged = Run(records, first.ks, versions=first.versions, python=first.python, code=first.code)
     with_records = [(where, run) for where, run, _ in shards if run.records]  # one without ran with none that shows
     for where, run in with_records[1:]:
         _check_settings(where, run, *with_records[0])
@@ -91,6 +93,21 @@ def _check_overlap(shards: list[tuple[str, Run, dict[str, Any]]]) -> None:
             if item in seen and seen[item] != where:
                 raise AttnalignError(f"{item} is in both {seen[item]} and {where}: merge each shard once")
             seen[item] = where
+
+
+def _check_code(where: str, run: Run, first_where: str, first: Run) -> None:
+    """A shard must have been computed by the first shard's pytest-attnalign code: the version names a
+    release, not the checkout, and a rule changed between a job array's tasks leaves it as it was. A file
+    without a fingerprint (``None``) was written by older code than one with a fingerprint."""
+    if run.code == first.code:
+        return
+    if None in (run.code, first.code):
+        old, new, code = (where, first_where, first.code) if run.code is None else (first_where, where, run.code)
+        raise AttnalignError(f"{old} was written by a pytest-attnalign older than code fingerprints, {new} by code "
+                             f"{code}: two checkouts computed them: merge the shards of one run, rerunning the shard "
+                             f"of {old} from the same checkout as the others")
+    raise AttnalignError(f"{where} was computed by pytest-attnalign code {run.code}, {first_where} by code {first.code}: "
+                         "merge the shards of one run, rerunning the odd shard from the same checkout as the others")
 
 
 def _check_error_k(shards: list[tuple[str, Run, dict[str, Any]]]) -> None:

@@ -23,6 +23,7 @@ from .jsonshape import ShapeError, check
 from .record import Record
 from .report import groups, library_versions, pass_counts, pooled, render, sort_records, with_code
 from .threads import Share
+from .versions import CODE
 
 FORMAT = "pytest-attnalign-run"
 VERSION = 1
@@ -44,6 +45,7 @@ class Run:
     info: dict[str, Any] = field(default_factory=dict)  # runinfo.RunInfo.as_dict (complete, missing, lines, ...)
     versions: dict[str, str] = field(default_factory=library_versions)
     python: str = field(default_factory=platform.python_version)  # the run's, kept from its file (merge: the shards')
+    code: str | None = CODE  # versions.code_fingerprint of the code that ran; None: an older file
 
     def summary(self) -> str:
         """The terminal summary the run printed."""
@@ -76,7 +78,8 @@ class Run:
 
     def to_json(self) -> dict[str, Any]:
         return {"format": FORMAT, "version": VERSION, "settings": self.settings(),
-                "environment": {"versions": self.versions, "python": self.python},
+                "environment": {"versions": self.versions, "python": self.python,
+                                **({"code": self.code} if self.code is not None else {})},
                 "ks": list(self.ks), "run": self.info, "tables": self.tables(),
                 "records": [r.to_dict() for r in sort_records(self.records)]}
 
@@ -112,9 +115,10 @@ class Run:
             env = check(doc.get("environment"), dict, "environment")
             versions = check(env.get("versions"), dict, "environment.versions")
             python = check(env.get("python"), str, "environment.python")
+            code = check(env.get("code"), str | None, "environment.code")
         except ShapeError as exc:
             raise AttnalignError(f"{where} is damaged: {exc}") from None
-        return cls(records, ks, info, versions, python)
+        return cls(records, ks, info, versions, python, code)
 
 
 def _check_present(section: dict[str, Any], hints: dict[str, Any], where: str) -> None:

@@ -1,9 +1,16 @@
-"""Installed versions of distributions: what a run records and what cached results are keyed by."""
+"""Installed versions of distributions (what a run records and cached results are keyed by) and a
+fingerprint of pytest-attnalign's own code (what a run records, so that ``attnalign merge`` can tell
+shards computed by two checkouts of one version apart)."""
 
 from __future__ import annotations
 
+import hashlib
 import importlib.metadata as md
 from collections.abc import Iterable
+from pathlib import Path
+
+#: The installed package's directory, whose modules and data compute a run's numbers.
+PACKAGE = Path(__file__).parent
 
 
 def installed_versions(names: Iterable[str]) -> dict[str, str]:
@@ -15,3 +22,21 @@ def installed_versions(names: Iterable[str]) -> dict[str, str]:
         except md.PackageNotFoundError:
             out[name] = "absent"
     return out
+
+
+def code_fingerprint(root: Path = PACKAGE) -> str:
+    """A digest of the package at ``root``: its ``.py`` modules and the files under ``data``, each path
+    with its bytes, in path order. Two checkouts of one version (a rule changed between the array jobs
+    of a sharded run) differ here where the version string is the same (~2 ms for the package)."""
+    files = {*root.rglob("*.py"), *(p for p in (root / "data").rglob("*") if p.is_file())}
+    digest = hashlib.sha256()
+    for rel, path in sorted((p.relative_to(root).as_posix(), p) for p in files):
+        data = path.read_bytes()
+        digest.update(f"{rel}\0{len(data)}\0".encode())  # framed: no two file sets hash the same stream
+        digest.update(data)
+    return digest.hexdigest()[:16]
+
+
+#: This process's code, taken once, when the modules that compute load (study.py imports this one),
+#: not when the run file is written hours later from a checkout that may have moved on.
+CODE = code_fingerprint()
