@@ -60,47 +60,53 @@ class AttnSession:
         self.item_seconds: dict[str, float] = {}  # setup + call + teardown so far, per item
         self.item_computed: dict[str, bool] = {}  # whether an item's record says it computed (see Record.computed)
         self.workers: set[str] = set()  # xdist workers up
-        # the study's items per module, as parametrized: --lf drops items (and whole modules) before
-        # pytest_collection_modifyitems sees them, so counting there called an --lf run the study
-        self.study_counts: dict[Path, int] = {}
+        # the study's item ids per module, as parametrized: --lf drops items (and whole modules) before
+        # pytest_collection_modifyitems sees them, and puts its modules first (see whole_study)
+        self.study_ids: dict[Path, list[str]] = {}
         self.labels_checked: set[str] = set()  # task ids whose labels were read (see check_labels)
         self.refused = False  # a usage error once the items were known (check_labels)
 
     @pytest.hookimpl(wrapper=True)
     def pytest_make_collect_report(self, collector: pytest.Collector) -> Any:
-        """A study module that --lf skipped whole (no failure in it) still counts its items."""
+        """A study module that --lf skipped whole (no failure in it) still holds its items in the study."""
         report = yield
         path = Path(str(collector.path))
-        if isinstance(collector, pytest.File) and path not in self.study_counts:
+        if isinstance(collector, pytest.File) and path not in self.study_ids:
             names = study_module_benchmarks(path, self.options)
             if names:
-                self.study_counts[path] = len(study_params(self.options, names))
+                params = study_params(self.options, names)
+                self.study_ids[path] = item_ids(f"{collector.nodeid}::{ITEM_FUNCTION}", params)
         return report
+
+    def whole_study(self) -> list[str]:
+        """The study's item ids as a run without --lf collects them: modules in path order, since --lf
+        collects those holding last failures first."""
+        return [i for path in sorted(self.study_ids) for i in self.study_ids[path] if _ITEM_ID.search(i)]
 
     @pytest.hookimpl(wrapper=True)
     def pytest_collection_modifyitems(self, config: pytest.Config, items: list[pytest.Item]) -> Any:
         """The study's items, as parametrized before --lf, -k, -m or --deselect chose (the summary says
         when a run covers part of it). --attn-shard: deselect other shards' model x task groups. The groups are
-        shared out over the whole study before -k/-m select (every collecting process computes the same
-        assignment, and a selection moves no item between shards); the whole study's ids go into the run
+        shared out over the whole study before --lf, -k or -m select (every collecting process computes the
+        same assignment, and a selection moves no item between shards); the whole study's ids go into the run
         file for ``attnalign merge``, and how many items the selection kept into the summary's shard line."""
-        found = [(item, m) for item in items if (m := _ITEM_ID.search(item.nodeid))]
-        self.run.collected = sum(self.study_counts.values())
+        self.run.collected = sum(map(len, self.study_ids.values()))
         output: dict[str, Any] = getattr(config, "workeroutput", {})  # the controller collects nothing: see
         output[STUDY_OUTPUT] = {"collected": self.run.collected}  # pytest_testnodedown
         if self.options.shard is None:
             return (yield)
         from .sharding import in_shard
 
-        keep = in_shard([(m["model"], m["task"]) for _, m in found], self.options.shard, self.options.max_new_tokens)
-        here = {id(item) for (item, _), kept in zip(found, keep) if kept}
-        self.run.study = [item.nodeid for item, _ in found]
+        self.run.study = self.whole_study()
+        groups = [(m["model"], m["task"]) for m in map(_ITEM_ID.search, self.run.study) if m]
+        keep = in_shard(groups, self.options.shard, self.options.max_new_tokens)
+        here = {i for i, kept in zip(self.run.study, keep) if kept}
         result = yield  # -k, -m and other plugins select
         selected = [item for item in items if _ITEM_ID.search(item.nodeid)]
         chosen = {item.nodeid for item in selected}  # in the study's order: a shuffling plugin (pytest-randomly)
         self.run.selected = [i for i in self.run.study if i in chosen]  # orders each shard's items its own way
         output[STUDY_OUTPUT].update(study=self.run.study, selected=self.run.selected)
-        dropped = [item for item in selected if id(item) not in here]
+        dropped = [item for item in selected if item.nodeid not in here]
         if dropped:
             config.hook.pytest_deselected(items=dropped)
             gone = set(map(id, dropped))
@@ -391,7 +397,8 @@ def tx_workers(specs: list[str]) -> int:
 
 
 _PREFIXES = "|".join(re.escape(b.prefix) for b in BENCHMARKS)
-_ITEM_ID = re.compile(rf"::test_alignment\[(?P<model>.+)-(?P<method>[^-\]]+)-(?P<task>(?:{_PREFIXES})/\d+)\]")
+ITEM_FUNCTION = "test_alignment"  # the study's test function, in items/test_study.py
+_ITEM_ID = re.compile(rf"::{ITEM_FUNCTION}\[(?P<model>.+)-(?P<method>[^-\]]+)-(?P<task>(?:{_PREFIXES})/\d+)\]")
 
 
 @pytest.hookimpl(optionalhook=True)
@@ -483,7 +490,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     # a benchmark's module names it; the shipped module holds every benchmark selected
     names = [metafunc.module.BENCHMARK] if hasattr(metafunc.module, "BENCHMARK") else s.options.benchmarks
     params = study_params(s.options, names)
-    s.study_counts[Path(str(metafunc.definition.path))] = len(params)  # before --lf, -k, -m or --deselect choose
+    # recorded before --lf, -k, -m or --deselect choose
+    s.study_ids[Path(str(metafunc.definition.path))] = item_ids(metafunc.definition.nodeid, params)
     metafunc.parametrize("attn_case", params)
 
 
@@ -497,6 +505,11 @@ def study_params(options: Options, names: list[str]) -> list[Any]:
         for tasks in [load_tasks(name)[: options.limit] for name in names]
         for model in options.models for task in tasks for method in options.methods
     ]
+
+
+def item_ids(function: str, params: list[Any]) -> list[str]:
+    """The node ids of the items that ``params`` make of the test function whose node id is ``function``."""
+    return [f"{function}[{param.id}]" for param in params]
 
 
 def study_module_benchmarks(path: Path, options: Options) -> list[str]:

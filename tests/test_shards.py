@@ -244,6 +244,37 @@ def test_k_selects_within_the_shards_of_the_whole_study(
     assert records(tmp_path / "m.json") == records(tmp_path / "whole.json")
 
 
+ERROR_IN_MBPP_2 = """
+import pytest
+
+
+def pytest_runtest_setup(item):
+    if "Mbpp/2]" in item.nodeid:
+        raise AssertionError("made to fail")
+    pytest.skip("no model needed")
+"""
+
+
+def test_an_lf_rerun_of_a_shard_keeps_the_shards_groups(project: pytest.Pytester, tmp_path: Path) -> None:
+    """Shards were shared out over the items --lf kept: Mbpp/2 (shard 1's) alone, so shard 0 reran it
+    and recorded it as the whole study, which attnalign merge then refused as another run's."""
+    project.makeconftest(ERROR_IN_MBPP_2)  # items end in set-up: no model loads
+    opts = ["--attn-model=openai:stub", "--attn-method=reading_last,coding_all", "--attn-limit=2", "--attn-max-new-tokens=8",
+            f"--attn-cache-dir={tmp_path / 'cache'}", "-p", "no:randomly"]
+    project.runpytest(*opts).assert_outcomes(errors=2, skipped=6)
+
+    def shard(i: int, *extra: str) -> dict[str, Any]:
+        out = tmp_path / f"shard{i}{''.join(extra)}.json"
+        project.runpytest(*opts, f"--attn-shard={i}/2", f"--attn-json={out}", *extra)
+        return json.loads(out.read_text())["run"]["shard"]
+
+    for i in range(2):
+        whole, rerun = shard(i, *NO_CACHE), shard(i, "--lf")  # NO_CACHE: the first run's failures stay last
+        assert rerun["study"] == whole["study"] and len(whole["study"]) == 8
+        assert rerun["expected"] == [x for x in whole["expected"] if "Mbpp/2]" in x]  # its failures in its shard
+        assert len(rerun["expected"]) == 2 * i  # shard 1's: 4 groups of equal cost, dealt out in the study's order
+
+
 def test_a_selection_of_nothing_fails_every_shard(project: pytest.Pytester, tmp_path: Path) -> None:
     """A -k that matches no item of the study is no empty shard of a job array: pytest's "no tests" status."""
     result = project.runpytest("--attn-model=openai:stub", "--attn-method=shap", "--attn-limit=1", "-k", "reading",
