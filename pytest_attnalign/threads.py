@@ -11,6 +11,7 @@ alone gives cores back when another one starts.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,11 +34,11 @@ class Share:
     threads: int
     cores: int
     processes: int
-    fixed_by: str  # "--attn-threads", "OMP_NUM_THREADS" or "" (the share)
+    fixed: bool  # not the share (run files before 2026-12-03: by --attn-threads, their only way)
+    fixed_by: str = ""  # "--attn-threads", "OMP_NUM_THREADS" or "" (the share; those files lack it)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"threads": self.threads, "cores": self.cores, "processes": self.processes,
-                "fixed": bool(self.fixed_by), "fixed_by": self.fixed_by}
+        return dataclasses.asdict(self)
 
 
 def omp_threads() -> int | None:
@@ -77,4 +78,4 @@ class CoreShare:
         threads = self.fixed or max(1, cores // processes)
         if torch.get_num_threads() != threads:
             torch.set_num_threads(threads)
-        return Share(threads, cores, processes, self.fixed_by)
+        return Share(threads, cores, processes, bool(self.fixed_by), self.fixed_by)

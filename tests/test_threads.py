@@ -110,3 +110,18 @@ def test_auto_takes_the_gpu_with_fewest_live_processes(
             taken.leave()
         for fh in locks:
             fh.close()
+
+
+def test_a_share_written_before_fixed_by_reads_as_fixed_by_the_option() -> None:
+    """Run files before 2026-12-03 keep 'fixed' only (--attn-threads was the one way): a shard of such a
+    run was refused as damaged ("missing 'fixed_by'")."""
+    from pytest_attnalign.jsonshape import from_json
+    from pytest_attnalign.runinfo import RunInfo
+    from pytest_attnalign.threads import Share
+
+    old = {"threads": 1, "cores": 2, "processes": 2, "fixed": True}
+    assert from_json(Share, old) == Share(1, 2, 2, True, "")
+    assert RunInfo(shares=[old]).threads_line() == "torch threads: 1 per process (--attn-threads)"
+    now = Share(3, 2, 1, True, "OMP_NUM_THREADS").as_dict()
+    assert from_json(Share, now).as_dict() == now
+    assert RunInfo(shares=[old, now]).threads_line() == "torch threads: 1-3 per process (--attn-threads, OMP_NUM_THREADS)"
