@@ -275,6 +275,47 @@ def check_task_filter(keyword: str, benchmarks: list[str], limit: int | None) ->
                                  f"raise --attn-limit")
 
 
+def k_words(keyword: str) -> list[str]:
+    """The words of a ``-k`` expression that select: not ``and``/``or``/``not``, nor a word right after
+    ``not`` (an exclusion of something the run lacks drops nothing). pytest's own scanner splits the
+    expression (private API, the same since 7.4); should it move or refuse the expression (pytest
+    then says why), or the expression hold call parameters (pytest refuses them for ``-k``), no word
+    is checked."""
+    try:
+        from _pytest.mark.expression import Scanner
+
+        scanner = Scanner(keyword)
+        tokens = [scanner.current, *scanner.tokens]
+        kinds = [token.type.name for token in tokens]
+    except Exception:  # noqa: BLE001 - pytest's SyntaxError or ParseError, a moved or changed scanner
+        return []
+    if not set(kinds) <= {"LPAREN", "RPAREN", "OR", "AND", "NOT", "IDENT", "EOF"}:
+        return []
+    return list(dict.fromkeys(t.value for before, t, kind in zip(["", *kinds], tokens, kinds)
+                              if kind == "IDENT" and before != "NOT"))
+
+
+def check_k_words(keyword: str, items: list[pytest.Item], left_out: list[str], models: list[str],
+                  methods: list[str]) -> None:
+    """``-k`` with a word that matches no item (a misspelt method or model) deselects its part of the
+    run silently, or all of it: say which word and what the items are named by. A word matches as
+    pytest's ``-k`` matches it (:class:`_pytest.mark.KeywordMatcher`: a case-insensitive substring of
+    the item's and its parents' names, markers and extra keywords); in ``left_out``, the ids of the
+    study's items that ``--lf`` did not collect, any substring counts (their names are not at hand)."""
+    words = k_words(keyword)
+    try:
+        from _pytest.mark import KeywordMatcher
+    except ImportError:  # pytest moved it: the check is skipped rather than guessed
+        return
+    matchers = [KeywordMatcher.from_item(item) for item in items] if words else []
+    ids = [i.lower() for i in left_out]
+    unknown = [w for w in words if not any(m(w) for m in matchers) and not any(w.lower() in i for i in ids)]
+    if unknown:
+        raise AttnalignError(f"{', '.join(unknown)} {'matches' if len(unknown) == 1 else 'match'} no item of this "
+                             f"run: items are named MODEL-METHOD-TASK with models {', '.join(models)} and methods "
+                             f"{', '.join(methods)}")
+
+
 #: Options whose value is a path or a name, with what they expect: given empty (``--attn-json=``),
 #: the value would read as "not given" and the option would be silently ignored.
 _NON_EMPTY = {"attn_json": "a file path (e.g. run.json)", "attn_html": "a file path (e.g. report.html)",

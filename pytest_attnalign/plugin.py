@@ -19,7 +19,8 @@ import pytest
 
 from .benchmarks import BENCHMARKS, NAMES
 from .errors import AttnalignError, ModelUnavailable
-from .options import Options, add_options, check_rootdir, given, parse_options, study_config
+from .options import (Options, add_options, check_k_words, check_rootdir, collects_study, given, parse_options,
+                      study_config)
 
 pytest_plugins = ["pytest_attnalign.fixtures"]  # attn_model, attn_task, ... for users' own tests
 
@@ -30,7 +31,9 @@ if TYPE_CHECKING:  # numpy and the report load only when a study runs
 
 PROPERTY = "attnalign"
 RUN_PROPERTY = "attnalign-run"  # an item's facts about the run (threads, cache), see runinfo.RunInfo
-STUDY_OUTPUT = "attnalign-study"  # an xdist worker's workeroutput: the study's size; a shard's whole-study ids and those -k/-m selected
+#: An xdist worker's workeroutput: the study's size; a shard's whole-study ids and those -k/-m selected; a usage
+#: error for the controller to give (see AttnSession.check_k)
+STUDY_OUTPUT = "attnalign-study"
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -64,7 +67,7 @@ class AttnSession:
         # pytest_collection_modifyitems sees them, and puts its modules first (see whole_study)
         self.study_ids: dict[Path, list[str]] = {}
         self.labels_checked: set[str] = set()  # task ids whose labels were read (see check_labels)
-        self.refused = False  # a usage error once the items were known (check_labels)
+        self.refused = False  # a usage error once the items were known (check_labels, check_k)
 
     @pytest.hookimpl(wrapper=True)
     def pytest_make_collect_report(self, collector: pytest.Collector) -> Any:
@@ -93,6 +96,7 @@ class AttnSession:
         self.run.collected = sum(map(len, self.study_ids.values()))
         output: dict[str, Any] = getattr(config, "workeroutput", {})  # the controller collects nothing: see
         output[STUDY_OUTPUT] = {"collected": self.run.collected}  # pytest_testnodedown
+        self.check_k(config, items)
         if self.options.shard is None:
             return (yield)
         from .sharding import in_shard
@@ -113,11 +117,36 @@ class AttnSession:
             items[:] = [item for item in items if id(item) not in gone]
         return result
 
+    def check_k(self, config: pytest.Config, items: list[pytest.Item]) -> None:
+        """A ``-k`` word that matches no item refuses a run of the study before any model loads
+        (:func:`.options.check_k_words`); a user's own test files keep ``-k`` theirs. An xdist worker
+        that raised would crash, and be restarted to crash again: it runs no item and leaves the usage
+        error to the controller (:meth:`pytest_testnodedown`)."""
+        keyword = config.getoption("keyword")
+        if not keyword or not collects_study(config):
+            return
+        collected = {item.nodeid for item in items}
+        left_out = [i for i in self.whole_study() if i not in collected]  # by --lf
+        try:
+            check_k_words(keyword, items, left_out, self.options.models, self.options.methods)
+        except AttnalignError as exc:
+            message = f"-k {keyword!r}: {exc}"
+            if hasattr(config, "workeroutput"):
+                config.workeroutput[STUDY_OUTPUT]["refused"] = message
+                items[:] = []
+                return
+            self.refused = True
+            raise pytest.UsageError(message) from None
+
     @pytest.hookimpl(optionalhook=True)
     def pytest_testnodedown(self, node: Any, error: Any) -> None:
-        """Under -n, the study's size (and a shard's whole-study ids) come from a worker that collected them."""
+        """Under -n, the study's size (and a shard's whole-study ids) come from a worker that collected them,
+        and so does a usage error only the collected items show (check_k): each worker ran none."""
         self.workers.discard(node.gateway.id)
         output = getattr(node, "workeroutput", {}).get(STUDY_OUTPUT, {})
+        if output.get("refused") and not self.refused:
+            self.refused = True
+            raise pytest.UsageError(output["refused"])
         self.run.collected = self.run.collected or output.get("collected", 0)
         if not self.run.study:
             self.run.study, self.run.selected = list(output.get("study", [])), list(output.get("selected", []))

@@ -369,6 +369,71 @@ def test_k_selects_exactly_one_task_and_ids_are_stable(project: pytest.Pytester,
         f"{MB}[{m}-{meth}-Mbpp/3]" for m in models for meth in methods]
 
 
+NO_ITEM_RUNS = """
+def pytest_runtest_setup(item):
+    raise AssertionError("an item ran")
+"""
+K_NAMES = "items are named MODEL-METHOD-TASK with models openai:stub and methods reading_last, coding_all"
+
+
+@pytest.mark.parametrize(("k", "unknown"), [
+    ("salency_coding", "salency_coding matches"),
+    ("coding_all or salency_coding", "salency_coding matches"),  # the typo'd half was dropped silently
+    ("(opneai:stub or humaneval) and reding_last and not shap", "opneai:stub, reding_last match"),
+])
+def test_k_with_a_word_that_matches_no_item_is_a_usage_error(project: pytest.Pytester, tmp_path: Path, k: str,
+                                                             unknown: str) -> None:
+    """Such a run deselected every item ("no tests ran", exit 5) or the misspelt part of its selection."""
+    project.makeconftest(NO_ITEM_RUNS)
+    result = project.runpytest("--attn-model=openai:stub", "--attn-method=reading_last,coding_all", "--attn-limit=1",
+                               f"--attn-cache-dir={tmp_path}", f"--attn-json={tmp_path / 'run.json'}", "-k", k,
+                               *NO_CACHE)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR, result.stdout.str()
+    assert [line for line in result.errlines if line.strip()] == [
+        f"ERROR: -k {k!r}: {unknown} no item of this run: {K_NAMES}"]
+    assert "an item ran" not in result.stdout.str() and not (tmp_path / "run.json").exists()
+
+
+def test_k_words_match_as_pytest_matches_them(project: pytest.Pytester, tmp_path: Path) -> None:
+    """Any case, a part of a parent's name or a marker selects; a word after not only excludes; a
+    parent's name misspelt is refused too."""
+    opts = ["--attn-model=openai:stub", "--attn-method=reading_last,coding_all", "--attn-limit=1",
+            f"--attn-cache-dir={tmp_path}", "--collect-only", "-q", *NO_CACHE]
+    for k, count in (("OPENAI and Reading", 2), ("test_mbpp", 2), ("attnalign and not salency", 4),
+                     ("benchmarks and not (mbpp)", 2)):
+        assert len(collected(project.runpytest(*opts, "-k", k))) == count, k
+    assert project.runpytest(*opts, "-k", "test_mbbp").errlines[0] == (
+        f"ERROR: -k 'test_mbbp': test_mbbp matches no item of this run: {K_NAMES}")
+
+
+def test_k_under_lf_counts_the_items_lf_left_out(project: pytest.Pytester, tmp_path: Path) -> None:
+    """--lf collects only the last failures: a word naming other items of the study is no typo."""
+    project.makeconftest("import pytest\n\n\ndef pytest_runtest_setup(item):\n"
+                         "    assert 'reading_last' not in item.nodeid\n    pytest.skip('no model needed')\n")
+    opts = ["--attn-model=openai:stub", "--attn-method=reading_last,coding_all", "--attn-limit=1",
+            f"--attn-cache-dir={tmp_path}", "--attn-benchmark=humaneval"]
+    project.runpytest(*opts).assert_outcomes(errors=1, skipped=1)
+    assert project.runpytest(*opts, "--lf", "-k", "coding_all").ret == pytest.ExitCode.NO_TESTS_COLLECTED
+    result = project.runpytest(*opts, "--lf", "-k", "salency")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR and result.errlines[0].startswith(
+        "ERROR: -k 'salency': salency matches no item of this run")
+
+
+def test_k_with_a_word_that_matches_no_item_is_one_usage_error_under_xdist(project: pytest.Pytester,
+                                                                            tmp_path: Path) -> None:
+    """The controller collects nothing: each worker's items show the word matches none, and the run
+    stops with one usage error, not a crash (and restart) of every worker."""
+    project.makeconftest(NO_ITEM_RUNS)
+    result = project.runpytest_subprocess(
+        "--attn-model=openai:stub", "--attn-method=reading_last,coding_all", "--attn-limit=1",
+        f"--attn-cache-dir={tmp_path}", "-n", "2", "-k", "coding_all or salency_coding", *NO_CACHE, timeout=120)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR, result.stdout.str()
+    errors = [line for line in result.stderr.lines if line.startswith("ERROR")]
+    assert errors == [f"ERROR: -k 'coding_all or salency_coding': salency_coding matches no item of this run: {K_NAMES}"]
+    assert "an item ran" not in result.stdout.str() + result.stderr.str()
+    assert "crashed" not in result.stdout.str() + result.stderr.str()
+
+
 # --------------------------------------------------------------------------------------- verdicts
 
 
@@ -980,4 +1045,6 @@ def test_k_on_a_users_own_tests_is_not_a_study_task_filter(project: pytest.Pytes
         result = project.runpytest("test_mine.py", "-k", k, *opts)
         assert result.ret == pytest.ExitCode.OK, result.stdout.str()
         result.assert_outcomes(passed=1)
+    assert project.runpytest("test_mine.py", "-k", "salency", *opts).ret == pytest.ExitCode.NO_TESTS_COLLECTED
     assert project.runpytest("benchmarks", "-k", "HumanEval/12]", *opts).ret == pytest.ExitCode.USAGE_ERROR
+    assert project.runpytest("benchmarks", "-k", "salency", *opts).ret == pytest.ExitCode.USAGE_ERROR
