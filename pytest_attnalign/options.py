@@ -138,8 +138,8 @@ def add_options(parser: pytest.Parser) -> None:
                 help="directory of saved runs (default: attnalign under pytest's cache directory, "
                      ".pytest_cache/d/attnalign in the rootdir)")
     g.addoption("--attn-compare", nargs="?", const="", default=_DEFAULTS["attn_compare"], metavar="NAME|PATH",
-                help="compare with a saved run (its name, counter or path; no value: the newest saved run): "
-                     "the change of P/R/F1/alpha per model x method x K and of Pass@1 per model")
+                help="compare with a saved run (its name, counter or path; no value: the newest saved run that can "
+                     "be a baseline): the change of P/R/F1/alpha per model x method x K and of Pass@1 per model")
     g.addoption("--attn-compare-fail", action="append", default=_DEFAULTS["attn_compare_fail"], metavar="EXPR",
                 help="fail the session when a figure dropped from the --attn-compare run by more than allowed, "
                      "repeatable or comma list: f1@10:2%% (2 percentage points), alpha@5:0.02, pass1:1%%, "
@@ -410,7 +410,7 @@ def parse_options(config: pytest.Config) -> Options:
                                     "--attn-json files (attnalign merge) and compare or gate the merged run with "
                                     "attnalign report MERGED.json --gate/--compare/--compare-fail")
     if fails and get("attn_compare") is None:
-        raise pytest.UsageError("--attn-compare-fail: no baseline: add --attn-compare (the newest saved run) "
+        raise pytest.UsageError("--attn-compare-fail: no baseline: add --attn-compare (the newest usable saved run) "
                                 "or --attn-compare=NAME|PATH")
     if get("attn_save") and get("attn_autosave"):
         raise pytest.UsageError("--attn-save: give either --attn-save NAME or --attn-autosave, not both")

@@ -45,6 +45,7 @@ class AttnSession:
 
     def __init__(self, config: pytest.Config, options: Options) -> None:
         from .runinfo import RunInfo
+        from .registry import registry_of
         from .threads import CoreShare
 
         self.config = config
@@ -55,7 +56,7 @@ class AttnSession:
         self.written: list[str] = []  # a line per file written at session finish (or not written)
         self._sigterm: Any = None  # SIGTERM's handler before this run's (see interrupt_on_sigterm)
         self.run = RunInfo(shard=options.shard)
-        self.cores = CoreShare(options.cache_dir / "runs", options.threads)
+        self.cores = CoreShare(registry_of(options.cache_dir), options.threads)
         self.unavailable_since: dict[str, str] = {}  # model -> the item that showed why
         self.output_shown: dict[tuple[str, str], str] = {}  # (model, task) -> the item showing its test output
         self._study: Any = None

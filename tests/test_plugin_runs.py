@@ -57,10 +57,11 @@ def test_a_tx_worker_that_cannot_start_ends_the_run(project: pytest.Pytester, tm
 
 
 def test_a_tx_controller_is_not_a_process_running_items(
-    project: pytest.Pytester, tiny_gpt2: Path, tmp_path: Path
+    project: pytest.Pytester, tiny_gpt2: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Under -d --tx the controller joined the cores' registry: two workers shared the cores with it
     ('up to 3 processes'), unlike under -n 2."""
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)  # it would fix the threads (threads.omp_threads)
     result = project.runpytest_subprocess(
         *_opts(tiny_gpt2, tmp_path), "--attn-benchmark=humaneval", "--attn-limit=2", "-d", "--tx", "2*popen",
         *NO_CACHE, timeout=180)  # two groups: neither worker leaves before both have started an item
