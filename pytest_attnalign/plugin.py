@@ -139,6 +139,25 @@ class AttnSession:
             self.refused = True
             raise pytest.UsageError(message) from None
 
+    @pytest.hookimpl(wrapper=True)
+    def pytest_sessionstart(self, session: pytest.Session) -> Any:
+        """A ``--tx`` host that cannot be reached (down, refusing, no such name) failed xdist's start of
+        the workers with a 40-line INTERNALERROR traceback of execnet's: one line naming the hosts."""
+        try:
+            return (yield)
+        except Exception as exc:
+            import traceback
+
+            from execnet import HostNotFound
+
+            starting = any(f.name == "setup_nodes" for f in traceback.extract_tb(exc.__traceback__))
+            if not starting or not isinstance(exc, (OSError, EOFError, HostNotFound)):
+                raise
+            specs = " ".join(f"--tx {spec}" for spec in self.config.getoption("tx", None) or [])
+            pytest.exit(f"pytest-attnalign: cannot start the xdist workers of {specs} ({type(exc).__name__}: "
+                        f"{str(exc) or 'no answer'}): check that each host is up and reachable (ssh HOST true), "
+                        "or leave it out", returncode=pytest.ExitCode.INTERNAL_ERROR)
+
     @pytest.hookimpl(optionalhook=True)
     def pytest_testnodedown(self, node: Any, error: Any) -> None:
         """Under -n, the study's size (and a shard's whole-study ids) come from a worker that collected them,

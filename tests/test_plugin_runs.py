@@ -1,5 +1,6 @@
 """Whole runs whose shape the plugin must see right: xdist workers over --tx (output paths left to
-the controller, restarts bounded, the controller not counted as a process running items), an --lf
+the controller, restarts bounded, a host that cannot be reached one line, the controller not counted
+as a process running items), an --lf
 run being a selection, and a broken labels file failing the run before any item runs.
 
 Same pytester project, tiny GPT-2 and isolated environment as ``test_plugin``.
@@ -54,6 +55,23 @@ def test_a_tx_worker_that_cannot_start_ends_the_run(project: pytest.Pytester, tm
         *NO_CACHE, timeout=90)  # seconds when bounded
     assert result.ret != pytest.ExitCode.OK
     assert "maximum crashed workers reached: 4" in result.stdout.str()
+
+
+def test_a_tx_host_that_cannot_be_reached_is_one_line(project: pytest.Pytester, tmp_path: Path) -> None:
+    """A host down or refusing ended the run with xdist's 40-line INTERNALERROR traceback of execnet."""
+    import socket
+
+    with socket.socket() as probe:  # a port nothing listens on once closed
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    result = project.runpytest_subprocess(
+        "--attn-model=openai:stub", "--attn-method=shap", "--attn-benchmark=humaneval", "--attn-limit=1",
+        f"--attn-cache-dir={tmp_path / 'cache'}", "-d", "--tx", f"socket=127.0.0.1:{port}", *NO_CACHE, timeout=90)
+    assert result.ret == pytest.ExitCode.INTERNAL_ERROR
+    assert "INTERNALERROR" not in result.stdout.str() + result.stderr.str() and "Traceback" not in result.stderr.str()
+    assert [line for line in result.errlines if line.strip()] == [
+        f"Exit: pytest-attnalign: cannot start the xdist workers of --tx socket=127.0.0.1:{port} (ConnectionRefusedError: "
+        "[Errno 111] Connection refused): check that each host is up and reachable (ssh HOST true), or leave it out"]
 
 
 def test_a_tx_controller_is_not_a_process_running_items(
