@@ -88,6 +88,15 @@ def find_run(directory: Path, spec: str) -> Path:
                          "give a saved run's name or counter, or a run file's path")
 
 
+def baseline_name(path: Path, spec: str) -> str:
+    """How the summary names the baseline: with no value given, the newer saved runs passed over (part
+    of a run, or no run file: :func:`_newest_usable`), so that a comparison with an older run than the
+    newest says so."""
+    runs = saved_runs(path.parent) if not spec else []
+    newer = [p.name for p in runs[runs.index(path) + 1:]] if path in runs else []
+    return f"{path} (newer saved runs passed over, not usable as a baseline: {', '.join(newer)})" if newer else str(path)
+
+
 def _newest_usable(directory: Path, runs: list[Path]) -> Path:
     """The newest of ``runs`` (oldest first) that a comparison accepts as its baseline (a whole run:
     :func:`gates._part_of_a_run`, the rule the comparison applies), read newest first up to it; an

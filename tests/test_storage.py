@@ -178,7 +178,8 @@ def test_attn_compare_compares_with_the_newest_complete_run_past_an_incomplete_o
         second = pytester.runpytest_subprocess(*opts, "--attn-compare", "--attn-compare-fail=f1@10:0%", timeout=120)
     out = second.stdout.str()
     assert second.ret == pytest.ExitCode.OK, out
-    assert f"Compared with {base}:" in out and "comparison refused" not in out
+    assert f"Compared with {base} (newer saved runs passed over, not usable as a baseline: {broken.name}):" in out
+    assert "comparison refused" not in out
     assert re.search(r"compare-fail f1@10:0% \[openai:stub shap\]: held", out), out
     base.unlink()  # the incomplete run alone: one usage error before any item runs
     alone = pytester.runpytest(*opts, "--attn-compare")
@@ -188,3 +189,17 @@ def test_attn_compare_compares_with_the_newest_complete_run_past_an_incomplete_o
         "(0 items missing, 1 without a result; see its header): rerun those items (the cache keeps the others' "
         f"results); pass --attn-compare={broken.name} --attn-compare-force to compare anyway, or save a complete run "
         "(--attn-save NAME)"]
+
+
+def test_the_baseline_is_named_with_the_newer_runs_passed_over(tmp_path: Path) -> None:
+    """Compared with an older run than the newest, the summary said only the older run's path."""
+    from pytest_attnalign.storage import baseline_name
+
+    old, new, newest = (tmp_path / name for name in ("0001_a.json", "0002_b.json", "0003_a.json"))
+    for path in (old, new, newest):
+        path.write_text("{}")
+    assert baseline_name(old, "") == f"{old} (newer saved runs passed over, not usable as a baseline: 0002_b.json, 0003_a.json)"
+    assert baseline_name(newest, "") == str(newest)
+    assert baseline_name(old, "a") == baseline_name(old, "1") == str(old)  # named by the user: taken as it is
+    elsewhere = tmp_path / "other" / "run.json"
+    assert baseline_name(elsewhere, "") == str(elsewhere)
