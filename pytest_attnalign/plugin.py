@@ -172,6 +172,8 @@ class AttnSession:
             self.run.study, self.run.selected = list(output.get("study", [])), list(output.get("selected", []))
 
     def pytest_collection_finish(self, session: pytest.Session) -> None:
+        if self.refused:  # pytest calls this after a usage error of collection too (check_k): keep the files
+            return
         expected = [i.nodeid for i in session.items if _ITEM_ID.search(i.nodeid)]
         if self._controller():
             self.check_labels(expected)

@@ -897,8 +897,10 @@ def test_a_killed_run_leaves_no_file_that_looks_complete(
         assert quiet.ret in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED) and quiet.outlines == []
         assert json.loads(out.read_text())["run"]["complete"] is True and page.exists()
         # a run that selects nothing writes nothing and removes nothing; nor does one remove its own baseline
-        nothing = project.runpytest_subprocess(*opts, "-k", "no_such_item", timeout=120)
+        nothing = project.runpytest_subprocess(*opts, "-k", "shap and not shap", timeout=120)
         assert nothing.ret == pytest.ExitCode.NO_TESTS_COLLECTED and out.exists() and page.exists()
+        misspelt = project.runpytest_subprocess(*opts, "-k", "no_such_item", timeout=120)  # refused once collected
+        assert misspelt.ret == pytest.ExitCode.USAGE_ERROR and out.exists() and page.exists()
         project.makeconftest(SIGNAL_AFTER_FIRST_ITEM.format("SIGKILL"))
         against_itself = project.runpytest_subprocess(*opts, f"--attn-compare={out}", timeout=120)
         assert against_itself.ret == -9 and json.loads(out.read_text())["run"]["complete"] is True
