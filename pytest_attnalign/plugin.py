@@ -34,6 +34,7 @@ RUN_PROPERTY = "attnalign-run"  # an item's facts about the run (threads, cache)
 #: An xdist worker's workeroutput: the study's size; a shard's whole-study ids and those -k/-m selected; a usage
 #: error for the controller to give (see AttnSession.check_k)
 STUDY_OUTPUT = "attnalign-study"
+CODE_INPUT = "attnalign-code"  # an xdist worker's workerinput: the controller's code fingerprint (check_code)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -97,6 +98,7 @@ class AttnSession:
         self.run.collected = sum(map(len, self.study_ids.values()))
         output: dict[str, Any] = getattr(config, "workeroutput", {})  # the controller collects nothing: see
         output[STUDY_OUTPUT] = {"collected": self.run.collected}  # pytest_testnodedown
+        self.check_code(config, items)
         self.check_k(config, items)
         if self.options.shard is None:
             return (yield)
@@ -118,11 +120,41 @@ class AttnSession:
             items[:] = [item for item in items if id(item) not in gone]
         return result
 
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_configure_node(self, node: Any) -> None:
+        """Each xdist worker gets the controller's code fingerprint to compare with its own (check_code)."""
+        from .versions import CODE
+
+        node.workerinput[CODE_INPUT] = CODE
+
+    def check_code(self, config: pytest.Config, items: list[pytest.Item]) -> None:
+        """A worker whose pytest-attnalign code is not the controller's (a ``--tx`` host with another
+        checkout) would put two programs' figures into one run file, which ``attnalign merge`` refuses
+        for shards: the run is refused before any item runs."""
+        from .versions import CODE
+
+        theirs = getattr(config, "workerinput", {}).get(CODE_INPUT)
+        if theirs is not None and theirs != CODE:
+            import socket
+
+            self.refuse(config, items, f"xdist worker {config.workerinput['workerid']} (host {socket.gethostname()}, "
+                                       f"{Path(__file__).parent}) runs pytest-attnalign code {CODE}, the controller "
+                                       f"{theirs}: give every --tx host the controller's checkout")
+
+    def refuse(self, config: pytest.Config, items: list[pytest.Item], message: str) -> None:
+        """A usage error only the collected items show: raised here, or, on an xdist worker (which would
+        crash, and be restarted to crash again), handed to the controller (:meth:`pytest_testnodedown`)
+        with no item left to run."""
+        if hasattr(config, "workeroutput"):
+            config.workeroutput[STUDY_OUTPUT].setdefault("refused", message)
+            items[:] = []
+            return
+        self.refused = True
+        raise pytest.UsageError(message)
+
     def check_k(self, config: pytest.Config, items: list[pytest.Item]) -> None:
         """A ``-k`` word that matches no item refuses a run of the study before any model loads
-        (:func:`.options.check_k_words`); a user's own test files keep ``-k`` theirs. An xdist worker
-        that raised would crash, and be restarted to crash again: it runs no item and leaves the usage
-        error to the controller (:meth:`pytest_testnodedown`)."""
+        (:func:`.options.check_k_words`); a user's own test files keep ``-k`` theirs."""
         keyword = config.getoption("keyword")
         if not keyword or not collects_study(config):
             return
@@ -131,13 +163,7 @@ class AttnSession:
         try:
             check_k_words(keyword, items, left_out, self.options.models, self.options.methods)
         except AttnalignError as exc:
-            message = f"-k {keyword!r}: {exc}"
-            if hasattr(config, "workeroutput"):
-                config.workeroutput[STUDY_OUTPUT]["refused"] = message
-                items[:] = []
-                return
-            self.refused = True
-            raise pytest.UsageError(message) from None
+            self.refuse(config, items, f"-k {keyword!r}: {exc}")
 
     @pytest.hookimpl(wrapper=True)
     def pytest_sessionstart(self, session: pytest.Session) -> Any:

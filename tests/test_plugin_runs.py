@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
-from test_plugin import NO_CACHE, _isolated_env, project, summary, tiny_gpt2  # noqa: F401 (fixtures)
+from test_plugin import NO_CACHE, REPO, _isolated_env, project, summary, tiny_gpt2  # noqa: F401 (fixtures)
 
 
 def _opts(model: Path, tmp_path: Path) -> list[str]:
@@ -72,6 +74,52 @@ def test_a_tx_host_that_cannot_be_reached_is_one_line(project: pytest.Pytester, 
     assert [line for line in result.errlines if line.strip()] == [
         f"Exit: pytest-attnalign: cannot start the xdist workers of --tx socket=127.0.0.1:{port} (ConnectionRefusedError: "
         "[Errno 111] Connection refused): check that each host is up and reachable (ssh HOST true), or leave it out"]
+
+
+def test_a_worker_running_other_code_than_the_controller_refuses_the_run(
+    project: pytest.Pytester, tiny_gpt2: Path, tmp_path: Path
+) -> None:
+    """A --tx host with another checkout of the same version ran its items into the controller's run
+    file: one table of two programs' figures, which attnalign merge refuses for shards. The host is a
+    local execnet socket server whose python path starts with a changed copy of the package (a popen
+    worker gets the controller's sys.path, a socket or ssh one its own)."""
+    import socket
+    import subprocess
+    import time
+
+    import execnet
+
+    from pytest_attnalign.versions import CODE
+
+    other = tmp_path / "host"
+    shutil.copytree(REPO / "pytest_attnalign", other / "pytest_attnalign", ignore=shutil.ignore_patterns("__pycache__"))
+    with open(other / "pytest_attnalign" / "generation.py", "a") as fh:
+        fh.write("# a later commit\n")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen(
+        [sys.executable, str(Path(execnet.__file__).parent / "script" / "socketserver.py"), f"127.0.0.1:{port}"],
+        env={**os.environ, "PYTHONPATH": str(other)}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(100):  # until it listens
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            time.sleep(0.1)
+        out = tmp_path / "run.json"
+        result = project.runpytest_subprocess(
+            *_opts(tiny_gpt2, tmp_path), "--attn-benchmark=humaneval", f"--attn-json={out}", "-d", "--tx",
+            f"socket=127.0.0.1:{port}//chdir={project.path}", *NO_CACHE, timeout=180)
+    finally:
+        server.kill()
+        server.wait()
+    assert result.ret == pytest.ExitCode.USAGE_ERROR, result.stdout.str()
+    (line,) = [line for line in result.errlines if line.strip()]
+    assert re.fullmatch(rf"ERROR: xdist worker gw0 \(host .+, {re.escape(str(other / 'pytest_attnalign'))}\) runs "
+                        rf"pytest-attnalign code (?!{CODE})[0-9a-f]{{16}}, the controller {CODE}: give every --tx host "
+                        r"the controller's checkout", line), line
+    assert "passed" not in result.stdout.str() and "failed" not in result.stdout.str() and not out.exists()
 
 
 def test_a_tx_controller_is_not_a_process_running_items(
