@@ -40,7 +40,7 @@ class Record:
     stop_rule: str
     device: str
     completion: str
-    no_code: bool  # no function body: left out of the alignment tables, a failure in Pass@1
+    no_code: bool  # no function body: left out of the alignment tables; in Pass@1 by its tests (an empty completion fails)
     generated_tokens: int
     explained_tokens: list[str]
     labels: str  # label mode, labels.LABEL_MODES
