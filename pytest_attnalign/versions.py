@@ -27,8 +27,11 @@ def installed_versions(names: Iterable[str]) -> dict[str, str]:
 def code_fingerprint(root: Path = PACKAGE) -> str:
     """A digest of the package at ``root``: its ``.py`` modules and the files under ``data``, each path
     with its bytes, in path order. Two checkouts of one version (a rule changed between the array jobs
-    of a sharded run) differ here where the version string is the same (~2 ms for the package)."""
-    files = {*root.rglob("*.py"), *(p for p in (root / "data").rglob("*") if p.is_file())}
+    of a sharded run) differ here where the version string is the same (~2 ms for the package). Hidden
+    names are not the package's: an editor's lock file (Emacs's ``.#plugin.py``, a dangling link) broke
+    every run."""
+    found = {*root.rglob("*.py"), *(root / "data").rglob("*")}
+    files = {p for p in found if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts)}
     digest = hashlib.sha256()
     for rel, path in sorted((p.relative_to(root).as_posix(), p) for p in files):
         data = path.read_bytes()

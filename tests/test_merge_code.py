@@ -41,6 +41,8 @@ def test_the_fingerprint_is_the_packages_bytes(tmp_path: Path) -> None:
     (copy / "__pycache__").mkdir()
     (copy / "__pycache__" / "generation.cpython-311.pyc").write_bytes(b"\0")
     (copy / "notes.txt").write_text("not code")
+    (copy / ".#plugin.py").symlink_to("user@host.1234:1700000000")  # Emacs's lock file: a dangling link
+    (copy / "data" / ".mbpp.jsonl.gz.swp").write_bytes(b"\0")  # an editor's swap file
     assert code_fingerprint(copy) == base
 
     for changed in (copy / "generation.py", copy / "methods" / "__init__.py", copy / "data" / "labels" / "humaneval.jsonl"):
