@@ -80,7 +80,7 @@ class AttnSession:
             names = study_module_benchmarks(path, self.options)
             if names:
                 params = study_params(self.options, names)
-                self.study_ids[path] = item_ids(f"{collector.nodeid}::{ITEM_FUNCTION}", params)
+                self.study_ids[path] = item_ids(f"{collector.nodeid}::{ITEM_FUNCTION}", params, self.config)
         return report
 
     def whole_study(self) -> list[str]:
@@ -570,7 +570,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     names = [metafunc.module.BENCHMARK] if hasattr(metafunc.module, "BENCHMARK") else s.options.benchmarks
     params = study_params(s.options, names)
     # recorded before --lf, -k, -m or --deselect choose
-    s.study_ids[Path(str(metafunc.definition.path))] = item_ids(metafunc.definition.nodeid, params)
+    s.study_ids[Path(str(metafunc.definition.path))] = item_ids(metafunc.definition.nodeid, params, metafunc.config)
     metafunc.parametrize("attn_case", params)
 
 
@@ -586,9 +586,16 @@ def study_params(options: Options, names: list[str]) -> list[Any]:
     ]
 
 
-def item_ids(function: str, params: list[Any]) -> list[str]:
-    """The node ids of the items that ``params`` make of the test function whose node id is ``function``."""
-    return [f"{function}[{param.id}]" for param in params]
+def item_ids(function: str, params: list[Any], config: pytest.Config) -> list[str]:
+    """The node ids of the items that ``params`` make of the test function whose node id is ``function``,
+    escaped as pytest escapes explicit ids (a model directory ``modèle`` is ``mod\\xe8le`` in an item's id:
+    unescaped, no item of a shard matched its study's ids and every shard ran nothing)."""
+    try:
+        from _pytest.python import _ascii_escaped_by_config as escaped
+    except ImportError:  # pytest moved it: ASCII ids, the usual case, need no escaping
+        def escaped(value: str, config: pytest.Config | None) -> str:
+            return value
+    return [f"{function}[{escaped(param.id, config)}]" for param in params]
 
 
 def study_module_benchmarks(path: Path, options: Options) -> list[str]:

@@ -213,6 +213,21 @@ def test_an_empty_shard_writes_its_run_file_and_succeeds(project: pytest.Pyteste
     assert shard["expected"] == [] and len(shard["study"]) == 2 and (shard["index"], shard["count"]) == (5, 6)
 
 
+def test_a_model_path_pytest_escapes_in_ids_is_shared_out(project: pytest.Pytester, tmp_path: Path) -> None:
+    """pytest writes a model directory ``modèle`` as ``mod\\xe8le`` in an item's id: the study's ids were
+    built unescaped, no item matched them, and every shard ran nothing."""
+    model = tmp_path / "modèle"
+    model.mkdir()
+    (model / "config.json").write_text("{}")  # --collect-only loads no model
+    kept = []
+    for shard in ("0/2", "1/2"):
+        result = project.runpytest(f"--attn-model={model}", "--attn-method=shap", "--attn-limit=2",
+                                   "--attn-benchmark=humaneval", f"--attn-shard={shard}", "--collect-only", "-q",
+                                   f"--attn-cache-dir={tmp_path / 'cache'}", *NO_CACHE)
+        kept += [line for line in result.outlines if "::test_alignment[" in line]
+    assert len(kept) == 2 and len(set(kept)) == 2 and all("mod\\xe8le" in line for line in kept), kept
+
+
 def test_k_selects_within_the_shards_of_the_whole_study(
     project: pytest.Pytester, tiny_gpt2: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
