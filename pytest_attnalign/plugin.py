@@ -34,7 +34,6 @@ RUN_PROPERTY = "attnalign-run"  # an item's facts about the run (threads, cache)
 #: An xdist worker's workeroutput: the study's size; a shard's whole-study ids and those -k/-m selected; a usage
 #: error for the controller to give (see AttnSession.check_k)
 STUDY_OUTPUT = "attnalign-study"
-CODE_INPUT = "attnalign-code"  # an xdist worker's workerinput: the controller's code fingerprint (check_code)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -69,7 +68,8 @@ class AttnSession:
         # pytest_collection_modifyitems sees them, and puts its modules first (see whole_study)
         self.study_ids: dict[Path, list[str]] = {}
         self.labels_checked: set[str] = set()  # task ids whose labels were read (see check_labels)
-        self.refused = False  # a usage error once the items were known (check_labels, check_k)
+        self.refused = False  # a usage error once the items were known (check_labels, check_k, check_code)
+        self.files_removed = False  # an earlier run's files, at the first item (pytest_runtest_logstart)
 
     @pytest.hookimpl(wrapper=True)
     def pytest_make_collect_report(self, collector: pytest.Collector) -> Any:
@@ -98,7 +98,6 @@ class AttnSession:
         self.run.collected = sum(map(len, self.study_ids.values()))
         output: dict[str, Any] = getattr(config, "workeroutput", {})  # the controller collects nothing: see
         output[STUDY_OUTPUT] = {"collected": self.run.collected}  # pytest_testnodedown
-        self.check_code(config, items)
         self.check_k(config, items)
         if self.options.shard is None:
             return (yield)
@@ -119,27 +118,6 @@ class AttnSession:
             gone = set(map(id, dropped))
             items[:] = [item for item in items if id(item) not in gone]
         return result
-
-    @pytest.hookimpl(optionalhook=True)
-    def pytest_configure_node(self, node: Any) -> None:
-        """Each xdist worker gets the controller's code fingerprint to compare with its own (check_code)."""
-        from .versions import CODE
-
-        node.workerinput[CODE_INPUT] = CODE
-
-    def check_code(self, config: pytest.Config, items: list[pytest.Item]) -> None:
-        """A worker whose pytest-attnalign code is not the controller's (a ``--tx`` host with another
-        checkout) would put two programs' figures into one run file, which ``attnalign merge`` refuses
-        for shards: the run is refused before any item runs."""
-        from .versions import CODE
-
-        theirs = getattr(config, "workerinput", {}).get(CODE_INPUT)
-        if theirs is not None and theirs != CODE:
-            import socket
-
-            self.refuse(config, items, f"xdist worker {config.workerinput['workerid']} (host {socket.gethostname()}, "
-                                       f"{Path(__file__).parent}) runs pytest-attnalign code {CODE}, the controller "
-                                       f"{theirs}: give every --tx host the controller's checkout")
 
     def refuse(self, config: pytest.Config, items: list[pytest.Item], message: str) -> None:
         """A usage error only the collected items show: raised here, or, on an xdist worker (which would
@@ -198,7 +176,7 @@ class AttnSession:
             self.run.study, self.run.selected = list(output.get("study", [])), list(output.get("selected", []))
 
     def pytest_collection_finish(self, session: pytest.Session) -> None:
-        if self.refused:  # pytest calls this after a usage error of collection too (check_k): keep the files
+        if self.refused:  # pytest calls this after a usage error of collection too (check_k): its error stands
             return
         expected = [i.nodeid for i in session.items if _ITEM_ID.search(i.nodeid)]
         if self._controller():
@@ -232,18 +210,44 @@ class AttnSession:
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_testnodeready(self, node: Any) -> None:
-        """Under xdist the ETA divides by the workers running items."""
+        """Under xdist the ETA divides by the workers running items; each is checked to run this code."""
         self.workers.add(node.gateway.id)
+        self.check_code(node)
+
+    def check_code(self, node: Any) -> None:
+        """A worker whose pytest-attnalign code is not the controller's (a ``--tx`` host with another
+        checkout) would put two programs' figures into one run file, which ``attnalign merge`` refuses for
+        shards: the run is refused before any item runs (items are handed out once every worker is
+        ready). Asked of the worker's own process over its gateway, so that one odd host of several is
+        one usage error, not a collection that differs from the others'."""
+        from .versions import CODE
+
+        try:
+            channel = node.gateway.remote_exec(
+                "import socket\nfrom pathlib import Path\nimport pytest_attnalign.versions as v\n"
+                "channel.send((v.CODE, socket.gethostname(), str(Path(v.__file__).parent)))")
+            theirs, host, where = channel.receive(timeout=120)
+        except Exception:  # noqa: BLE001 - a worker that cannot answer fails on its own, with its reason
+            return
+        if theirs != CODE:
+            self.refused = True
+            raise pytest.UsageError(f"xdist worker {node.gateway.id} (host {host}, {where}) runs pytest-attnalign code "
+                                    f"{theirs}, the controller {CODE}: give every --tx host the controller's checkout")
 
     def start_progress(self) -> None:
-        """The controller's progress over the study's items, once they are known; an earlier run's files
-        go then too (:meth:`remove_files`)."""
+        """The controller's progress over the study's items, once they are known."""
         from .progress import Progress
 
         if self.progress is None and self._controller():
-            if self._has_study():  # the run will write its files
-                self.remove_files()
             self.progress = Progress({i: m["method"] for i in self.run.expected if (m := _ITEM_ID.search(i))})
+
+    def pytest_runtest_logstart(self, nodeid: str, location: Any) -> None:
+        """The first item starts: an earlier run's files go (:meth:`remove_files`), only now, after every
+        check that refuses a run (a worker's code, -k, labels): under xdist one worker's collection
+        arrives before another worker is checked, and removing them then lost the files of a run refused."""
+        if not self.files_removed and self._controller() and self._has_study():
+            self.files_removed = True
+            self.remove_files()
 
     def show_progress(self, nodeid: str) -> None:
         """The progress line: redrawn in place in a terminal, a plain line when due elsewhere or under -v
@@ -381,7 +385,7 @@ class AttnSession:
             self._sigterm = None
 
     def remove_files(self) -> None:
-        """Once the items are known (the run will write its files): remove the run file and page of an
+        """When the first item starts (the run will write its files): remove the run file and page of an
         earlier run, so that one killed before its end leaves none that looks like its own (a stale
         shard file merged silently). The --attn-compare baseline is kept (it is read already, and
         replaced at the end); a file that cannot be removed is reported when it cannot be written."""

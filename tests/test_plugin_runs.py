@@ -108,9 +108,10 @@ def test_a_worker_running_other_code_than_the_controller_refuses_the_run(
                     break
             time.sleep(0.1)
         out = tmp_path / "run.json"
-        result = project.runpytest_subprocess(
-            *_opts(tiny_gpt2, tmp_path), "--attn-benchmark=humaneval", f"--attn-json={out}", "-d", "--tx",
-            f"socket=127.0.0.1:{port}//chdir={project.path}", *NO_CACHE, timeout=180)
+        out.write_text("an earlier run's file")
+        result = project.runpytest_subprocess(  # the odd host beside a local worker of the controller's code
+            *_opts(tiny_gpt2, tmp_path), "--attn-benchmark=humaneval", "--attn-limit=2", f"--attn-json={out}", "-d",
+            "--tx", f"socket=127.0.0.1:{port}//chdir={project.path}", "--tx", "popen", *NO_CACHE, timeout=180)
     finally:
         server.kill()
         server.wait()
@@ -119,7 +120,9 @@ def test_a_worker_running_other_code_than_the_controller_refuses_the_run(
     assert re.fullmatch(rf"ERROR: xdist worker gw0 \(host .+, {re.escape(str(other / 'pytest_attnalign'))}\) runs "
                         rf"pytest-attnalign code (?!{CODE})[0-9a-f]{{16}}, the controller {CODE}: give every --tx host "
                         r"the controller's checkout", line), line
-    assert "passed" not in result.stdout.str() and "failed" not in result.stdout.str() and not out.exists()
+    printed = result.stdout.str()
+    assert not re.search(r"passed|failed|Different tests were collected", printed), printed
+    assert out.read_text() == "an earlier run's file"  # a refused run removes no file
 
 
 def test_a_tx_controller_is_not_a_process_running_items(
