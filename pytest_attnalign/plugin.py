@@ -154,8 +154,9 @@ class AttnSession:
 
             from execnet import HostNotFound
 
-            starting = any(f.name == "setup_nodes" for f in traceback.extract_tb(exc.__traceback__))
-            if not starting or not isinstance(exc, (OSError, EOFError, HostNotFound)):
+            # execnet's gateway to the host, not xdist's other start-up work (rsync of --rsyncdir)
+            connecting = any(f.name == "makegateway" for f in traceback.extract_tb(exc.__traceback__))
+            if not connecting or not isinstance(exc, (OSError, EOFError, HostNotFound)):
                 raise
             specs = " ".join(f"--tx {spec}" for spec in self.config.getoption("tx", None) or [])
             pytest.exit(f"pytest-attnalign: cannot start the xdist workers of {specs} ({type(exc).__name__}: "
