@@ -84,12 +84,15 @@ class RunInfo:
             return None
         threads = sorted({s["threads"] for s in self.shares})
         span = str(threads[0]) if len(threads) == 1 else f"{threads[0]}-{threads[-1]}"
-        fixed_by = {s.get("fixed_by") or "--attn-threads" for s in self.shares if s["fixed"]}  # files before 12-03:
-        if fixed_by:                                                                         # only the option fixed
-            return f"torch threads: {span} per process ({', '.join(sorted(fixed_by))})"
-        procs = max(s["processes"] for s in self.shares)
-        return (f"torch threads: {span} per process ({self.shares[0]['cores']} cores shared by up to {procs} "
-                f"attnalign process{'es' if procs > 1 else ''}; --attn-threads N to fix)")
+        # what fixed the number (files before 12-03: only the option did), then the share of the rest (a
+        # merge of shards where some nodes set OMP_NUM_THREADS holds both)
+        how = sorted({s.get("fixed_by") or "--attn-threads" for s in self.shares if s["fixed"]})
+        shared = [s for s in self.shares if not s["fixed"]]
+        if shared:
+            procs = max(s["processes"] for s in shared)
+            how.append(f"{shared[0]['cores']} cores shared by up to {procs} attnalign process{'es' if procs > 1 else ''}"
+                       + ("" if len(how) else "; --attn-threads N to fix"))
+        return f"torch threads: {span} per process ({'; '.join(how)})"
 
     def cache_line(self) -> str | None:
         parts = []

@@ -124,4 +124,9 @@ def test_a_share_written_before_fixed_by_reads_as_fixed_by_the_option() -> None:
     assert RunInfo(shares=[old]).threads_line() == "torch threads: 1 per process (--attn-threads)"
     now = Share(3, 2, 1, True, "OMP_NUM_THREADS").as_dict()
     assert from_json(Share, now).as_dict() == now
-    assert RunInfo(shares=[old, now]).threads_line() == "torch threads: 1-3 per process (--attn-threads, OMP_NUM_THREADS)"
+    assert RunInfo(shares=[old, now]).threads_line() == "torch threads: 1-3 per process (--attn-threads; OMP_NUM_THREADS)"
+    shared = Share(8, 8, 2, False).as_dict()  # a merge of shards where only some nodes fixed the number
+    assert (RunInfo(shares=[now, shared]).threads_line()
+            == "torch threads: 3-8 per process (OMP_NUM_THREADS; 8 cores shared by up to 2 attnalign processes)")
+    assert (RunInfo(shares=[shared]).threads_line()
+            == "torch threads: 8 per process (8 cores shared by up to 2 attnalign processes; --attn-threads N to fix)")
