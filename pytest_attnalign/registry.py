@@ -9,10 +9,12 @@ Only this host's files are counted: a cache on a shared filesystem (a job array'
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import socket
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
@@ -79,3 +81,22 @@ def live(registry: Path, kind: str) -> int:
         except OSError:
             continue
     return count
+
+
+@contextlib.contextmanager
+def exclusive(registry: Path | None) -> Iterator[None]:
+    """Hold the registry's own lock, so that a count of :func:`live` and the registration it decides are
+    one step (two processes starting together counted the same free GPU and both took it)."""
+    fh = None
+    if registry is not None and fcntl is not None:
+        try:
+            registry.mkdir(parents=True, exist_ok=True)
+            fh = open(registry / ".claims", "a")
+            fcntl.flock(fh, fcntl.LOCK_EX)
+        except OSError:  # no registry: as in Registration.join, this process counts alone
+            fh = None
+    try:
+        yield
+    finally:
+        if fh is not None:
+            fh.close()  # releases the lock

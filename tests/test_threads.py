@@ -130,3 +130,39 @@ def test_a_share_written_before_fixed_by_reads_as_fixed_by_the_option() -> None:
             == "torch threads: 3-8 per process (OMP_NUM_THREADS; 8 cores shared by up to 2 attnalign processes)")
     assert (RunInfo(shares=[shared]).threads_line()
             == "torch threads: 8 per process (8 cores shared by up to 2 attnalign processes; --attn-threads N to fix)")
+
+
+def test_a_process_given_a_gpu_counts_for_auto_and_its_claim_goes_when_it_exits(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A process given cuda:0 did not register, so a concurrent auto process took cuda:0 as well; and a
+    finished process's claim stayed on disk until another process picked a GPU."""
+    import subprocess
+    import sys
+
+    import torch
+
+    from pytest_attnalign import models
+
+    runs = tmp_path / "runs"
+    script = ("import sys, torch\nfrom pathlib import Path\nfrom pytest_attnalign import models\n"
+              "torch.cuda.is_available = lambda: True\ntorch.cuda.device_count = lambda: 2\n"
+              "print(models.pick_device(sys.argv[1], Path(sys.argv[2])), sorted(p.name.split('.')[-1] "
+              "for p in Path(sys.argv[2]).iterdir() if not p.name.startswith('.')))")
+    done = subprocess.run([sys.executable, "-c", script, "cuda:0", str(runs)], capture_output=True, text=True, check=True)
+    assert done.stdout.split() == ["cuda:0", "['cuda0']"]  # registered while it ran
+    assert [p.name for p in runs.iterdir() if not p.name.startswith(".")] == []  # and gone when it exited
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setenv("PYTEST_XDIST_WORKER", "gw0")
+    monkeypatch.setattr(models, "_GPU_TAKEN", {})
+    held = dict(models._GPU_TAKEN)  # none yet
+    try:
+        assert models.pick_device("cuda:0", runs) == "cuda:0"  # as another process would
+        held = dict(models._GPU_TAKEN)
+        monkeypatch.setattr(models, "_GPU_TAKEN", {})  # now the auto process: gw0's own GPU is taken
+        assert models.pick_device("auto", runs) == "cuda:1"
+    finally:
+        for taken in [*held.values(), *models._GPU_TAKEN.values()]:
+            taken.leave()
