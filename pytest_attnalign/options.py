@@ -276,23 +276,39 @@ def check_task_filter(keyword: str, benchmarks: list[str], limit: int | None) ->
 
 
 def k_words(keyword: str) -> list[str]:
-    """The words of a ``-k`` expression that select: not ``and``/``or``/``not``, nor a word right after
-    ``not`` (an exclusion of something the run lacks drops nothing). pytest's own scanner splits the
-    expression (private API, the same since 7.4); should it move or refuse the expression (pytest
-    then says why), or the expression hold call parameters (pytest refuses them for ``-k``), no word
-    is checked."""
+    """The words of a ``-k`` expression that select: not ``and``/``or``/``not``, nor a word under an
+    odd number of ``not`` (``not x``, ``not (x or y)``, ``a and not (b or not not c)``: an exclusion
+    of something the run lacks drops nothing); under an even number (``not (not x)``, ``not not x``)
+    a word selects again. pytest's own parser reads the expression first (private API, the same
+    since 7.4): should it refuse the expression, no word is checked and pytest's own error for ``-k``
+    (``Wrong expression passed to '-k'``) says why. Should the parser or scanner move, or the
+    expression hold call parameters (pytest refuses them for ``-k``), no word is checked either."""
     try:
-        from _pytest.mark.expression import Scanner
+        from _pytest.mark.expression import Expression, Scanner
 
+        Expression.compile(keyword)
         scanner = Scanner(keyword)
         tokens = [scanner.current, *scanner.tokens]
         kinds = [token.type.name for token in tokens]
-    except Exception:  # noqa: BLE001 - pytest's SyntaxError or ParseError, a moved or changed scanner
+    except Exception:  # noqa: BLE001 - pytest's SyntaxError or ParseError, a moved or changed parser
         return []
     if not set(kinds) <= {"LPAREN", "RPAREN", "OR", "AND", "NOT", "IDENT", "EOF"}:
         return []
-    return list(dict.fromkeys(t.value for before, t, kind in zip(["", *kinds], tokens, kinds)
-                              if kind == "IDENT" and before != "NOT"))
+    # a word's parity: the parity of the nots on its enclosing groups (the stack) and right before it
+    groups, pending, words = [0], 0, []
+    for token, kind in zip(tokens, kinds):
+        if kind == "NOT":
+            pending ^= 1
+        elif kind == "LPAREN":
+            groups.append(groups[-1] ^ pending)
+            pending = 0
+        elif kind == "RPAREN" and len(groups) > 1:
+            groups.pop()
+        elif kind == "IDENT":
+            if not groups[-1] ^ pending:
+                words.append(token.value)
+            pending = 0
+    return list(dict.fromkeys(words))
 
 
 def check_k_words(keyword: str, items: list[pytest.Item], left_out: list[str], models: list[str],

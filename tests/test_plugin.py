@@ -380,6 +380,9 @@ K_NAMES = "items are named MODEL-METHOD-TASK with models openai:stub and methods
     ("salency_coding", "salency_coding matches"),
     ("coding_all or salency_coding", "salency_coding matches"),  # the typo'd half was dropped silently
     ("(opneai:stub or humaneval) and reding_last and not shap", "opneai:stub, reding_last match"),
+    ("not (not mbbp)", "mbbp matches"),  # under two nots a word selects again
+    ("not not not_a_word_x", "not_a_word_x matches"),
+    ("not (coding_all and not (salency or not not_a_word_x))", "salency matches"),
 ])
 def test_k_with_a_word_that_matches_no_item_is_a_usage_error(project: pytest.Pytester, tmp_path: Path, k: str,
                                                              unknown: str) -> None:
@@ -395,15 +398,35 @@ def test_k_with_a_word_that_matches_no_item_is_a_usage_error(project: pytest.Pyt
 
 
 def test_k_words_match_as_pytest_matches_them(project: pytest.Pytester, tmp_path: Path) -> None:
-    """Any case, a part of a parent's name or a marker selects; a word after not only excludes; a
+    """Any case, a part of a parent's name or a marker selects; a word under an odd number of nots
+    (through parentheses) only excludes and is not checked, one under an even number selects; a
     parent's name misspelt is refused too."""
     opts = ["--attn-model=openai:stub", "--attn-method=reading_last,coding_all", "--attn-limit=1",
             f"--attn-cache-dir={tmp_path}", "--collect-only", "-q", *NO_CACHE]
-    for k, count in (("OPENAI and Reading", 2), ("test_mbpp", 2), ("attnalign and not salency", 4),
-                     ("benchmarks and not (mbpp)", 2)):
-        assert len(collected(project.runpytest(*opts, "-k", k))) == count, k
+    expected = {"OPENAI and Reading": 2, "test_mbpp": 2, "attnalign and not salency": 4,
+                "benchmarks and not (mbpp)": 2, "not (mbbp)": 4, "benchmarks and not (reading_last or codng_all)": 2,
+                "not not_a_word_x": 4, "not (not_a_word_x or (salency and mbbp))": 4, "not not coding_all": 2,
+                "not (reading_last and not not mbbp)": 4, "not ((mbbp)) and not not mbpp": 2}
+    got = {}
+    for k in expected:
+        result = project.runpytest(*opts, "-k", k)  # a refused run lists its items too: the exit code tells
+        got[k] = len(collected(result)) if result.ret == pytest.ExitCode.OK else f"exit {result.ret!r}"
+    assert got == expected
     assert project.runpytest(*opts, "-k", "test_mbbp").errlines[0] == (
         f"ERROR: -k 'test_mbbp': test_mbbp matches no item of this run: {K_NAMES}")
+
+
+@pytest.mark.parametrize("k", ["salency or", "(salency", "coding_all or", "not (mbbp"])
+def test_k_that_pytest_refuses_gets_pytests_own_error(project: pytest.Pytester, tmp_path: Path, k: str) -> None:
+    """No word of an expression pytest cannot parse is checked: pytest says what is wrong with it,
+    not that a word of it matches no item."""
+    result = project.runpytest("--attn-model=openai:stub", "--attn-method=reading_last,coding_all",
+                               "--attn-limit=1", f"--attn-cache-dir={tmp_path}", "--collect-only", "-q", "-k", k,
+                               *NO_CACHE)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR, result.stdout.str()
+    errors = [line for line in result.errlines if line.strip()]
+    assert len(errors) == 1 and errors[0].startswith(f"ERROR: Wrong expression passed to '-k': {k}: at column ")
+    assert "no item of this run" not in result.stdout.str() + result.stderr.str()
 
 
 def test_k_under_lf_counts_the_items_lf_left_out(project: pytest.Pytester, tmp_path: Path) -> None:
