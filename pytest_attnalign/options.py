@@ -54,6 +54,7 @@ class Options:
     save_name: str | None
     shard: tuple[int, int] | None  # --attn-shard (index, count)
     html_path: Path | None = None  # the page of --attn-html
+    compare_name: str = ""  # the baseline as the summary names it, taken with it (storage.baseline_name)
 
 
 #: Option defaults, also used to tell whether a run asked for the study (see :func:`given`).
@@ -359,7 +360,7 @@ def parse_options(config: pytest.Config) -> Options:
     from .models import check_dtype, default_cache_dir
     from .preflight import cache_directory
     from .sharding import parse_shard
-    from .storage import autosave_name, check_name
+    from .storage import autosave_name, baseline_name, check_name
 
     get = config.getoption
     for dest, expected in _NON_EMPTY.items():
@@ -447,6 +448,7 @@ def parse_options(config: pytest.Config) -> Options:
         method_options=settings, labels=get("attn_labels"),
         threads=get("attn_threads"), pass1=get("attn_pass1"), gates=gates, compare_fails=fails, compare=compare,
         compare_force=get("attn_compare_force"), storage=save_dir, save_name=save_name, html_path=html_path,
+        compare_name=baseline_name(compare, get("attn_compare")) if compare else "",
         shard=usage("--attn-shard", parse_shard, get("attn_shard")) if get("attn_shard") is not None else None,
     )
 

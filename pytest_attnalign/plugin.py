@@ -329,12 +329,10 @@ class AttnSession:
         if self.refused:  # before any item ran: no files, no summary
             return
         from .gates import judge
-        from .storage import baseline_name
 
         o = self.options
-        base = baseline_name(o.compare, self.config.getoption("attn_compare")) if o.compare else ""
         held, self.verdicts = judge(self.result(), o.gates, self.baseline, o.compare_fails, o.compare_force,
-                                    base, "--attn-compare-force")
+                                    o.compare_name, "--attn-compare-force")
         if session.exitstatus == pytest.ExitCode.OK and ((self.run.finished and not self.records) or not held):
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
         if session.exitstatus == pytest.ExitCode.NO_TESTS_COLLECTED and self.run.selected and not self.run.expected:

@@ -91,7 +91,7 @@ def find_run(directory: Path, spec: str) -> Path:
 def baseline_name(path: Path, spec: str) -> str:
     """How the summary names the baseline: with no value given, the newer saved runs passed over (part
     of a run, or no run file: :func:`_newest_usable`), so that a comparison with an older run than the
-    newest says so."""
+    newest says so. Taken when the baseline is (a run another job saves meanwhile was not passed over)."""
     runs = saved_runs(path.parent) if not spec else []
     newer = [p.name for p in runs[runs.index(path) + 1:]] if path in runs else []
     return f"{path} (newer saved runs passed over, not usable as a baseline: {', '.join(newer)})" if newer else str(path)

@@ -175,7 +175,11 @@ def test_attn_compare_compares_with_the_newest_complete_run_past_an_incomplete_o
         doc["records"] = []  # as saved when its one item errored
         broken = save(storage, "main", json.dumps(doc))
         assert read_run(broken).info["complete"] is False
+        late = storage / "0099_late.json"  # saved by another job while this run runs: not passed over by it
+        pytester.makeconftest(f"def pytest_sessionstart(session):\n    open({str(late)!r}, 'w').write('{{}}')\n")
         second = pytester.runpytest_subprocess(*opts, "--attn-compare", "--attn-compare-fail=f1@10:0%", timeout=120)
+        late.unlink()
+        (pytester.path / "conftest.py").unlink()
     out = second.stdout.str()
     assert second.ret == pytest.ExitCode.OK, out
     assert f"Compared with {base} (newer saved runs passed over, not usable as a baseline: {broken.name}):" in out
