@@ -453,14 +453,24 @@ def parse_options(config: pytest.Config) -> Options:
     )
 
 
+def tx_specs(specs: list[str]) -> list[Any]:
+    """``--tx`` values one per worker, as xdist expands them (``2*popen`` is two), each parsed by
+    execnet's ``XSpec`` (``popen``, ``ssh``, ``socket``, ``python``, ``chdir`` ... in any order)."""
+    from execnet import XSpec
+
+    out = []
+    for spec in specs:
+        times, star, rest = spec.partition("*")
+        out += [XSpec(rest)] * int(times) if star and times.isdigit() else [XSpec(spec)]
+    return out
+
+
 def _items_run_here(config: pytest.Config) -> bool:
     """Whether the items run on this machine: a serial run, or the controller of local workers (``-n``,
     ``--tx popen``); not a worker (its controller checked) nor the controller of ``--tx ssh=...`` hosts,
     whose GPUs are theirs."""
-    def local(spec: str) -> bool:  # execnet's XSpec: "[N*]key[=value]//key[=value]...", popen a local process
-        return "popen" in {part.split("=")[0] for part in re.sub(r"^\d+\*", "", spec).split("//")}
-
-    return not hasattr(config, "workerinput") and all(map(local, config.getoption("tx", None) or []))
+    specs = tx_specs(config.getoption("tx", None) or [])
+    return not hasattr(config, "workerinput") and all(spec.popen for spec in specs)
 
 
 def _controller_paths(config: pytest.Config, usage: Callable[..., Any],

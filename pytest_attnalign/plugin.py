@@ -20,7 +20,7 @@ import pytest
 from .benchmarks import BENCHMARKS, NAMES
 from .errors import AttnalignError, ModelUnavailable
 from .options import (Options, add_options, check_k_words, check_rootdir, collects_study, given, parse_options,
-                      study_config)
+                      study_config, tx_specs)
 
 pytest_plugins = ["pytest_attnalign.fixtures"]  # attn_model, attn_task, ... for users' own tests
 
@@ -466,16 +466,7 @@ def pytest_cmdline_main(config: pytest.Config) -> None:
     if getattr(o, "tx", None) and not getattr(o, "numprocesses", None) and getattr(o, "maxworkerrestart", "") is None:
         # xdist bounds restarts only under -n (4 per worker): a --tx worker that cannot start (no
         # such python, a host without the plugin) was restarted forever and the run never ended
-        o.maxworkerrestart = str(4 * tx_workers(o.tx))
-
-
-def tx_workers(specs: list[str]) -> int:
-    """How many workers ``--tx`` specs start (``2*popen`` is two), as xdist counts them."""
-    count = 0
-    for spec in specs:
-        times, star, _ = spec.partition("*")
-        count += int(times) if star and times.isdigit() else 1
-    return count
+        o.maxworkerrestart = str(4 * len(tx_specs(o.tx)))
 
 
 _PREFIXES = "|".join(re.escape(b.prefix) for b in BENCHMARKS)

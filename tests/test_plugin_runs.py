@@ -42,10 +42,12 @@ def test_workers_leave_the_controllers_output_paths_alone(
 
 
 def test_tx_workers_count_as_xdist_counts_them() -> None:
-    from pytest_attnalign.plugin import tx_workers
+    from pytest_attnalign.options import tx_specs
 
-    assert tx_workers(["popen"]) == 1
-    assert tx_workers(["2*popen", "3*ssh=host//python=python3", "popen//env:X=a*b"]) == 6
+    assert len(tx_specs(["popen"])) == 1
+    specs = tx_specs(["2*popen", "3*ssh=host//python=python3", "popen//env:X=a*b"])
+    assert len(specs) == 6 and [bool(s.popen) for s in specs] == [True] * 2 + [False] * 3 + [True]
+    assert specs[2].ssh == "host" and specs[2].python == "python3"
 
 
 def test_a_tx_worker_that_cannot_start_ends_the_run(project: pytest.Pytester, tmp_path: Path) -> None:
