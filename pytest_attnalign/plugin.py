@@ -31,9 +31,9 @@ if TYPE_CHECKING:  # numpy and the report load only when a study runs
 
 PROPERTY = "attnalign"
 RUN_PROPERTY = "attnalign-run"  # an item's facts about the run (threads, cache), see runinfo.RunInfo
-#: An xdist worker's workeroutput: the study's size; a shard's whole-study ids and those -k/-m selected; a usage
-#: error for the controller to give (see AttnSession.check_k)
-STUDY_OUTPUT = "attnalign-study"
+STUDY_OUTPUT = "attnalign-study"  # an xdist worker's workeroutput: the study's size; a shard's whole-study ids and those -k/-m selected
+CODE_INPUT = "attnalign-code"  # an xdist worker's workerinput: the controller's code fingerprint (check_code)
+REFUSED = "attnalign: refused"  # the node id of a worker's refusal, a failed collect report (AttnSession.refuse)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -98,6 +98,7 @@ class AttnSession:
         self.run.collected = sum(map(len, self.study_ids.values()))
         output: dict[str, Any] = getattr(config, "workeroutput", {})  # the controller collects nothing: see
         output[STUDY_OUTPUT] = {"collected": self.run.collected}  # pytest_testnodedown
+        self.check_code(config, items)
         self.check_k(config, items)
         if self.options.shard is None:
             return (yield)
@@ -121,14 +122,21 @@ class AttnSession:
 
     def refuse(self, config: pytest.Config, items: list[pytest.Item], message: str) -> None:
         """A usage error only the collected items show: raised here, or, on an xdist worker (which would
-        crash, and be restarted to crash again), handed to the controller (:meth:`pytest_testnodedown`)
-        with no item left to run."""
-        if hasattr(config, "workeroutput"):
-            config.workeroutput[STUDY_OUTPUT].setdefault("refused", message)
+        crash, and be restarted to crash again), sent to the controller as a failed collect report, which
+        xdist forwards at once, before any worker's items are handed out (:meth:`pytest_collectreport`);
+        the worker keeps no item to run."""
+        if hasattr(config, "workerinput"):
+            config.hook.pytest_collectreport(report=pytest.CollectReport(REFUSED, "failed", message, []))
             items[:] = []
             return
         self.refused = True
         raise pytest.UsageError(message)
+
+    def pytest_collectreport(self, report: pytest.CollectReport) -> None:
+        """The controller gives a worker's refusal (:meth:`refuse`) as the run's one usage error."""
+        if report.nodeid == REFUSED and not self.refused and self._controller():
+            self.refused = True
+            raise pytest.UsageError(str(report.longrepr))
 
     def check_k(self, config: pytest.Config, items: list[pytest.Item]) -> None:
         """A ``-k`` word that matches no item refuses a run of the study before any model loads
@@ -165,13 +173,9 @@ class AttnSession:
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_testnodedown(self, node: Any, error: Any) -> None:
-        """Under -n, the study's size (and a shard's whole-study ids) come from a worker that collected them,
-        and so does a usage error only the collected items show (check_k): each worker ran none."""
+        """Under -n, the study's size (and a shard's whole-study ids) come from a worker that collected them."""
         self.workers.discard(node.gateway.id)
         output = getattr(node, "workeroutput", {}).get(STUDY_OUTPUT, {})
-        if output.get("refused") and not self.refused:
-            self.refused = True
-            raise pytest.UsageError(output["refused"])
         self.run.collected = self.run.collected or output.get("collected", 0)
         if not self.run.study:
             self.run.study, self.run.selected = list(output.get("study", [])), list(output.get("selected", []))
@@ -211,29 +215,30 @@ class AttnSession:
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_testnodeready(self, node: Any) -> None:
-        """Under xdist the ETA divides by the workers running items; each is checked to run this code."""
+        """Under xdist the ETA divides by the workers running items."""
         self.workers.add(node.gateway.id)
-        self.check_code(node)
 
-    def check_code(self, node: Any) -> None:
-        """A worker whose pytest-attnalign code is not the controller's (a ``--tx`` host with another
-        checkout) would put two programs' figures into one run file, which ``attnalign merge`` refuses for
-        shards: the run is refused before any item runs (items are handed out once every worker is
-        ready). Asked of the worker's own process over its gateway, so that one odd host of several is
-        one usage error, not a collection that differs from the others'."""
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_configure_node(self, node: Any) -> None:
+        """Each xdist worker gets the controller's code fingerprint to compare with its own (check_code)."""
         from .versions import CODE
 
-        try:
-            channel = node.gateway.remote_exec(
-                "import socket\nfrom pathlib import Path\nimport pytest_attnalign.versions as v\n"
-                "channel.send((v.CODE, socket.gethostname(), str(Path(v.__file__).parent)))")
-            theirs, host, where = channel.receive(timeout=120)
-        except Exception:  # noqa: BLE001 - a worker that cannot answer fails on its own, with its reason
-            return
-        if theirs != CODE:
-            self.refused = True
-            raise pytest.UsageError(f"xdist worker {node.gateway.id} (host {host}, {where}) runs pytest-attnalign code "
-                                    f"{theirs}, the controller {CODE}: give every --tx host the controller's checkout")
+        node.workerinput[CODE_INPUT] = CODE
+
+    def check_code(self, config: pytest.Config, items: list[pytest.Item]) -> None:
+        """A worker whose pytest-attnalign code is not the controller's (a ``--tx`` host with another
+        checkout) would put two programs' figures into one run file, which ``attnalign merge`` refuses
+        for shards: the run is refused before any item runs. (The controller cannot ask: xdist's workers
+        refuse a second remote_exec while they run.)"""
+        from .versions import CODE
+
+        theirs = getattr(config, "workerinput", {}).get(CODE_INPUT)
+        if theirs is not None and theirs != CODE:
+            import socket
+
+            self.refuse(config, items, f"xdist worker {config.workerinput['workerid']} (host {socket.gethostname()}, "
+                                       f"{Path(__file__).parent}) runs pytest-attnalign code {CODE}, the controller "
+                                       f"{theirs}: give every --tx host the controller's checkout")
 
     def start_progress(self) -> None:
         """The controller's progress over the study's items, once they are known."""
