@@ -1,4 +1,5 @@
-"""xdist beyond one process: workers on another host over ssh, and a worker killed mid-item.
+"""xdist beyond one process: workers on another host over ssh (one with another checkout refused), and
+a worker killed mid-item.
 
 The ssh test starts Debian's ``sshd`` on 127.0.0.1 on a free port with a host key, a user key and
 configuration generated in a temp dir (as root sshd needs its empty privilege-separation directory
@@ -95,6 +96,37 @@ def test_workers_over_ssh_give_the_local_summary_and_records(
     assert sections["ssh"] == sections["local"]
     assert records(tmp_path / "ssh" / "run.json") == records(tmp_path / "local" / "run.json")
     assert len(json.loads((tmp_path / "ssh" / "run.json").read_text())["records"]) == 4
+
+
+def test_an_ssh_host_with_another_checkout_refuses_the_run(
+    project: pytest.Pytester, tiny_gpt2: Path, tmp_path: Path, ssh_host: tuple[str, Path]
+) -> None:
+    """A host whose pytest-attnalign differs from the controller's (here: its python's path starts with a
+    changed copy of the package) put its figures into the controller's run file. An ssh worker runs
+    under xdist's main_thread_only model, where the controller cannot ask it anything mid-run."""
+    import re
+
+    from pytest_attnalign.versions import CODE
+
+    host, config = ssh_host
+    other = tmp_path / "host"
+    shutil.copytree(REPO / "pytest_attnalign", other / "pytest_attnalign", ignore=shutil.ignore_patterns("__pycache__"))
+    with open(other / "pytest_attnalign" / "generation.py", "a") as fh:
+        fh.write("# a later commit\n")
+    python = other / "python"
+    python.write_text(f'#!/bin/sh\nPYTHONPATH={other} exec {sys.executable} "$@"\n')
+    python.chmod(0o755)
+    out = tmp_path / "run.json"
+    result = project.runpytest_subprocess(
+        f"--attn-model={tiny_gpt2}", "--attn-method=reading_last", "--attn-limit=1", "--attn-max-new-tokens=4",
+        "--attn-device=cpu", f"--attn-cache-dir={tmp_path / 'cache'}", f"--attn-json={out}", "-d", "--tx",
+        f"ssh={host}//ssh_config={config}//python={python}//chdir={project.path}", *NO_CACHE, timeout=180)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR, result.stdout.str()
+    (line,) = [line for line in result.errlines if line.strip()]
+    assert re.fullmatch(rf"ERROR: xdist worker gw0 \(host .+, {re.escape(str(other / 'pytest_attnalign'))}\) runs "
+                        rf"pytest-attnalign code (?!{CODE})[0-9a-f]{{16}}, the controller {CODE}: give every --tx host "
+                        r"the controller's checkout", line), line
+    assert not out.exists()
 
 
 KILL_ONE_WORKER = """
