@@ -94,6 +94,8 @@ def exclusive(registry: Path | None) -> Iterator[None]:
             fh = open(registry / ".claims", "a")
             fcntl.flock(fh, fcntl.LOCK_EX)
         except OSError:  # no registry: as in Registration.join, this process counts alone
+            if fh is not None:
+                fh.close()
             fh = None
     try:
         yield
