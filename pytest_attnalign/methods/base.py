@@ -47,8 +47,9 @@ class AttributionContext:
         """``(start, end, token_index)`` of the prompt tokens inside the scored region.
 
         Spans come from the tokenizer's offset mapping (never from searching token strings), are
-        clipped to the region and stripped of surrounding whitespace; whitespace-only tokens are
-        not units (no word of the description lies in them). Coordinates: ``task.prompt``.
+        clipped to the region and stripped of surrounding whitespace, as the study's wrappers strip
+        their token strings (``tests/test_token_units.py``); whitespace-only tokens are not units (no
+        word of the description lies in them). Coordinates: ``task.prompt``.
         """
         return self.memo("description_tokens", self._description_tokens)
 
