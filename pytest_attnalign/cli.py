@@ -91,7 +91,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="masked LM proposing bert_masking's substitutes (default $ATTNALIGN_FILL_MASK_MODEL or "
                         f"{DEFAULT_FILL_MASK_MODEL}; offline: pretrained embedding neighbours)")
     a.add_argument("--method-option", type=_given, action="append", default=[], metavar="METHOD.NAME=VALUE",
-                   help="a method setting, repeatable: shap.signed=true, bert_masking.force_different=true, "
+                   help="a method setting, repeatable: shap.signed=true, shap.l1_reg=num_features(10), bert_masking.force_different=true, "
                         "METHOD.restated_copy=credit (self-attention and gradient methods); CATEGORY.NAME=VALUE sets "
                         "every selected method of the category that takes NAME (gradient.restated_copy=credit)")
     a.add_argument("--json", action="store_true", help="print one JSON object")

