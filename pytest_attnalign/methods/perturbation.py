@@ -227,8 +227,8 @@ class ShapMethod(Method):
             try:
                 with warnings.catch_warnings():  # LARS feature selection on 0/1 masks: degenerate-regressor noise
                     warnings.simplefilter("ignore", ConvergenceWarning)
-                    # AIC where the least-squares fit is exact: sklearn's log of a zero noise variance
-                    # (noise here: the selection is shap's and sklearn's, as the study's shap ran it)
+                    # AIC on a constant f (the planning pass's zeros; a task whose every coalition
+                    # gives one output): sklearn's log of a zero noise variance, and all values are 0
                     warnings.filterwarnings("ignore", category=RuntimeWarning, module=r"sklearn\.")
                     explainer = shap.KernelExplainer(model, np.zeros((1, n)))
                     return explainer.shap_values(np.ones((1, n)), nsamples=self.evaluations,
