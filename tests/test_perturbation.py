@@ -491,7 +491,7 @@ def test_method_settings_pass_through_get_method_and_are_checked() -> None:
             pt.ShapMethod(evaluations=bad)
 
 
-@pytest.mark.parametrize("words", [3, 5, 6, 7, 8, 9, 20, 60, 98, 99, 150])
+@pytest.mark.parametrize("words", [1, 2, 3, 5, 6, 7, 8, 9, 20, 60, 98, 99, 150])
 def test_shap_feature_selection_is_the_study_s_auto_rule(words: int) -> None:
     """The study's shap ran ``l1_reg="auto"``: where shap's own rule runs, the method's gives the same
     values; where it raises (AIC with as many words as regression rows), the method takes num_features(10)."""

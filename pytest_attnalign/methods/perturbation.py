@@ -124,8 +124,8 @@ def shap_l1_reg(setting: str | bool, words: int, evaluations: int) -> str | bool
     code caught the error and gave every word 1 (the 29 longest HumanEval descriptions), a defect;
     this takes :data:`SHAP_L1_FALLBACK` instead. Any other setting is shap's own.
     """
-    if setting != "auto":
-        return setting
+    if setting != "auto" or words < 2:  # one word: shap's value is f(x) - f(base), nothing to select
+        return setting if setting != "auto" else False
     coalitions = 2**words - 2 if words <= 30 else 2**30  # KernelExplainer's max_samples
     evaluated = min(evaluations, coalitions)
     if evaluated / coalitions >= 0.2:
