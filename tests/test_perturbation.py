@@ -12,6 +12,7 @@ import math
 from pathlib import Path
 import warnings
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 import torch
