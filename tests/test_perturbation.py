@@ -9,8 +9,8 @@ from __future__ import annotations
 import dataclasses
 import importlib.metadata as md
 import math
-from pathlib import Path
 import warnings
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
