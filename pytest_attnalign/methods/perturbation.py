@@ -230,6 +230,9 @@ class ShapMethod(Method):
                     # AIC on a constant f (the planning pass's zeros; a task whose every coalition
                     # gives one output): sklearn's log of a zero noise variance, and all values are 0
                     warnings.filterwarnings("ignore", category=RuntimeWarning, module=r"sklearn\.")
+                    # shap's note that its weighted regression is singular (AIC kept more words than the
+                    # coalitions determine): it then takes the least-squares solution, as the study's shap did
+                    warnings.filterwarnings("ignore", message="Linear regression equation is singular", category=UserWarning)
                     explainer = shap.KernelExplainer(model, np.zeros((1, n)))
                     return explainer.shap_values(np.ones((1, n)), nsamples=self.evaluations,
                                                  l1_reg=shap_l1_reg(self.l1_reg, n, self.evaluations), silent=True)
