@@ -52,10 +52,10 @@ def ssh_host(tmp_path: Path) -> Iterator[tuple[str, Path]]:
         f"Host attnalign-test\n  HostName 127.0.0.1\n  Port {port}\n  User {pwd.getpwuid(os.geteuid()).pw_name}\n"
         f"  IdentityFile {d / 'user'}\n  IdentitiesOnly yes\n  StrictHostKeyChecking no\n"
         "  UserKnownHostsFile /dev/null\n  LogLevel ERROR\n")
-    privsep = Path("/run/sshd")
-    made = os.geteuid() == 0 and not privsep.exists()
-    if made:
-        privsep.mkdir(mode=0o755)
+    # sshd's privilege-separation directory, made where missing and never removed: another test's sshd
+    # (xdist runs the ssh tests side by side) needs it for every connection it accepts
+    if os.geteuid() == 0:
+        Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
     server = subprocess.Popen([str(SSHD), "-D", "-e", "-f", str(d / "sshd_config")], stderr=subprocess.PIPE, text=True)
     try:
         for _ in range(100):
@@ -69,8 +69,6 @@ def ssh_host(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     finally:
         server.terminate()
         server.wait(10)
-        if made:
-            privsep.rmdir()
 
 
 def test_workers_over_ssh_give_the_local_summary_and_records(
