@@ -1,20 +1,45 @@
 """The plugin's own tests: pytester for in-process pytest runs; tiny models importable."""
 
+import os
+import sys
+
 import pytest
+from _pytest.pytester import Pytester, SysModulesSnapshot
+
+import pytest_attnalign
 
 pytest_plugins = ["pytester"]
 
 
-@pytest.hookimpl(tryfirst=True)
-def pytest_runtest_setup(item: pytest.Item) -> None:
-    """Import torch before a pytester test snapshots ``sys.modules``.
+def _kept_across_runs(name: str) -> bool:
+    """Whether an in-process pytest run's restore of ``sys.modules`` keeps module ``name``: pytester's own
+    choice (zope, readline), or a module of the Python installation, the venv or this package.
 
-    pytester restores ``sys.modules`` after each test, so torch first imported inside an in-process
-    run is dropped, and the next import of it in that process fails (a SystemError in torch's
-    ``__init__`` or a crashed xdist worker), depending on which tests a worker got first.
+    pytester drops every module first imported inside an in-process run, so that the run's test files
+    do not linger. Dropping libraries broke the tests after them, depending on which tests an xdist
+    worker got first: torch re-imported fails (a SystemError in its ``__init__``), and a transformers
+    modeling module gone from ``sys.modules`` makes ``_can_set_attn_implementation`` (which reads
+    the module's source through it) say no, so SDPA and the forced replay steps were refused.
     """
-    if "pytester" in getattr(item, "fixturenames", ()):
-        import torch  # noqa: F401
+    if name.startswith(("zope", "readline")):
+        return True
+    module = sys.modules.get(name)
+    path = getattr(module, "__file__", None)
+    if not path:
+        return True
+    return os.path.realpath(path).startswith(_LIBRARY_ROOTS)
+
+
+_LIBRARY_ROOTS = tuple(os.path.realpath(p) + os.sep for p in {sys.prefix, sys.base_prefix, sys.exec_prefix,
+                                                                  os.path.dirname(pytest_attnalign.__file__)})
+
+
+def _library_keeping_snapshot(self: Pytester) -> SysModulesSnapshot:
+    return SysModulesSnapshot(preserve=_kept_across_runs)
+
+
+# pytester has no option for what its snapshot keeps: its private method is replaced, for every test.
+Pytester._Pytester__take_sys_modules_snapshot = _library_keeping_snapshot  # type: ignore[attr-defined]
 
 
 @pytest.fixture(autouse=True)
