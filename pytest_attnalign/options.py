@@ -314,12 +314,14 @@ def k_words(keyword: str) -> list[str]:
 
 
 def check_k_words(keyword: str, items: list[pytest.Item], left_out: list[str], models: list[str],
-                  methods: list[str]) -> None:
+                  methods: list[str], lf: bool = False) -> None:
     """``-k`` with a word that matches no item (a misspelt method or model) deselects its part of the
     run silently, or all of it: say which word and what the items are named by. A word matches as
     pytest's ``-k`` matches it (:class:`_pytest.mark.KeywordMatcher`: a case-insensitive substring of
     the item's and its parents' names, markers and extra keywords); in ``left_out``, the ids of the
-    study's items that ``--lf`` did not collect, any substring counts (their names are not at hand)."""
+    items that ``--lf`` did not collect (the study's, and a user's own that pytest's cache recorded),
+    any substring counts (their names are not at hand). Under ``--lf`` (``lf``) the error says that a
+    word may name a test that passed last time, which the cache does not record after an xdist run."""
     words = k_words(keyword)
     try:
         from _pytest.mark import KeywordMatcher
@@ -331,7 +333,9 @@ def check_k_words(keyword: str, items: list[pytest.Item], left_out: list[str], m
     if unknown:
         raise AttnalignError(f"{', '.join(unknown)} {'matches' if len(unknown) == 1 else 'match'} no item of this "
                              f"run: items are named MODEL-METHOD-TASK with models {', '.join(models)} and methods "
-                             f"{', '.join(methods)}")
+                             f"{', '.join(methods)}"
+                             + ("; or a test --lf left out (it passed last time): to select it, run without --lf"
+                                if lf else ""))
 
 
 #: Options whose value is a path or a name, with what they expect: given empty (``--attn-json=``),

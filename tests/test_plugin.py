@@ -432,16 +432,20 @@ def test_k_that_pytest_refuses_gets_pytests_own_error(project: pytest.Pytester, 
 
 
 def test_k_under_lf_counts_the_items_lf_left_out(project: pytest.Pytester, tmp_path: Path) -> None:
-    """--lf collects only the last failures: a word naming other items of the study is no typo."""
+    """--lf collects only the last failures: a word naming other items of the study, or a user's own
+    test that passed, is no typo; a typo's error says what --lf left out."""
     project.makeconftest("import pytest\n\n\ndef pytest_runtest_setup(item):\n"
-                         "    assert 'reading_last' not in item.nodeid\n    pytest.skip('no model needed')\n")
-    opts = ["--attn-model=openai:stub", "--attn-method=reading_last,coding_all", "--attn-limit=1",
-            f"--attn-cache-dir={tmp_path}", "--attn-benchmark=humaneval"]
-    project.runpytest(*opts).assert_outcomes(errors=1, skipped=1)
-    assert project.runpytest(*opts, "--lf", "-k", "coding_all").ret == pytest.ExitCode.NO_TESTS_COLLECTED
+                         "    assert 'reading_last' not in item.nodeid\n"
+                         "    if 'benchmarks' in item.nodeid:\n        pytest.skip('no model needed')\n")
+    opts = ["tests", "benchmarks", "--attn-model=openai:stub", "--attn-method=reading_last,coding_all",
+            "--attn-limit=1", f"--attn-cache-dir={tmp_path}", "--attn-benchmark=humaneval"]
+    project.runpytest(*opts).assert_outcomes(errors=1, skipped=1, passed=1)  # the project's own test_own passes
+    for k in ("coding_all", "test_own"):
+        assert project.runpytest(*opts, "--lf", "-k", k).ret == pytest.ExitCode.NO_TESTS_COLLECTED, k
     result = project.runpytest(*opts, "--lf", "-k", "salency")
     assert result.ret == pytest.ExitCode.USAGE_ERROR and result.errlines[0].startswith(
         "ERROR: -k 'salency': salency matches no item of this run")
+    assert result.errlines[0].endswith("; or a test --lf left out (it passed last time): to select it, run without --lf")
 
 
 def test_k_with_a_word_that_matches_no_item_is_one_usage_error_under_xdist(project: pytest.Pytester,
