@@ -316,9 +316,9 @@ def _continue(lm: Any, cache: Any, row: int, pad: int, prompt: list[int], ref: _
     """Replay ``greedy_decode``'s loop for one row; :class:`NearTie` where the shortcut is unsafe.
 
     ``cache`` holds the row's prompt + ``ref[:covered]`` (``covered = len(preds) - 1``) from column
-    ``pad`` on. While the output equals ``ref[:step]`` the next token is a verification argmax,
+    ``pad`` on. While the output equals ``ref[:i]`` at step ``i``, the next token is a verification argmax,
     and the next chunk of ``ref`` is verified (on the row's own cache) when the checked ones run
-    out; after the first difference the cache is cut to prompt + ``ref[:step]`` and decoding goes on
+    out; after the first difference the cache is cut to prompt + ``ref[:i]`` and decoding goes on
     token by token. eos and the ``ended`` check apply at exactly greedy_decode's step counts.
     """
     import torch
@@ -331,8 +331,8 @@ def _continue(lm: Any, cache: Any, row: int, pad: int, prompt: list[int], ref: _
     out: list[int] = []
     following, past, nxt = True, None, 0  # past: this row's own cache once it is needed
     verified = decoded = 0
-    for step in range(budget):
-        if following and step > covered:  # all checked tokens matched: check the next chunk
+    for i in range(budget):
+        if following and i > covered:  # all checked tokens matched: check the next chunk
             if past is None:
                 past = row_cache(cache, row, pad, pad + p + covered)
                 if past is None:
@@ -346,7 +346,7 @@ def _continue(lm: Any, cache: Any, row: int, pad: int, prompt: list[int], ref: _
             safe += more_safe
             covered = end
         if following:
-            nxt, ok = preds[step], safe[step]
+            nxt, ok = preds[i], safe[i]
             verified += 1
         else:
             res = lm.model(input_ids=torch.tensor([[nxt]], device=lm.device), use_cache=True, **{cache_kw: past})
@@ -354,21 +354,21 @@ def _continue(lm: Any, cache: Any, row: int, pad: int, prompt: list[int], ref: _
             (nxt,), (ok,) = top(res.logits[:, -1, :], tol)
             decoded += 1
         if not ok:
-            return NearTie(step, tuple(out))
-        if not rule.emit(out, step, nxt):
+            return NearTie(i, tuple(out))
+        if not rule.emit(out, i, nxt):
             if following:
-                ref.saw(step)
+                ref.saw(i)
             break
-        if following and (step >= len(ref.ids) or nxt != ref.ids[step]):
-            following = False  # diverged: keep the cache of prompt + ref[:step], then feed nxt
-            ref.saw(step)
-            past = row_cache(cache, row, pad, pad + p + step) if past is None else row_cache(past, 0, 0, p + step)
+        if following and (i >= len(ref.ids) or nxt != ref.ids[i]):
+            following = False  # diverged: keep the cache of prompt + ref[:i], then feed nxt
+            ref.saw(i)
+            past = row_cache(cache, row, pad, pad + p + i) if past is None else row_cache(past, 0, 0, p + i)
             if past is None:
                 return NearTie(None, tuple(out))
             if hand_off:
                 st["verified"] += verified
                 st["decoded"] += decoded
-                return _Pending(prompt, out, past, step + 1)
+                return _Pending(prompt, out, past, i + 1)
     st["verified"] += verified
     st["decoded"] += decoded
     return out

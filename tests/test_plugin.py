@@ -906,7 +906,7 @@ def test_an_interrupted_run_says_it_is_partial(
     doc = json.loads(out.read_text())
     assert doc["run"]["complete"] is (not missing) and doc["run"]["missing"] == missing
     if missing:
-        assert f"partial: 1 of 2 items ran; missing: test_alignment[openai:stub-shap-HumanEval/1]" in summary(result)
+        assert "partial: 1 of 2 items ran; missing: test_alignment[openai:stub-shap-HumanEval/1]" in summary(result)
         assert len(doc["records"]) == 1
 
 
