@@ -147,7 +147,7 @@ class AttnSession:
         collected = {item.nodeid for item in items}
         left_out = [i for i in self.whole_study() if i not in collected]  # by --lf
         lf = bool(config.getoption("lf", False))
-        if lf and config.cache is not None:  # a user's own tests --lf left out, as far as pytest recorded them
+        if lf and getattr(config, "cache", None) is not None:  # a user's own tests --lf left out, as recorded
             left_out += [i for i in config.cache.get("cache/nodeids", []) if i not in collected]
         try:
             check_k_words(keyword, items, left_out, self.options.models, self.options.methods, lf)
