@@ -54,7 +54,8 @@ class Options:
     save_name: str | None
     shard: tuple[int, int] | None  # --attn-shard (index, count)
     html_path: Path | None = None  # the page of --attn-html
-    compare_name: str = ""  # the baseline as the summary names it, taken with it (storage.baseline_name)
+    compare_newest: bool = False  # --attn-compare with no value: at the end, the newest with this run's settings
+    compare_passed: tuple[str, ...] = ()  # the newer saved runs it passed over (storage.passed_over)
 
 
 #: Option defaults, also used to tell whether a run asked for the study (see :func:`given`).
@@ -140,8 +141,8 @@ def add_options(parser: pytest.Parser) -> None:
                 help="directory of saved runs (default: attnalign under pytest's cache directory, "
                      ".pytest_cache/d/attnalign in the rootdir)")
     g.addoption("--attn-compare", nargs="?", const="", default=_DEFAULTS["attn_compare"], metavar="NAME|PATH",
-                help="compare with a saved run (its name, counter or path; no value: the newest saved run that can "
-                     "be a baseline): the change of P/R/F1/alpha per model x method x K and of Pass@1 per model")
+                help="compare with a saved run (its name, counter or path; no value: the newest whole saved run, "
+                     "the newest with this run's settings if there is one): the change of P/R/F1/alpha per model x method x K and of Pass@1 per model")
     g.addoption("--attn-compare-fail", action="append", default=_DEFAULTS["attn_compare_fail"], metavar="EXPR",
                 help="fail the session when a figure dropped from the --attn-compare run by more than allowed, "
                      "repeatable or comma list: f1@10:2%% (2 percentage points), alpha@5:0.02, pass1:1%%, "
@@ -365,7 +366,7 @@ def parse_options(config: pytest.Config) -> Options:
     from .models import check_dtype, default_cache_dir
     from .preflight import cache_directory
     from .sharding import parse_shard
-    from .storage import autosave_name, baseline_name, check_name
+    from .storage import autosave_name, check_name, passed_over
 
     get = config.getoption
     for dest, expected in _NON_EMPTY.items():
@@ -453,7 +454,8 @@ def parse_options(config: pytest.Config) -> Options:
         method_options=settings, labels=get("attn_labels"),
         threads=get("attn_threads"), pass1=get("attn_pass1"), gates=gates, compare_fails=fails, compare=compare,
         compare_force=get("attn_compare_force"), storage=save_dir, save_name=save_name, html_path=html_path,
-        compare_name=baseline_name(compare, get("attn_compare")) if compare else "",
+        compare_newest=get("attn_compare") == "",
+        compare_passed=passed_over(compare, get("attn_compare")) if compare else (),
         shard=usage("--attn-shard", parse_shard, get("attn_shard")) if get("attn_shard") is not None else None,
     )
 

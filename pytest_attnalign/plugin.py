@@ -337,10 +337,18 @@ class AttnSession:
         if self.refused:  # before any item ran: no files, no summary
             return
         from .gates import judge
+        from .storage import baseline_name, same_settings
 
         o = self.options
-        held, self.verdicts = judge(self.result(), o.gates, self.baseline, o.compare_fails, o.compare_force,
-                                    o.compare_name, "--attn-compare-force")
+        run, name = self.result(), ""
+        if o.compare is not None and self.baseline is not None:
+            path, differ = o.compare, []
+            if o.compare_newest and run.records:  # this run's settings are known now
+                path, self.baseline, differ = same_settings(o.compare, self.baseline, run.settings(),
+                                                            [p for p in (o.json_path, o.html_path) if p])
+            name = baseline_name(path, o.compare_passed, differ)
+        held, self.verdicts = judge(run, o.gates, self.baseline, o.compare_fails, o.compare_force, name,
+                                    "--attn-compare-force")
         if session.exitstatus == pytest.ExitCode.OK and ((self.run.finished and not self.records) or not held):
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
         if session.exitstatus == pytest.ExitCode.NO_TESTS_COLLECTED and self.run.selected and not self.run.expected:

@@ -2,7 +2,9 @@
 
 As pytest-benchmark does, each saved run is ``NNNN_NAME.json`` with a counter one above the highest
 in the directory, so runs sort by age and ``--attn-compare`` with no value means the newest that a
-comparison accepts as its baseline (a run with errored items is saved too, and would be refused).
+comparison accepts as its baseline (a run with errored items is saved too, and would be refused):
+the newest whole run when the run begins (:func:`find_run`), and at its end, once the run's settings
+are known, the newest whole run with those settings from there back (:func:`same_settings`).
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 import re
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Sequence
 
 from .errors import AttnalignError
 from .preflight import output_file
@@ -88,13 +90,51 @@ def find_run(directory: Path, spec: str) -> Path:
                          "give a saved run's name or counter, or a run file's path")
 
 
-def baseline_name(path: Path, spec: str) -> str:
-    """How the summary names the baseline: with no value given, the newer saved runs passed over (part
-    of a run, or no run file: :func:`_newest_usable`), so that a comparison with an older run than the
-    newest says so. Taken when the baseline is (a run another job saves meanwhile was not passed over)."""
+def passed_over(path: Path, spec: str) -> tuple[str, ...]:
+    """With no value given, the newer saved runs :func:`_newest_usable` passed over (part of a run, or no
+    run file), so that a comparison with an older run than the newest says so. Taken when the baseline
+    is (a run another job saves meanwhile was not passed over)."""
     runs = saved_runs(path.parent) if not spec else []
-    newer = [p.name for p in runs[runs.index(path) + 1:]] if path in runs else []
-    return f"{path} (newer saved runs passed over, not usable as a baseline: {', '.join(newer)})" if newer else str(path)
+    return tuple(p.name for p in runs[runs.index(path) + 1:]) if path in runs else ()
+
+
+def baseline_name(path: Path, unusable: Sequence[str] = (), differ: Sequence[str] = ()) -> str:
+    """How the summary names the baseline, with the newer saved runs passed over and why."""
+    why = ([f"not usable as a baseline: {', '.join(unusable)}"] if unusable else []) + (
+        [f"settings differ from this run's: {', '.join(differ)}"] if differ else [])
+    return f"{path} (newer saved runs passed over, {'; '.join(why)})" if why else str(path)
+
+
+def same_settings(path: Path, base: Run, settings: dict[str, Any], skip: Sequence[Path] = ()) -> tuple[Path, Run, list[str]]:
+    """``--attn-compare`` with no value, once this run's ``settings`` are known (at its end): the baseline
+    ``path`` (the newest usable saved run when the run began) where the comparison takes its settings,
+    else the newest older saved run that is usable and has them, read newest first; with none, ``path``
+    (the comparison then refuses it, naming the settings that differ). Also the names of the runs passed
+    over for their settings, newest first. ``skip``: files this run writes (never a baseline)."""
+    from .compare import settings_diff
+    from .gates import _part_of_a_run
+    from .runfile import read_run
+
+    def differs(run: Run) -> bool:  # judge's rule: a baseline without a record has no settings to differ
+        return bool(run.records) and bool(settings_diff(settings, run.settings()))
+
+    if not differs(base):
+        return path, base, []
+    runs, own = saved_runs(path.parent), {p.resolve() for p in skip}
+    passed = [path.name]
+    for older in reversed(runs[: runs.index(path)] if path in runs else []):
+        if older.resolve() in own:
+            continue
+        try:
+            run = read_run(older)
+        except AttnalignError:  # damaged, foreign or unreadable: never a baseline
+            continue
+        if _part_of_a_run(run) is not None:
+            continue
+        if not differs(run):
+            return older, run, passed
+        passed.append(older.name)
+    return path, base, []
 
 
 def _newest_usable(directory: Path, runs: list[Path]) -> Path:

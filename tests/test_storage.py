@@ -155,7 +155,8 @@ def _reply(body: dict[str, Any]) -> str:
 def test_attn_compare_compares_with_the_newest_complete_run_past_an_incomplete_one(
         pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """A run saved, then one whose item errored saved after it: the next --attn-compare was refused
-    ("is incomplete") and its compare-fail failed the session."""
+    ("is incomplete") and its compare-fail failed the session. So was it with a whole run of other
+    settings saved after it ("settings differ"): this run's settings pick the baseline at its end."""
     (pytester.path / "benchmarks" / "humaneval").mkdir(parents=True)
     shutil.copy(REPO / "benchmarks" / "humaneval" / "test_humaneval.py", pytester.path / "benchmarks" / "humaneval")
     storage = tmp_path / "runs"
@@ -170,6 +171,10 @@ def test_attn_compare_compares_with_the_newest_complete_run_past_an_incomplete_o
         assert first.ret == pytest.ExitCode.OK, first.stdout.str()
         (base,) = storage.iterdir()
         doc = json.loads(base.read_text())
+        other = json.loads(base.read_text())  # a whole run with other settings: passed over at the end
+        for rec in other["records"]:
+            rec["attribution"]["settings"]["evaluations"] = 3
+        differ = save(storage, "main", json.dumps(other))
         item = "benchmarks/humaneval/test_humaneval.py::test_alignment[openai:stub-shap-HumanEval/0]"
         doc["run"] |= {"complete": False, "errors": [item]}
         doc["records"] = []  # as saved when its one item errored
@@ -182,10 +187,12 @@ def test_attn_compare_compares_with_the_newest_complete_run_past_an_incomplete_o
         (pytester.path / "conftest.py").unlink()
     out = second.stdout.str()
     assert second.ret == pytest.ExitCode.OK, out
-    assert f"Compared with {base} (newer saved runs passed over, not usable as a baseline: {broken.name}):" in out
+    assert (f"Compared with {base} (newer saved runs passed over, not usable as a baseline: {broken.name}; "
+            f"settings differ from this run's: {differ.name}):") in out
     assert "comparison refused" not in out
     assert re.search(r"compare-fail f1@10:0% \[openai:stub shap\]: held", out), out
-    base.unlink()  # the incomplete run alone: one usage error before any item runs
+    base.unlink()
+    differ.unlink()  # the incomplete run alone: one usage error before any item runs
     alone = pytester.runpytest(*opts, "--attn-compare")
     assert alone.ret == pytest.ExitCode.USAGE_ERROR
     assert [line for line in alone.errlines if line.strip()] == [
@@ -197,13 +204,44 @@ def test_attn_compare_compares_with_the_newest_complete_run_past_an_incomplete_o
 
 def test_the_baseline_is_named_with_the_newer_runs_passed_over(tmp_path: Path) -> None:
     """Compared with an older run than the newest, the summary said only the older run's path."""
-    from pytest_attnalign.storage import baseline_name
+    from pytest_attnalign.storage import baseline_name, passed_over
 
     old, new, newest = (tmp_path / name for name in ("0001_a.json", "0002_b.json", "0003_a.json"))
     for path in (old, new, newest):
         path.write_text("{}")
-    assert baseline_name(old, "") == f"{old} (newer saved runs passed over, not usable as a baseline: 0002_b.json, 0003_a.json)"
-    assert baseline_name(newest, "") == str(newest)
-    assert baseline_name(old, "a") == baseline_name(old, "1") == str(old)  # named by the user: taken as it is
+    assert passed_over(old, "") == ("0002_b.json", "0003_a.json")
+    assert baseline_name(old, passed_over(old, "")) == (
+        f"{old} (newer saved runs passed over, not usable as a baseline: 0002_b.json, 0003_a.json)")
+    assert baseline_name(old, ("0003_a.json",), ["0002_b.json"]) == (
+        f"{old} (newer saved runs passed over, not usable as a baseline: 0003_a.json; settings differ from "
+        "this run's: 0002_b.json)")
+    assert passed_over(newest, "") == () and baseline_name(newest) == str(newest)
+    assert passed_over(old, "a") == passed_over(old, "1") == ()  # named by the user: taken as it is
     elsewhere = tmp_path / "other" / "run.json"
-    assert baseline_name(elsewhere, "") == str(elsewhere)
+    assert passed_over(elsewhere, "") == ()
+
+
+def test_at_the_end_the_baseline_is_the_newest_whole_run_with_this_runs_settings(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--attn-compare with no value took the newest whole run even when its settings differed from
+    this run's, and the comparison was then refused while an older run with the same settings sat there."""
+    from pytest_attnalign.storage import same_settings
+
+    mine = whole().settings()
+    same = save(tmp_path, "main", whole())
+    save(tmp_path, "damaged", "{")  # never a baseline
+    other = save(tmp_path, "k20", Run(study_records(3, {"shap": 1.0}), (5, 20), run_info()))
+    save(tmp_path, "shard", a_shard())  # passed over when the run began
+    newest = save(tmp_path, "k20", Run(study_records(3, {"shap": 1.0}), (5, 20), run_info()))
+    assert find_run(tmp_path, "") == newest
+    reads: list[str] = []
+    real: Callable[[Path], Run] = runfile.read_run
+    monkeypatch.setattr(runfile, "read_run", lambda path: reads.append(path.name) or real(path))
+    path, run, differ = same_settings(newest, real(newest), mine)
+    assert (path, differ) == (same, [newest.name, other.name])
+    assert run.settings() == mine
+    assert reads == ["0004_shard.json", other.name, "0002_damaged.json", same.name]  # newest first, to the first match
+    assert same_settings(same, real(same), mine)[::2] == (same, [])  # the settings agree: kept, nothing read again
+    assert same_settings(newest, real(newest), mine, skip=[same])[::2] == (newest, [])  # none: the comparison refuses
+    k20 = real(newest).settings()
+    assert same_settings(newest, real(newest), k20)[::2] == (newest, [])
