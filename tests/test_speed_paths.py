@@ -51,6 +51,28 @@ def test_chunked_detached_gradients_equal_one_full_pass(contexts: dict[str, Attr
             assert not math.isnan(float(n[F:].sum()))
 
 
+@pytest.mark.parametrize("family", FAMILIES)
+def test_batched_backward_passes_equal_one_step_at_a_time(contexts: dict[str, AttributionContext], family: str) -> None:
+    """Steps' gradients from one vmapped backward pass (the GPU lever) are the loop's to float rounding,
+    whatever the batch and however it meets the chunk boundaries."""
+    ctx = contexts[family]
+    gen, model = ctx.generation, ctx.lm.model
+    F = min(i for _, _, i in ctx.description_tokens())
+    steps = range(0, len(gen.generated_ids))
+    ref = list(step_gradients(model, gen.prompt_ids, gen.generated_ids, steps, from_token=F, chunk=3))
+    for batch in (2, 4, 64):
+        new = list(step_gradients(model, gen.prompt_ids, gen.generated_ids, steps, from_token=F, chunk=3, batch=batch))
+        assert len(new) == len(ref) == len(steps)
+        for r, n in zip(ref, new, strict=True):
+            assert bool(n[:F].isnan().all())
+            scale = float(r[F:].abs().max())
+            torch.testing.assert_close(n[F:], r[F:], rtol=1e-4, atol=1e-5 * scale)
+    loop = gradient_norms(model, gen.prompt_ids, gen.generated_ids, steps, from_token=F, batch=1)
+    batched = gradient_norms(model, gen.prompt_ids, gen.generated_ids, steps, from_token=F, batch=8)
+    for kind in ("saliency", "inputxgradient"):
+        torch.testing.assert_close(getattr(batched, kind)[:, F:], getattr(loop, kind)[:, F:], rtol=1e-4, atol=1e-7)
+
+
 def _graph_size(t: torch.Tensor) -> int:
     """Autograd nodes a backward pass from ``t`` would visit."""
     seen, todo = set(), [t.grad_fn]

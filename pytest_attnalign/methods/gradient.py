@@ -32,9 +32,12 @@ rounding; tests/test_attention_gradient.py checks them against captum's per-pref
   region) are run once without a graph, as a KV cache: no gradient is asked for them and none of
   theirs reaches a later position's score (a position's embedding influences later positions
   only). Their rows of the per-step gradients are NaN ("not computed").
-- A vmapped backward (``is_grads_batched``, 8 or 40 steps a batch) was measured 4-5x SLOWER than
-  the loop on CPU (SmolLM2, HumanEval/0), so it is not used. captum's attribute() would redo the
-  forward pass for every step.
+- ``batch``: steps whose backward passes run as one vmapped pass (``is_grads_batched``, one
+  cotangent per step, never across a chunk boundary). On CPU it does not pay (SmolLM2, 1 thread:
+  HumanEval/5's first 16 steps 6.67 s one at a time, 6.56/7.01/7.03 s in batches of 4/8/16;
+  earlier 4-5x slower at 8 or 40 on HumanEval/0), so :data:`STEP_BATCH` is 1; it is meant for a
+  GPU, where each step's pass is bound by kernel launches, and ``scripts/check_cuda.py`` times it
+  there. captum's attribute() would redo the forward pass for every step.
 
 Saliency and InputXGradient share the per-step gradients through ``ctx.memo``: one one-step pass
 for both READING methods, one pass over all steps for both CODING methods.
@@ -67,6 +70,9 @@ def _wide(t: Any) -> Any:
 #: 0.8 s, late ones 2.4 s: every chunk adds graph nodes that late steps traverse), 64 1.47 s, 96
 #: 1.44 s. Bodies of up to 64 steps (most of HumanEval) are one chunk.
 CHUNK = 64
+#: Explained steps per backward pass (see ``batch`` in the module docstring): 1 until a GPU
+#: measurement shows batches pay there.
+STEP_BATCH = 1
 
 
 @dataclass
@@ -80,24 +86,38 @@ class StepGradients:
     targets: list[Any]  # log p(y_j | prefix) per explained step, float32 (or wider), each from its own chunk
     columns: int  # positions attributed: the prompt and the generated tokens before the first explained step
     from_token: int = 0  # prompt positions before it have no gradient (NaN rows)
+    chunk: int = CHUNK  # steps per forward chunk: a batch of backward passes stays inside one
+    batch: int = 1  # steps per backward pass
 
     def __iter__(self) -> Iterator[Any]:
         """Yield, for each explained step, d targets[j] / d embeds at the attributed positions: ``[C, D]``."""
         import torch
 
         S, C, F = len(self.targets), self.columns, self.from_token
-        for j in range(S):
-            (g,) = torch.autograd.grad(self.targets[j], self.embeds, retain_graph=j + 1 < S)
-            g = g[0, : C - F]
-            yield g if F == 0 else torch.cat([g.new_full((F, g.shape[-1]), float("nan")), g])
+        chunk, batch = max(1, self.chunk), max(1, self.batch)
+        lo = 0
+        while lo < S:
+            hi = min(lo + batch, S, (lo // chunk + 1) * chunk)
+            if hi - lo == 1:
+                grads = torch.autograd.grad(self.targets[lo], self.embeds, retain_graph=hi < S)
+            else:  # one cotangent per step: row i of the result is step lo + i's gradient
+                out = torch.stack(self.targets[lo:hi])
+                eye = torch.eye(hi - lo, dtype=out.dtype, device=out.device)
+                (g,) = torch.autograd.grad(out, self.embeds, grad_outputs=eye, retain_graph=hi < S,
+                                           is_grads_batched=True)
+                grads = tuple(g)
+            for g in grads:
+                g = g[0, : C - F]
+                yield g if F == 0 else torch.cat([g.new_full((F, g.shape[-1]), float("nan")), g])
+            lo = hi
 
 
 def step_gradients(model: Any, prompt_ids: Sequence[int], generated_ids: Sequence[int], steps: range, *,
-                   from_token: int = 0, chunk: int = CHUNK) -> StepGradients:
+                   from_token: int = 0, chunk: int = CHUNK, batch: int = 1) -> StepGradients:
     """Run the forward pass that serves the explained ``steps`` (indices into ``generated_ids``).
 
     ``from_token``: the first prompt position that needs a gradient (earlier ones run without one).
-    ``chunk``: explained steps per forward chunk (see the module docstring).
+    ``chunk``: explained steps per forward chunk; ``batch``: steps per backward pass (see the module docstring).
     """
     import torch
 
@@ -135,7 +155,7 @@ def step_gradients(model: Any, prompt_ids: Sequence[int], generated_ids: Sequenc
             # send (zero) gradients back through EVERY chunk and undo the truncation.
             logps += logp[torch.arange(hi - lo, device=device), targets[lo - steps.start : hi - steps.start]].unbind(0)
             begin = stop
-        return StepGradients(leaf, logps, P + steps.start, F)
+        return StepGradients(leaf, logps, P + steps.start, F, max(1, chunk), batch)
 
 
 def _run(model: Any, keep: int, cache: Any, **inputs: Any) -> Any:
@@ -158,11 +178,11 @@ class GradientNorms:
 
 
 def gradient_norms(model: Any, prompt_ids: Sequence[int], generated_ids: Sequence[int], steps: range, *,
-                   from_token: int = 0, chunk: int = CHUNK) -> GradientNorms:
+                   from_token: int = 0, chunk: int = CHUNK, batch: int = STEP_BATCH) -> GradientNorms:
     """Both kinds' L2 norms over the embedding dimension, one row per step (NaN before ``from_token``)."""
     import torch
 
-    sg = step_gradients(model, prompt_ids, generated_ids, steps, from_token=from_token, chunk=chunk)
+    sg = step_gradients(model, prompt_ids, generated_ids, steps, from_token=from_token, chunk=chunk, batch=batch)
     C, F = sg.columns, sg.from_token
     x = _wide(sg.embeds.detach()[0, : C - F])
     if F:
