@@ -25,6 +25,7 @@ class Attribution:
     units: tuple[Unit, ...]
     settings: dict[str, Any]
     cached: bool  # read from the result cache rather than computed
+    labels: str = "corrected"  # the run's --attn-labels: what :meth:`score` scores against by default
 
     def top_k(self, k: int = 10) -> list[tuple[int, int]]:
         """The spans of the K best units, ties to the earlier unit (METRICS.md s2, as the tables rank)."""
@@ -46,9 +47,10 @@ class Attribution:
         mine, theirs = self.top_k(k), other.top_k(k)
         return sum(any(strict_overlap(m, t) for t in theirs) for m in mine) / len(mine) if mine else 0.0
 
-    def score(self, k: int = 10, labels: str = "corrected") -> KScore:
-        """P, R, F1 and alpha of this one task against the labels, as the tables compute them."""
-        spans = tuple(_one_line(human_spans, self.task, labels))  # a bad labels file or mode: one line
+    def score(self, k: int = 10, labels: str | None = None) -> KScore:
+        """P, R, F1 and alpha of this one task against the labels (``labels``: a label mode; default
+        the run's ``--attn-labels``), as the tables compute them."""
+        spans = tuple(_one_line(human_spans, self.task, labels or self.labels))  # a bad labels file or mode: one line
         units = TaskUnits(self.task.prompt, self.units, spans, 0, self.task.task_id)
         return score_tasks([units], [k])[k]
 
@@ -58,4 +60,4 @@ def attribute(study: Any, ctx: AttributionContext, method: str | Method) -> Attr
     units, info = study.attribute(ctx, method)
     name = method if isinstance(method, str) else method.name or type(method).__name__
     return Attribution(name, ctx.task, tuple((int(s), int(e), float(v)) for s, e, v in units),
-                       info["settings"], info["cached"])
+                       info["settings"], info["cached"], study.config.labels)

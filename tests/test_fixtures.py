@@ -170,6 +170,22 @@ def test_attribution_views_follow_the_tables_ranking() -> None:
     assert a.score(10).precision == 1.0  # every unit is a labelled word
 
 
+def test_score_uses_the_runs_labels_unless_told() -> None:
+    """Under --attn-labels=study a user's ``.score(k)`` scored against the corrected labels."""
+    from pytest_attnalign.attribution import attribute
+
+    task = get_task("Mbpp/2")  # MBPP: the study's labels lose their last character
+    units = [(lab.start, lab.end, 1.0 / (i + 1)) for i, lab in enumerate(prompt_labels(task))]
+    study = SimpleNamespace(attribute=lambda ctx, method: (units, {"settings": {}, "cached": False}),
+                            config=SimpleNamespace(labels="study"))
+    a = attribute(study, SimpleNamespace(task=task), "m")
+    assert a.labels == "study"
+    corrected = _attribution(units, "Mbpp/2")
+    assert corrected.score(10).precision == 1.0  # every unit is a whole labelled word
+    assert a.score(10) == corrected.score(10, labels="study") == a.score(10, "study")
+    assert a.score(10).precision < 1.0 and a.score(10, "corrected") == corrected.score(10)
+
+
 def test_engine_masks_and_replaces_words_of_the_task() -> None:
     task = get_task("HumanEval/12")
     from pytest_attnalign.words import word_spans
