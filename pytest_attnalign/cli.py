@@ -22,7 +22,8 @@ DESCRIPTION = ("Attention alignment of code LLMs with human programmers (Kou et 
                "attributions computed elsewhere, generate for one task and show each attribution method's top-K "
                "units, run completions against a task's tests, and print, compare, gate or merge the run files of "
                "pytest --attn-* runs.")
-EPILOG = "exit status: 2 on a bad input or setting (one line on stderr), 130 when interrupted (Ctrl-C)"
+EPILOG = ("exit status: 2 on a bad input or setting (one line on stderr; a malformed command line gets argparse's "
+          "usage too), 130 when interrupted (Ctrl-C)")
 
 #: ``check`` and ``verify-benchmarks``' wall-clock seconds per program (the plugin's --attn-timeout default).
 TIMEOUT_S = 10.0
@@ -98,7 +99,8 @@ def _parser() -> argparse.ArgumentParser:
     a.set_defaults(func=cmd_attribute)
 
     r = sub.add_parser("report", help="print the summary a run printed, from its run file; compare and gate it "
-                                      "as the plugin does (exit 1 when a gate or compare-fail failed)")
+                                      "as the plugin does (exit 1 when a gate or compare-fail failed, or gates were "
+                                      "given on part of a run)")
     r.add_argument("run", type=_given, help="a run file (written by --attn-json or --attn-save)")
     r.add_argument("--compare", type=_given, metavar="OTHER.json", help="a baseline run file: the change of every figure both have")
     r.add_argument("--gate", action="append", metavar="EXPR",
@@ -106,7 +108,8 @@ def _parser() -> argparse.ArgumentParser:
                         "(README: gate grammar)")
     r.add_argument("--compare-fail", action="append", metavar="EXPR",
                    help="repeatable or comma list, e.g. f1@10:2%% (2 percentage points), alpha@5:0.02, pass1:1%%")
-    r.add_argument("--compare-force", action="store_true", help="compare even when the runs' settings differ")
+    r.add_argument("--compare-force", action="store_true", help="compare even when the runs' settings differ or the baseline is "
+                                                                    "part of a run (incomplete, or one shard's)")
     r.add_argument("--html", type=_given, metavar="PATH", help="also write the run as one self-contained web page (tables, charts "
                                                   "and each task's description with the top-K units marked, and the "
                                                   "CODING methods' code-to-words map)")

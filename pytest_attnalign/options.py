@@ -132,7 +132,7 @@ def add_options(parser: pytest.Parser) -> None:
                      "cache directory)")
     g.addoption("--attn-pass1", default=_DEFAULTS["attn_pass1"], metavar="MODE",
                 help="fail (default): an item fails when its generated code fails the benchmark's tests; "
-                     "report: Pass@1 is only reported, so the exit status reflects errors and gates alone")
+                     "report: Pass@1 is only reported, so the exit status reflects errors, gates and compare-fails alone")
     g.addoption("--attn-save", default=_DEFAULTS["attn_save"], metavar="NAME",
                 help="save the run as NNNN_NAME.json in the storage directory")
     g.addoption("--attn-autosave", action="store_true", default=_DEFAULTS["attn_autosave"],
@@ -142,14 +142,16 @@ def add_options(parser: pytest.Parser) -> None:
                      ".pytest_cache/d/attnalign in the rootdir)")
     g.addoption("--attn-compare", nargs="?", const="", default=_DEFAULTS["attn_compare"], metavar="NAME|PATH",
                 help="compare with a saved run (its name, counter or path; no value: the newest whole saved run, "
-                     "the newest with this run's settings if there is one): the change of P/R/F1/alpha per model x method x K and of Pass@1 per model")
+                     "the newest with this run's settings if there is one): the change of P/R/F1/alpha per model "
+                     "x method x K and of Pass@1 per model")
     g.addoption("--attn-compare-fail", action="append", default=_DEFAULTS["attn_compare_fail"], metavar="EXPR",
                 help="fail the session when a figure dropped from the --attn-compare run by more than allowed, "
                      "repeatable or comma list: f1@10:2%% (2 percentage points), alpha@5:0.02, pass1:1%%, "
                      "METHOD.f1@10:2%%; a trailing ! fails only a significant drop (95%% CI)")
     g.addoption("--attn-compare-force", action="store_true", default=_DEFAULTS["attn_compare_force"],
-                help="compare even when settings differ from the baseline (model revision, prompt format, "
-                     "labels, method settings, K, execution limits)")
+                help="compare even when settings differ from the baseline (a model's source, revision, dtype, "
+                     "prompt format or budget rule; labels; the stop rule; method settings; K; execution limits) "
+                     "or the baseline is part of a run (incomplete, or one shard's)")
     g.addoption("--attn-gate", action="append", default=_DEFAULTS["attn_gate"], metavar="EXPR",
                 help="fail the session unless the run meets it, repeatable or comma list: "
                      "mymethod.f1@10>=coding_last.f1@10, mymethod.alpha@10>=0.05, coding_last.p@5<40%%; "
