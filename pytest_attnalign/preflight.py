@@ -30,6 +30,9 @@ def output_file(path: Path, example: str = "run.json") -> Path:
     """
     if path.is_dir():
         raise AttnalignError(f"{str(path)!r} is a directory: give a file path such as {str(path / example)!r}")
+    if path.exists() and not path.is_file():  # the run removes and then replaces it: /dev/null, as root, would go
+        raise AttnalignError(f"{str(path)!r} is not a regular file (a device, pipe or socket), which the run would "
+                             f"replace: give a file path such as {str(path.parent / example)!r}, or leave the option out")
     parent = path.parent
     if not parent.is_dir():
         what = "is not a directory" if parent.exists() else "does not exist"

@@ -12,6 +12,7 @@ import json
 import os
 import re
 import shutil
+import stat
 import time
 from pathlib import Path
 from typing import Any
@@ -730,10 +731,13 @@ def test_model_path_that_is_no_directory_is_a_usage_error(project: pytest.Pytest
 
 
 @pytest.mark.parametrize("flag", ["--attn-json", "--attn-html"])
-@pytest.mark.parametrize("where", ["missing", "file", "directory", "read-only"])
+@pytest.mark.parametrize("where", ["missing", "file", "directory", "read-only", "pipe"])
 def test_unusable_output_path_fails_before_any_item_runs(project: pytest.Pytester, tmp_path: Path, where: str,
                                                          flag: str) -> None:
+    """A pipe stands for /dev/null: the run removed it at its first item and wrote a file in its place
+    (as root, --attn-json=/dev/null deleted the machine's /dev/null)."""
     (tmp_path / "a-file").write_text("")
+    os.mkfifo(tmp_path / "pipe")
     path, expected = {
         "missing": (tmp_path / "nonexistent" / "x.json", f"directory '{tmp_path / 'nonexistent'}' does not exist: create it first or choose another path"),
         "file": (tmp_path / "a-file" / "x.json",
@@ -741,6 +745,10 @@ def test_unusable_output_path_fails_before_any_item_runs(project: pytest.Pyteste
         "directory": (tmp_path, f"'{tmp_path}' is a directory: give a file path such as "
                                 f"'{tmp_path / ('report.html' if flag == '--attn-html' else 'run.json')}'"),
         "read-only": (Path("/proc/x.json"), "directory '/proc' is not writable: choose a directory you can write to"),
+        "pipe": (tmp_path / "pipe", f"'{tmp_path / 'pipe'}' is not a regular file (a device, pipe or socket), which the "
+                                    f"run would replace: give a file path such as "
+                                    f"'{tmp_path / ('report.html' if flag == '--attn-html' else 'run.json')}', or leave "
+                                    "the option out"),
     }[where]
     result = project.runpytest("--attn-model=openai:stub", "--attn-method=shap", f"{flag}={path}",
                                f"--attn-cache-dir={tmp_path / 'cache'}", *NO_CACHE)
@@ -748,6 +756,15 @@ def test_unusable_output_path_fails_before_any_item_runs(project: pytest.Pyteste
     assert [line for line in result.errlines if line.strip()] == [f"ERROR: {flag}: {expected}"]
     assert "collected" not in result.stdout.str()
     assert not (tmp_path / "nonexistent").exists()  # never created silently
+    assert stat.S_ISFIFO((tmp_path / "pipe").stat().st_mode)
+
+
+def test_a_device_is_no_output_file() -> None:
+    from pytest_attnalign.errors import AttnalignError
+    from pytest_attnalign.preflight import output_file
+
+    with pytest.raises(AttnalignError, match=r"^'/dev/null' is not a regular file \(a device, pipe or socket\)"):
+        output_file(Path("/dev/null"))
 
 
 @pytest.mark.parametrize("where", ["/dev/null", "/proc", "file/below"])
