@@ -84,10 +84,12 @@ def _read(benchmark: str) -> dict[str, tuple[str, tuple[Label, ...]]]:
         raise AttnalignError(f"labels file {path} missing: {FIX}")
     tasks = bench.load()  # a line of another id would be ignored, and its task reported as unlabelled
     table: dict[str, tuple[str, tuple[Label, ...]]] = {}
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
+    with path.open("rb") as fh:  # bytes: a line that is not UTF-8 is reported with its number
+        for lineno, raw_line in enumerate(fh, start=1):
             try:
-                rec = json.loads(line)
+                rec = json.loads(raw_line.decode("utf-8"))
+            except UnicodeDecodeError as exc:
+                raise _bad(path, lineno, f"not UTF-8 text ({exc.reason})") from None
             except json.JSONDecodeError as exc:
                 raise _bad(path, lineno, f"not JSON ({exc.msg})") from None
             if not isinstance(rec, dict) or set(rec) != {"task_id", "text_sha256", "labels"}:

@@ -127,6 +127,15 @@ def test_malformed_labels_line_is_a_user_error(labels_dir: Path) -> None:
         load_labels("mbpp")
 
 
+def test_a_labels_line_that_is_not_utf8_is_a_user_error(labels_dir: Path) -> None:
+    """It was a UnicodeDecodeError traceback (an INTERNALERROR in a run)."""
+    record = {"task_id": "Mbpp/1", "text_sha256": "0" * 64, "labels": []}
+    (labels_dir / "mbpp.jsonl").write_bytes(json.dumps(record).encode() + b"\n\xff\xfe{}\n")
+    with pytest.raises(AttnalignError, match=r"mbpp\.jsonl line 2: not UTF-8 text \(invalid start byte\).*"
+                                             r"python scripts/convert_labels\.py"):
+        load_labels("mbpp")
+
+
 def test_sha_mismatch_is_a_user_error(labels_dir: Path) -> None:
     record = {"task_id": "Mbpp/1", "text_sha256": "0" * 64, "labels": []}
     (labels_dir / "mbpp.jsonl").write_text(json.dumps(record) + "\n", encoding="utf-8")
