@@ -334,7 +334,12 @@ class AttnSession:
         if not self._controller():
             return
         self.restore_sigterm()
-        if self.refused:  # before any item ran: no files, no summary
+        # pytest's own refusals before any item started (a -k or -m it cannot parse, a collection error,
+        # Ctrl-C) are refusals too: the earlier run's files were not removed and must not be replaced
+        pytest_refused = session.exitstatus in (pytest.ExitCode.USAGE_ERROR, pytest.ExitCode.INTERRUPTED,
+                                                pytest.ExitCode.INTERNAL_ERROR)
+        if self.refused or (pytest_refused and not self.files_removed):  # before any item ran: no files, no summary
+            self.refused = True
             return
         from .gates import judge
         from .storage import baseline_name, same_settings

@@ -196,3 +196,28 @@ def test_a_broken_labels_file_fails_the_run_before_any_item(
     assert len(errors) == 1 and errors[0].startswith("ERROR: malformed labels file "), result.stderr.str()
     assert "python scripts/convert_labels.py" in errors[0]
     assert "an item ran" not in result.stdout.str() + result.stderr.str()
+
+
+@pytest.mark.parametrize("refusal", [("-k", "reading_last and"), ("-m", "("), ("broken",)],
+                         ids=["k-expression", "m-expression", "collection-error"])
+def test_a_run_pytest_refuses_leaves_the_earlier_runs_files_alone(
+    project: pytest.Pytester, tiny_gpt2: Path, tmp_path: Path, refusal: tuple[str, ...]
+) -> None:
+    """A -k or -m expression pytest cannot parse, or a test file that does not import, stopped the run
+    before any item; it still printed "no item produced a result" and replaced the earlier run file,
+    page and saved run with empty ones."""
+    run, page, storage = tmp_path / "run.json", tmp_path / "report.html", tmp_path / "runs"
+    run.write_text("an earlier run's file")
+    page.write_text("an earlier run's page")
+    how = list(refusal)
+    if refusal == ("broken",):
+        (project.path / "tests" / "test_broken.py").write_text("def test_x(:\n")
+        how = ["benchmarks", "tests/test_broken.py"]
+    result = project.runpytest_subprocess(*_opts(tiny_gpt2, tmp_path), *how, f"--attn-json={run}",
+                                          f"--attn-html={page}", "--attn-save=main", f"--attn-storage={storage}",
+                                          *NO_CACHE, timeout=120)
+    assert result.ret in (pytest.ExitCode.USAGE_ERROR, pytest.ExitCode.INTERRUPTED), result.stdout.str()
+    out = result.stdout.str()
+    assert "attention alignment (pytest-attnalign)" not in out and "no item produced a result" not in out, out
+    assert run.read_text() == "an earlier run's file" and page.read_text() == "an earlier run's page"
+    assert not storage.exists() or not list(storage.glob("*.json"))
