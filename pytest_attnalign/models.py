@@ -377,3 +377,15 @@ LOADERS: dict[str, Callable[[ModelSpec, str, str, str, Path | None], LanguageMod
     "hf": load_local_model,
     "openai": lambda spec, _name, _device, _dtype, cache_dir: load_openai_model(spec, cache_dir=cache_dir),
 }
+#: Each kind's start-up check, before any item runs (:func:`preflight`): what can fail without loading
+#: weights or making a request. An API model's client is configured (a missing key or a bad
+#: ATTNALIGN_OPENAI_* value fails now, not in every item); a local model's path was checked by
+#: :func:`model_spec.resolve_model` and its weights load with its first item.
+PREFLIGHT: dict[str, Callable[[ModelSpec], Any]] = {"openai": load_openai_model}
+
+
+def preflight(spec: ModelSpec) -> None:
+    """Raise :class:`AttnalignError` now where the model cannot run (see :data:`PREFLIGHT`)."""
+    check = PREFLIGHT.get(spec.kind)
+    if check is not None:
+        check(spec)

@@ -67,8 +67,8 @@ class AttnSession:
         # the study's item ids per module, as parametrized: --lf drops items (and whole modules) before
         # pytest_collection_modifyitems sees them, and puts its modules first (see whole_study)
         self.study_ids: dict[Path, list[str]] = {}
-        self.labels_checked: set[str] = set()  # task ids whose labels were read (see check_labels)
-        self.refused = False  # a usage error once the items were known (check_labels, check_k, check_code)
+        self.checked: set[str] = set()  # "task ID" whose labels were read, "model NAME" checked (check_items)
+        self.refused = False  # a usage error once the items were known (check_items, check_k, check_code)
         self.files_removed = False  # an earlier run's files, at the first item (pytest_runtest_logstart)
 
     @pytest.hookimpl(wrapper=True)
@@ -188,7 +188,7 @@ class AttnSession:
             return
         expected = [i.nodeid for i in session.items if _ITEM_ID.search(i.nodeid)]
         if self._controller():
-            self.check_labels(expected)
+            self.check_items(expected)
         self.run.expected = expected
         self.start_progress()
 
@@ -196,25 +196,33 @@ class AttnSession:
     def pytest_xdist_node_collection_finished(self, node: Any, ids: list[str]) -> None:
         """Under -n the controller collects nothing; every worker reports the same ids."""
         expected = [i for i in ids if _ITEM_ID.search(i)]
-        self.check_labels(expected)
+        self.check_items(expected)
         self.run.expected = expected
         self.start_progress()
 
-    def check_labels(self, nodeids: list[str]) -> None:
-        """Each task's labels are read once before any item runs: a missing, malformed or stale labels
-        file failed every item on its own, each after its model had loaded, generated and attributed."""
+    def check_items(self, nodeids: list[str]) -> None:
+        """Before any item runs, each collected task's labels are read and each collected model that can
+        fail without loading (an API model's missing key: :func:`models.preflight`) is checked, once: a
+        missing, malformed or stale labels file or a missing key failed every item on its own."""
         from .labels import human_spans
+        from .model_spec import resolve_model
+        from .models import preflight
+        from .options import _items_run_here
         from .tasks import get_task
 
-        for task_id in dict.fromkeys(m["task"] for i in nodeids if (m := _ITEM_ID.search(i))):
-            if task_id in self.labels_checked:
+        found = [m for i in nodeids if (m := _ITEM_ID.search(i))]
+        checks = [(f"task {m['task']}", lambda t=m["task"]: human_spans(get_task(t), self.options.labels)) for m in found]
+        if _items_run_here(self.config):  # workers on --tx ssh hosts have their own environment (API keys)
+            checks += [(f"model {m['model']}", lambda n=m["model"]: preflight(resolve_model(n))) for m in found]
+        for key, check in dict(checks).items():
+            if key in self.checked:
                 continue
             try:
-                human_spans(get_task(task_id), self.options.labels)
+                check()
             except AttnalignError as exc:
                 self.refused = True
-                raise pytest.UsageError(str(exc)) from None
-            self.labels_checked.add(task_id)
+                raise pytest.UsageError(f"--attn-model: {exc}" if key.startswith("model ") else str(exc)) from None
+            self.checked.add(key)
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_testnodeready(self, node: Any) -> None:

@@ -49,11 +49,14 @@ def project(pytester: pytest.Pytester) -> pytest.Pytester:
 
 @pytest.fixture(autouse=True)
 def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """No ambient OpenAI settings, proxies or caches: each run talks only to its own 127.0.0.1 server."""
+    """No ambient OpenAI settings, proxies or caches: each run talks only to a 127.0.0.1 server."""
     for var in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "ATTNALIGN_OPENAI_MODEL", "ATTNALIGN_OPENAI_MAX_RETRIES",
                 "ATTNALIGN_OPENAI_TIMEOUT", "OPENAI_ORG_ID", "OPENAI_PROJECT_ID", "PYTEST_XDIST_WORKER",
                 "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
         monkeypatch.delenv(var, raising=False)
+    # openai:stub items that never reach a server (they end in set-up, or the run stops first) pass the
+    # start-up check of API models: a local server needs no key (nothing listens on port 9)
+    monkeypatch.setenv("OPENAI_BASE_URL", "http://127.0.0.1:9/v1")
     monkeypatch.setenv("ATTNALIGN_CACHE_DIR", str(tmp_path / "env-cache"))  # where a missing option would go
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # bert_masking: offline substitutes, no probe of the hub
 
@@ -728,6 +731,20 @@ def test_model_path_that_is_no_directory_is_a_usage_error(project: pytest.Pytest
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     assert [line for line in result.errlines if line.strip()] == [
         "ERROR: --attn-model: no such directory '/nonexistent/dir': give an existing model directory or a hub id like org/name"]
+
+
+def test_an_api_model_without_a_key_is_a_usage_error_before_any_item(
+        project: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """It failed every item, each with the same line, and wrote a run file of errors."""
+    for var in ("OPENAI_API_KEY", "OPENAI_BASE_URL"):
+        monkeypatch.delenv(var, raising=False)
+    result = project.runpytest("--attn-model=gpt4", "--attn-method=shap", "--attn-limit=1",
+                               f"--attn-json={tmp_path / 'run.json'}", f"--attn-cache-dir={tmp_path / 'cache'}", *NO_CACHE)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert [line for line in result.errlines if line.strip()] == [
+        "ERROR: --attn-model: no API key for https://api.openai.com/v1: set OPENAI_API_KEY (or OPENAI_BASE_URL to "
+        "a local OpenAI-compatible server)"]
+    assert not (tmp_path / "run.json").exists()
 
 
 @pytest.mark.parametrize("flag", ["--attn-json", "--attn-html"])
