@@ -45,13 +45,11 @@ RTOL = 1e-3
 
 
 def _batches(text: str) -> list[int]:
-    try:
-        got = [int(b) for b in text.split(",")] if text else []
-    except ValueError:
-        got = [0]
-    if any(b < 1 for b in got):
+    """``--gradient-batches``: positive integers separated by commas ('' for none)."""
+    parts = text.split(",") if text else []
+    if not all(b.isdigit() and int(b) > 0 for b in parts):
         raise argparse.ArgumentTypeError(f"{text!r}: give positive batch sizes separated by commas, e.g. 1,8,16")
-    return got
+    return [int(b) for b in parts]
 
 
 def _parse() -> argparse.Namespace:
@@ -165,7 +163,7 @@ def gradient_batches(device: str, batches: list[int], task_id: str, fallback_mod
     lm, task = load_model(model, device, "float32"), get_task(task_id)
     prompt, gen = generate(lm, task)
     ctx = AttributionContext(lm=lm, task=task, prompt=prompt, generation=gen)
-    steps = range(*gen.explained)
+    steps = gen.explained_steps
     F = min((i for _, _, i in ctx.description_tokens()), default=0)
     print(f"CODING gradients on {device}: {model}, {task_id}, {len(steps)} explained steps", flush=True)
     failures, ref = [], None
