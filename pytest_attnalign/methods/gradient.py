@@ -68,7 +68,10 @@ def _wide(t: Any) -> Any:
 #: Measured on SmolLM2 (CPU, 1 thread, HumanEval/1: 218 body steps after a 173-token prompt; mean
 #: of 10 sampled steps' backward passes): one chunk 2.02 s a step, chunks of 32 1.65 s (early steps
 #: 0.8 s, late ones 2.4 s: every chunk adds graph nodes that late steps traverse), 64 1.47 s, 96
-#: 1.44 s. Bodies of up to 64 steps (most of HumanEval) are one chunk.
+#: 1.44 s. Bodies of up to 64 steps (most of HumanEval) are one chunk. Smaller chunks lose more than
+#: they save (2026-12-04, 1 thread, ms a step for chunks of 8/16/32/64: HumanEval/5's 71 steps
+#: 850/663/601/623, HumanEval/9's 38 steps 470/391/378/388): a step's backward pass skips the
+#: positions after it in its chunk, but reads every weight (~0.5 GB) once per chunk it traverses.
 CHUNK = 64
 #: Explained steps per backward pass (see ``batch`` in the module docstring): 1 until a GPU
 #: measurement shows batches pay there.
