@@ -173,13 +173,16 @@ def check_device(device: str) -> str:
     return device
 
 
-def pick_dtype(dtype: str, device: str) -> Any:
+def pick_dtype(dtype: str) -> Any:
+    """The weights' dtype. ``auto`` is float32 on every device: the study loaded every model but GPT-J in
+    float32 (and computed all gradients in it), a GPU run then computes in a CPU run's precision, and
+    regeneration verifies tokens only in float32 (half precisions decode plainly)."""
     import torch
 
     table = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
              "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
     if dtype == "auto":
-        return torch.float32 if device == "cpu" else torch.bfloat16
+        return torch.float32
     if dtype not in table:
         raise AttnalignError(f"unknown dtype {dtype!r}: use auto, float32, float16 or bfloat16")
     return table[dtype]
@@ -344,7 +347,7 @@ def load_model(name: str, device: str = "auto", dtype: str = "auto", cache_dir: 
 def load_local_model(spec: ModelSpec, name: str, device: str, dtype: str, cache_dir: Path | None) -> LoadedModel:
     """Load a local model for generation and attribution (eager attention, eval mode)."""
     dev = pick_device(device, registry_of(cache_dir) if cache_dir else None)
-    torch_dtype = pick_dtype(dtype, dev)
+    torch_dtype = pick_dtype(dtype)
     if spec.source == "embedded:smollm2":
         path, revision = smollm2_converted(cache_dir)
         source = str(path)

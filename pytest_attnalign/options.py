@@ -87,7 +87,7 @@ def add_options(parser: pytest.Parser) -> None:
     g.addoption("--attn-device", default=_DEFAULTS["attn_device"], metavar="DEV",
                 help="auto (CUDA when present, one GPU per xdist worker), cpu, cuda or cuda:N")
     g.addoption("--attn-dtype", default=_DEFAULTS["attn_dtype"], metavar="DTYPE",
-                help="auto (float32 on CPU, bfloat16 on GPU), float32, float16 or bfloat16")
+                help="auto (float32 on every device, the study's precision), float32, float16 or bfloat16")
     g.addoption("--attn-prompt-format", default=_DEFAULTS["attn_prompt_format"], metavar="FMT",
                 help="completion, chat or chat-prefill (assistant turn prefilled with the task's code; default: "
                      "chat for smollm2, gpt4, openai:* and a local model directory whose tokenizer has a chat "

@@ -190,3 +190,13 @@ def test_the_default_cache_directory(monkeypatch: pytest.MonkeyPatch, attnalign:
     monkeypatch.setenv("ATTNALIGN_CACHE_DIR", attnalign)
     monkeypatch.setenv("XDG_CACHE_HOME", xdg)
     assert models.default_cache_dir() == Path(expected).expanduser()
+
+
+def test_auto_dtype_is_float32_whatever_the_device() -> None:
+    """The study's precision: ``auto`` took bfloat16 on CUDA until 2026-12-04, so a GPU run's numbers differed."""
+    import torch
+
+    assert models.pick_dtype("auto") is torch.float32
+    assert [models.pick_dtype(d) for d in ("fp32", "fp16", "bf16")] == [torch.float32, torch.float16, torch.bfloat16]
+    with pytest.raises(AttnalignError, match=r"^unknown dtype 'int8': use auto, float32, float16 or bfloat16$"):
+        models.pick_dtype("int8")
