@@ -564,3 +564,24 @@ def test_shap_regenerates_all_its_coalitions_in_one_call(models: dict, monkeypat
     batches.clear()
     assert Unplanned(evaluations=24).explain(ctx).values == pytest.approx(result.values, abs=1e-12)
     assert len(batches) == 3  # what the planning pass saves: three regenerations become one
+
+
+def test_shap_seed_chooses_the_sampled_coalitions(models: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``shap.seed`` is a user setting: the same seed asks for the same coalitions, another seed for others."""
+    asked: list[str] = []
+
+    def recording(c: Any, prompts: list[str], **kw: Any) -> list[str]:
+        asked.extend(prompts)
+        return [c.generation.completion] * len(prompts)
+
+    monkeypatch.setattr(pt, "regenerate", recording)
+    lm, runs = models["llama"], []
+    for seed in (0, 0, 1):
+        asked.clear()
+        get_method("shap", evaluations=12, seed=seed).explain(context(lm, 4))
+        runs.append(sorted(asked))
+    assert runs[0] == runs[1] and runs[0] != runs[2] and len(runs[2]) > 2
+    assert get_method("shap").settings()["seed"] == 0 and get_method("shap", seed=7).settings()["seed"] == 7
+    for bad in (-1, 2**32, 1.5, True, "1"):
+        with pytest.raises(AttnalignError, match=r"^shap: seed must be an integer from 0 to 2\*\*32 - 1"):
+            get_method("shap", seed=bad)

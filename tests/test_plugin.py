@@ -120,7 +120,9 @@ def records(path: Path) -> dict[str, Any]:
         ("--attn-prompt-format=instruct", r"--attn-prompt-format: unknown 'instruct'; use completion or chat or chat-prefill$"),
         ("--attn-method-option=shap.sign=true", r"--attn-method-option: setting 'shap.sign=true' is not METHOD.NAME=VALUE or CATEGORY.NAME=VALUE with one of "
                                           r"self_attention.restated_copy, gradient.restated_copy, shap.evaluations, shap.signed, "
-                                          r"shap.l1_reg, bert_masking.fill_mask_model"),
+                                          r"shap.l1_reg, shap.seed, bert_masking.fill_mask_model"),
+        ("--attn-method-option=shap.seed=-1", r"--attn-method-option: shap: seed must be an integer from 0 to 2\*\*32 - 1 "
+                                              r"\(numpy's seeds; default 0\), got -1$"),
         ("--attn-method-option=shap.l1_reg=lasso", r"--attn-method-option: shap: l1_reg must be auto \(the study's\), aic, bic, "
                                                    r"num_features\(N\) or false, got 'lasso'$"),
         ("--attn-method-option=shap.signed=maybe", r"--attn-method-option: shap: signed must be true or false, got 'maybe'"),

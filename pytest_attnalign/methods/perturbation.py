@@ -20,8 +20,9 @@ them with the paper and the study's code):
 - SHAP: ``KernelExplainer`` over the words; a masked-out word is DELETED (the paper's masks
   "delete" tokens), with one space beside it so no double space is left. The model output explained
   is ``1 - BLEU(original, regenerated)`` (the study's), baseline all words masked, explained point
-  all words present, ``nsamples = evaluations`` (50, the study's) and the study's shap default
-  ``l1_reg="auto"`` (:func:`shap_l1_reg`: AIC feature selection from 8 words on, where 50 coalitions
+  all words present, ``nsamples = evaluations`` (50, the study's), coalitions sampled from numpy
+  seed ``seed`` (0; the study's code set none, so its coalitions changed from run to run) and the
+  study's shap default ``l1_reg="auto"`` (:func:`shap_l1_reg`: AIC feature selection from 8 words on, where 50 coalitions
   are under 20% of them). Every coalition is regenerated from its own masked prompt (the study's code mapped every
   coalition that was not a single-word mask to the first perturbed text: a defect). The unit score
   is ``|SHAP value|``, as the study ranked; setting ``signed=True`` instead scores the signed SHAP
@@ -158,7 +159,7 @@ class ShapMethod(Method):
 
     category = "perturbation"
     needs_internals = False
-    options = ("evaluations", "signed", "l1_reg")
+    options = ("evaluations", "signed", "l1_reg", "seed")
 
     def __init__(self, name: str = "shap", evaluations: int = SHAP_EVALUATIONS, l1_reg: str | bool = SHAP_L1_REG,
                  mask_token: str = MASK_TOKEN, seed: int = 0, verify: bool = True, batch_size: int | None = None,
@@ -173,7 +174,9 @@ class ShapMethod(Method):
         self.signed = signed
         self.l1_reg = _check_l1_reg(l1_reg)
         self.mask_token = mask_token
-        self.seed = seed
+        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
+            raise AttnalignError(f"shap: seed must be an integer from 0 to 2**32 - 1 (numpy's seeds; default 0), got {seed!r}")
+        self.seed = seed  # which coalitions KernelExplainer samples: vary it to see SHAP's sampling spread
         self.verify = verify  # speed only: verified and plain regeneration give the same tokens
         self.batch_size = batch_size
 
