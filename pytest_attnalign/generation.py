@@ -56,14 +56,15 @@ def stop_rule_text(text: str) -> str:
 
 
 #: Part of a cached generation's key: bump when a rule that a generation entry embodies changes (stop rule,
-#: body span), so that old entries are regenerated. Attribution entries are keyed by the generated ids and
-#: the explained steps themselves, so those of unchanged generations stay valid; methods that regenerate
-#: (``Method.decodes``) key this version too.
-GENERATION_RULES = 7  # 2: a body on the def line, a comment after the signature; 3: code after a def-line docstring;
+#: body span, prompt encoding), so that old entries are regenerated. Attribution entries are keyed by the
+#: prompt and generated ids and the explained steps themselves, so those of unchanged generations stay
+#: valid; methods that regenerate (``Method.decodes``) key this version too.
+GENERATION_RULES = 8  # 2: a body on the def line, a comment after the signature; 3: code after a def-line docstring;
 # 4: a column-0 comment does not end a function, a code block tagged python3 (or after a shell block) is the code;
 # 5: the tested function's end, statements read as Python does, a cut-off trailing statement dropped (2026-12-03);
 # 6: a chat block indented under a list item read as Markdown reads it; a function written outside the blocks;
-# 7: prose before a chat reply's bare body (no block, no def) is no code, and the bare body is explained
+# 7: prose before a chat reply's bare body (no block, no def) is no code, and the bare body is explained;
+# 8: a completion prompt keeps the special tokens its tokenizer adds (InCoder's <|endoftext|>), the budget counts them
 
 _DOCSTRING = re.compile(r"""^\s*[rRuU]?("{3}|'{3})""")
 
@@ -140,11 +141,22 @@ def build_prompt(task: Task, tokenizer: Any, prompt_format: str) -> Prompt:
     return Prompt(text, prompt_format, offset, (offset + a, offset + b))
 
 
+def encode(tokenizer: Any, text: str, prompt_format: str, **kwargs: Any) -> Any:
+    """``tokenizer(text)`` with the special tokens the format calls for.
+
+    Completion: the tokenizer's own, as the study's ``tokenizer(text)`` calls added them (InCoder's
+    prepends ``<|endoftext|>``, which "marks the start of a document to our model", its README says;
+    GPT-2-style tokenizers add none). Chat formats: none, the rendered template holds the model's.
+    """
+    return tokenizer(text, add_special_tokens=prompt_format == "completion", **kwargs)
+
+
 def token_budget(task: Task, tokenizer: Any, prompt_format: str, slack: int = BUDGET_SLACK) -> int:
-    """The study's budget: canonical-solution tokens + 20 (plus the restated prompt in chat format)."""
+    """The study's budget: canonical-solution tokens + 20 (plus the restated prompt in chat format),
+    counted by :func:`encode` (the study's count included InCoder's prepended token too)."""
     restates = prompt_format == "chat"  # a chat reply restates the prompt; completion and prefill continue it
     target = task.prompt + task.canonical_solution if restates else task.canonical_solution
-    return len(tokenizer(target, add_special_tokens=False)["input_ids"]) + slack
+    return len(encode(tokenizer, target, prompt_format)["input_ids"]) + slack
 
 
 def token_budget_rule(prompt_format: str) -> str:

@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from .errors import AttnalignError
-from .generation import (STOP_RULE, Generation, Prompt, body_span, build_prompt, completion_of, explained_range,
-                         greedy_decode, has_ended, token_budget, token_budget_rule)
+from .generation import (STOP_RULE, Generation, Prompt, body_span, build_prompt, completion_of, encode,
+                         explained_range, greedy_decode, has_ended, token_budget, token_budget_rule)
 from .lm import LanguageModel
 from .model_spec import ModelSpec, resolve_model
 from .openai_model import load_openai_model
@@ -73,7 +73,7 @@ class LoadedModel:
         tok = self.tokenizer
         prompt = build_prompt(task, tok, fmt)
         budget = max_new_tokens or token_budget(task, tok, fmt)
-        prompt_ids = tok(prompt.text, add_special_tokens=False, return_tensors="pt")["input_ids"].to(self.device)
+        prompt_ids = encode(tok, prompt.text, fmt, return_tensors="pt")["input_ids"].to(self.device)
         _check_positions(self.model, task.task_id, prompt_ids.shape[1], budget)
         ids = greedy_decode(self.model, prompt_ids, budget, tok.eos_token_id,
                             lambda new: has_ended(task, fmt, tok.decode(new, skip_special_tokens=True)))

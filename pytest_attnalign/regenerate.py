@@ -51,7 +51,7 @@ from typing import Any, Callable, Sequence
 from .decoding import Row as _Pending
 from .decoding import LOOKAHEAD, NearTie, StopRule, decode, decode_pooled, replay_row, row_cache, top
 from .forward import accepts, cache_kwarg, cache_of, fast_attention, step
-from .generation import Generation, build_prompt, has_ended
+from .generation import Generation, build_prompt, encode, has_ended
 from .tasks import Task
 
 #: Near-tie margin = factor x machine epsilon x max(1, largest |logit| of the row). Measured on CPU
@@ -232,7 +232,7 @@ def _prompt_ids(lm: Any, task: Any, fmt: str, task_prompt: str) -> list[int]:
     """Token ids of the full model prompt (chat template included) around a perturbed task prompt."""
     perturbed = replace(task, prompt=task_prompt, description=(0, len(task_prompt)))
     text = build_prompt(perturbed, lm.tokenizer, fmt).text
-    return list(lm.tokenizer(text, add_special_tokens=False)["input_ids"])
+    return list(encode(lm.tokenizer, text, fmt)["input_ids"])
 
 
 def _plain(lm: Any, ids: list[int], budget: int, ended: Callable[[list[int]], bool]) -> list[int]:

@@ -141,6 +141,7 @@ class Study:
         code = code_identity(method)
         key = {**ctx.lm.identity, "device_type": ctx.lm.device.split(":")[0], "task": ctx.task.task_id, "prompt": ctx.task.prompt,
                "format": ctx.prompt.format, "completion": ctx.generation.completion,
+               "prompt_ids": list(ctx.generation.prompt_ids),  # special tokens too: what the model attended to
                "generated_ids": list(ctx.generation.generated_ids), "explained": list(ctx.generation.explained),
                "method": method.name, "entry": ATTRIBUTION_ENTRY, "libraries": self._libraries,
                "settings": method.settings(), **({"code": code} if code else {}),

