@@ -64,7 +64,8 @@ GENERATION_RULES = 8  # 2: a body on the def line, a comment after the signature
 # 5: the tested function's end, statements read as Python does, a cut-off trailing statement dropped (2026-12-03);
 # 6: a chat block indented under a list item read as Markdown reads it; a function written outside the blocks;
 # 7: prose before a chat reply's bare body (no block, no def) is no code, and the bare body is explained;
-# 8: a completion prompt keeps the special tokens its tokenizer adds (InCoder's <|endoftext|>), the budget counts them
+# 8: a completion prompt keeps the special tokens its tokenizer adds (InCoder's <|endoftext|>), the budget counts them;
+#    the code is decoded without transformers' clean-up of spaces
 
 _DOCSTRING = re.compile(r"""^\s*[rRuU]?("{3}|'{3})""")
 
@@ -149,6 +150,13 @@ def encode(tokenizer: Any, text: str, prompt_format: str, **kwargs: Any) -> Any:
     GPT-2-style tokenizers add none). Chat formats: none, the rendered template holds the model's.
     """
     return tokenizer(text, add_special_tokens=prompt_format == "completion", **kwargs)
+
+
+def decode_text(tokenizer: Any, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
+    """The text of ``ids`` exactly: never transformers' ``clean_up_tokenization_spaces``, which deletes the
+    space before ``.``, ``,``, ``!``, ``?`` and ``'s`` (transformers 5 skips it for byte-level BPE
+    only; a tokenizer config may turn it on for others)."""
+    return tokenizer.decode(list(ids), skip_special_tokens=skip_special_tokens, clean_up_tokenization_spaces=False)
 
 
 def token_budget(task: Task, tokenizer: Any, prompt_format: str, slack: int = BUDGET_SLACK) -> int:
@@ -349,7 +357,7 @@ def decoded_ends(tokenizer: Any, ids: Sequence[int]) -> Iterator[int]:
     merged spaces right; ``max`` keeps the ends monotone when a prefix decodes to a replacement char."""
     prev = 0
     for n in range(1, len(ids) + 1):
-        prev = max(prev, len(tokenizer.decode(list(ids[:n]), skip_special_tokens=True)))
+        prev = max(prev, len(decode_text(tokenizer, ids[:n])))
         yield prev
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from .errors import AttnalignError
-from .generation import (STOP_RULE, Generation, Prompt, body_span, build_prompt, completion_of, encode,
+from .generation import (STOP_RULE, Generation, Prompt, body_span, build_prompt, completion_of, decode_text, encode,
                          explained_range, greedy_decode, has_ended, token_budget, token_budget_rule)
 from .lm import LanguageModel
 from .model_spec import ModelSpec, resolve_model
@@ -76,18 +76,18 @@ class LoadedModel:
         prompt_ids = encode(tok, prompt.text, fmt, return_tensors="pt")["input_ids"].to(self.device)
         _check_positions(self.model, task.task_id, prompt_ids.shape[1], budget)
         ids = greedy_decode(self.model, prompt_ids, budget, tok.eos_token_id,
-                            lambda new: has_ended(task, fmt, tok.decode(new, skip_special_tokens=True)))
-        raw = tok.decode(ids, skip_special_tokens=True)
+                            lambda new: has_ended(task, fmt, decode_text(tok, new)))
+        raw = decode_text(tok, ids)
         completion = completion_of(task, fmt, raw)
         first, end = explained_range(tok, ids, body_span(task, fmt, raw)) if completion else (0, 0)
         return prompt, Generation(task.task_id, fmt, budget, STOP_RULE, raw, completion, tuple(ids[:end]),
                                   tuple(prompt_ids[0].tolist()), raw_ids=tuple(ids), explained=(first, end),
-                                  explained_tokens=tuple(tok.decode([i]) for i in ids[first:end]))
+                                  explained_tokens=tuple(decode_text(tok, [i], False) for i in ids[first:end]))
 
     def regenerate(self, task: Task, generation: Generation, task_prompts: Sequence[str], **speed: Any) -> list[str]:
         """Through the verified, pooled path (:func:`regenerate.regenerate_ids`; ``speed``: its options)."""
         ids = regenerate_ids(self, task, generation, task_prompts, **speed)
-        return [completion_of(task, generation.prompt_format, self.tokenizer.decode(i, skip_special_tokens=True))
+        return [completion_of(task, generation.prompt_format, decode_text(self.tokenizer, i))
                 for i in ids]
 
 

@@ -51,7 +51,7 @@ from typing import Any, Callable, Sequence
 from .decoding import Row as _Pending
 from .decoding import LOOKAHEAD, NearTie, StopRule, decode, decode_pooled, replay_row, row_cache, top
 from .forward import accepts, cache_kwarg, cache_of, fast_attention, step
-from .generation import Generation, build_prompt, encode, has_ended
+from .generation import Generation, build_prompt, decode_text, encode, has_ended
 from .tasks import Task
 
 #: Near-tie margin = factor x machine epsilon x max(1, largest |logit| of the row). Measured on CPU
@@ -225,7 +225,7 @@ class _Chunks:
 
 
 def _ended(task: Any, fmt: str, tok: Any) -> Callable[[list[int]], bool]:
-    return lambda new: has_ended(task, fmt, tok.decode(new, skip_special_tokens=True))
+    return lambda new: has_ended(task, fmt, decode_text(tok, new))
 
 
 def _prompt_ids(lm: Any, task: Any, fmt: str, task_prompt: str) -> list[int]:

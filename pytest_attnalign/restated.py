@@ -39,14 +39,14 @@ def copy_credit(ctx: Any) -> dict[int, tuple[int, ...]]:
 
 
 def _copy_credit(ctx: Any) -> dict[int, tuple[int, ...]]:
-    from .generation import decoded_ends
+    from .generation import decode_text, decoded_ends
 
     gen, prompt = ctx.generation, ctx.prompt
     first = gen.explained[0]
     if first == 0:
         return {}
     ends = list(decoded_ends(ctx.lm.tokenizer, gen.raw_ids[:first]))
-    head = ctx.lm.tokenizer.decode(list(gen.raw_ids[:first]), skip_special_tokens=True)
+    head = decode_text(ctx.lm.tokenizer, gen.raw_ids[:first])
     lo, hi = prompt.description
     matcher = difflib.SequenceMatcher(None, prompt.text[lo:hi], head, autojunk=False)
     copied = {}  # character of head -> character of task.prompt it copies

@@ -81,7 +81,7 @@ def study_regenerate(ctx: Any, task_prompts: Any, **_: Any) -> list[str]:
     """One plain greedy decoding from scratch per perturbed prompt (the study: one ``generate`` each)."""
     import torch
 
-    from pytest_attnalign.generation import completion_from_text, greedy_decode
+    from pytest_attnalign.generation import completion_from_text, decode_text, greedy_decode
     from pytest_attnalign.regenerate import _ended, _prompt_ids
 
     lm, task, gen = ctx.lm, ctx.task, ctx.generation
@@ -90,7 +90,7 @@ def study_regenerate(ctx: Any, task_prompts: Any, **_: Any) -> list[str]:
     for p in task_prompts:
         ids = torch.tensor([_prompt_ids(lm, task, gen.prompt_format, p)], device=lm.device)
         new = greedy_decode(lm.model, ids, gen.max_new_tokens, lm.tokenizer.eos_token_id, ended)
-        completion = completion_from_text(task, gen.prompt_format, lm.tokenizer.decode(new, skip_special_tokens=True))
+        completion = completion_from_text(task, gen.prompt_format, decode_text(lm.tokenizer, new))
         out.append(completion if completion.strip() else "")
     return out
 

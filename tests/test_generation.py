@@ -483,3 +483,17 @@ def test_a_completion_prompt_keeps_the_start_token_its_tokenizer_prepends(tmp_pa
     plain = [(a, b) for a, b, _ in ctx.description_tokens()]
     assert plain and min(i for _, _, i in ctx.description_tokens()) > 0  # the start token is no unit
     assert regenerate(ctx, [task.prompt], verify=True) == regenerate(ctx, [task.prompt], verify=False) == [gen.completion]
+
+
+def test_generated_code_is_decoded_without_the_clean_up_of_spaces() -> None:
+    """transformers' ``clean_up_tokenization_spaces`` deletes the space before ``.`` and ``,``: a tokenizer
+    whose config turns it on (transformers 5 skips it for byte-level BPE unless forced) changed the code."""
+    from pytest_attnalign.generation import decode_text
+
+    tok = gpt2_tokenizer()
+    tok.clean_up_tokenization_spaces = True
+    tok.clean_up_tokenization_spaces_for_bpe_even_though_it_will_corrupt_output = True
+    code = "from . import a\nprint(a , 's')\n"
+    ids = tok(code, add_special_tokens=False)["input_ids"]
+    assert tok.decode(ids, skip_special_tokens=True) != code  # the clean-up this guards against
+    assert decode_text(tok, ids) == code
