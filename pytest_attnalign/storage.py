@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 from .errors import AttnalignError
 from .preflight import output_file
@@ -112,8 +112,6 @@ def same_settings(path: Path, base: Run, settings: dict[str, Any], skip: Sequenc
     (the comparison then refuses it, naming the settings that differ). Also the names of the runs passed
     over for their settings, newest first. ``skip``: files this run writes (never a baseline)."""
     from .compare import settings_diff
-    from .gates import _part_of_a_run
-    from .runfile import read_run
 
     def differs(run: Run) -> bool:  # judge's rule: a baseline without a record has no settings to differ
         return bool(run.records) and bool(settings_diff(settings, run.settings()))
@@ -121,15 +119,10 @@ def same_settings(path: Path, base: Run, settings: dict[str, Any], skip: Sequenc
     if not differs(base):
         return path, base, []
     runs, own = saved_runs(path.parent), {p.resolve() for p in skip}
+    older_runs = [p for p in (runs[: runs.index(path)] if path in runs else []) if p.resolve() not in own]
     passed = [path.name]
-    for older in reversed(runs[: runs.index(path)] if path in runs else []):
-        if older.resolve() in own:
-            continue
-        try:
-            run = read_run(older)
-        except AttnalignError:  # damaged, foreign or unreadable: never a baseline
-            continue
-        if _part_of_a_run(run) is not None:
+    for older, run, why in _newest_first(older_runs):
+        if why is not None:  # not a whole run, or no run at all: never a baseline
             continue
         if not differs(run):
             return older, run, passed
@@ -137,23 +130,34 @@ def same_settings(path: Path, base: Run, settings: dict[str, Any], skip: Sequenc
     return path, base, []
 
 
+def _newest_first(runs: list[Path]) -> Iterator[tuple[Path, Run | None, str | None]]:
+    """``runs`` (oldest first) read newest first, lazily: each path, its run (``None``: not a run file,
+    damaged, foreign or unreadable) and why it is not a whole run (``None``: it is; the comparison's rule,
+    :func:`gates._part_of_a_run`; for no run, its read error)."""
+    from .gates import _part_of_a_run
+    from .runfile import read_run
+
+    for path in reversed(runs):
+        try:
+            run = read_run(path)
+        except AttnalignError as exc:
+            yield path, None, str(exc)
+            continue
+        yield path, run, _part_of_a_run(run)
+
+
 def _newest_usable(directory: Path, runs: list[Path]) -> Path:
     """The newest of ``runs`` (oldest first) that a comparison accepts as its baseline (a whole run:
     :func:`gates._part_of_a_run`, the rule the comparison applies), read newest first up to it; an
     incomplete run is saved too, and picking it refused the comparison while an older whole run was there."""
-    from .gates import _part_of_a_run
-    from .runfile import read_run
-
     refused: list[str] = []  # why each newer run is not the baseline, newest first
     forceable: Path | None = None  # the newest that --attn-compare-force would compare with
-    for path in reversed(runs):
-        try:
-            why = _part_of_a_run(read_run(path))
-        except AttnalignError as exc:  # not a run file (damaged, foreign, unreadable): its error says which
-            refused.append(str(exc))
-            continue
+    for path, run, why in _newest_first(runs):
         if why is None:
             return path
+        if run is None:  # not a run file (damaged, foreign, unreadable): its error says which
+            refused.append(why)
+            continue
         refused.append(f"{path.name} {why}")
         forceable = forceable or path
     more = len(refused) - 1
